@@ -1,0 +1,28 @@
+"""aiopt: make neural networks smaller and faster, and prove it.
+
+Kept lean on purpose: `import aiopt` loads neither torch nor onnxruntime; the public
+functions below import what they need when first used.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_model", "save_checkpoint", "inspect_artifact", "train_reference_model", "AioptError"]
+
+_LAZY = {
+    "load_model": "aiopt.artifacts",
+    "save_checkpoint": "aiopt.artifacts",
+    "inspect_artifact": "aiopt.inspect",
+    "train_reference_model": "aiopt.reference_models.train",
+    "AioptError": "aiopt.errors",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'aiopt' has no attribute {name!r}")

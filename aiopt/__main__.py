@@ -1,0 +1,3 @@
+from aiopt.cli import main
+
+main()

@@ -1,0 +1,435 @@
+"""Save and load every artifact format aiopt reads; detect the format from the content.
+
+Formats, by what the file holds (never by its name):
+- aiopt checkpoint: a torch zip archive holding {"aiopt_format", "metadata" (JSON text),
+  "state_dict"}; loads with torch.load(weights_only=True) and is rebuilt from the registry.
+- TorchScript archive (torch.jit), with aiopt metadata in the extra file `aiopt.json`.
+- torch.export program (.pt2), with aiopt metadata in the extra file `aiopt.json`.
+- ONNX model, with aiopt metadata in metadata_props["aiopt"].
+- A pickled nn.Module (torch.save(model) or a raw pickle): unpickling runs code, so it is
+  refused unless the caller passes trust_pickle=True.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import io
+import json
+import os
+import sys
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
+from aiopt.fileio import atomic_path, sha256_file
+from aiopt.specs import TensorSpec, specs_from_json
+
+CHECKPOINT_FORMAT = "aiopt-checkpoint"
+CHECKPOINT_VERSION = 1
+METADATA_KEY = "aiopt.json"  # extra-file name in TorchScript/.pt2 archives, metadata_props key in ONNX
+
+FORMAT_AIOPT = "aiopt-checkpoint"
+FORMAT_TORCHSCRIPT = "torchscript"
+FORMAT_EXPORT = "torch-export"
+FORMAT_ONNX = "onnx"
+FORMAT_PICKLE = "torch-pickle"
+
+_TRUST_HINT = "pass --trust-pickle (API: trust_pickle=True) only if you trust whoever made the file"
+
+
+@dataclass
+class LoadedModel:
+    """A loaded artifact: the runnable model plus what aiopt knows about it."""
+
+    path: Path
+    format: str
+    model: Any  # nn.Module, or onnx.ModelProto for ONNX files
+    metadata: dict = field(default_factory=dict)
+    input_spec: list[TensorSpec] = field(default_factory=list)
+
+    @property
+    def is_torch(self) -> bool:
+        return self.format != FORMAT_ONNX
+
+
+# ---------------------------------------------------------------- metadata helpers
+
+def command_line() -> str:
+    """The command that is running, as a user would retype it."""
+    return " ".join(["aiopt" if Path(sys.argv[0]).stem in ("aiopt", "__main__", "cli") else Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def now_iso() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
+def lineage_entry(metadata: dict, path: str | os.PathLike) -> dict:
+    """How an artifact appears in its descendants' lineage."""
+    return {
+        "step": metadata.get("step"),
+        "artifact": str(path),
+        "architecture": metadata.get("architecture"),
+        "accuracy": (metadata.get("metrics") or {}).get("accuracy"),
+        "created_at": metadata.get("created_at"),
+    }
+
+
+def parent_record(parent: LoadedModel) -> dict:
+    return {"path": str(parent.path), "sha256": sha256_file(parent.path), "step": parent.metadata.get("step")}
+
+
+# ---------------------------------------------------------------- saving
+
+def save_checkpoint(model, metadata: dict, path: str | os.PathLike) -> Path:
+    """Write an aiopt checkpoint atomically. `metadata` must be JSON-able (checked here)."""
+    import torch
+
+    path = Path(path)
+    metadata = {**metadata, "format": FORMAT_AIOPT}
+    lineage = list(metadata.get("lineage") or [])
+    metadata["lineage"] = lineage + [lineage_entry(metadata, path)]
+    payload = {
+        "aiopt_format": CHECKPOINT_FORMAT,
+        "format_version": CHECKPOINT_VERSION,
+        "metadata": json.dumps(metadata),
+        "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+    }
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+# ---------------------------------------------------------------- loading
+
+def load_model(
+    path: str | os.PathLike,
+    trust_pickle: bool = False,
+    input_spec: list[TensorSpec] | None = None,
+) -> LoadedModel:
+    """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata."""
+    path = _check_readable(path)
+    kind, members = _sniff(path)
+    if kind == "zip":
+        loaded = _load_zip(path, members, trust_pickle)
+    elif kind == "pickle":
+        loaded = _load_pickle(path, trust_pickle)
+    else:
+        loaded = _load_onnx(path)
+    if input_spec:
+        loaded.input_spec = _merge_input_spec(loaded, input_spec)
+    return loaded
+
+
+def _check_readable(path: str | os.PathLike) -> Path:
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path")
+    if path.is_dir():
+        raise InputError(f"{path} is a folder, not a model file; pass the model file inside it")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path} is empty (0 bytes): not a valid checkpoint or ONNX model; re-create or re-copy it")
+    return path
+
+
+def _sniff(path: Path) -> tuple[str, list[str]]:
+    with open(path, "rb") as fh:
+        head = fh.read(2)
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, OSError) as exc:
+            raise InputError(f"{path} is a damaged zip archive ({exc}): not a valid checkpoint; re-create or re-copy it") from exc
+        # torch archives put every member under one top folder whose name varies.
+        return "zip", [n.split("/", 1)[1] if "/" in n else n for n in names]
+    if head[:1] == b"\x80":  # pickle protocol >= 2: a legacy torch.save file or a raw pickle
+        return "pickle", []
+    return "onnx", []
+
+
+def _load_zip(path: Path, members: list[str], trust_pickle: bool) -> LoadedModel:
+    if "archive_format" in members or any(m.startswith("models/") and m.endswith(".json") for m in members):
+        return _load_export(path, members, trust_pickle)
+    if any(m.startswith("code/") for m in members) or "constants.pkl" in members:
+        return _load_torchscript(path)
+    if "data.pkl" in members:
+        return _load_torch_archive(path, trust_pickle)
+    raise InputError(f"{path} is a zip archive but not a PyTorch checkpoint, TorchScript or torch.export file")
+
+
+def _unsafe_globals(source) -> list[str]:
+    import torch
+
+    try:
+        return list(torch.serialization.get_unsafe_globals_in_checkpoint(source))
+    except Exception as exc:  # a damaged archive: report it as such
+        raise InputError(f"not a valid checkpoint: cannot read its pickle ({exc}); re-create or re-copy it") from exc
+
+
+def _load_torch_archive(path: Path, trust_pickle: bool) -> LoadedModel:
+    import torch
+
+    unsafe = _unsafe_globals(str(path))
+    if unsafe:
+        if not trust_pickle:
+            raise UnsafeFileError(
+                f"{path} is a pickled Python object (it references {', '.join(unsafe[:3])}{'...' if len(unsafe) > 3 else ''}); "
+                f"loading it would run code from the file, so it was not loaded; {_TRUST_HINT}"
+            )
+        return _trusted_module(path, torch.load(path, map_location="cpu", weights_only=False))
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-create or re-copy it") from exc
+    if isinstance(payload, dict) and payload.get("aiopt_format") == CHECKPOINT_FORMAT:
+        return _from_checkpoint(path, payload)
+    if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
+        raise InputError(
+            f"{path} holds a bare state_dict without its architecture; load it into your model and save it with "
+            "aiopt.save_checkpoint, or export it to TorchScript/torch.export/ONNX"
+        )
+    raise InputError(f"{path} is a PyTorch file but not an aiopt checkpoint or a model (it holds a {type(payload).__name__})")
+
+
+def _from_checkpoint(path: Path, payload: dict) -> LoadedModel:
+    from aiopt.reference_models import build_model
+
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise InputError(f"{path} is an aiopt checkpoint of format version {version}; this aiopt reads up to {CHECKPOINT_VERSION}: upgrade aiopt")
+    try:
+        metadata = json.loads(payload["metadata"])
+        model = build_model(metadata["architecture"], metadata["config"])
+        model.load_state_dict(payload["state_dict"])
+    except InputError:
+        raise
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise InputError(f"{path} is a damaged aiopt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
+    model.eval()
+    return LoadedModel(path, FORMAT_AIOPT, model, metadata, specs_from_json(metadata.get("inputs")))
+
+
+def _load_torchscript(path: Path) -> LoadedModel:
+    import torch
+
+    extra = {METADATA_KEY: ""}
+    try:
+        module = torch.jit.load(str(path), map_location="cpu", _extra_files=extra)
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid TorchScript file ({str(exc).splitlines()[0][:200]}); re-create or re-copy it") from exc
+    module.eval()
+    metadata = _parse_metadata(extra.get(METADATA_KEY), path)
+    return LoadedModel(path, FORMAT_TORCHSCRIPT, module, metadata, specs_from_json(metadata.get("inputs")))
+
+
+def _export_pickled_members(path: Path, members: list[str]) -> list[str]:
+    """Members of a .pt2 archive that torch.export.load would unpickle (code could run)."""
+    risky = [m for m in members if m.startswith("data/aotinductor/") or m.endswith(".so")]
+    with zipfile.ZipFile(path) as archive:
+        for name in archive.namelist():
+            member = name.split("/", 1)[1] if "/" in name else name
+            if member.endswith("_config.json") and member.startswith("data/"):
+                config = json.loads(archive.read(name) or b"{}").get("config", {})
+                for key, entry in config.items():
+                    if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
+                        risky.append(f"{member}:{key}")
+            elif member.endswith(".pt") and _unsafe_globals(io.BytesIO(archive.read(name))):
+                risky.append(member)
+    if "archive_format" not in members:
+        risky.append("legacy .pt2 layout (pickled state dict)")
+    return risky
+
+
+def _load_export(path: Path, members: list[str], trust_pickle: bool) -> LoadedModel:
+    import torch
+
+    risky = _export_pickled_members(path, members)
+    if risky and not trust_pickle:
+        raise UnsafeFileError(
+            f"{path} is a torch.export program whose parts {', '.join(risky[:3])} would be unpickled or run as native code "
+            f"on load, so it was not loaded; {_TRUST_HINT}"
+        )
+    extra = {METADATA_KEY: ""}
+    try:
+        program = torch.export.load(str(path), extra_files=extra)
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid torch.export program ({str(exc).splitlines()[0][:200]}); re-create or re-copy it") from exc
+    metadata = _parse_metadata(extra.get(METADATA_KEY), path)
+    spec = specs_from_json(metadata.get("inputs")) or _export_input_spec(program)
+    loaded = LoadedModel(path, FORMAT_EXPORT, program.module(), metadata, spec)
+    loaded.metadata.setdefault("params_count", sum(int(t.numel()) for t in program.state_dict.values()))
+    return loaded
+
+
+def _export_input_spec(program) -> list[TensorSpec]:
+    """Input spec from the program's placeholders: symbolic sizes become named dims."""
+    user_inputs = set(program.graph_signature.user_inputs)
+    specs = []
+    for node in program.graph.nodes:
+        value = node.meta.get("val")
+        if node.op != "placeholder" or node.name not in user_inputs or value is None or not hasattr(value, "shape"):
+            continue
+        shape = tuple(int(d) if isinstance(d, int) or str(d).isdigit() else ("batch" if i == 0 else f"dim{i}") for i, d in enumerate(value.shape))
+        specs.append(TensorSpec(node.name, shape, str(value.dtype).removeprefix("torch.")))
+    return specs
+
+
+def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
+    if not trust_pickle:
+        raise UnsafeFileError(f"{path} is a raw or legacy pickle; loading it would run code from the file, so it was not loaded; {_TRUST_HINT}")
+    import pickle
+
+    import torch
+
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        with open(path, "rb") as fh:
+            obj = pickle.load(fh)
+    return _trusted_module(path, obj)
+
+
+def _trusted_module(path: Path, obj: Any) -> LoadedModel:
+    from torch import nn
+
+    if not isinstance(obj, nn.Module):
+        raise InputError(f"{path} was unpickled (trusted) but holds a {type(obj).__name__}, not a torch.nn.Module")
+    obj.eval()
+    return LoadedModel(path, FORMAT_PICKLE, obj, {}, [])
+
+
+def _load_onnx(path: Path) -> LoadedModel:
+    import onnx
+
+    try:
+        model = onnx.load_model(str(path), load_external_data=False)
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid checkpoint or ONNX model (it could not be parsed: {type(exc).__name__}); re-create or re-copy it") from exc
+    if not model.graph.node or not model.opset_import or model.ir_version <= 0:
+        raise InputError(f"{path} is not a valid checkpoint or ONNX model (no graph found); re-create or re-copy it")
+    _check_external_data(model, path)
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as exc:
+        raise InputError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from exc
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        onnx.load_external_data_for_model(model, str(path.parent))
+    props = {p.key: p.value for p in model.metadata_props}
+    metadata = _parse_metadata(props.get(METADATA_KEY), path)
+    spec = specs_from_json(metadata.get("inputs")) or _onnx_input_spec(model)
+    return LoadedModel(path, FORMAT_ONNX, model, metadata, spec)
+
+
+def _check_external_data(model, path: Path) -> None:
+    """External tensor files must stay inside the model's folder: never read a file the model names elsewhere."""
+    import onnx
+
+    folder = path.parent.resolve()
+    for tensor in model.graph.initializer:
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if not location or os.path.isabs(location) or not target.is_relative_to(folder):
+            raise UnsafeFileError(f"{path}: tensor {tensor.name!r} points to external data {location!r} outside the model's folder; refused")
+        if not target.is_file():
+            raise InputError(f"{path}: external data file {location!r} for tensor {tensor.name!r} is missing; copy it next to the model")
+
+
+ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}
+
+
+def onnx_value_specs(values, skip: set[str] = frozenset()) -> list[TensorSpec]:
+    specs = []
+    for value in values:
+        if value.name in skip:
+            continue
+        tensor = value.type.tensor_type
+        dims = tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in tensor.shape.dim)
+        specs.append(TensorSpec(value.name, dims, ONNX_DTYPES.get(tensor.elem_type, f"onnx:{tensor.elem_type}")))
+    return specs
+
+
+def _onnx_input_spec(model) -> list[TensorSpec]:
+    return onnx_value_specs(model.graph.input, skip={t.name for t in model.graph.initializer})
+
+
+def _parse_metadata(text: str | None, path: Path) -> dict:
+    if not text:
+        return {}
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}: its aiopt metadata is not valid JSON ({exc}); re-create the file") from exc
+    return data if isinstance(data, dict) else {}
+
+
+def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[TensorSpec]:
+    """A user-given spec fills in a missing one, and must agree with a known one."""
+    if not loaded.input_spec:
+        return given
+    known = loaded.input_spec
+    mismatch = len(known) != len(given) or any(
+        len(k.shape) != len(g.shape) or any(isinstance(a, int) and isinstance(b, int) and a != b for a, b in zip(k.shape[1:], g.shape[1:]))
+        for k, g in zip(known, given)
+    )
+    if mismatch:
+        raise InputError(
+            f"--input-shape does not match the model: expected {'; '.join(map(str, known))}, got {'; '.join(map(str, given))}"
+        )
+    return known
+
+
+def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:
+    if not loaded.input_spec:
+        raise InputError(f"{loaded.path} carries no input spec; pass --input-shape (e.g. --input-shape 1x40) and --input-dtype if not float32")
+    return loaded.input_spec
+
+
+def count_parameters(loaded: LoadedModel) -> int:
+    if loaded.format == FORMAT_ONNX:
+        from onnx import numpy_helper
+
+        return int(sum(numpy_helper.to_array(t).size for t in loaded.model.graph.initializer))
+    if "params_count" in loaded.metadata and loaded.format == FORMAT_EXPORT:
+        return int(loaded.metadata["params_count"])
+    return int(sum(p.numel() for p in loaded.model.parameters()))
+
+
+def output_spec(loaded: LoadedModel) -> list[TensorSpec]:
+    """Outputs from metadata, the ONNX graph, or one run on an example input."""
+    if loaded.metadata.get("outputs"):
+        return specs_from_json(loaded.metadata["outputs"])
+    if loaded.format == FORMAT_ONNX:
+        return onnx_value_specs(loaded.model.graph.output)
+    if not loaded.input_spec:
+        return []
+    return probe_outputs(loaded.model, loaded.input_spec)
+
+
+def example_inputs(spec: list[TensorSpec], batch_size: int = 2):
+    import torch
+
+    tensors = []
+    for s in spec:
+        dtype = getattr(torch, s.dtype, None)
+        if dtype is None:
+            raise UnsupportedModelError(f"input {s.name} has dtype {s.dtype}, which aiopt cannot make example data for")
+        shape = s.concrete_shape(batch_size)
+        tensors.append(torch.randn(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype))
+    return tuple(tensors)
+
+
+def probe_outputs(module, spec: list[TensorSpec]) -> list[TensorSpec]:
+    import torch
+
+    with torch.no_grad():
+        try:
+            outputs = module(*example_inputs(spec))
+        except Exception as exc:
+            raise InputError(
+                f"the model rejected an example input of {'; '.join(map(str, spec))} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); check --input-shape"
+            ) from exc
+    outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
+    return [TensorSpec(f"output_{i}" if len(outputs) > 1 else "logits", ("batch", *o.shape[1:]), str(o.dtype).removeprefix("torch.")) for i, o in enumerate(outputs)]

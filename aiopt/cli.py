@@ -1,0 +1,179 @@
+"""The `aiopt` command line: parse flags, call the API, render results. No logic lives here.
+
+Results (tables, or one JSON document with --json) go to stdout; progress and messages
+go to stderr. Errors end in one line and an exit code (README, "Exit codes").
+"""
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from typing import Any, Callable, List, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import aiopt
+from aiopt.errors import AioptError
+
+app = typer.Typer(
+    name="aiopt",
+    help="Make neural networks smaller and faster, and prove it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode="rich",
+)
+
+stdout = Console(highlight=False)
+stderr = Console(stderr=True, highlight=False)
+_state = {"debug": bool(os.environ.get("AIOPT_DEBUG"))}
+
+JSON_HELP = "Print one JSON document with the results on stdout (messages go to stderr)."
+TRUST_HELP = "Allow loading pickled Python objects. Unpickling runs code from the file: only for files you trust."
+INPUT_SHAPE_HELP = "Input shape for a model without metadata, batch first: 1x40, or name:1x40 per input (repeatable)."
+INPUT_DTYPE_HELP = "Input dtype(s) matching --input-shape (default float32)."
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"aiopt {aiopt.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+) -> None:
+    """Make neural networks smaller and faster, and prove it.
+
+    Every command reads an artifact and writes a new one; metadata and lineage travel with it.
+    """
+    _state["debug"] = _state["debug"] or debug
+
+
+def _emit_json(document: Any) -> None:
+    sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
+
+
+def _fail(message: str, code: int) -> None:
+    if os.environ.get("NO_COLOR") or not stderr.is_terminal:
+        print(f"error: {message}", file=sys.stderr)
+    else:
+        stderr.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _command(**settings: Any) -> Callable:
+    """Register a command whose failures end in one line on stderr and the documented exit code."""
+
+    def register(function: Callable) -> Callable:
+        @functools.wraps(function)
+        def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return function(*args, **kwargs)
+            except AioptError as exc:
+                if _state["debug"]:
+                    raise
+                _fail(str(exc), exc.exit_code)
+            except KeyboardInterrupt:
+                print("interrupted", file=sys.stderr)
+                raise typer.Exit(130)
+            except typer.Exit:
+                raise
+            except Exception as exc:  # a bug or an unforeseen input: still one line unless --debug
+                if _state["debug"]:
+                    raise
+                _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 3)
+
+        return app.command(**settings)(run)
+
+    return register
+
+
+def _input_spec(shapes: list[str] | None, dtypes: list[str] | None):
+    if not shapes:
+        return None
+    from aiopt.specs import parse_input_shapes
+
+    return parse_input_shapes(shapes, dtypes or [])
+
+
+@_command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")
+def train(
+    model: str = typer.Argument(..., help="Reference model: cnn, lstm or transformer; add :tiny or :base (default) for the size."),
+    dataset: str = typer.Option("mnist1d", "--dataset", "-d", help="Training data: mnist1d or digits."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
+    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Train a reference model on the CPU, evaluate it on the test split and write a checkpoint."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from aiopt.reference_models.train import train_reference_model
+
+    output = output or f"{model.split(':')[0]}.pt"
+    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                  TimeElapsedColumn(), console=stderr, transient=True) as progress:
+        task = progress.add_task(model, total=None, status="")
+
+        def on_epoch(stats):
+            progress.update(task, total=stats.epochs, completed=stats.epoch,
+                            status=f"loss {stats.loss:.3f} train acc {stats.train_accuracy:.3f}")
+
+        result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch)
+    summary = {
+        "path": result.path, "architecture": result.architecture, "size": result.size, "dataset": result.dataset,
+        "accuracy": result.accuracy, "params": result.params, "train_seconds": result.train_seconds,
+        "epochs": result.metadata["training"]["epochs"], "seed": seed,
+    }
+    if as_json:
+        _emit_json(summary)
+        return
+    table = Table(title=f"trained {result.architecture}:{result.size} on {result.dataset}")
+    for key in ("path", "params", "epochs", "train_seconds", "accuracy"):
+        table.add_row(key, f"{summary[key]:.4f}" if key == "accuracy" else escape(str(summary[key])))
+    stdout.print(table)
+
+
+@_command(epilog="Example: aiopt inspect cnn.pt --json")
+def inspect(
+    artifact: str = typer.Argument(..., help="Any artifact: aiopt .pt, TorchScript, torch.export .pt2 or ONNX."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
+    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Show an artifact's format, parameters, size, input/output spec, metadata and lineage."""
+    from aiopt.inspect import inspect_artifact
+
+    info = inspect_artifact(artifact, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    if as_json:
+        _emit_json(info)
+        return
+    table = Table(title=escape(info["path"]), show_header=False)
+    for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256"):
+        value = info[key]
+        table.add_row(key, "-" if value is None else f"{value:.4f}" if key == "accuracy" else escape(str(value)))
+    table.add_row("inputs", "\n".join(_spec_text(s) for s in info["inputs"]) or "unknown (pass --input-shape)")
+    table.add_row("outputs", "\n".join(_spec_text(s) for s in info["outputs"]) or "unknown")
+    for index, step in enumerate(info["lineage"]):
+        accuracy = step.get("accuracy")
+        table.add_row("lineage" if index == 0 else "", escape(f"{step.get('step')}: {step.get('artifact')}" + (f" (acc {accuracy:.4f})" if accuracy is not None else "")))
+    if info["metadata"].get("command"):
+        table.add_row("command", escape(info["metadata"]["command"]))
+    stdout.print(table)
+
+
+def _spec_text(spec: dict) -> str:
+    return f"{spec['name']}: {' x '.join(str(d) for d in spec['shape'])} {spec['dtype']}"
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,27 @@
+"""What an artifact is: format, size, parameters, input/output spec, metadata and lineage."""
+from __future__ import annotations
+
+import os
+
+from aiopt.artifacts import count_parameters, load_model, output_spec
+from aiopt.fileio import sha256_file
+from aiopt.specs import TensorSpec, specs_to_json
+
+
+def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_spec: list[TensorSpec] | None = None) -> dict:
+    loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
+    metadata = loaded.metadata
+    return {
+        "path": str(loaded.path),
+        "format": loaded.format,
+        "size_bytes": loaded.path.stat().st_size,
+        "sha256": sha256_file(loaded.path),
+        "params": count_parameters(loaded),
+        "architecture": metadata.get("architecture"),
+        "inputs": specs_to_json(loaded.input_spec),
+        "outputs": specs_to_json(output_spec(loaded)),
+        "accuracy": (metadata.get("metrics") or {}).get("accuracy"),
+        "dataset": (metadata.get("dataset") or {}).get("name"),
+        "lineage": metadata.get("lineage", []),
+        "metadata": metadata,
+    }

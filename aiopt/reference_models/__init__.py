@@ -1,0 +1,90 @@
+"""Registry of reference models: name -> config class, builder, sizes and training recipe.
+
+`cnn:tiny` selects a size; the default size is `base`. Adding a model is adding one entry.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from aiopt.errors import InputError
+
+DEFAULT_SIZE = "base"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    config_class: type
+    builder: Callable[[Any], Any]
+    sizes: dict[str, dict[str, Any]]
+    # Training recipe overrides (see train.TrainConfig); tuned to reach the README figures.
+    train_defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _entries() -> dict[str, ModelEntry]:
+    # Imported here so `import aiopt` does not pull in torch.
+    from aiopt.reference_models.cnn import CNN, CNNConfig
+    from aiopt.reference_models.lstm import LSTMClassifier, LSTMConfig
+    from aiopt.reference_models.transformer import TransformerClassifier, TransformerConfig
+
+    return {
+        "cnn": ModelEntry(
+            CNNConfig, CNN,
+            sizes={"tiny": {"channels": (8, 16, 16), "pool_after": (1,)}, "base": {}},
+            train_defaults={"epochs": 30, "lr": 3e-3},
+        ),
+        "lstm": ModelEntry(
+            LSTMConfig, LSTMClassifier,
+            sizes={"tiny": {"hidden_size": 16}, "base": {}},
+            train_defaults={"epochs": 40, "lr": 5e-3},
+        ),
+        "transformer": ModelEntry(
+            TransformerConfig, TransformerClassifier,
+            sizes={"tiny": {"dim": 16, "depth": 1, "heads": 2, "head_dim": 8, "mlp_dim": 32}, "base": {}},
+            train_defaults={"epochs": 60, "lr": 2e-3},
+        ),
+    }
+
+
+MODEL_NAMES = ("cnn", "lstm", "transformer")
+
+
+def parse_model_name(spec: str) -> tuple[str, str]:
+    """`cnn` -> ("cnn", "base"); `cnn:tiny` -> ("cnn", "tiny"). Unknown names list the known ones."""
+    name, _, size = spec.partition(":")
+    entries = _entries()
+    if name not in entries:
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(entries)} (add :tiny or :base for a size)")
+    size = size or DEFAULT_SIZE
+    if size not in entries[name].sizes:
+        raise InputError(f"unknown size {size!r} for {name}; known sizes: {', '.join(entries[name].sizes)}")
+    return name, size
+
+
+def get_entry(name: str) -> ModelEntry:
+    return _entries()[parse_model_name(name)[0]]
+
+
+def make_config(spec: str, input_shape: tuple[int, ...], num_classes: int, **overrides: Any):
+    """The config for `spec` sized for a dataset's samples."""
+    name, size = parse_model_name(spec)
+    entry = _entries()[name]
+    values = {**entry.sizes[size], "input_shape": tuple(input_shape), "num_classes": num_classes, **overrides}
+    return entry.config_class(**values)
+
+
+def build_model(name: str, config: Any | dict):
+    """Build architecture `name` from a config object or its dict form (as stored in metadata)."""
+    entry = get_entry(name)
+    if isinstance(config, dict):
+        known = {f.name for f in dataclasses.fields(entry.config_class)}
+        unknown = sorted(set(config) - known)
+        if unknown:
+            raise InputError(f"config for {name} has unknown fields {unknown}; was it written by a newer aiopt?")
+        config = entry.config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in config.items()})
+    return entry.builder(config)
+
+
+def config_to_dict(config: Any) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
