@@ -1,0 +1,49 @@
+"""Shared fixtures. Markers (gpu, tensorrt, slow) are declared in pyproject; here they skip
+with a reason where the hardware or library is absent, so plain `pytest` is green on CPU."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def pytest_collection_modifyitems(config, items):
+    cuda = _cuda_available()
+    tensorrt = importlib.util.find_spec("tensorrt") is not None
+    for item in items:
+        if "gpu" in item.keywords and not cuda:
+            item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
+        if "tensorrt" in item.keywords and not tensorrt:
+            item.add_marker(pytest.mark.skip(reason="needs TensorRT (pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU)"))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `aiopt` entry point in a fresh process, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "aiopt", *args],
+        cwd=cwd, capture_output=True, text=True, timeout=600,
+        env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})},
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory) -> Path:
+    """A cnn:tiny trained for a few epochs on MNIST-1D, shared by the tests that only read it."""
+    from aiopt.reference_models.train import train_reference_model
+
+    path = tmp_path_factory.mktemp("models") / "cnn-tiny.pt"
+    train_reference_model("cnn:tiny", str(path), dataset="mnist1d", epochs=3, seed=0)
+    return path
