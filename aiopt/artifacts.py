@@ -5,12 +5,13 @@ Formats, by what the file holds (never by its name):
   "state_dict"}; loads with torch.load(weights_only=True) and is rebuilt from the registry.
 - TorchScript archive (torch.jit), with aiopt metadata in the extra file `aiopt.json`.
 - torch.export program (.pt2), with aiopt metadata in the extra file `aiopt.json`.
-- ONNX model, with aiopt metadata in metadata_props["aiopt"].
+- ONNX model, with aiopt metadata in metadata_props["aiopt.json"].
 - A pickled nn.Module (torch.save(model) or a raw pickle): unpickling runs code, so it is
   refused unless the caller passes trust_pickle=True.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import io
 import json
@@ -79,6 +80,34 @@ def parent_record(parent: LoadedModel) -> dict:
     return {"path": str(parent.path), "sha256": sha256_file(parent.path), "step": parent.metadata.get("step")}
 
 
+# What a derived artifact inherits from its parent; everything else describes the new step.
+_INHERITED = ("architecture", "size", "config", "inputs", "outputs", "num_classes", "dataset", "params_count")
+
+
+def child_metadata(parent: LoadedModel, step: str, **fields: Any) -> dict:
+    """Metadata for an artifact made from `parent` by `step` (export, quantize, ...)."""
+    import aiopt
+
+    inherited = {k: parent.metadata[k] for k in _INHERITED if k in parent.metadata}
+    lineage = list(parent.metadata.get("lineage") or [lineage_entry(parent.metadata or {"step": "import"}, parent.path)])
+    return {
+        "aiopt_version": aiopt.__version__,
+        **inherited,
+        "step": step,
+        "command": command_line(),
+        "created_at": now_iso(),
+        "parent": parent_record(parent),
+        "lineage": lineage,
+        **fields,
+    }
+
+
+def with_own_lineage(metadata: dict, path: str | os.PathLike) -> dict:
+    """The metadata as stored at `path`: its lineage ends with the artifact itself."""
+    lineage = list(metadata.get("lineage") or [])
+    return {**metadata, "lineage": lineage + [lineage_entry(metadata, path)]}
+
+
 # ---------------------------------------------------------------- saving
 
 def save_checkpoint(model, metadata: dict, path: str | os.PathLike) -> Path:
@@ -86,9 +115,7 @@ def save_checkpoint(model, metadata: dict, path: str | os.PathLike) -> Path:
     import torch
 
     path = Path(path)
-    metadata = {**metadata, "format": FORMAT_AIOPT}
-    lineage = list(metadata.get("lineage") or [])
-    metadata["lineage"] = lineage + [lineage_entry(metadata, path)]
+    metadata = with_own_lineage({**metadata, "format": FORMAT_AIOPT}, path)
     payload = {
         "aiopt_format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -134,18 +161,35 @@ def _check_readable(path: str | os.PathLike) -> Path:
 
 def _sniff(path: Path) -> tuple[str, list[str]]:
     with open(path, "rb") as fh:
-        head = fh.read(2)
-    if zipfile.is_zipfile(path):
+        head = fh.read(4)
+    if head == b"PK\x03\x04":  # torch reads archives by their leading magic, so do we
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
         except (zipfile.BadZipFile, OSError) as exc:
             raise InputError(f"{path} is a damaged zip archive ({exc}): not a valid checkpoint; re-create or re-copy it") from exc
+        _check_archive_layout(path, names)
         # torch archives put every member under one top folder whose name varies.
-        return "zip", [n.split("/", 1)[1] if "/" in n else n for n in names]
+        return "zip", [n.split("/", 1)[1] for n in names]
     if head[:1] == b"\x80":  # pickle protocol >= 2: a legacy torch.save file or a raw pickle
         return "pickle", []
     return "onnx", []
+
+
+def _check_archive_layout(path: Path, names: list[str]) -> None:
+    """Refuse layouts on which Python's zipfile and torch's reader could see different files.
+
+    torch's reader matches names without regard to case and falls back to older layouts
+    when it cannot open an archive; a crafted archive could hide a pickle from our checks
+    that way, so only the plain layout torch itself writes is accepted.
+    """
+    tops = {n.split("/", 1)[0] for n in names}
+    lowered = [n.lower() for n in names]
+    if len(tops) != 1 or any("/" not in n for n in names) or len(set(lowered)) != len(lowered):
+        raise UnsafeFileError(
+            f"{path} is a zip archive with an irregular layout (several top folders, top-level files or names that differ only by case); "
+            "it is not one PyTorch wrote, so it was not loaded"
+        )
 
 
 def _load_zip(path: Path, members: list[str], trust_pickle: bool) -> LoadedModel:
@@ -177,11 +221,17 @@ def _load_torch_archive(path: Path, trust_pickle: bool) -> LoadedModel:
                 f"{path} is a pickled Python object (it references {', '.join(unsafe[:3])}{'...' if len(unsafe) > 3 else ''}); "
                 f"loading it would run code from the file, so it was not loaded; {_TRUST_HINT}"
             )
-        return _trusted_module(path, torch.load(path, map_location="cpu", weights_only=False))
+        return _trusted_module(path, _trusted_unpickle(path))
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path} is not a valid checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); re-create or re-copy it") from exc
+        raise InputError(f"{path} is not a valid checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
+    return _from_torch_payload(path, payload)
+
+
+def _from_torch_payload(path: Path, payload: Any) -> LoadedModel:
+    import torch
+
     if isinstance(payload, dict) and payload.get("aiopt_format") == CHECKPOINT_FORMAT:
         return _from_checkpoint(path, payload)
     if isinstance(payload, dict) and payload and all(isinstance(v, torch.Tensor) for v in payload.values()):
@@ -190,6 +240,22 @@ def _load_torch_archive(path: Path, trust_pickle: bool) -> LoadedModel:
             "aiopt.save_checkpoint, or export it to TorchScript/torch.export/ONNX"
         )
     raise InputError(f"{path} is a PyTorch file but not an aiopt checkpoint or a model (it holds a {type(payload).__name__})")
+
+
+def _trusted_unpickle(path: Path) -> Any:
+    """Only reached with trust_pickle=True: a full unpickle, which runs the file's code."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except Exception:
+        try:
+            with open(path, "rb") as fh:
+                return pickle.load(fh)
+        except Exception as exc:
+            raise InputError(f"{path} is not a valid pickle or checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
 
 
 def _from_checkpoint(path: Path, payload: dict) -> LoadedModel:
@@ -224,21 +290,50 @@ def _load_torchscript(path: Path) -> LoadedModel:
 
 
 def _export_pickled_members(path: Path, members: list[str]) -> list[str]:
-    """Members of a .pt2 archive that torch.export.load would unpickle (code could run)."""
-    risky = [m for m in members if m.startswith("data/aotinductor/") or m.endswith(".so")]
+    """Members of a .pt2 archive that torch.export.load would unpickle or run as native code."""
+    lowered = [m.lower() for m in members]
+    risky = [m for m, low in zip(members, lowered) if low.startswith("data/aotinductor/") or low.endswith((".so", ".dll", ".dylib"))]
+    if "archive_format" not in lowered:
+        risky.append("legacy .pt2 layout (pickled state dict)")
     with zipfile.ZipFile(path) as archive:
         for name in archive.namelist():
-            member = name.split("/", 1)[1] if "/" in name else name
-            if member.endswith("_config.json") and member.startswith("data/"):
-                config = json.loads(archive.read(name) or b"{}").get("config", {})
-                for key, entry in config.items():
-                    if entry.get("use_pickle") or not str(entry.get("path_name", "")).startswith(("weight_", "tensor_")):
-                        risky.append(f"{member}:{key}")
+            member = name.split("/", 1)[1].lower()
+            if member.startswith("data/") and member.endswith("_config.json"):
+                risky += [f"{member}:{key}" for key in _pickled_config_entries(path, member, archive.read(name))]
             elif member.endswith(".pt") and _unsafe_globals(io.BytesIO(archive.read(name))):
                 risky.append(member)
-    if "archive_format" not in members:
-        risky.append("legacy .pt2 layout (pickled state dict)")
     return risky
+
+
+def _pickled_config_entries(path: Path, member: str, raw: bytes) -> list[str]:
+    try:
+        config = json.loads(raw or b"{}").get("config", {})
+        entries = [(key, entry.get("use_pickle"), str(entry.get("path_name", ""))) for key, entry in config.items()]
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise InputError(f"{path}: {member} is not a valid torch.export payload config ({exc}); re-create the file") from exc
+    return [key for key, use_pickle, name in entries if use_pickle or not name.startswith(("weight_", "tensor_"))]
+
+
+@contextlib.contextmanager
+def _weights_only_everywhere():
+    """Backstop while torch.export.load runs: any torch.load inside it may not fall back to pickle."""
+    import logging
+
+    previous = os.environ.get("TORCH_FORCE_WEIGHTS_ONLY_LOAD")
+    os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = "1"
+    loggers = [logging.getLogger(n) for n in ("torch.export", "torch._export", "torch._export.serde.serialize")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.CRITICAL)  # torch logs tracebacks before raising; we report one line
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+        if previous is None:
+            os.environ.pop("TORCH_FORCE_WEIGHTS_ONLY_LOAD", None)
+        else:
+            os.environ["TORCH_FORCE_WEIGHTS_ONLY_LOAD"] = previous
 
 
 def _load_export(path: Path, members: list[str], trust_pickle: bool) -> LoadedModel:
@@ -251,15 +346,25 @@ def _load_export(path: Path, members: list[str], trust_pickle: bool) -> LoadedMo
             f"on load, so it was not loaded; {_TRUST_HINT}"
         )
     extra = {METADATA_KEY: ""}
+    guard = contextlib.nullcontext() if trust_pickle else _weights_only_everywhere()
     try:
-        program = torch.export.load(str(path), extra_files=extra)
+        with guard:
+            program = torch.export.load(str(path), extra_files=extra)
     except Exception as exc:
-        raise InputError(f"{path} is not a valid torch.export program ({str(exc).splitlines()[0][:200]}); re-create or re-copy it") from exc
+        cause = exc.__cause__ or exc.__context__ or exc
+        if "weights only load failed" in f"{exc} {cause}".lower():
+            raise UnsafeFileError(f"{path} holds pickled objects that would run code on load, so it was not loaded; {_TRUST_HINT}") from exc
+        raise InputError(f"{path} is not a valid torch.export program ({_first_line(cause)}); re-create or re-copy it") from exc
     metadata = _parse_metadata(extra.get(METADATA_KEY), path)
     spec = specs_from_json(metadata.get("inputs")) or _export_input_spec(program)
     loaded = LoadedModel(path, FORMAT_EXPORT, program.module(), metadata, spec)
     loaded.metadata.setdefault("params_count", sum(int(t.numel()) for t in program.state_dict.values()))
     return loaded
+
+
+def _first_line(exc: BaseException) -> str:
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _export_input_spec(program) -> list[TensorSpec]:
@@ -276,18 +381,36 @@ def _export_input_spec(program) -> list[TensorSpec]:
 
 
 def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
-    if not trust_pickle:
-        raise UnsafeFileError(f"{path} is a raw or legacy pickle; loading it would run code from the file, so it was not loaded; {_TRUST_HINT}")
+    """A non-zip pickle: the legacy torch.save format, or a raw pickle.
+
+    The weights-only unpickler is safe for both and is tried first, so a legacy checkpoint
+    of plain tensors loads without the opt-in.
+    """
     import pickle
+    import pickletools
 
     import torch
 
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception:
+    try:  # parse (never execute) the first pickle, so garbage is reported as garbage
         with open(path, "rb") as fh:
-            obj = pickle.load(fh)
-    return _trusted_module(path, obj)
+            for _ in pickletools.genops(fh):
+                pass
+    except Exception as exc:
+        raise InputError(f"{path} is not a valid checkpoint (a damaged pickle: {_first_line(exc)}); re-create or re-copy it") from exc
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust_pickle:
+            raise UnsafeFileError(
+                f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)[:120]}); loading it would run code from "
+                f"the file, so it was not loaded; {_TRUST_HINT}"
+            ) from exc
+        return _trusted_module(path, _trusted_unpickle(path))
+    except Exception as exc:
+        if trust_pickle:
+            return _trusted_module(path, _trusted_unpickle(path))
+        raise InputError(f"{path} is not a valid checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
+    return _from_torch_payload(path, payload)
 
 
 def _trusted_module(path: Path, obj: Any) -> LoadedModel:
@@ -310,10 +433,11 @@ def _load_onnx(path: Path) -> LoadedModel:
         raise InputError(f"{path} is not a valid checkpoint or ONNX model (no graph found); re-create or re-copy it")
     _check_external_data(model, path)
     try:
-        onnx.checker.check_model(model)
-    except onnx.checker.ValidationError as exc:
-        raise InputError(f"{path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from exc
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer):
+        # By path, so external data resolves against the model's folder, not the working directory.
+        onnx.checker.check_model(str(path))
+    except (onnx.checker.ValidationError, ValueError, OSError) as exc:
+        raise InputError(f"{path} is not a valid ONNX model ({_first_line(exc)})") from exc
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
         onnx.load_external_data_for_model(model, str(path.parent))
     props = {p.key: p.value for p in model.metadata_props}
     metadata = _parse_metadata(props.get(METADATA_KEY), path)
@@ -326,7 +450,7 @@ def _check_external_data(model, path: Path) -> None:
     import onnx
 
     folder = path.parent.resolve()
-    for tensor in model.graph.initializer:
+    for tensor in _all_tensors(model):
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
             continue
         location = next((e.value for e in tensor.external_data if e.key == "location"), "")
@@ -335,6 +459,13 @@ def _check_external_data(model, path: Path) -> None:
             raise UnsafeFileError(f"{path}: tensor {tensor.name!r} points to external data {location!r} outside the model's folder; refused")
         if not target.is_file():
             raise InputError(f"{path}: external data file {location!r} for tensor {tensor.name!r} is missing; copy it next to the model")
+
+
+def _all_tensors(model):
+    """Every tensor of the model: initializers, attribute tensors and those in subgraphs."""
+    from onnx.external_data_helper import _get_all_tensors
+
+    return list(_get_all_tensors(model))
 
 
 ONNX_DTYPES = {1: "float32", 10: "float16", 16: "bfloat16", 11: "float64", 7: "int64", 6: "int32", 9: "bool", 2: "uint8", 3: "int8"}
@@ -360,9 +491,18 @@ def _parse_metadata(text: str | None, path: Path) -> dict:
         return {}
     try:
         data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise InputError(f"{path}: its aiopt metadata is not valid JSON ({exc}); re-create the file") from exc
-    return data if isinstance(data, dict) else {}
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        specs_from_json(data.get("inputs"))
+        specs_from_json(data.get("outputs"))
+        accuracy = (data.get("metrics") or {}).get("accuracy")
+        if accuracy is not None and not isinstance(accuracy, (int, float)):
+            raise ValueError("metrics.accuracy is not a number")
+        if not isinstance(data.get("lineage", []), list) or not all(isinstance(e, dict) for e in data.get("lineage", [])):
+            raise ValueError("lineage is not a list of records")
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise InputError(f"{path}: its aiopt metadata is damaged ({exc}); re-create the file") from exc
+    return data
 
 
 def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[TensorSpec]:

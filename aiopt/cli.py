@@ -96,6 +96,10 @@ def _command(**settings: Any) -> Callable:
 
 
 def _input_spec(shapes: list[str] | None, dtypes: list[str] | None):
+    if dtypes and not shapes:
+        from aiopt.errors import InputError
+
+        raise InputError("--input-dtype needs --input-shape as well (e.g. --input-shape 1x40 --input-dtype float32)")
     if not shapes:
         return None
     from aiopt.specs import parse_input_shapes

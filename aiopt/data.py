@@ -49,27 +49,41 @@ class Dataset:
 def cache_dir() -> Path:
     root = os.environ.get("AIOPT_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "aiopt")
     path = Path(root)
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the data cache folder {path} ({exc.strerror}); set AIOPT_CACHE_DIR to a writable folder") from exc
     return path
 
 
 def _mnist1d() -> Dataset:
     cached = cache_dir() / f"mnist1d-v{_CACHE_VERSION}.npz"
-    if not cached.exists():
+    arrays = _read_cache(cached)
+    if arrays is None:
         arrays = _generate_mnist1d()
         with atomic_path(cached) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **arrays)
-    with np.load(cached, allow_pickle=False) as arrays:
-        return Dataset(
-            name="mnist1d",
-            x_train=arrays["x"].astype(np.float32),
-            y_train=arrays["y"].astype(np.int64),
-            x_test=arrays["x_test"].astype(np.float32),
-            y_test=arrays["y_test"].astype(np.int64),
-            num_classes=10,
-            info={"source": "mnist1d.data.make_dataset(get_dataset_args())", "split": "4000 train / 1000 test (mnist1d default)"},
-        )
+    return Dataset(
+        name="mnist1d",
+        x_train=arrays["x"].astype(np.float32),
+        y_train=arrays["y"].astype(np.int64),
+        x_test=arrays["x_test"].astype(np.float32),
+        y_test=arrays["y_test"].astype(np.int64),
+        num_classes=10,
+        info={"source": "mnist1d.data.make_dataset(get_dataset_args())", "split": "4000 train / 1000 test (mnist1d default)"},
+    )
+
+
+def _read_cache(path: Path) -> dict[str, np.ndarray] | None:
+    """The cached arrays, or None when absent or damaged (then they are generated again)."""
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in ("x", "y", "x_test", "y_test")}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def _generate_mnist1d() -> dict[str, np.ndarray]:
@@ -144,7 +158,10 @@ def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), requi
         try:
             arrays = {key: archive[key] for key in archive.files}
         except ValueError as exc:
-            raise InputError(f"{path}: an array needs pickle to load ({exc}); save plain numeric arrays") from exc
+            reason = "an array holds Python objects, which would need pickle" if "pickle" in str(exc) else f"an array is damaged ({exc})"
+            raise InputError(f"{path}: {reason}; save plain numeric arrays with numpy.savez") from exc
+        except (OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise InputError(f"{path}: an array is damaged ({exc}); write the file again with numpy.savez") from exc
     missing = [n for n in input_names if n not in arrays]
     if missing and list(input_names) != ["x"] and len(input_names) == 1 and "x" in arrays:
         arrays[input_names[0]] = arrays.pop("x")  # a single-input model may always use `x`
@@ -155,16 +172,21 @@ def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), requi
         raise InputError(f"{path} has no labels array 'y' (found: {', '.join(arrays)}); add y=labels to measure accuracy")
     inputs = {name: arrays[name] for name in input_names}
     labels = arrays.get("y")
-    lengths = {name: len(a) if a.ndim else 0 for name, a in inputs.items()}
+    scalars = [n for n, a in {**inputs, "y": labels}.items() if a is not None and a.ndim == 0]
+    if scalars:
+        raise InputError(f"{path}: {', '.join(scalars)} is a single value, not one row per sample; save arrays with a sample axis first")
+    lengths = {name: len(a) for name, a in inputs.items()}
     if labels is not None:
-        lengths["y"] = len(labels) if labels.ndim else 0
+        lengths["y"] = len(labels)
     if any(n == 0 for n in lengths.values()):
         raise InputError(f"{path} is empty ({lengths}); it needs at least one sample")
     if len(set(lengths.values())) > 1:
         raise InputError(f"{path}: arrays have different lengths {lengths}; every array needs one row per sample")
     for name, array in {**inputs, **({"y": labels} if labels is not None else {})}.items():
-        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_):
-            raise InputError(f"{path}: array {name!r} has dtype {array.dtype}; use a numeric dtype")
+        if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.issubdtype(array.dtype, np.complexfloating):
+            raise InputError(f"{path}: array {name!r} has dtype {array.dtype}; use a real numeric dtype")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise InputError(f"{path}: array {name!r} contains NaN or Inf values; clean the data first")
     if labels is not None:
         if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
             raise InputError(f"{path}: 'y' must be a 1-D integer array of class labels, got {labels.dtype} {labels.shape}")

@@ -59,12 +59,14 @@ def parse_input_shapes(shapes: Sequence[str], dtypes: Sequence[str] = ()) -> lis
     for index, text in enumerate(shapes):
         match = _SHAPE_RE.match(text.strip())
         dims_text = match.group("dims").lower().split("x") if match else []
-        if not match or not all(d.isdigit() and int(d) > 0 for d in dims_text):
+        if not match or not all(d.isascii() and d.isdigit() and int(d) > 0 for d in dims_text):
             raise InputError(
                 f"--input-shape {text!r} is malformed; write positive sizes joined by 'x', e.g. 1x40 or x:1x40"
             )
         dims = [int(d) for d in dims_text]
         name = match.group("name") or ("x" if len(shapes) == 1 else f"input_{index}")
+        if any(s.name == name for s in specs):
+            raise InputError(f"--input-shape names input {name!r} twice; give each input once")
         specs.append(TensorSpec(name=name, shape=("batch", *dims[1:]), dtype=_dtype_for(index, dtypes)))
     return specs
 

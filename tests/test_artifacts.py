@@ -97,7 +97,11 @@ def test_onnx_external_data_outside_folder_is_refused(tmp_path):
         load_model(path)
 
 
-@pytest.mark.parametrize("content", [b"", b"\x00" * 10, os.urandom(4096), b"PK\x03\x04truncated"], ids=["empty", "zeros", "random", "zip-header"])
+RANDOM_BYTES = bytes((i * 131 + 7) % 251 for i in range(4096))  # fixed, so the test cannot flake
+
+
+@pytest.mark.parametrize("content", [b"", b"\x00" * 10, RANDOM_BYTES, b"PK\x03\x04truncated", b"\x80\x05garbage"],
+                         ids=["empty", "zeros", "random", "zip-header", "pickle-header"])
 def test_garbage_is_not_a_model(tmp_path, content):
     path = tmp_path / "m.pt"
     path.write_bytes(content)
@@ -189,3 +193,99 @@ def test_atomic_write_keeps_the_old_file_on_failure(tmp_path):
             raise RuntimeError("crash mid-write")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
+
+
+def _rewrite_zip(source, target, transform):
+    """Copy a zip archive member by member through `transform(name, data) -> [(name, data), ...]`."""
+    import zipfile
+
+    with zipfile.ZipFile(source) as src, zipfile.ZipFile(target, "w") as dst:
+        for name in src.namelist():
+            for new_name, data in transform(name, src.read(name)):
+                dst.writestr(new_name, data)
+
+
+def _payload_bytes(marker) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(FileCreatingPayload(marker), buffer)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def good_pt2(tmp_path):
+    path = tmp_path / "good.pt2"
+    torch.export.save(torch.export.export(_tiny_module(), (torch.randn(2, 40),)), str(path))
+    return path
+
+
+def _case_renamed_sample_inputs(marker):
+    def transform(name, data):
+        if name.endswith("sample_inputs/model.pt"):
+            return [(name[:-3] + ".PT", _payload_bytes(marker))]
+        return [(name, data)]
+    return transform
+
+
+def _case_duplicate_config(marker):
+    def transform(name, data):
+        if name.endswith("weights/model_weights_config.json"):
+            top, rest = name.split("/", 1)
+            return [(name, data), (f"{top}/{rest.upper()}", data.replace(b'"use_pickle": false', b'"use_pickle": true'))]
+        if name.endswith("weights/weight_0"):
+            return [(name, _payload_bytes(marker))]
+        return [(name, data)]
+    return transform
+
+
+def _case_top_level_member(marker):
+    def transform(name, data):
+        return [(name, data)] + ([("stray", b"x")] if name.endswith("archive_format") else [])
+    return transform
+
+
+@pytest.mark.parametrize("craft", [_case_renamed_sample_inputs, _case_duplicate_config, _case_top_level_member],
+                         ids=["upper-case-sample-inputs", "case-duplicate-config", "top-level-member"])
+def test_crafted_pt2_cannot_smuggle_a_pickle(good_pt2, tmp_path, craft):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt2"
+    _rewrite_zip(good_pt2, evil, craft(marker))
+    with pytest.raises(UnsafeFileError):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_pt2_with_pickled_weights_is_refused(good_pt2, tmp_path):
+    marker = tmp_path / "payload-ran"
+    evil = tmp_path / "evil.pt2"
+
+    def transform(name, data):
+        if name.endswith("weights/model_weights_config.json"):
+            return [(name, data.replace(b'"use_pickle": false', b'"use_pickle": true', 1))]
+        if name.endswith("weights/weight_0"):
+            return [(name, _payload_bytes(marker))]
+        return [(name, data)]
+
+    _rewrite_zip(good_pt2, evil, transform)
+    with pytest.raises(UnsafeFileError, match="use_pickle|unpickled"):
+        load_model(evil)
+    assert not marker.exists()
+
+
+def test_onnx_with_external_data_loads_from_any_working_directory(tmp_path, monkeypatch):
+    folder = tmp_path / "ext"
+    folder.mkdir()
+    onnx.save(_onnx_model(), str(folder / "m.onnx"), save_as_external_data=True, all_tensors_to_one_file=True,
+              location="m.data", size_threshold=0)
+    monkeypatch.chdir(tmp_path)
+    assert load_model("ext/m.onnx").format == FORMAT_ONNX
+
+
+def test_written_artifacts_follow_the_umask(tmp_path):
+    target = tmp_path / "out.bin"
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(b"data")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from aiopt.errors import InputError
-from aiopt.reference_models import MODEL_NAMES, build_model, config_to_dict, make_config, parse_model_name
+from aiopt.reference_models import build_model, config_to_dict, make_config, model_names, parse_model_name
 
 
 def test_parse_model_name_defaults_to_base():
@@ -17,7 +17,7 @@ def test_unknown_model_lists_known_ones():
         parse_model_name("cnn:huge")
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", model_names())
 @pytest.mark.parametrize("sample_shape", [(40,), (8, 8)], ids=["mnist1d", "digits"])
 def test_every_model_builds_and_runs_on_both_datasets(name, sample_shape):
     for size in ("tiny", "base"):
@@ -28,7 +28,7 @@ def test_every_model_builds_and_runs_on_both_datasets(name, sample_shape):
         assert torch.isfinite(logits).all()
 
 
-@pytest.mark.parametrize("name", MODEL_NAMES)
+@pytest.mark.parametrize("name", model_names())
 def test_config_round_trips_through_json_form(name):
     config = make_config(name, (40,), 10)
     rebuilt = build_model(name, config_to_dict(config))
@@ -38,7 +38,7 @@ def test_config_round_trips_through_json_form(name):
 
 
 def test_tiny_is_much_smaller_than_base():
-    for name in MODEL_NAMES:
+    for name in model_names():
         tiny = build_model(name, make_config(f"{name}:tiny", (40,), 10))
         base = build_model(name, make_config(name, (40,), 10))
         assert sum(p.numel() for p in tiny.parameters()) * 4 < sum(p.numel() for p in base.parameters())

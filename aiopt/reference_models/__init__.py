@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -22,6 +23,7 @@ class ModelEntry:
     train_defaults: dict[str, Any] = field(default_factory=dict)
 
 
+@functools.cache
 def _entries() -> dict[str, ModelEntry]:
     # Imported here so `import aiopt` does not pull in torch.
     from aiopt.reference_models.cnn import CNN, CNNConfig
@@ -47,7 +49,8 @@ def _entries() -> dict[str, ModelEntry]:
     }
 
 
-MODEL_NAMES = ("cnn", "lstm", "transformer")
+def model_names() -> tuple[str, ...]:
+    return tuple(_entries())
 
 
 def parse_model_name(spec: str) -> tuple[str, str]:

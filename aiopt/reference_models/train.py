@@ -77,6 +77,10 @@ def train_model(
             inputs, labels = _shift(x[batch], config.max_shift, generator), y[batch]
             logits = model(inputs)
             loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            if not torch.isfinite(loss):
+                from aiopt.errors import UnsupportedModelError
+
+                raise UnsupportedModelError(f"training diverged: the loss became {float(loss)} in epoch {epoch + 1}; lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

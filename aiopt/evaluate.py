@@ -1,0 +1,87 @@
+"""Evaluation as a reusable function of (runner, data): accuracy and output agreement.
+
+Used by export validation, `compare`, and (later) quantize/bench, so every number
+about an artifact is measured on the artifact itself.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from aiopt.errors import InputError
+
+
+@dataclass(frozen=True)
+class EvalData:
+    inputs: dict[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    def batch(self, start: int, size: int) -> dict[str, np.ndarray]:
+        return {k: v[start:start + size] for k, v in self.inputs.items()}
+
+
+def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike | None = None, require_labels: bool = False) -> EvalData:
+    """Data to evaluate on: a user `.npz`, else the test split of the dataset the model was trained on."""
+    from aiopt.data import DATASETS, load_dataset, load_npz
+
+    names = [s.name for s in input_spec]
+    if data is not None and str(data) not in DATASETS:
+        inputs, labels = load_npz(data, input_names=names, require_labels=require_labels)
+        _check_against_spec(inputs, input_spec, str(data))
+        return EvalData(inputs, labels, str(data))
+    name = str(data) if data is not None else ((metadata or {}).get("dataset") or {}).get("name")
+    if name not in DATASETS:
+        raise InputError("no evaluation data: the model does not record a built-in dataset; pass --data FILE.npz (arrays per input name, plus y)")
+    if len(names) != 1:
+        raise InputError(f"the {name} dataset has one input; this model takes {len(names)} ({', '.join(names)}): pass --data FILE.npz")
+    dataset = load_dataset(name)
+    inputs = {names[0]: dataset.x_test}
+    _check_against_spec(inputs, input_spec, name)
+    return EvalData(inputs, dataset.y_test, f"{name}:test")
+
+
+def _check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
+    for spec in input_spec:
+        array = inputs[spec.name]
+        if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):
+            raise InputError(f"{source}: {spec.name!r} has samples of shape {array.shape[1:]}; the model expects {spec.shape[1:]}")
+        if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
+            raise InputError(f"{source}: {spec.name!r} contains NaN or Inf values; clean the data first")
+
+
+def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarray]:
+    """All outputs of `runner` over `data`, concatenated per output."""
+    chunks: list[list[np.ndarray]] = []
+    for start in range(0, len(data), batch_size):
+        feed = {s.name: data.inputs[s.name][start:start + batch_size].astype(s.dtype, copy=False) for s in runner.input_spec}
+        outputs = list(runner(feed).values())
+        chunks.append(outputs)
+    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+
+
+def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    if labels.max(initial=0) >= logits.shape[-1] or labels.min(initial=0) < 0:
+        raise InputError(f"labels range {labels.min()}..{labels.max()} does not fit the model's {logits.shape[-1]} outputs")
+    return float((logits.argmax(-1) == labels).mean())
+
+
+def agreement(reference: np.ndarray, candidate: np.ndarray) -> dict:
+    """How closely `candidate` reproduces `reference`: max abs/rel difference and top-1 agreement."""
+    reference, candidate = reference.astype(np.float64), candidate.astype(np.float64)
+    if reference.shape != candidate.shape:
+        raise InputError(f"outputs have different shapes: {reference.shape} vs {candidate.shape}")
+    diff = np.abs(reference - candidate)
+    result = {
+        "max_abs_diff": float(diff.max(initial=0.0)),
+        "max_rel_diff": float((diff / np.maximum(np.abs(reference), 1e-6)).max(initial=0.0)),
+        "finite": bool(np.isfinite(candidate).all()),
+    }
+    if reference.ndim >= 2:
+        result["top1_agreement"] = float((reference.argmax(-1) == candidate.argmax(-1)).mean())
+    return result

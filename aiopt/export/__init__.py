@@ -1,0 +1,1 @@
+"""Export: PyTorch -> ONNX (validated), ONNX -> TensorRT engines, Triton model repositories."""

@@ -1,0 +1,255 @@
+"""PyTorch -> ONNX, validated against PyTorch before anything is written.
+
+Exporter choice: the torch.export-based exporter (`torch.onnx.export(..., dynamo=True)`) for
+modules and torch.export programs. It is PyTorch's maintained default, reads the same graph
+`torch.export` sees, and with an explicit `Dim("batch")` and an example batch of 2 keeps the
+batch dynamic (with an example batch of 1 it specialises the batch dim: the LSTM and the
+Transformer hit that). TorchScript modules cannot be re-exported that way, so they go through
+the TorchScript exporter (`dynamo=False`), the only one that accepts a ScriptModule.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, METADATA_KEY, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
+from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
+from aiopt.fileio import atomic_path, check_output_path
+from aiopt.specs import TensorSpec
+
+DEFAULT_OPSET = 18
+VALIDATION_BATCH_SIZES = (1, 7)  # two sizes, neither the export example's, to prove the batch is dynamic
+
+
+@dataclass(frozen=True)
+class OnnxExportConfig:
+    opset: int = DEFAULT_OPSET
+    dynamic_batch: bool = True
+    atol: float = 1e-4
+    rtol: float = 1e-3
+    simplify: bool = True
+
+
+@dataclass
+class OnnxExportResult:
+    path: str
+    exporter: str
+    opset: int
+    validation: list[dict]
+    simplified: bool
+    nodes_before: int
+    nodes_after: int
+    accuracy: float | None
+    metadata: dict = field(default_factory=dict)
+
+
+def export_onnx(
+    source: str | os.PathLike,
+    output: str | os.PathLike,
+    config: OnnxExportConfig = OnnxExportConfig(),
+    force: bool = False,
+    trust_pickle: bool = False,
+    input_spec: list[TensorSpec] | None = None,
+) -> OnnxExportResult:
+    """Export `source` to ONNX at `output`; nothing is written unless validation passes."""
+    out = check_output_path(output, source, force=force)
+    loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    if loaded.format == FORMAT_ONNX:
+        raise InputError(f"{source} is already an ONNX model; pass a PyTorch artifact to export")
+    spec = require_input_spec(loaded)
+    output_names = [o.name for o in output_spec(loaded)]
+    with atomic_path(out) as tmp:
+        exporter = _torch_to_onnx(loaded, spec, output_names, tmp, config)
+        model = check_onnx(tmp)
+        validation = [validate_against_torch(loaded, tmp, spec, config, stage="export")]
+        nodes_before = nodes_after = len(model.graph.node)
+        if config.simplify:
+            model = simplify(model)
+            nodes_after = len(model.graph.node)
+            _save(model, tmp)
+            check_onnx(tmp)
+            validation.append(validate_against_torch(loaded, tmp, spec, config, stage="simplified"))
+        accuracy = _accuracy_if_known(tmp, spec, loaded.metadata)
+        metadata = child_metadata(
+            loaded, "export",
+            format=FORMAT_ONNX,
+            outputs=[{"name": n, "shape": o.get("shape", ["batch"]), "dtype": o.get("dtype", "float32")} for n, o in zip(output_names, _output_dicts(loaded))],
+            export={"exporter": exporter, "opset": config.opset, "dynamic_batch": config.dynamic_batch, "simplified": config.simplify,
+                    "validation": validation},
+            metrics=({"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics")),
+        )
+        embed_metadata(model, with_own_lineage(metadata, out))
+        _save(model, tmp)
+    return OnnxExportResult(str(out), exporter, config.opset, validation, config.simplify, nodes_before, nodes_after, accuracy, metadata)
+
+
+def _output_dicts(loaded: LoadedModel) -> list[dict]:
+    return [o.to_dict() for o in output_spec(loaded)]
+
+
+def _dynamic_shapes(spec: list[TensorSpec], dynamic_batch: bool):
+    import torch
+
+    dims: dict[str, object] = {}
+    shapes = []
+    for tensor in spec:
+        axes = {}
+        for axis, dim in enumerate(tensor.shape):
+            if isinstance(dim, str) and (dim != "batch" or dynamic_batch):
+                dims.setdefault(dim, torch.export.Dim(re.sub(r"\W", "_", dim), min=1))
+                axes[axis] = dims[dim]
+        shapes.append(axes or None)
+    return tuple(shapes)
+
+
+def _torch_to_onnx(loaded: LoadedModel, spec: list[TensorSpec], output_names: list[str], path: Path, config: OnnxExportConfig) -> str:
+    import torch
+
+    example = example_inputs(spec, batch_size=2 if config.dynamic_batch else 1)
+    names = [s.name for s in spec]
+    quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints progress lines; ours go to stderr
+    try:
+        with warnings.catch_warnings(), quiet:
+            warnings.simplefilter("ignore")
+            if loaded.format == FORMAT_TORCHSCRIPT:
+                axes = {s.name: {i: d for i, d in enumerate(s.shape) if isinstance(d, str) and (d != "batch" or config.dynamic_batch)} for s in spec}
+                axes.update({n: {0: "batch"} for n in output_names} if config.dynamic_batch else {})
+                torch.onnx.export(loaded.model, example, str(path), input_names=names, output_names=output_names,
+                                  opset_version=config.opset, dynamo=False, dynamic_axes=axes)
+                return "torchscript"
+            torch.onnx.export(loaded.model, example, str(path), input_names=names, output_names=output_names,
+                              opset_version=config.opset, dynamo=True, dynamic_shapes=_dynamic_shapes(spec, config.dynamic_batch),
+                              external_data=False, verbose=False)
+            return "dynamo"
+    except Exception as exc:
+        raise UnsupportedModelError(f"ONNX export failed: {describe_export_error(exc, loaded.model, example)}") from exc
+
+
+_OP_PATTERNS = (
+    re.compile(r"OpOverload\(op='([\w.]+)'"),
+    re.compile(r"target=torch\.ops\.([\w.]+?)(?:\.default)?\]?\("),
+    re.compile(r"\b(aten::[\w.]+)"),
+)
+
+
+def describe_export_error(exc: Exception, module, example: tuple) -> str:
+    """Name the op the exporter could not handle and, where the graph says, the module that calls it."""
+    text = f"{exc}\n{exc.__cause__ or ''}"
+    op = next((m.group(1) for p in _OP_PATTERNS for m in [p.search(text)] if m), None)
+    if not op:
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        return f"{type(exc).__name__}: {first[:300]}"
+    where = _module_calling(module, example, op.split("::")[-1].split(".")[-1])
+    return f"unsupported op {op}" + (f" in module {where}" if where else "") + "; replace it with supported ops or register an ONNX translation for it"
+
+
+def _module_calling(module, example: tuple, op_name: str) -> str | None:
+    """The innermost module whose forward calls `op_name`, from a torch.export graph's module stack."""
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.export(module, example, strict=False).run_decompositions()
+    except Exception:
+        return None
+    for node in program.graph.nodes:
+        if node.op == "call_function" and op_name in str(node.target):
+            stack = list((node.meta.get("nn_module_stack") or {}).values())
+            if stack:
+                path, kind = stack[-1]
+                kind_name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>"))
+                return f"{path or type(module).__name__} ({kind_name})"
+            return type(module).__name__
+    return None
+
+
+def check_onnx(path: str | os.PathLike):
+    """Full onnx.checker check and strict shape inference; returns the model."""
+    import onnx
+
+    model = onnx.load(str(path))
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    except Exception as exc:
+        raise UnsupportedModelError(f"the exported ONNX model fails onnx's checks: {str(exc).splitlines()[0][:300]}") from exc
+    return model
+
+
+def simplify(model):
+    """Simplify with onnxslim (constant folding, dead-node removal, fusion); keep the input if it fails."""
+    import onnxslim
+
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            return onnxslim.slim(model)
+    except Exception as exc:
+        warnings.warn(f"onnxslim could not simplify the graph ({exc}); keeping it as exported")
+        return model
+
+
+def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[TensorSpec], config: OnnxExportConfig, stage: str) -> dict:
+    """ONNX Runtime vs PyTorch on the same inputs at two batch sizes; raise above tolerance."""
+    import torch
+
+    from aiopt.evaluate import agreement
+    from aiopt.runtime.onnxruntime_backend import make_session
+
+    session = make_session(str(onnx_path))
+    sizes = VALIDATION_BATCH_SIZES if config.dynamic_batch else (1,)
+    report: dict = {"stage": stage, "batch_sizes": list(sizes), "max_abs_diff": 0.0, "max_rel_diff": 0.0, "top1_agreement": 1.0}
+    torch.manual_seed(0)
+    for batch_size in sizes:
+        inputs = example_inputs(spec, batch_size)
+        with torch.inference_mode():
+            reference = loaded.model(*inputs)
+        reference = reference if isinstance(reference, (tuple, list)) else (reference,)
+        got = session.run(None, {s.name: t.numpy() for s, t in zip(spec, inputs)})
+        for ref, out in zip(reference, got):
+            ref = ref.float().numpy()
+            stats = agreement(ref, out)
+            if not stats["finite"]:
+                raise UnsupportedModelError(f"the {stage} ONNX model produces NaN/Inf at batch {batch_size}; nothing was written")
+            report["max_abs_diff"] = max(report["max_abs_diff"], stats["max_abs_diff"])
+            report["max_rel_diff"] = max(report["max_rel_diff"], stats["max_rel_diff"])
+            report["top1_agreement"] = min(report["top1_agreement"], stats.get("top1_agreement", 1.0))
+            if not np.allclose(out, ref, atol=config.atol, rtol=config.rtol):
+                raise CheckFailedError(
+                    f"the {stage} ONNX model disagrees with PyTorch at batch {batch_size}: max abs diff {stats['max_abs_diff']:.3g}, "
+                    f"max rel diff {stats['max_rel_diff']:.3g} (atol {config.atol}, rtol {config.rtol}); nothing was written"
+                )
+    return report
+
+
+def _accuracy_if_known(onnx_path: Path, spec: list[TensorSpec], metadata: dict) -> float | None:
+    from aiopt.data import DATASETS
+    from aiopt.evaluate import accuracy, eval_data, run_batches
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+    if ((metadata.get("dataset") or {}).get("name")) not in DATASETS:
+        return None
+    data = eval_data(spec, metadata)
+    runner = OnnxRuntimeRunner(str(onnx_path), spec)
+    return accuracy(run_batches(runner, data)[0], data.labels)
+
+
+def embed_metadata(model, metadata: dict) -> None:
+    for prop in list(model.metadata_props):
+        if prop.key == METADATA_KEY:
+            model.metadata_props.remove(prop)
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+
+    onnx.save_model(model, str(path))

@@ -1,0 +1,66 @@
+"""ONNX Runtime backend. Execution providers come from what the installed onnxruntime
+offers (`get_available_providers()`), never assumed."""
+from __future__ import annotations
+
+import numpy as np
+
+from aiopt.errors import MissingDependencyError, UnsupportedModelError
+from aiopt.runtime.base import Runner
+from aiopt.specs import TensorSpec
+
+_PROVIDERS = {
+    "cpu": ["CPUExecutionProvider"],
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "tensorrt": ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"],
+}
+
+
+def import_onnxruntime():
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise MissingDependencyError("ONNX Runtime is not installed; run: pip install 'aiopt[onnxruntime]'") from exc
+    return onnxruntime
+
+
+def providers_for(device: str) -> list[str]:
+    ort = import_onnxruntime()
+    wanted = _PROVIDERS.get(device.split(":")[0])
+    if wanted is None:
+        raise MissingDependencyError(f"unknown device {device!r} for ONNX Runtime; use cpu or cuda")
+    available = ort.get_available_providers()
+    if wanted[0] not in available:
+        raise MissingDependencyError(
+            f"ONNX Runtime here offers {', '.join(available)}, not {wanted[0]}; install onnxruntime-gpu for --device {device}, or use --device cpu"
+        )
+    return [p for p in wanted if p in available]
+
+
+def make_session(model: str | bytes, device: str = "cpu", threads: int | None = None):
+    ort = import_onnxruntime()
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = threads
+    try:
+        return ort.InferenceSession(model, sess_options=options, providers=providers_for(device))
+    except MissingDependencyError:
+        raise
+    except Exception as exc:  # e.g. NOT_IMPLEMENTED for an op this onnxruntime lacks
+        raise UnsupportedModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+
+
+class OnnxRuntimeRunner(Runner):
+    backend = "onnxruntime"
+
+    def __init__(self, model: str | bytes, input_spec: list[TensorSpec], device: str = "cpu", source: str = "", threads: int | None = None):
+        self.session = make_session(model, device, threads)
+        output_names = [o.name for o in self.session.get_outputs()]
+        super().__init__(input_spec, output_names, device, source)
+
+    def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            outputs = self.session.run(self.output_names, feed)
+        except Exception as exc:
+            raise UnsupportedModelError(f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0][:300]}") from exc
+        return dict(zip(self.output_names, outputs))
