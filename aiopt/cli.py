@@ -175,6 +175,102 @@ def inspect(
     stdout.print(table)
 
 
+@_command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx")
+def export(
+    model: str = typer.Argument(..., help="PyTorch artifact: aiopt .pt, TorchScript or torch.export .pt2."),
+    format: str = typer.Option("onnx", "--format", "-f", help="Output format. Today: onnx (TensorRT engines follow)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (default: MODEL with the format's suffix)."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
+    dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Keep the batch dimension dynamic."),
+    atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance of ONNX Runtime vs PyTorch outputs."),
+    rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of ONNX Runtime vs PyTorch outputs."),
+    simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim, then validate again."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
+    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Export a PyTorch model to ONNX, validated against PyTorch's outputs at two batch sizes."""
+    from pathlib import Path
+
+    from aiopt.errors import InputError
+    from aiopt.export.onnx import OnnxExportConfig, export_onnx
+
+    if format != "onnx":
+        raise InputError(f"--format {format!r} is not available; this version exports onnx (TensorRT engines are not built yet)")
+    output = output or str(Path(model).with_suffix(".onnx"))
+    config = OnnxExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, simplify=simplify)
+    stderr.print(f"exporting {escape(model)} to ONNX (opset {opset})...")
+    result = export_onnx(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    summary = {"path": result.path, "exporter": result.exporter, "opset": result.opset, "nodes_exported": result.nodes_before,
+               "nodes_simplified": result.nodes_after, "validation": result.validation, "accuracy": result.accuracy}
+    if as_json:
+        _emit_json(summary)
+        return
+    table = Table(title=f"exported {escape(result.path)}")
+    for column in ("stage", "batch sizes", "max abs diff", "max rel diff", "top-1 agreement"):
+        table.add_column(column)
+    for check in result.validation:
+        table.add_row(check["stage"], ", ".join(map(str, check["batch_sizes"])), f"{check['max_abs_diff']:.2e}",
+                      f"{check['max_rel_diff']:.2e}", f"{check['top1_agreement']:.4f}")
+    stdout.print(table)
+    stdout.print(f"exporter {result.exporter}, nodes {result.nodes_before} -> {result.nodes_after}"
+                 + (f", test accuracy on ONNX Runtime {result.accuracy:.4f}" if result.accuracy is not None else ""))
+
+
+@_command(epilog="Example: aiopt run cnn.onnx --input x.npz -o y.npz")
+def run(
+    artifact: str = typer.Argument(..., help="Any artifact aiopt can load."),
+    input: str = typer.Option(..., "--input", "-i", help="Inputs: an .npz with one array per input name (x for one input), or mnist1d/digits."),
+    output: str = typer.Option(..., "--output", "-o", help="Outputs to write, as .npz (one array per output name)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnxruntime (default: the artifact's own)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
+    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Run an artifact over the inputs in an .npz file and write its outputs."""
+    from aiopt.runtime import run_npz
+
+    result = run_npz(artifact, input, output, device=device, backend=backend, force=force, trust_pickle=trust_pickle,
+                     input_spec=_input_spec(input_shape, input_dtype))
+    if as_json:
+        _emit_json(result)
+        return
+    stdout.print(f"{result['samples']} samples through {escape(artifact)} on {result['backend']}/{result['device']} -> {escape(result['path'])}")
+
+
+@_command(epilog="Example: aiopt compare cnn.pt cnn.onnx --data mnist1d")
+def compare(
+    reference: str = typer.Argument(..., help="The artifact taken as the truth."),
+    candidate: str = typer.Argument(..., help="The artifact checked against it."),
+    data: Optional[str] = typer.Option(None, "--data", help="Inputs: .npz, mnist1d or digits (default: the reference's test split, else random)."),
+    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
+    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
+    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
+    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+) -> None:
+    """Run two artifacts on the same inputs: max abs/rel difference, top-1 agreement, accuracy."""
+    from aiopt.compare import compare_artifacts
+
+    result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle)
+    if as_json:
+        _emit_json(result)
+        return
+    table = Table(title=f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}")
+    for column in ("output", "max abs diff", "max rel diff", "top-1 agreement"):
+        table.add_column(column)
+    for name, stats in result["outputs"].items():
+        top1 = stats.get("top1_agreement")
+        table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}")
+    stdout.print(table)
+    if "accuracy" in result["reference"]:
+        stdout.print(f"accuracy: reference {result['reference']['accuracy']:.4f}, candidate {result['candidate']['accuracy']:.4f}")
+
+
 def _spec_text(spec: dict) -> str:
     return f"{spec['name']}: {' x '.join(str(d) for d in spec['shape'])} {spec['dtype']}"
 

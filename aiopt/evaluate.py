@@ -57,6 +57,9 @@ def _check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) 
 
 def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarray]:
     """All outputs of `runner` over `data`, concatenated per output."""
+    fixed = {s.shape[0] for s in runner.input_spec if s.shape and isinstance(s.shape[0], int)}
+    if fixed:  # a static-batch model takes exactly its batch size
+        batch_size = fixed.pop()
     chunks: list[list[np.ndarray]] = []
     for start in range(0, len(data), batch_size):
         feed = {s.name: data.inputs[s.name][start:start + batch_size].astype(s.dtype, copy=False) for s in runner.input_spec}

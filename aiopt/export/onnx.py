@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import logging
 import os
 import re
 import warnings
@@ -77,10 +78,11 @@ def export_onnx(
             _save(model, tmp)
             check_onnx(tmp)
             validation.append(validate_against_torch(loaded, tmp, spec, config, stage="simplified"))
-        accuracy = _accuracy_if_known(tmp, spec, loaded.metadata)
+        accuracy = _accuracy_if_known(tmp, _exported_spec(spec, config.dynamic_batch), loaded.metadata)
         metadata = child_metadata(
             loaded, "export",
             format=FORMAT_ONNX,
+            inputs=[s.to_dict() for s in _exported_spec(spec, config.dynamic_batch)],
             outputs=[{"name": n, "shape": o.get("shape", ["batch"]), "dtype": o.get("dtype", "float32")} for n, o in zip(output_names, _output_dicts(loaded))],
             export={"exporter": exporter, "opset": config.opset, "dynamic_batch": config.dynamic_batch, "simplified": config.simplify,
                     "validation": validation},
@@ -89,6 +91,13 @@ def export_onnx(
         embed_metadata(model, with_own_lineage(metadata, out))
         _save(model, tmp)
     return OnnxExportResult(str(out), exporter, config.opset, validation, config.simplify, nodes_before, nodes_after, accuracy, metadata)
+
+
+def _exported_spec(spec: list[TensorSpec], dynamic_batch: bool) -> list[TensorSpec]:
+    """A static-batch export is traced at batch 1, and its spec says so."""
+    if dynamic_batch:
+        return spec
+    return [TensorSpec(s.name, tuple(1 if d == "batch" else d for d in s.shape), s.dtype) for s in spec]
 
 
 def _output_dicts(loaded: LoadedModel) -> list[dict]:
@@ -116,6 +125,8 @@ def _torch_to_onnx(loaded: LoadedModel, spec: list[TensorSpec], output_names: li
     example = example_inputs(spec, batch_size=2 if config.dynamic_batch else 1)
     names = [s.name for s in spec]
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints progress lines; ours go to stderr
+    # It also logs a warning per optional torchvision op it skips: noise for a user.
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     try:
         with warnings.catch_warnings(), quiet:
             warnings.simplefilter("ignore")
@@ -152,23 +163,33 @@ def describe_export_error(exc: Exception, module, example: tuple) -> str:
 
 
 def _module_calling(module, example: tuple, op_name: str) -> str | None:
-    """The innermost module whose forward calls `op_name`, from a torch.export graph's module stack."""
+    """The innermost module whose forward calls `op_name`, from a torch.export graph's module stack.
+
+    The exporter decomposes ops further than torch.export does (special_i0 -> i0 ->
+    prims.bessel_i0), so an exact match is tried first, then a match on the last part of
+    the name, across the raw and the decomposed graph.
+    """
     import torch
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.export.export(module, example, strict=False).run_decompositions()
+            raw = torch.export.export(module, example, strict=False)
+            graphs = [raw.graph, raw.run_decompositions().graph]
     except Exception:
         return None
-    for node in program.graph.nodes:
-        if node.op == "call_function" and op_name in str(node.target):
-            stack = list((node.meta.get("nn_module_stack") or {}).values())
-            if stack:
-                path, kind = stack[-1]
-                kind_name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>"))
-                return f"{path or type(module).__name__} ({kind_name})"
-            return type(module).__name__
+    suffix = op_name.rsplit("_", 1)[-1]
+    for matches in (lambda base: base == op_name, lambda base: base.rsplit("_", 1)[-1] == suffix):
+        for graph in graphs:
+            for node in graph.nodes:
+                base = str(node.target).split(".")[-2] if node.op == "call_function" and "." in str(node.target) else ""
+                if base and matches(base):
+                    stack = list((node.meta.get("nn_module_stack") or {}).values())
+                    if not stack:
+                        return type(module).__name__
+                    path, kind = stack[-1]
+                    kind_name = getattr(kind, "__name__", str(kind).rsplit(".", 1)[-1].strip("'>"))
+                    return f"{path or type(module).__name__} ({kind_name})"
     return None
 
 

@@ -44,7 +44,7 @@ def _entries() -> dict[str, ModelEntry]:
         "transformer": ModelEntry(
             TransformerConfig, TransformerClassifier,
             sizes={"tiny": {"dim": 16, "depth": 1, "heads": 2, "head_dim": 8, "mlp_dim": 32}, "base": {}},
-            train_defaults={"epochs": 60, "lr": 2e-3},
+            train_defaults={"epochs": 60, "lr": 3e-3},
         ),
     }
 

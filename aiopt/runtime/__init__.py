@@ -1,7 +1,7 @@
 """One way to load and run any artifact: `aiopt.runtime.load(path) -> Runner`.
 
-The backend follows from the artifact's format (ONNX -> onnxruntime, TensorRT engine ->
-tensorrt, anything PyTorch -> torch); the caller may override it where that makes sense.
+The backend follows from the artifact's format (ONNX -> onnxruntime, anything PyTorch ->
+torch). TensorRT engines join as a third backend with the export issue's engine builder.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from aiopt.errors import InputError
 from aiopt.runtime.base import Runner
 from aiopt.specs import TensorSpec
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime")
 
 
 def _torch_runner(loaded, spec, device, threads):
@@ -39,16 +39,6 @@ def _onnxruntime_runner(loaded, spec, device, threads):
 _FACTORIES: dict[str, Callable] = {"torch": _torch_runner, "onnxruntime": _onnxruntime_runner}
 
 
-def natural_backend(path: str | os.PathLike) -> str:
-    from aiopt.export.tensorrt import is_engine
-
-    if is_engine(path):
-        return "tensorrt"
-    from aiopt.artifacts import load_model
-
-    return "onnxruntime" if load_model(path).format == "onnx" else "torch"
-
-
 def load(
     path: str | os.PathLike,
     device: str = "cpu",
@@ -58,18 +48,8 @@ def load(
     threads: int | None = None,
 ) -> Runner:
     """Load an artifact and return a Runner on `device` ("cpu" or "cuda")."""
-    from aiopt.export.tensorrt import is_engine
-
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
-    if is_engine(path):
-        if backend not in (None, "tensorrt"):
-            raise InputError(f"{path} is a TensorRT engine; it runs only with --backend tensorrt")
-        from aiopt.export.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(path, device=device)
-    if backend == "tensorrt":
-        raise InputError(f"{path} is not a TensorRT engine; build one with: aiopt export {path} --format tensorrt")
     from aiopt.artifacts import load_model, require_input_spec
 
     loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
@@ -78,4 +58,24 @@ def load(
     return _FACTORIES[backend](loaded, spec, device, threads)
 
 
-__all__ = ["Runner", "load", "BACKENDS", "natural_backend"]
+__all__ = ["Runner", "load", "BACKENDS"]
+
+
+def run_npz(path: str | os.PathLike, data: str | os.PathLike, output: str | os.PathLike, device: str = "cpu",
+            backend: str | None = None, force: bool = False, trust_pickle: bool = False,
+            input_spec: list[TensorSpec] | None = None, batch_size: int = 256) -> dict:
+    """Run an artifact over the inputs in `data` (.npz) and write its outputs to `output` (.npz)."""
+    import numpy as np
+
+    from aiopt.evaluate import eval_data, run_batches
+    from aiopt.fileio import atomic_path, check_output_path
+
+    out = check_output_path(output, path, data, force=force)
+    runner = load(path, device=device, backend=backend, trust_pickle=trust_pickle, input_spec=input_spec)
+    inputs = eval_data(runner.input_spec, None, data)
+    outputs = dict(zip(runner.output_names, run_batches(runner, inputs, batch_size)))
+    with atomic_path(out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **outputs)
+    return {"path": str(out), "backend": runner.backend, "device": runner.device, "samples": len(inputs),
+            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()}}

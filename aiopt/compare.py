@@ -1,0 +1,61 @@
+"""Run two artifacts on the same inputs and report how closely they agree."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from aiopt.evaluate import EvalData, accuracy, agreement, eval_data, run_batches
+from aiopt.specs import TensorSpec
+
+
+def compare_artifacts(
+    reference: str | os.PathLike,
+    candidate: str | os.PathLike,
+    data: str | os.PathLike | None = None,
+    backend_reference: str | None = None,
+    backend_candidate: str | None = None,
+    input_spec: list[TensorSpec] | None = None,
+    samples: int = 256,
+    trust_pickle: bool = False,
+) -> dict:
+    """Max abs/rel difference and top-1 agreement of `candidate` against `reference`.
+
+    Inputs: `data` (.npz or a built-in dataset name), else the test split the reference was
+    trained on, else `samples` random inputs drawn from the input spec.
+    """
+    from aiopt import runtime
+    from aiopt.artifacts import load_model
+
+    first = runtime.load(reference, backend=backend_reference, input_spec=input_spec, trust_pickle=trust_pickle)
+    second = runtime.load(candidate, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
+    metadata = load_model(reference, trust_pickle=trust_pickle, input_spec=input_spec).metadata
+    inputs = _inputs(first.input_spec, metadata, data, samples)
+    ref_out, cand_out = run_batches(first, inputs), run_batches(second, inputs)
+    result = {
+        "reference": {"path": str(reference), "backend": first.backend},
+        "candidate": {"path": str(candidate), "backend": second.backend},
+        "inputs": inputs.source,
+        "samples": len(inputs),
+        "outputs": {name: agreement(r, c) for name, r, c in zip(first.output_names, ref_out, cand_out)},
+    }
+    if inputs.labels is not None:
+        result["reference"]["accuracy"] = accuracy(ref_out[0], inputs.labels)
+        result["candidate"]["accuracy"] = accuracy(cand_out[0], inputs.labels)
+    return result
+
+
+def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int) -> EvalData:
+    from aiopt.errors import InputError
+
+    try:
+        return eval_data(spec, metadata, data)
+    except InputError:
+        if data is not None:
+            raise
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s in spec:
+        shape = s.concrete_shape(samples)
+        arrays[s.name] = rng.standard_normal(shape).astype(s.dtype) if s.dtype.startswith("float") else np.zeros(shape, s.dtype)
+    return EvalData(arrays, None, f"{samples} random samples (seed 0)")
