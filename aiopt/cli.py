@@ -36,6 +36,12 @@ JSON_HELP = "Print one JSON document with the results on stdout (messages go to 
 TRUST_HELP = "Allow loading pickled Python objects. Unpickling runs code from the file: only for files you trust."
 INPUT_SHAPE_HELP = "Input shape for a model without metadata, batch first: 1x40, or name:1x40 per input (repeatable)."
 INPUT_DTYPE_HELP = "Input dtype(s) matching --input-shape (default float32)."
+# Options several commands share, declared once so their flags and help stay identical.
+JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
+TRUST_PICKLE_OPTION = typer.Option(False, "--trust-pickle", help=TRUST_HELP)
+FORCE_OPTION = typer.Option(False, "--force", help="Replace the output if it exists.")
+INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
+INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
 
 
 def _version(value: bool) -> None:
@@ -114,8 +120,8 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
-    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a reference model on the CPU, evaluate it on the test split and write a checkpoint."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -149,10 +155,10 @@ def train(
 @_command(epilog="Example: aiopt inspect cnn.pt --json")
 def inspect(
     artifact: str = typer.Argument(..., help="Any artifact: aiopt .pt, TorchScript, torch.export .pt2 or ONNX."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
-    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Show an artifact's format, parameters, size, input/output spec, metadata and lineage."""
     from aiopt.inspect import inspect_artifact
@@ -185,11 +191,11 @@ def export(
     atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance of ONNX Runtime vs PyTorch outputs."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of ONNX Runtime vs PyTorch outputs."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim, then validate again."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
-    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Export a PyTorch model to ONNX, validated against PyTorch's outputs at two batch sizes."""
     from pathlib import Path
@@ -226,11 +232,11 @@ def run(
     output: str = typer.Option(..., "--output", "-o", help="Outputs to write, as .npz (one array per output name)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnxruntime (default: the artifact's own)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
-    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-    force: bool = typer.Option(False, "--force", help="Replace the output if it exists."),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Run an artifact over the inputs in an .npz file and write its outputs."""
     from aiopt.runtime import run_npz
@@ -248,10 +254,10 @@ def compare(
     reference: str = typer.Argument(..., help="The artifact taken as the truth."),
     candidate: str = typer.Argument(..., help="The artifact checked against it."),
     data: Optional[str] = typer.Option(None, "--data", help="Inputs: .npz, mnist1d or digits (default: the reference's test split, else random)."),
-    input_shape: Optional[List[str]] = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP),
-    input_dtype: Optional[List[str]] = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP),
-    trust_pickle: bool = typer.Option(False, "--trust-pickle", help=TRUST_HELP),
-    as_json: bool = typer.Option(False, "--json", help=JSON_HELP),
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    as_json: bool = JSON_OPTION,
 ) -> None:
     """Run two artifacts on the same inputs: max abs/rel difference, top-1 agreement, accuracy."""
     from aiopt.compare import compare_artifacts

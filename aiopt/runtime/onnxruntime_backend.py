@@ -19,7 +19,7 @@ def import_onnxruntime():
     try:
         import onnxruntime
     except ImportError as exc:
-        raise MissingDependencyError("ONNX Runtime is not installed; run: pip install 'aiopt[onnxruntime]'") from exc
+        raise MissingDependencyError("ONNX Runtime is not installed; run: pip install onnxruntime") from exc
     return onnxruntime
 
 
