@@ -66,7 +66,9 @@ def export_onnx(
     if loaded.format == FORMAT_ONNX:
         raise InputError(f"{source} is already an ONNX model; pass a PyTorch artifact to export")
     spec = require_input_spec(loaded)
-    output_names = [o.name for o in output_spec(loaded)]
+    outputs = output_spec(loaded)  # may run the model once (TorchScript): compute it once
+    output_names = [o.name for o in outputs]
+    exported_spec = _exported_spec(spec, config.dynamic_batch)
     with atomic_path(out) as tmp:
         exporter = _torch_to_onnx(loaded, spec, output_names, tmp, config)
         model = check_onnx(tmp)
@@ -78,12 +80,12 @@ def export_onnx(
             _save(model, tmp)
             check_onnx(tmp)
             validation.append(validate_against_torch(loaded, tmp, spec, config, stage="simplified"))
-        accuracy = _accuracy_if_known(tmp, _exported_spec(spec, config.dynamic_batch), loaded.metadata)
+        accuracy = _accuracy_if_known(tmp, exported_spec, loaded.metadata)
         metadata = child_metadata(
             loaded, "export",
             format=FORMAT_ONNX,
-            inputs=[s.to_dict() for s in _exported_spec(spec, config.dynamic_batch)],
-            outputs=[{"name": n, "shape": o.get("shape", ["batch"]), "dtype": o.get("dtype", "float32")} for n, o in zip(output_names, _output_dicts(loaded))],
+            inputs=[s.to_dict() for s in exported_spec],
+            outputs=[o.to_dict() for o in outputs],
             export={"exporter": exporter, "opset": config.opset, "dynamic_batch": config.dynamic_batch, "simplified": config.simplify,
                     "validation": validation},
             metrics=({"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics")),
@@ -98,10 +100,6 @@ def _exported_spec(spec: list[TensorSpec], dynamic_batch: bool) -> list[TensorSp
     if dynamic_batch:
         return spec
     return [TensorSpec(s.name, tuple(1 if d == "batch" else d for d in s.shape), s.dtype) for s in spec]
-
-
-def _output_dicts(loaded: LoadedModel) -> list[dict]:
-    return [o.to_dict() for o in output_spec(loaded)]
 
 
 def _dynamic_shapes(spec: list[TensorSpec], dynamic_batch: bool):
