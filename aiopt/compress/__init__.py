@@ -1,0 +1,1 @@
+"""Compression: pruning, quantization and distillation, each writing a new artifact."""
