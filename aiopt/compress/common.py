@@ -1,0 +1,100 @@
+"""Glue every compression step shares: which model and data it works on, how its result is
+checked against the parent, and how its size is counted.
+
+A transform that produces NaN/Inf or loses the parent's predictions fails here, loudly,
+before anything is written (the numerical guard of the reliability issue).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from aiopt.errors import InputError, UnsupportedModelError
+
+# Below this top-1 agreement with its parent a transformed model computes something else.
+MIN_PARENT_AGREEMENT = 0.5
+
+
+@dataclass
+class ReferenceCheckpoint:
+    """An aiopt checkpoint of a registry architecture: what pruning and distillation need."""
+
+    loaded: Any  # artifacts.LoadedModel
+    architecture: str
+    config: Any  # the architecture's frozen config dataclass
+
+    @property
+    def model(self):
+        return self.loaded.model
+
+
+def load_reference_checkpoint(path: str | os.PathLike, step: str) -> ReferenceCheckpoint:
+    """Load `path` and require an aiopt checkpoint whose architecture the registry can rebuild."""
+    from aiopt.artifacts import FORMAT_AIOPT, load_model
+    from aiopt.reference_models import get_entry
+
+    loaded = load_model(path)
+    if loaded.format != FORMAT_AIOPT:
+        raise UnsupportedModelError(
+            f"{step} needs an aiopt checkpoint (.pt written by aiopt train/prune/distill); {path} is {loaded.format}"
+        )
+    name = loaded.metadata["architecture"]
+    entry = get_entry(name)
+    return ReferenceCheckpoint(loaded, name, entry.config_class(**_config_values(loaded.metadata["config"])))
+
+
+def _config_values(config: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+
+
+def dataset_for(metadata: dict, override: str | None = None, step: str = "this step"):
+    """The built-in dataset a model was trained on (or `override`), for fine-tuning and evaluation."""
+    from aiopt.data import DATASETS, load_dataset
+
+    name = override or (metadata.get("dataset") or {}).get("name")
+    if name not in DATASETS:
+        raise InputError(f"{step} needs training data: the model records no built-in dataset; pass --dataset ({'|'.join(DATASETS)})")
+    dataset = load_dataset(name)
+    recorded = (metadata.get("dataset") or {}).get("sample_shape")
+    if recorded and tuple(recorded) != dataset.sample_shape:
+        raise InputError(f"dataset {name} has samples of shape {dataset.sample_shape}; the model was trained on {tuple(recorded)}")
+    return dataset
+
+
+def torch_logits(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
+    import torch
+
+    model.eval()
+    with torch.no_grad():
+        chunks = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
+    return torch.cat(chunks).numpy()
+
+
+def check_against_parent(reference_logits: np.ndarray, candidate_logits: np.ndarray, what: str) -> dict:
+    """Agreement of a transformed model with its parent; raises if the outputs are unusable."""
+    from aiopt.evaluate import agreement
+
+    result = agreement(reference_logits, candidate_logits)
+    if not result["finite"]:
+        raise UnsupportedModelError(f"{what} produces NaN or Inf outputs; nothing was written")
+    if result.get("top1_agreement", 1.0) < MIN_PARENT_AGREEMENT:
+        raise UnsupportedModelError(
+            f"{what} agrees with its parent on only {result['top1_agreement']:.0%} of predictions; nothing was written"
+        )
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}
+
+
+def count_macs_and_params(model, input_spec) -> tuple[int, int]:
+    """Multiply-accumulates and parameters of one sample's forward pass (Torch-Pruning's counter)."""
+    import torch_pruning as tp
+
+    from aiopt.artifacts import example_inputs
+
+    was_training = model.training
+    model.eval()
+    macs, params = tp.utils.count_ops_and_params(model, example_inputs(input_spec, batch_size=1))
+    model.train(was_training)
+    return int(macs), int(params)
