@@ -281,5 +281,56 @@ def _spec_text(spec: dict) -> str:
     return f"{spec['name']}: {' x '.join(str(d) for d in spec['shape'])} {spec['dtype']}"
 
 
+@_command(epilog="Example: aiopt quantize cnn.pt   (static INT8 on ONNX Runtime, calibrated on the model's training data)")
+def quantize(
+    model: str = typer.Argument(..., help="Model to quantize: aiopt .pt, TorchScript, .pt2 or ONNX."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="ONNX file to write (default: MODEL.int8.onnx beside the input)."),
+    method: str = typer.Option("auto", "--method", help="auto (static INT8 when the training data is known, else dynamic), static, dynamic or fp16."),
+    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or tensorrt: a symmetric INT8 QDQ ONNX for TensorRT's explicit quantization."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: DATA.npz, mnist1d or digits (default: the model's training split)."),
+    calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration samples drawn from the data."),
+    per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel or per-tensor weight scales."),
+    exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Keep the most harmful layers in float until the drop fits (0.01 = one point)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
+    seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
+    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+
+    config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
+                            per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed)
+    result = quantize_artifact(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype),
+                               on_progress=lambda message: stderr.print(escape(message)))
+    report = result.report
+    if as_json:
+        _emit_json({"path": result.path, **report})
+        return
+    latency = report["latency"]
+    table = Table(title=f"quantized {escape(model)} -> {escape(result.path)} ({result.method})")
+    for column in ("", "FP32", result.method.upper() if result.method == "fp16" else "INT8"):
+        table.add_column(column)
+    if report["accuracy"] is not None:
+        table.add_row(f"accuracy ({report['eval_data']})", f"{report['fp32_accuracy']:.4f}", f"{report['accuracy']:.4f}")
+    table.add_row("size", _size(report["fp32_size_bytes"]), _size(report["size_bytes"]))
+    table.add_row(f"latency p50, batch {latency['batch_size']}", f"{latency['fp32_p50_ms']:.3f} ms", f"{latency['p50_ms']:.3f} ms")
+    stdout.print(table)
+    agreement = report["agreement_with_parent"]
+    stdout.print(f"speedup {latency['speedup']:.2f}x (quick check; aiopt bench for figures), top-1 agreement with FP32 {agreement.get('top1_agreement', 1):.4f}"
+                 + (f", accuracy drop {report['accuracy_drop'] * 100:.2f} pt" if report.get("accuracy_drop") is not None else ""))
+    if report.get("kept_float"):
+        stdout.print(f"kept in float: {', '.join(report['kept_float'])}")
+
+
+def _size(size_bytes: int) -> str:
+    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
+
+
 def main() -> None:
     app()

@@ -33,7 +33,7 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
     names = [s.name for s in input_spec]
     if data is not None and str(data) not in DATASETS:
         inputs, labels = load_npz(data, input_names=names, require_labels=require_labels)
-        _check_against_spec(inputs, input_spec, str(data))
+        check_against_spec(inputs, input_spec, str(data))
         return EvalData(inputs, labels, str(data))
     name = str(data) if data is not None else ((metadata or {}).get("dataset") or {}).get("name")
     if name not in DATASETS:
@@ -42,11 +42,11 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
         raise InputError(f"the {name} dataset has one input; this model takes {len(names)} ({', '.join(names)}): pass --data FILE.npz")
     dataset = load_dataset(name)
     inputs = {names[0]: dataset.x_test}
-    _check_against_spec(inputs, input_spec, name)
+    check_against_spec(inputs, input_spec, name)
     return EvalData(inputs, dataset.y_test, f"{name}:test")
 
 
-def _check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
+def check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
     for spec in input_spec:
         array = inputs[spec.name]
         if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):

@@ -1,0 +1,1 @@
+"""Benchmarks: latency, accuracy and memory measurement, and the report writers."""

@@ -1,0 +1,93 @@
+"""Calibration and selection data for quantization.
+
+Calibration samples come from the training split (never the test split the report is
+measured on), or from a user `.npz`. Layer selection (`--max-accuracy-drop`) is scored on a
+held-out slice of the training split that calibration did not see.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from aiopt.errors import InputError
+from aiopt.evaluate import EvalData, check_against_spec
+
+SELECTION_SAMPLES = 1000
+
+
+@dataclass(frozen=True)
+class CalibrationSet:
+    inputs: dict[str, np.ndarray]
+    source: str
+    selection: EvalData | None  # held-out labelled samples for layer selection, when known
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+
+def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict, samples: int = 256, seed: int = 0) -> CalibrationSet | None:
+    """Calibration inputs from `source` (a built-in dataset name or `.npz`), else the model's own
+    dataset; None when neither is known (the caller falls back to dynamic quantization)."""
+    from aiopt.data import DATASETS, load_dataset, load_npz
+
+    if samples < 1:
+        raise InputError(f"--calib-samples must be at least 1, got {samples}")
+    names = [s.name for s in input_spec]
+    dataset_name = str(source) if source is not None and str(source) in DATASETS else None
+    if source is None:
+        dataset_name = (metadata.get("dataset") or {}).get("name")
+        if dataset_name not in DATASETS:
+            return None
+    rng = np.random.default_rng(seed)
+    if dataset_name is None:  # a user .npz
+        inputs, _ = load_npz(source, input_names=names, require_labels=False)
+        _check_calibration(inputs, input_spec, str(source))
+        order = rng.permutation(len(next(iter(inputs.values()))))
+        chosen = order[:samples]
+        return CalibrationSet({k: v[chosen] for k, v in inputs.items()}, str(source), None)
+    if len(names) != 1:
+        raise InputError(f"the {dataset_name} dataset has one input; this model takes {len(names)} ({', '.join(names)}): pass --calibration FILE.npz")
+    dataset = load_dataset(dataset_name)
+    inputs = {names[0]: dataset.x_train}
+    _check_calibration(inputs, input_spec, dataset_name)
+    order = rng.permutation(len(dataset.y_train))
+    held_out = order[-min(SELECTION_SAMPLES, len(order) // 4):]
+    chosen = order[:min(samples, len(order) - len(held_out))]
+    selection = EvalData({names[0]: dataset.x_train[held_out]}, dataset.y_train[held_out], f"{dataset_name}:train-held-out")
+    return CalibrationSet({names[0]: dataset.x_train[chosen]}, f"{dataset_name}:train", selection)
+
+
+def _check_calibration(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
+    check_against_spec(inputs, input_spec, source)
+    for spec in input_spec:
+        array = inputs[spec.name]
+        if len(array) == 0:
+            raise InputError(f"{source}: {spec.name!r} holds no samples; calibration needs at least one")
+        if np.dtype(spec.dtype).kind != array.dtype.kind and not (array.dtype.kind in "iu" and np.dtype(spec.dtype).kind in "iu"):
+            raise InputError(f"{source}: {spec.name!r} is {array.dtype}, the model takes {spec.dtype}; convert the array (e.g. x.astype('{spec.dtype}'))")
+
+
+class OrtCalibrationReader:
+    """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader protocol)."""
+
+    def __init__(self, calibration: CalibrationSet, input_spec, batch_size: int = 32):
+        fixed = {s.shape[0] for s in input_spec if s.shape and isinstance(s.shape[0], int)}
+        # A static-batch model takes exactly its batch size: drop the incomplete last batch.
+        self.batch_size, self.static_batch = (fixed.pop(), True) if fixed else (batch_size, False)
+        self.calibration, self.input_spec = calibration, input_spec
+        self.rewind()
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self._batches, None)
+
+    def rewind(self) -> None:
+        total = len(self.calibration)
+        end = total - total % self.batch_size if self.static_batch else total
+
+        def batches():
+            for start in range(0, end, self.batch_size):
+                yield {s.name: self.calibration.inputs[s.name][start:start + self.batch_size].astype(s.dtype, copy=False) for s in self.input_spec}
+
+        self._batches = batches()

@@ -1,0 +1,150 @@
+"""Thin wrappers over ONNX Runtime's quantization tools: pre-processing, static QDQ INT8,
+dynamic INT8, and FP16/BF16 conversion. Policy (what to quantize, for which target) lives
+in quantize.py; this module only knows how to ask ONNX Runtime for it.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiopt.errors import UnsupportedModelError
+
+# Ops whose INT8 form ONNX Runtime's static QDQ path does not accelerate on CPU: recurrent
+# cells. Their dynamic INT8 kernels (DynamicQuantizeLSTM) do run in INT8.
+RECURRENT_OPS = ("LSTM", "GRU")
+# Ops that carry the model's multiply-accumulates: what is worth quantizing.
+COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
+DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
+# Kept in float when converting to FP16/BF16: their reductions lose accuracy in 16 bits.
+FLOAT32_SENSITIVE_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Erf", "Exp", "Log")
+
+CALIB_METHODS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class StaticInt8Options:
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_type: str = "uint8"
+    weight_type: str = "int8"
+    symmetric_activations: bool = False
+    calib_method: str = "minmax"
+    op_types: tuple[str, ...] = COMPUTE_OPS
+    exclude: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def _quiet():
+    """ORT's quantizer logs and prints per-node chatter; users see our summary instead."""
+    logger = logging.getLogger()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        logger.setLevel(level)
+
+
+def preprocess(source: Path, target: Path) -> str:
+    """ORT's quantization pre-processing (symbolic shape inference + graph optimisation).
+
+    Symbolic shape inference cannot follow some exported Reshape chains (Shape -> Gather ->
+    Concat -> Reshape with the batch dim). Rather than quantize without shapes, we constant-fold
+    those chains with onnxslim and try again; then let the inference merge symbolic dims.
+    Returns the path taken, for the metadata.
+    """
+    import onnx
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from aiopt.export.onnx import simplify
+
+    attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}))
+    errors = []
+    for name, fold, options in attempts:
+        model_path = source
+        if fold:
+            model_path = target.with_suffix(".folded.onnx")
+            onnx.save_model(simplify(onnx.load(str(source))), str(model_path))
+        try:
+            with _quiet():
+                quant_pre_process(str(model_path), str(target), **options)
+            return name
+        except Exception as exc:  # noqa: BLE001 -- symbolic shape inference raises plain Exceptions
+            errors.append(f"{name}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+    raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing fails on this graph ({'; '.join(errors)})")
+
+
+def graph_nodes(path: Path) -> list[tuple[str, str]]:
+    """(name, op_type) of every node, in graph order."""
+    import onnx
+
+    return [(n.name, n.op_type) for n in onnx.load(str(path), load_external_data=False).graph.node]
+
+
+def _qtype(name: str):
+    from onnxruntime.quantization import QuantType
+
+    return {"uint8": QuantType.QUInt8, "int8": QuantType.QInt8}[name]
+
+
+def _calib_method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[name]
+
+
+def quantize_static_qdq(source: Path, target: Path, reader, options: StaticInt8Options, cache: Path) -> None:
+    """Static INT8 in QDQ format. Ranges are calibrated once and cached in `cache`, so layer
+    selection can re-quantize with other exclusions without re-running calibration."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+
+    extra = {"ActivationSymmetric": options.symmetric_activations, "WeightSymmetric": True, **options.extra}
+    if options.calib_method == "percentile":
+        extra.setdefault("CalibPercentile", 99.999)
+    try:
+        with _quiet():
+            quantize_static(
+                str(source), str(target), reader if not cache.is_file() else None,
+                quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
+                per_channel=options.per_channel, reduce_range=options.reduce_range,
+                activation_type=_qtype(options.activation_type), weight_type=_qtype(options.weight_type),
+                nodes_to_exclude=list(options.exclude), calibrate_method=_calib_method(options.calib_method),
+                extra_options=extra, calibration_cache_path=str(cache),
+            )
+    except Exception as exc:
+        raise UnsupportedModelError(f"ONNX Runtime's static quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool, reduce_range: bool,
+                          op_types: tuple[str, ...] = DYNAMIC_OPS, exclude: tuple[str, ...] = ()) -> None:
+    """Dynamic INT8: weights quantized ahead of time, activations per batch at run time."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    try:
+        with _quiet():
+            quantize_dynamic(str(source), str(target), op_types_to_quantize=list(op_types), per_channel=per_channel,
+                             reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
+    except Exception as exc:
+        raise UnsupportedModelError(f"ONNX Runtime's dynamic quantization failed: {str(exc).splitlines()[0][:300]}") from exc
+
+
+def convert_float16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -> list[str]:
+    """FP16 weights and compute, float32 inputs/outputs, numerically sensitive ops kept in FP32.
+
+    Returns the names of the nodes kept in FP32."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(source))
+    kept = [n.name for n in model.graph.node if n.op_type in FLOAT32_SENSITIVE_OPS or n.name in exclude]
+    with _quiet():
+        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude))
+    onnx.save_model(converted, str(target))
+    return kept

@@ -1,0 +1,341 @@
+"""`aiopt quantize`: INT8 (static with calibration, or dynamic) and FP16 through ONNX Runtime,
+measured on the quantized artifact itself against the FP32 model it came from.
+
+Flow: FP32 ONNX (exported and validated if the input is a PyTorch artifact) -> ORT
+pre-processing -> quantization -> accuracy, agreement and a quick latency ratio on ONNX
+Runtime -> metadata embedded -> one atomic write. Nothing is written if a check fails.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aiopt.compress import onnx_quant
+from aiopt.errors import InputError
+
+METHODS = ("auto", "static", "dynamic", "fp16")
+BACKENDS = ("onnxruntime", "tensorrt")
+# File suffix per method, beside the input: MODEL.int8.onnx, MODEL.fp16.onnx, ...
+_SUFFIX = {"static": ".int8.onnx", "dynamic": ".int8.onnx", "fp16": ".fp16.onnx"}
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    method: str = "auto"
+    backend: str = "onnxruntime"
+    calibration: str | None = None  # DATA.npz or a built-in dataset name; default: the model's training split
+    calib_method: str = "minmax"
+    calib_samples: int = 256
+    per_channel: bool = True
+    exclude: tuple[str, ...] = ()
+    max_accuracy_drop: float | None = None  # in accuracy units (0.01 = one point)
+    data: str | None = None  # evaluation data; default: the model's test split
+    latency_batch: int = 64
+    seed: int = 0
+
+
+@dataclass
+class QuantizeResult:
+    path: str
+    method: str
+    reason: str
+    metadata: dict
+    report: dict = field(default_factory=dict)
+
+
+def default_output(source: str | os.PathLike, config: QuantizeConfig, method: str) -> Path:
+    source = Path(source)
+    suffix = ".trt-int8.onnx" if config.backend == "tensorrt" else _SUFFIX[method]
+    return source.with_name(source.name.removesuffix(source.suffix) + suffix)
+
+
+def _validate(config: QuantizeConfig) -> None:
+    if config.method not in METHODS:
+        raise InputError(f"unknown --method {config.method!r}; choose one of {', '.join(METHODS)}")
+    if config.backend not in BACKENDS:
+        raise InputError(f"unknown --backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
+    if config.calib_method not in onnx_quant.CALIB_METHODS:
+        raise InputError(f"unknown --calib-method {config.calib_method!r}; choose one of {', '.join(onnx_quant.CALIB_METHODS)}")
+    if config.backend == "tensorrt" and config.method not in ("auto", "static"):
+        raise InputError("--backend tensorrt writes a static INT8 QDQ model; drop --method or use --method static "
+                         "(for FP16 engines: aiopt export --format tensorrt --precision fp16)")
+    if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
+        raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
+    if config.latency_batch < 1:
+        raise InputError(f"the latency batch size must be at least 1, got {config.latency_batch}")
+
+
+def quantize_artifact(
+    source: str | os.PathLike,
+    output: str | os.PathLike | None = None,
+    config: QuantizeConfig = QuantizeConfig(),
+    force: bool = False,
+    trust_pickle: bool = False,
+    input_spec=None,
+    on_progress: Callable[[str], None] | None = None,
+) -> QuantizeResult:
+    from aiopt.artifacts import FORMAT_ONNX, load_model, require_input_spec
+    from aiopt.compress.calibration import calibration_set
+    from aiopt.fileio import check_output_path
+
+    _validate(config)
+    say = on_progress or (lambda message: None)
+    loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    spec = require_input_spec(loaded)
+    calibration = None
+    if config.method in ("auto", "static"):
+        calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed)
+    method, reason = _choose_method(config, calibration is not None)
+    out = check_output_path(output or default_output(source, config, method), source, config.calibration, config.data, force=force)
+    say(f"method: {method} ({reason})")
+    with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
+        work = Path(work)
+        fp32 = work / "fp32.onnx"
+        source_export = None
+        if loaded.format == FORMAT_ONNX:
+            shutil.copyfile(loaded.path, fp32)
+        else:
+            say("exporting to ONNX (validated against PyTorch)")
+            source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
+        prepared = work / "prepared.onnx"
+        preprocessing = onnx_quant.preprocess(fp32, prepared)
+        job = _QuantizeJob(config, method, spec, loaded, prepared, work, calibration, say)
+        report = job.run()
+        report.update({"method": method, "reason": reason, "preprocessing": preprocessing, "source_export": source_export})
+        _write(job.result_path, out, loaded, spec, report)
+    return QuantizeResult(str(out), method, reason, report.pop("_metadata"), report)
+
+
+def _choose_method(config: QuantizeConfig, have_calibration: bool) -> tuple[str, str]:
+    if config.method == "static" and not have_calibration:
+        raise InputError("static quantization needs calibration data: the model records no built-in dataset; pass --calibration DATA.npz")
+    if config.method == "auto":
+        if have_calibration:
+            return "static", "the model's training data is known: static INT8 calibrated on it"
+        return "dynamic", "no calibration data (the model records no dataset; pass --calibration DATA.npz for static INT8): dynamic INT8"
+    return config.method, "requested"
+
+
+def _export_fp32(source, target: Path, trust_pickle: bool, input_spec) -> dict:
+    from aiopt.export.onnx import OnnxExportConfig, export_onnx
+
+    result = export_onnx(source, target, OnnxExportConfig(), force=True, trust_pickle=trust_pickle, input_spec=input_spec)
+    return {"exporter": result.exporter, "opset": result.opset, "validation": result.validation}
+
+
+class _QuantizeJob:
+    """One quantization run: build the quantized graph, measure it against FP32, and (with a
+    budget) keep the most harmful layers in float until the accuracy drop fits."""
+
+    def __init__(self, config: QuantizeConfig, method: str, spec, loaded, prepared: Path, work: Path, calibration, say):
+        from aiopt.compress.cpu import detect_cpu, int8_kernel_for
+
+        self.config, self.method, self.spec, self.loaded = config, method, spec, loaded
+        self.prepared, self.work, self.calibration, self.say = prepared, work, calibration, say
+        self.cpu = detect_cpu()
+        self.kernel = int8_kernel_for(self.cpu)
+        self.nodes = onnx_quant.graph_nodes(prepared)
+        self.recurrent = [name for name, op in self.nodes if op in onnx_quant.RECURRENT_OPS]
+        self._trial = 0
+
+    @property
+    def for_tensorrt(self) -> bool:
+        return self.config.backend == "tensorrt"
+
+    def run(self) -> dict:
+        from aiopt.compress.common import check_against_parent
+        from aiopt.evaluate import accuracy, eval_data, run_batches
+        from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+        data = self._eval_data(eval_data)
+        reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec)
+        reference = run_batches(reference_runner, data)[0]
+        kept: list[str] = []
+        self.result_path = self._quantize(tuple(self.config.exclude))
+        selection = None
+        if self.config.max_accuracy_drop is not None:
+            selection = self._select_layers()
+            kept = selection["kept_float"]
+            self.result_path = self._quantize(tuple(self.config.exclude) + tuple(kept))
+        runner = OnnxRuntimeRunner(str(self.result_path), self.spec)
+        candidate = run_batches(runner, data)[0]
+        agreement = check_against_parent(reference, candidate, f"the {self.method} model")
+        report = {
+            "backend": self.config.backend,
+            "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
+            "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
+            "eval_data": data.source,
+            "samples": len(data),
+            "agreement_with_parent": agreement,
+            "fp32_size_bytes": self.prepared.stat().st_size,
+            "size_bytes": self.result_path.stat().st_size,
+            "latency": self._latency_ratio(reference_runner, runner, data),
+            "excluded": list(self.config.exclude),
+            "kept_float": kept,
+            "layer_selection": selection,
+            **self._settings(),
+        }
+        if report["accuracy"] is not None:
+            report["accuracy_drop"] = round(report["fp32_accuracy"] - report["accuracy"], 6)
+        return report
+
+    def _eval_data(self, eval_data):
+        try:
+            return eval_data(self.spec, self.loaded.metadata, self.config.data)
+        except InputError:
+            if self.config.data is not None:
+                raise
+            return self._random_data()
+
+    def _random_data(self):
+        from aiopt.artifacts import example_inputs
+        from aiopt.evaluate import EvalData
+
+        self.say("no evaluation data (pass --data FILE.npz): comparing with FP32 on random inputs, no accuracy")
+        source = self.calibration.inputs if self.calibration is not None else {s.name: t.numpy() for s, t in zip(self.spec, example_inputs(self.spec, 64))}
+        return EvalData(source, None, "calibration inputs" if self.calibration is not None else "random inputs")
+
+    def _settings(self) -> dict:
+        settings = {"per_channel": self.config.per_channel, "recurrent_nodes": self.recurrent}
+        if self.method == "static":
+            settings.update(calibration={"source": self.calibration.source, "samples": len(self.calibration), "method": self.config.calib_method})
+        if self.method in ("static", "dynamic") and not self.for_tensorrt:
+            settings.update(cpu={"model": self.cpu.model, "machine": self.cpu.machine, "vnni": self.cpu.has_vnni}, int8_kernel=self.kernel.to_dict())
+        if self.for_tensorrt:
+            settings.update(target="tensorrt-explicit-quantization", activations="int8 symmetric", weights="int8 symmetric per-channel")
+        return settings
+
+    # ------------------------------------------------------------ building
+    def _quantize(self, exclude: tuple[str, ...]) -> Path:
+        self._trial += 1
+        target = self.work / f"candidate-{self._trial}.onnx"
+        if self.method == "fp16":
+            onnx_quant.convert_float16(self.prepared, target, exclude)
+        elif self.method == "dynamic":
+            onnx_quant.quantize_dynamic_int8(self.prepared, target, self.config.per_channel, self.kernel.reduce_range, exclude=exclude)
+        else:
+            self._static(target, exclude)
+        return target
+
+    def _static(self, target: Path, exclude: tuple[str, ...]) -> None:
+        from aiopt.compress.calibration import OrtCalibrationReader
+
+        if self.for_tensorrt:  # TensorRT's explicit quantization: symmetric INT8 everywhere
+            options = onnx_quant.StaticInt8Options(
+                per_channel=self.config.per_channel, activation_type="int8", weight_type="int8", symmetric_activations=True,
+                calib_method=self.config.calib_method, exclude=exclude, extra={"QuantizeBias": False},
+            )
+        else:
+            options = onnx_quant.StaticInt8Options(
+                per_channel=self.config.per_channel, reduce_range=self.kernel.reduce_range,
+                activation_type=self.kernel.activation_type, weight_type=self.kernel.weight_type,
+                calib_method=self.config.calib_method, exclude=exclude,
+            )
+        reader = OrtCalibrationReader(self.calibration, self.spec)
+        cache = self.work / "calibration-cache.json"
+        if not self.recurrent or self.for_tensorrt:
+            onnx_quant.quantize_static_qdq(self.prepared, target, reader, options, cache)
+            return
+        # Recurrent cells get no speed from QDQ on ONNX Runtime: quantize the rest statically,
+        # then the LSTM/GRU nodes dynamically (DynamicQuantizeLSTM runs its matmuls in INT8).
+        partial = target.with_suffix(".static.onnx")
+        onnx_quant.quantize_static_qdq(self.prepared, partial, reader, options, cache)
+        recurrent = tuple(n for n in self.recurrent if n not in exclude)
+        if recurrent:
+            onnx_quant.quantize_dynamic_int8(partial, target, self.config.per_channel, self.kernel.reduce_range,
+                                             op_types=onnx_quant.RECURRENT_OPS, exclude=tuple(n for n in self.recurrent if n in exclude))
+        else:
+            shutil.copyfile(partial, target)
+
+    # ------------------------------------------------------------ layer selection
+    def _candidate_layers(self) -> list[str]:
+        if self.method == "fp16":
+            ops = {op for _, op in self.nodes} - set(onnx_quant.FLOAT32_SENSITIVE_OPS)
+        elif self.method == "dynamic":
+            ops = set(onnx_quant.DYNAMIC_OPS)
+        else:
+            ops = set(onnx_quant.COMPUTE_OPS + onnx_quant.RECURRENT_OPS)
+        return [name for name, op in self.nodes if op in ops and name not in self.config.exclude]
+
+    def _select_layers(self) -> dict:
+        """Greedy sensitivity search on held-out training samples (never the test split):
+        score each layer by the accuracy regained when it alone stays in float, then keep the
+        worst offenders in float, one at a time, until the drop fits the budget."""
+        from aiopt.evaluate import accuracy, run_batches
+        from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+        selection = self.calibration.selection if self.calibration is not None else None
+        if selection is None:
+            raise InputError("--max-accuracy-drop needs labelled held-out data: use a built-in dataset for --calibration, or drop the option")
+        budget = self.config.max_accuracy_drop
+
+        def score(path: Path) -> float:
+            return accuracy(run_batches(OnnxRuntimeRunner(str(path), self.spec), selection)[0], selection.labels)
+
+        fp32 = score(self.prepared)
+        base_drop = fp32 - score(self.result_path)
+        log = {"data": selection.source, "samples": len(selection), "fp32_accuracy": fp32, "budget": budget, "drop_all_quantized": base_drop}
+        if base_drop <= budget:
+            self.say(f"accuracy drop {base_drop * 100:.2f} pt fits the budget of {budget * 100:.2f} pt: every layer quantized")
+            return {**log, "kept_float": [], "steps": []}
+        layers = self._candidate_layers()
+        self.say(f"accuracy drop {base_drop * 100:.2f} pt exceeds {budget * 100:.2f} pt: measuring {len(layers)} layers")
+        gains = {}
+        for layer in layers:
+            gains[layer] = score(self._quantize(tuple(self.config.exclude) + (layer,))) - (fp32 - base_drop)
+        ranked = sorted(layers, key=lambda name: -gains[name])
+        kept, steps, drop = [], [], base_drop
+        for layer in ranked:
+            kept.append(layer)
+            drop = fp32 - score(self._quantize(tuple(self.config.exclude) + tuple(kept)))
+            steps.append({"kept_float": layer, "drop": drop})
+            if drop <= budget:
+                break
+        fits = drop <= budget
+        self.say(f"kept in float: {', '.join(kept)}; drop {drop * 100:.2f} pt" + ("" if fits else " (still over budget: every layer tried)"))
+        return {**log, "layer_gains": gains, "kept_float": kept, "steps": steps, "fits_budget": fits}
+
+    # ------------------------------------------------------------ speed
+    def _latency_ratio(self, reference_runner, runner, data) -> dict:
+        from aiopt.bench.latency import LatencyConfig, measure_latency
+
+        batch = self.config.latency_batch
+        fixed = {s.shape[0] for s in self.spec if s.shape and isinstance(s.shape[0], int)}
+        batch = fixed.pop() if fixed else batch
+        feed = {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in self.spec}
+        quick = LatencyConfig(warmup=5, min_runs=10, min_time=0.5)
+        fp32 = measure_latency(lambda: reference_runner(feed), quick)
+        quantized = measure_latency(lambda: runner(feed), quick)
+        return {"batch_size": batch, "fp32_p50_ms": fp32.p50, "p50_ms": quantized.p50, "speedup": round(fp32.p50 / quantized.p50, 3),
+                "note": "quick check on ONNX Runtime CPU; use aiopt bench for figures"}
+
+
+def _write(result: Path, out: Path, loaded, spec, report: dict) -> None:
+    import onnx
+
+    from aiopt.artifacts import child_metadata, onnx_value_specs, with_own_lineage
+    from aiopt.export.onnx import check_onnx, embed_metadata
+    from aiopt.fileio import atomic_path
+
+    model = check_onnx(result)
+    accuracy = report.get("accuracy")
+    metadata = child_metadata(
+        loaded, "quantize",
+        format="onnx",
+        inputs=[s.to_dict() for s in spec],
+        outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)],
+        quantization={k: v for k, v in report.items() if k not in ("latency",)},
+        metrics={"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics"),
+        agreement_with_parent=report["agreement_with_parent"],
+    )
+    embed_metadata(model, with_own_lineage(metadata, out))
+    with atomic_path(out) as tmp:
+        onnx.save_model(model, str(tmp))
+    report["_metadata"] = metadata
+
