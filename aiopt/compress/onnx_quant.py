@@ -141,10 +141,12 @@ def convert_float16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -
     Returns the names of the nodes kept in FP32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     model = onnx.load(str(source))
     kept = [n.name for n in model.graph.node if n.op_type in FLOAT32_SENSITIVE_OPS or n.name in exclude]
     with _quiet():
-        converted = convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude))
-    onnx.save_model(converted, str(target))
+        converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude)))
+        converted.topological_sort()  # the converter appends its input casts at the end of the graph
+    onnx.save_model(converted.model, str(target))
     return kept

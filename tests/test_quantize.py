@@ -1,0 +1,240 @@
+"""`aiopt quantize`: real ONNX Runtime quantization of tiny trained models, checked on the files it writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from conftest import run_cli
+
+from aiopt.artifacts import METADATA_KEY, load_model
+from aiopt.compress.cpu import CpuFeatures, detect_cpu, int8_kernel_for
+from aiopt.fileio import sha256_file
+
+
+@pytest.fixture(scope="module")
+def tiny_lstm(tmp_path_factory) -> Path:
+    from aiopt.reference_models.train import train_reference_model
+
+    path = tmp_path_factory.mktemp("lstm") / "lstm-tiny.pt"
+    train_reference_model("lstm:tiny", str(path), epochs=2, seed=0)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_transformer(tmp_path_factory) -> Path:
+    from aiopt.reference_models.train import train_reference_model
+
+    path = tmp_path_factory.mktemp("transformer") / "transformer-tiny.pt"
+    train_reference_model("transformer:tiny", str(path), epochs=2, seed=0)
+    return path
+
+
+def _copy(src: Path, folder: Path) -> Path:
+    target = folder / src.name
+    target.write_bytes(src.read_bytes())
+    return target
+
+
+def _ops(path: Path) -> list[str]:
+    return [n.op_type for n in onnx.load(str(path)).graph.node]
+
+
+# ---------------------------------------------------------------- CPU-aware INT8
+
+def test_kernel_choice_follows_cpu_flags(tmp_path):
+    assert int8_kernel_for(CpuFeatures("x86_64", "AMD EPYC", frozenset({"avx2", "fma"}))).reduce_range
+    assert not int8_kernel_for(CpuFeatures("x86_64", "Xeon", frozenset({"avx2", "avx512f", "avx512_vnni"}))).reduce_range
+    assert not int8_kernel_for(CpuFeatures("aarch64", "Neoverse", frozenset({"asimd", "asimddp"}))).reduce_range
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu sse avx avx2\n")
+    cpu = detect_cpu(cpuinfo)
+    assert cpu.model == "Test CPU" and "avx2" in cpu.flags and not cpu.has_vnni
+
+
+def _saturating_matmul(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A MatMul whose u8 x s8 products pair up beyond int16: 255*127*2 > 32767."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    k, n = 64, 8
+    weights = np.where(np.random.default_rng(0).random((k, n)) < 0.5, 1.0, -1.0).astype(np.float32)
+    weights[:, 0] = 1.0
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="matmul")], "saturation",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", n])], [numpy_helper.from_array(weights, "W")],
+    )
+    path = folder / "matmul.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
+    x = np.ones((4, k), np.float32)
+    return path, x, x @ weights
+
+
+def _int8_error(model: Path, x: np.ndarray, expected: np.ndarray, reduce_range: bool, folder: Path) -> float:
+    from aiopt.compress import onnx_quant
+    from aiopt.compress.calibration import CalibrationSet, OrtCalibrationReader
+    from aiopt.runtime.onnxruntime_backend import make_session
+    from aiopt.specs import TensorSpec
+
+    spec = [TensorSpec("x", ("batch", x.shape[1]), "float32")]
+    reader = OrtCalibrationReader(CalibrationSet({"x": x}, "test", None), spec)
+    target = folder / f"int8-{reduce_range}.onnx"
+    options = onnx_quant.StaticInt8Options(per_channel=False, reduce_range=reduce_range)
+    onnx_quant.quantize_static_qdq(model, target, reader, options, folder / f"cache-{reduce_range}.json")
+    return float(np.abs(make_session(str(target)).run(None, {"x": x})[0] - expected).max())
+
+
+def test_the_chosen_int8_kernel_does_not_saturate_here(tmp_path):
+    """On AVX2-only x86 CPUs, U8S8 without reduce_range halves this result; our choice stays exact."""
+    model, x, expected = _saturating_matmul(tmp_path)
+    chosen = int8_kernel_for(detect_cpu())
+    assert _int8_error(model, x, expected, chosen.reduce_range, tmp_path) < 1.0
+    cpu = detect_cpu()
+    if cpu.is_x86 and not cpu.has_vnni:
+        assert chosen.reduce_range
+        assert _int8_error(model, x, expected, False, tmp_path) > 10.0, "expected vpmaddubsw saturation on a CPU without VNNI"
+
+
+# ---------------------------------------------------------------- the default path
+
+def test_quantize_with_no_options_writes_static_int8_beside_the_input(tiny_cnn, tmp_path):
+    model = _copy(tiny_cnn, tmp_path)
+    result = run_cli("quantize", str(model), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    out = tmp_path / "cnn-tiny.int8.onnx"
+    assert report["path"] == str(out) and out.is_file()
+    assert report["method"] == "static" and report["calibration"]["source"] == "mnist1d:train"
+    assert report["fp32_accuracy"] - report["accuracy"] <= 0.03
+    assert report["size_bytes"] < report["fp32_size_bytes"]
+    assert report["latency"]["speedup"] > 0 and report["agreement_with_parent"]["top1_agreement"] > 0.9
+    assert "QuantizeLinear" in _ops(out) and "DequantizeLinear" in _ops(out)
+    loaded = load_model(out)
+    meta = loaded.metadata
+    assert meta["step"] == "quantize" and meta["parent"]["sha256"] == sha256_file(model)
+    assert meta["quantization"]["int8_kernel"]["reduce_range"] == int8_kernel_for(detect_cpu()).reduce_range
+    assert [entry["step"] for entry in meta["lineage"]] == ["train", "quantize"]
+    from aiopt import runtime
+
+    runner = runtime.load(out)
+    assert runner(np.zeros((3, 40), np.float32))["logits"].shape == (3, 10)
+
+
+def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_path):
+    from aiopt.export.onnx import export_onnx
+
+    exported = tmp_path / "cnn.onnx"
+    export_onnx(tiny_cnn, exported)
+    model = onnx.load(str(exported))
+    del model.metadata_props[:]  # a colleague's ONNX file: no aiopt metadata, no dataset
+    onnx.save(model, str(exported))
+    result = run_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "out.onnx"))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["method"] == "dynamic" and "no calibration data" in report["reason"]
+    assert "no calibration data" in result.stderr and report["accuracy"] is None
+
+
+def test_lstm_nodes_get_dynamic_int8_kernels(tiny_lstm, tmp_path):
+    result = run_cli("quantize", str(tiny_lstm), "-o", str(tmp_path / "lstm.int8.onnx"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    ops = _ops(tmp_path / "lstm.int8.onnx")
+    assert "DynamicQuantizeLSTM" in ops and "LSTM" not in ops
+    assert report["recurrent_nodes"] and report["method"] == "static"
+
+
+def test_tensorrt_target_is_symmetric_int8_qdq_around_every_matmul(tiny_cnn, tmp_path):
+    out = tmp_path / "cnn.trt-int8.onnx"
+    result = run_cli("quantize", str(tiny_cnn), "--backend", "tensorrt", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    model = onnx.load(str(out))
+    initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
+    producers = {o: n for n in model.graph.node for o in n.output}
+    quant_nodes = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert quant_nodes
+    for node in quant_nodes:
+        zero_point = initializers[node.input[2]]
+        assert zero_point.dtype == np.int8 and not zero_point.any(), f"{node.name}: TensorRT needs symmetric int8"
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            for name in node.input[:2]:
+                assert producers[name].op_type == "DequantizeLinear", f"{node.name} input {name} is not quantized"
+    assert json.loads(result.stdout)["target"] == "tensorrt-explicit-quantization"
+
+
+def test_fp16_keeps_layernorm_in_float32(tiny_transformer, tmp_path):
+    out = tmp_path / "t.fp16.onnx"
+    result = run_cli("quantize", str(tiny_transformer), "--method", "fp16", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert abs(report["fp32_accuracy"] - report["accuracy"]) <= 0.02
+    model = onnx.load(str(out))
+    value_types = {v.name: v.type.tensor_type.elem_type for v in [*model.graph.value_info, *model.graph.input, *model.graph.output]}
+    inits = {t.name: t.data_type for t in model.graph.initializer}
+    norms = [n for n in model.graph.node if n.op_type == "LayerNormalization"]
+    assert norms and all(inits.get(n.input[1], value_types.get(n.input[1])) == onnx.TensorProto.FLOAT for n in norms)
+    assert any(t == onnx.TensorProto.FLOAT16 for t in inits.values())
+
+
+def test_accuracy_budget_selection_is_consistent(tiny_transformer, tmp_path):
+    result = run_cli("quantize", str(tiny_transformer), "--max-accuracy-drop", "0", "--per-tensor", "-o", str(tmp_path / "t.onnx"), "--json")
+    assert result.returncode == 0, result.stderr
+    selection = json.loads(result.stdout)["layer_selection"]
+    assert selection["data"] == "mnist1d:train-held-out"
+    if selection["drop_all_quantized"] > 0:
+        assert selection["kept_float"] and selection["steps"]
+        assert selection["fits_budget"] == (selection["steps"][-1]["drop"] <= 0)
+    else:
+        assert selection["kept_float"] == []
+    stored = json.loads({p.key: p.value for p in onnx.load(str(tmp_path / "t.onnx")).metadata_props}[METADATA_KEY])
+    assert stored["quantization"]["kept_float"] == selection["kept_float"]
+
+
+# ---------------------------------------------------------------- bad input
+
+@pytest.mark.parametrize(
+    ("arrays", "expected"),
+    [
+        ({"x": np.zeros((10, 7), np.float32)}, "expects"),
+        ({"x": np.zeros((10, 40), np.int64)}, "astype"),
+        ({"x": np.zeros((0, 40), np.float32)}, "empty"),
+    ],
+    ids=["wrong-shape", "wrong-dtype", "empty"],
+)
+def test_bad_calibration_data_is_refused(tiny_cnn, tmp_path, arrays, expected):
+    data = tmp_path / "calib.npz"
+    np.savez(data, **arrays)
+    out = tmp_path / "out.onnx"
+    result = run_cli("quantize", str(tiny_cnn), "--calibration", str(data), "-o", str(out))
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--method", "int4"], "unknown --method"),
+        (["--backend", "tensorrt", "--method", "fp16"], "static INT8 QDQ"),
+        (["--calib-method", "magic"], "unknown --calib-method"),
+        (["--calib-samples", "0"], "at least 1"),
+        (["--max-accuracy-drop", "5"], "fraction"),
+    ],
+)
+def test_bad_options_are_refused(tiny_cnn, tmp_path, args, expected):
+    result = run_cli("quantize", str(tiny_cnn), *args, "-o", str(tmp_path / "out.onnx"))
+    assert result.returncode == 2 and expected in result.stderr, result.stderr
+
+
+def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):
+    from aiopt.export.onnx import export_onnx
+
+    model = tmp_path / "m.onnx"
+    export_onnx(tiny_cnn, model)
+    before = sha256_file(model)
+    result = run_cli("quantize", str(model), "-o", str(model), "--force")
+    assert result.returncode == 2 and sha256_file(model) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
