@@ -238,3 +238,27 @@ def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):
     result = run_cli("quantize", str(model), "-o", str(model), "--force")
     assert result.returncode == 2 and sha256_file(model) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+# ---------------------------------------------------------------- PyTorch backend
+
+@pytest.mark.parametrize(("method", "suffix"), [("dynamic", ".int8.pt"), ("bf16", ".bf16.pt")])
+def test_torch_backend_writes_torchscript_that_matches_its_parent(tiny_lstm, tmp_path, method, suffix):
+    model = _copy(tiny_lstm, tmp_path)
+    result = run_cli("quantize", str(model), "--backend", "torch", "--method", method, "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    out = tmp_path / f"lstm-tiny{suffix}"
+    assert report["path"] == str(out) and report["method"] == method
+    assert abs(report["fp32_accuracy"] - report["accuracy"]) <= 0.02
+    loaded = load_model(out)
+    assert loaded.format == "torchscript" and loaded.metadata["quantization"]["method"] == method
+    from aiopt import runtime
+
+    outputs = runtime.load(out)(np.zeros((5, 40), np.float32))["logits"]
+    assert outputs.shape == (5, 10) and outputs.dtype == np.float32
+
+
+def test_torch_backend_refuses_static_and_onnx_inputs(tiny_cnn, tmp_path):
+    result = run_cli("quantize", str(tiny_cnn), "--backend", "torch", "--method", "static", "-o", str(tmp_path / "x.pt"))
+    assert result.returncode == 2 and "--backend onnxruntime" in result.stderr

@@ -19,10 +19,10 @@ import numpy as np
 from aiopt.compress import onnx_quant
 from aiopt.errors import InputError
 
-METHODS = ("auto", "static", "dynamic", "fp16")
-BACKENDS = ("onnxruntime", "tensorrt")
+METHODS = ("auto", "static", "dynamic", "fp16", "bf16")
+BACKENDS = ("onnxruntime", "torch", "tensorrt")
 # File suffix per method, beside the input: MODEL.int8.onnx, MODEL.fp16.onnx, ...
-_SUFFIX = {"static": ".int8.onnx", "dynamic": ".int8.onnx", "fp16": ".fp16.onnx"}
+_SUFFIX = {"static": ".int8", "dynamic": ".int8", "fp16": ".fp16", "bf16": ".bf16"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ class QuantizeResult:
 
 def default_output(source: str | os.PathLike, config: QuantizeConfig, method: str) -> Path:
     source = Path(source)
-    suffix = ".trt-int8.onnx" if config.backend == "tensorrt" else _SUFFIX[method]
+    suffix = {"tensorrt": ".trt-int8.onnx", "torch": _SUFFIX[method] + ".pt"}.get(config.backend, _SUFFIX[method] + ".onnx")
     return source.with_name(source.name.removesuffix(source.suffix) + suffix)
 
 
@@ -65,6 +65,12 @@ def _validate(config: QuantizeConfig) -> None:
     if config.backend == "tensorrt" and config.method not in ("auto", "static"):
         raise InputError("--backend tensorrt writes a static INT8 QDQ model; drop --method or use --method static "
                          "(for FP16 engines: aiopt export --format tensorrt --precision fp16)")
+    if config.backend == "onnxruntime" and config.method == "bf16":
+        raise InputError("ONNX Runtime's CPU kernels do not run BF16 graphs; use --backend torch --method bf16, or --method fp16")
+    if config.backend == "torch" and config.method == "static":
+        raise InputError("--backend torch quantizes dynamically (Linear/LSTM weights); for static INT8 use --backend onnxruntime")
+    if config.max_accuracy_drop is not None and config.backend == "torch":
+        raise InputError("--max-accuracy-drop works with --backend onnxruntime or tensorrt")
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
     if config.latency_batch < 1:
@@ -89,11 +95,13 @@ def quantize_artifact(
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     spec = require_input_spec(loaded)
     calibration = None
-    if config.method in ("auto", "static"):
+    if config.method in ("auto", "static") and config.backend != "torch":
         calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed)
     method, reason = _choose_method(config, calibration is not None)
     out = check_output_path(output or default_output(source, config, method), source, config.calibration, config.data, force=force)
     say(f"method: {method} ({reason})")
+    if config.backend == "torch":
+        return _quantize_torch(loaded, spec, config, method, reason, out)
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
         fp32 = work / "fp32.onnx"
@@ -113,6 +121,8 @@ def quantize_artifact(
 
 
 def _choose_method(config: QuantizeConfig, have_calibration: bool) -> tuple[str, str]:
+    if config.backend == "torch" and config.method == "auto":
+        return "dynamic", "PyTorch backend: dynamic INT8 of Linear and LSTM weights"
     if config.method == "static" and not have_calibration:
         raise InputError("static quantization needs calibration data: the model records no built-in dataset; pass --calibration DATA.npz")
     if config.method == "auto":
@@ -149,13 +159,10 @@ class _QuantizeJob:
         return self.config.backend == "tensorrt"
 
     def run(self) -> dict:
-        from aiopt.compress.common import check_against_parent
-        from aiopt.evaluate import accuracy, eval_data, run_batches
         from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
-        data = self._eval_data(eval_data)
+        data = evaluation_data(self.spec, self.loaded.metadata, self.config.data, self.calibration, self.say)
         reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec)
-        reference = run_batches(reference_runner, data)[0]
         kept: list[str] = []
         self.result_path = self._quantize(tuple(self.config.exclude))
         selection = None
@@ -164,42 +171,16 @@ class _QuantizeJob:
             kept = selection["kept_float"]
             self.result_path = self._quantize(tuple(self.config.exclude) + tuple(kept))
         runner = OnnxRuntimeRunner(str(self.result_path), self.spec)
-        candidate = run_batches(runner, data)[0]
-        agreement = check_against_parent(reference, candidate, f"the {self.method} model")
-        report = {
+        return {
             "backend": self.config.backend,
-            "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
-            "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
-            "eval_data": data.source,
-            "samples": len(data),
-            "agreement_with_parent": agreement,
+            **measure_against_parent(reference_runner, runner, data, self.spec, self.config.latency_batch, f"the {self.method} model"),
             "fp32_size_bytes": self.prepared.stat().st_size,
             "size_bytes": self.result_path.stat().st_size,
-            "latency": self._latency_ratio(reference_runner, runner, data),
             "excluded": list(self.config.exclude),
             "kept_float": kept,
             "layer_selection": selection,
             **self._settings(),
         }
-        if report["accuracy"] is not None:
-            report["accuracy_drop"] = round(report["fp32_accuracy"] - report["accuracy"], 6)
-        return report
-
-    def _eval_data(self, eval_data):
-        try:
-            return eval_data(self.spec, self.loaded.metadata, self.config.data)
-        except InputError:
-            if self.config.data is not None:
-                raise
-            return self._random_data()
-
-    def _random_data(self):
-        from aiopt.artifacts import example_inputs
-        from aiopt.evaluate import EvalData
-
-        self.say("no evaluation data (pass --data FILE.npz): comparing with FP32 on random inputs, no accuracy")
-        source = self.calibration.inputs if self.calibration is not None else {s.name: t.numpy() for s, t in zip(self.spec, example_inputs(self.spec, 64))}
-        return EvalData(source, None, "calibration inputs" if self.calibration is not None else "random inputs")
 
     def _settings(self) -> dict:
         settings = {"per_channel": self.config.per_channel, "recurrent_nodes": self.recurrent}
@@ -301,19 +282,95 @@ class _QuantizeJob:
         self.say(f"kept in float: {', '.join(kept)}; drop {drop * 100:.2f} pt" + ("" if fits else " (still over budget: every layer tried)"))
         return {**log, "layer_gains": gains, "kept_float": kept, "steps": steps, "fits_budget": fits}
 
-    # ------------------------------------------------------------ speed
-    def _latency_ratio(self, reference_runner, runner, data) -> dict:
-        from aiopt.bench.latency import LatencyConfig, measure_latency
+def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, say=lambda message: None):
+    """The model's test split (or --data); without either, calibration or random inputs, which
+    measure agreement with the parent but no accuracy."""
+    from aiopt.artifacts import example_inputs
+    from aiopt.evaluate import EvalData, eval_data
 
-        batch = self.config.latency_batch
-        fixed = {s.shape[0] for s in self.spec if s.shape and isinstance(s.shape[0], int)}
-        batch = fixed.pop() if fixed else batch
-        feed = {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in self.spec}
-        quick = LatencyConfig(warmup=5, min_runs=10, min_time=0.5)
-        fp32 = measure_latency(lambda: reference_runner(feed), quick)
-        quantized = measure_latency(lambda: runner(feed), quick)
-        return {"batch_size": batch, "fp32_p50_ms": fp32.p50, "p50_ms": quantized.p50, "speedup": round(fp32.p50 / quantized.p50, 3),
-                "note": "quick check on ONNX Runtime CPU; use aiopt bench for figures"}
+    try:
+        return eval_data(spec, metadata, data)
+    except InputError:
+        if data is not None:
+            raise
+    say("no evaluation data (pass --data FILE.npz): comparing with the parent on sample inputs, no accuracy")
+    if calibration is not None:
+        return EvalData(calibration.inputs, None, "calibration inputs")
+    return EvalData({s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, 64))}, None, "random inputs")
+
+
+def measure_against_parent(reference_runner, runner, data, spec, latency_batch: int, what: str) -> dict:
+    """Accuracy of both, agreement of the candidate with the reference (NaN and collapse refused),
+    and a quick same-run latency ratio."""
+    from aiopt.compress.common import check_against_parent
+    from aiopt.evaluate import accuracy, run_batches
+
+    reference = run_batches(reference_runner, data)[0]
+    candidate = run_batches(runner, data)[0]
+    report = {
+        "agreement_with_parent": check_against_parent(reference, candidate, what),
+        "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
+        "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
+        "eval_data": data.source,
+        "samples": len(data),
+        "latency": _latency_ratio(reference_runner, runner, data, spec, latency_batch),
+    }
+    if report["accuracy"] is not None:
+        report["accuracy_drop"] = round(report["fp32_accuracy"] - report["accuracy"], 6)
+    return report
+
+
+def _latency_ratio(reference_runner, runner, data, spec, batch: int) -> dict:
+    from aiopt.bench.latency import LatencyConfig, measure_latency
+
+    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
+    batch = fixed.pop() if fixed else batch
+    feed = {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
+    quick = LatencyConfig(warmup=5, min_runs=10, min_time=0.5)
+    fp32 = measure_latency(lambda: reference_runner(feed), quick)
+    quantized = measure_latency(lambda: runner(feed), quick)
+    return {"batch_size": batch, "fp32_p50_ms": fp32.p50, "p50_ms": quantized.p50, "speedup": round(fp32.p50 / quantized.p50, 3),
+            "note": f"quick check on {runner.backend} CPU; use aiopt bench for figures"}
+
+
+def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: str, out: Path) -> QuantizeResult:
+    import io
+
+    import torch
+
+    from aiopt.artifacts import child_metadata, example_inputs, output_spec, with_own_lineage
+    from aiopt.compress import torch_quant
+    from aiopt.fileio import atomic_path
+    from aiopt.runtime.torch_backend import TorchRunner
+
+    if not loaded.is_torch:
+        raise InputError(f"--backend torch needs a PyTorch artifact; {loaded.path} is ONNX (use --backend onnxruntime)")
+    outputs = output_spec(loaded)
+    names = [o.name for o in outputs]
+    scripted = torch_quant.to_torchscript(torch_quant.reduce_precision(loaded.model, method), example_inputs(spec, 2))
+    data = evaluation_data(spec, loaded.metadata, config.data)
+    report = {
+        "backend": "torch",
+        **measure_against_parent(TorchRunner(loaded.model, spec, names), TorchRunner(scripted, spec, names), data, spec,
+                                 config.latency_batch, f"the {method} model"),
+        "fp32_size_bytes": Path(loaded.path).stat().st_size,
+        "method": method, "reason": reason, "per_channel": False,
+        "layers": "Linear, LSTM" if method == "dynamic" else "all (LayerNorm in float32)",
+        "torch_version": torch.__version__,
+    }
+    buffer = io.BytesIO()
+    torch.jit.save(scripted, buffer)
+    report["size_bytes"] = buffer.getbuffer().nbytes
+    metadata = child_metadata(
+        loaded, "quantize", format="torchscript",
+        inputs=[s.to_dict() for s in spec], outputs=[o.to_dict() for o in outputs],
+        quantization={k: v for k, v in report.items() if k != "latency"},
+        metrics={"accuracy": report["accuracy"], "split": "test", "measured_on": "torch"} if report["accuracy"] is not None else loaded.metadata.get("metrics"),
+        agreement_with_parent=report["agreement_with_parent"],
+    )
+    with atomic_path(out) as tmp:
+        torch_quant.save_torchscript(scripted, with_own_lineage(metadata, out), tmp)
+    return QuantizeResult(str(out), method, reason, metadata, report)
 
 
 def _write(result: Path, out: Path, loaded, spec, report: dict) -> None:
