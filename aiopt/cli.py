@@ -328,6 +328,90 @@ def quantize(
         stdout.print(f"kept in float: {', '.join(report['kept_float'])}")
 
 
+@_command(epilog="Example: aiopt bench cnn.pt cnn.int8.onnx --batch-size 1 --batch-size 64 --json r.json --markdown r.md --html r.html")
+def bench(
+    artifacts: List[str] = typer.Argument(..., help="Artifacts to measure side by side (any format aiopt loads)."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (repeatable; default: each artifact's own)."),
+    device: Optional[List[str]] = typer.Option(None, "--device", help="cpu or cuda (repeatable; default cpu)."),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch size (repeatable; default 1 and 64)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
+    min_runs: int = typer.Option(20, "--min-runs", help="Timed runs, at least."),
+    min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed runs per measurement, at least."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for PyTorch and ONNX Runtime (default: all cores)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: each model's test split)."),
+    no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not add the FP32 PyTorch model named in the lineage."),
+    json_file: Optional[str] = typer.Option(None, "--json", help="Write the report as JSON (schema in README)."),
+    markdown_file: Optional[str] = typer.Option(None, "--markdown", help="Write the report as Markdown (fits a CI job summary)."),
+    html_file: Optional[str] = typer.Option(None, "--html", help="Write one self-contained HTML page with plots."),
+    plots: Optional[str] = typer.Option(None, "--plots", help="Folder to write the plots into as PNG."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", help="A previous --json report: exit 1 if anything regressed against it."),
+    max_regression: float = typer.Option(0.10, "--max-regression", help="Allowed p50 latency increase vs --baseline (0.10 = 10%)."),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed accuracy drop vs --baseline (0.01 = one point)."),
+    force: bool = FORCE_OPTION,
+) -> None:
+    """Measure latency percentiles, throughput, accuracy, size and memory of artifacts, side by side."""
+    from aiopt.bench import report as reports
+    from aiopt.bench.latency import LatencyConfig
+    from aiopt.bench.measure import BenchConfig, run_bench
+    from aiopt.errors import CheckFailedError
+    from aiopt.fileio import check_output_path, write_bytes_atomic
+
+    outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in
+               (("json", json_file), ("markdown", markdown_file), ("html", html_file)) if path}
+    previous = reports.load_report(baseline) if baseline else None
+    config = BenchConfig(backends=tuple(backend or ()), devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (1, 64)),
+                         latency=LatencyConfig(warmup=warmup, min_runs=min_runs, min_time=min_time), threads=threads, data=data,
+                         baseline=not no_baseline)
+
+    def progress(record: dict) -> None:
+        label = record.get("label") or record["artifact"]
+        if record["skipped"]:
+            stderr.print(f"{escape(label)} [{record['backend']}/{record['device']}] skipped: {escape(record['skipped'])}")
+        else:
+            stderr.print(f"{escape(label)} [{record['backend']}/{record['device']}] batch {record['batch_size']}: p50 {record['latency_ms']['p50']:.3f} ms")
+
+    from aiopt.artifacts import command_line
+
+    document = run_bench(list(artifacts), config, command=command_line(), on_record=progress)
+    violations = reports.compare(document, previous, max_regression, max_accuracy_drop) if previous else None
+    text = reports.markdown(document, violations)
+    if "json" in outputs:
+        write_bytes_atomic(outputs["json"], reports.to_json(document).encode())
+    if "markdown" in outputs:
+        write_bytes_atomic(outputs["markdown"], text.encode())
+    if html_file or plots:
+        from aiopt.bench import html
+
+        if "html" in outputs:
+            write_bytes_atomic(outputs["html"], html.render_html(document).encode())
+        if plots:
+            from pathlib import Path
+
+            folder = Path(plots)
+            folder.mkdir(parents=True, exist_ok=True)
+            html.write_plots(document, folder)
+    reports.append_github_summary(text)
+    _bench_table(document)
+    if violations:
+        raise CheckFailedError(f"{len(violations)} regression(s) against {baseline}: " + "; ".join(v.describe() for v in violations))
+
+
+def _bench_table(document: dict) -> None:
+    table = Table(title=f"aiopt bench on {escape(document['machine']['cpu'])} ({document['settings']['threads']} threads)")
+    for column in ("artifact", "backend", "device", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "agreement", "speedup", "size"):
+        table.add_column(column, justify="left" if column in ("artifact", "backend", "device") else "right")
+    for r in document["records"]:
+        name = (r.get("label") or r["artifact"]) + (" *" if r.get("is_baseline") else "")
+        if r["skipped"]:
+            table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), "skipped", escape(r["skipped"][:60]), "", "", "", "", "")
+            continue
+        table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+                      f"{r['throughput']:,.0f}", "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
+                      "-" if r["agreement"] is None else f"{r['agreement']:.4f}",
+                      "-" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}x", _size(r["size_bytes"]))
+    stdout.print(table)
+
+
 def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
 

@@ -1,0 +1,269 @@
+"""`aiopt bench`: measure artifacts side by side, one record per artifact x backend x device x batch.
+
+Every record is taken the same way: `aiopt.runtime.load` -> Runner, predictions on the
+evaluation data (accuracy, and agreement with the baseline's predictions), then
+`measure_latency` per batch size. The baseline (FP32 PyTorch, found through the lineage when
+not given) is measured in the same run, so `speedup_vs_baseline` is a same-run ratio.
+A backend or device that is absent gives a record with `skipped` set, and the rest still runs.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aiopt.bench.latency import LatencyConfig, measure_latency
+from aiopt.errors import AioptError, InputError, MissingDependencyError
+
+SCHEMA_VERSION = 1
+BENCH_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    backends: tuple[str, ...] = ()  # empty: each artifact's own backend
+    devices: tuple[str, ...] = ("cpu",)
+    batch_sizes: tuple[int, ...] = (1, 64)
+    latency: LatencyConfig = LatencyConfig()
+    threads: int | None = None  # None: all cores
+    data: str | None = None
+    baseline: bool = True  # add the FP32 PyTorch model the lineage names
+
+
+@dataclass
+class _Target:
+    path: str
+    backend: str | None
+    device: str
+    is_baseline: bool = False
+    label: str = ""
+
+
+@dataclass
+class _Measured:
+    records: list[dict] = field(default_factory=list)
+    baseline_logits: np.ndarray | None = None
+    baseline_p50: dict = field(default_factory=dict)
+
+
+def validate(config: BenchConfig) -> None:
+    for backend in config.backends:
+        if backend not in BENCH_BACKENDS:
+            raise InputError(f"unknown --backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
+    for device in config.devices:
+        if device.split(":")[0] not in ("cpu", "cuda"):
+            raise InputError(f"unknown --device {device!r}; use cpu or cuda")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise InputError(f"--batch-size values must be at least 1, got {list(config.batch_sizes)}")
+    if config.threads is not None and config.threads < 1:
+        raise InputError(f"--threads must be at least 1, got {config.threads}")
+    if config.latency.min_runs < 1 or config.latency.min_time < 0 or config.latency.warmup < 0:
+        raise InputError("--min-runs must be at least 1, and --min-time and --warmup not negative")
+
+
+def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None) -> dict:
+    """Benchmark `artifacts`; returns the report document (schema in README, "Benchmark reports")."""
+    from aiopt.artifacts import now_iso
+    from aiopt.bench.machine import available_cores, describe_machine
+
+    validate(config)
+    for path in artifacts:
+        if not Path(path).is_file():
+            raise InputError(f"{path} does not exist or is not a file; pass the artifacts to benchmark")
+    threads = config.threads or available_cores()
+    _set_threads(threads)
+    measured = _Measured()
+    for target in _targets(artifacts, config):
+        for record in _measure_target(target, config, threads, measured):
+            measured.records.append(record)
+            if on_record:
+                on_record(record)
+    if all(r["skipped"] for r in measured.records):
+        reasons = sorted({r["skipped"] for r in measured.records})
+        raise MissingDependencyError(f"nothing could be measured: {'; '.join(reasons)}")
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "created_at": now_iso(),
+        "machine": describe_machine(),
+        "command": command,
+        "settings": {"warmup": config.latency.warmup, "min_runs": config.latency.min_runs, "min_time": config.latency.min_time,
+                     "threads": threads, "batch_sizes": list(config.batch_sizes), "data": config.data},
+        "records": measured.records,
+    }
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
+    """Baseline first (its predictions and latencies are what the others are compared with)."""
+    from aiopt.artifacts import FORMAT_AIOPT, load_model
+
+    targets: list[_Target] = []
+    baseline = _baseline_path(artifacts) if config.baseline else None
+    paths = ([baseline] if baseline and baseline not in artifacts else []) + list(artifacts)
+    for path in paths:
+        is_baseline = path == baseline
+        backends = config.backends or (None,)
+        for device in config.devices:
+            for backend in backends:
+                if is_baseline and backend not in (None, "torch"):
+                    continue
+                targets.append(_Target(path, "torch" if is_baseline else backend, device, is_baseline, label=path))
+    if baseline is None and config.baseline:  # no lineage: an FP32 aiopt checkpoint among the inputs is the baseline
+        for target in targets:
+            if target.backend in (None, "torch") and load_model(target.path).format == FORMAT_AIOPT:
+                target.is_baseline = True
+                targets.remove(target)
+                targets.insert(0, target)
+                break
+    return targets
+
+
+def _baseline_path(artifacts: list[str]) -> str | None:
+    """The FP32 model the artifacts descend from: the lineage's first entry, where it still exists."""
+    from aiopt.artifacts import load_model
+
+    for path in artifacts:
+        try:
+            metadata = load_model(path).metadata
+        except AioptError:
+            continue
+        lineage = metadata.get("lineage") or []
+        if metadata.get("step") == "train":  # a trained model among the inputs is its own baseline
+            return None
+        if lineage and lineage[0].get("step") == "train":
+            recorded = Path(lineage[0]["artifact"])
+            for candidate in (recorded, Path(path).parent / recorded.name):
+                if candidate.is_file():
+                    return str(candidate)
+    return None
+
+
+def _skipped(target: _Target, batch: int, reason: str) -> dict:
+    return {"artifact": target.path, "label": target.label, "backend": target.backend or "auto", "device": target.device, "batch_size": batch,
+            "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "size_bytes": _size(target.path), "params": None,
+            "flops": None, "peak_memory_bytes": None, "load_seconds": None, "speedup_vs_baseline": None, "is_baseline": target.is_baseline,
+            "step": None, "format": None, "skipped": reason}
+
+
+def _size(path: str) -> int | None:
+    try:
+        return os.path.getsize(path)
+    except OSError:
+        return None
+
+
+def _measure_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list[dict]:
+    from aiopt import runtime
+    from aiopt.bench.memory import PeakMemory
+
+    if target.backend == "tensorrt":
+        reason = ("TensorRT is not installed: pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU"
+                  if importlib.util.find_spec("tensorrt") is None else "the TensorRT runner is not part of this aiopt version yet")
+        return [_skipped(target, b, reason) for b in config.batch_sizes]
+    from aiopt.runtime.torch_backend import torch_device
+
+    memory = PeakMemory(target.device)
+    try:
+        torch_device(target.device)  # no CUDA: a skipped record, before anything touches the GPU
+        memory.start()
+        start = time.perf_counter()
+        runner = runtime.load(target.path, device=target.device, backend=target.backend, threads=threads)
+        load_seconds = time.perf_counter() - start
+    except MissingDependencyError as exc:
+        return [_skipped(target, b, str(exc)) for b in config.batch_sizes]
+    except InputError as exc:
+        if "use --backend" not in str(exc) and "export it first" not in str(exc):
+            raise
+        return [_skipped(target, b, str(exc)) for b in config.batch_sizes]  # format/backend mismatch
+    target.backend = runner.backend
+    facts = _artifact_facts(target, runner, config, measured)
+    records = []
+    for batch in config.batch_sizes:
+        fixed = _fixed_batch(runner.input_spec)
+        if fixed is not None and fixed != batch:
+            records.append(_skipped(target, batch, f"the model's batch size is fixed at {fixed}; export it with a dynamic batch to run batch {batch}"))
+            continue
+        feed = _feed(runner.input_spec, facts["_inputs"], batch)
+        stats = measure_latency(lambda feed=feed: runner(feed), config.latency, cuda=target.device.startswith("cuda"))
+        key = (target.device, batch)
+        if target.is_baseline:
+            measured.baseline_p50[key] = stats.p50
+        base = measured.baseline_p50.get(key)
+        records.append({
+            "artifact": target.path, "label": target.label, "backend": runner.backend, "device": runner.device, "batch_size": batch,
+            "latency_ms": stats.to_dict(), "throughput": round(batch * 1e3 / stats.mean, 2),
+            **{k: v for k, v in facts.items() if not k.startswith("_")},
+            "peak_memory_bytes": memory.peak_bytes(), "load_seconds": round(load_seconds, 4),
+            "speedup_vs_baseline": round(base / stats.p50, 4) if base else None, "is_baseline": target.is_baseline,
+            "threads": threads, "skipped": None,
+        })
+    return records
+
+
+def _artifact_facts(target: _Target, runner, config: BenchConfig, measured: _Measured) -> dict:
+    """What does not depend on the batch size: accuracy, agreement, size, params, FLOPs."""
+    from aiopt.artifacts import count_parameters, load_model
+    from aiopt.evaluate import accuracy, eval_data, run_batches
+
+    loaded = load_model(target.path)
+    try:
+        evaluation = eval_data(runner.input_spec, loaded.metadata, config.data)
+    except InputError:
+        if config.data is not None:
+            raise  # the user's --data does not fit: say so rather than measure without it
+        evaluation = None
+    logits = run_batches(runner, evaluation)[0] if evaluation is not None else None
+    agreement = None
+    if logits is not None:
+        if target.is_baseline and measured.baseline_logits is None:
+            measured.baseline_logits = logits
+        if measured.baseline_logits is not None and measured.baseline_logits.shape == logits.shape:
+            agreement = float((measured.baseline_logits.argmax(-1) == logits.argmax(-1)).mean())
+    return {
+        "accuracy": accuracy(logits, evaluation.labels) if logits is not None and evaluation.labels is not None else None,
+        "agreement": agreement,
+        "size_bytes": os.path.getsize(target.path),
+        "params": count_parameters(loaded),
+        "flops": flops_of(loaded, runner.input_spec),
+        "step": loaded.metadata.get("step"),
+        "format": loaded.format,
+        "_inputs": evaluation.inputs if evaluation is not None else None,
+    }
+
+
+def flops_of(loaded, spec) -> int | None:
+    """FLOPs of one sample (2 x multiply-accumulates), from the architecture the metadata records;
+    quantization does not change the count, so ONNX and TorchScript descendants inherit it."""
+    from aiopt.compress.common import count_macs_and_params
+    from aiopt.reference_models import build_model
+
+    metadata = loaded.metadata
+    if not metadata.get("architecture") or not metadata.get("config"):
+        return None
+    try:
+        macs, _ = count_macs_and_params(build_model(metadata["architecture"], metadata["config"]), spec)
+    except (AioptError, RuntimeError, ValueError, TypeError):
+        return None
+    return 2 * macs
+
+
+def _fixed_batch(spec) -> int | None:
+    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
+    return fixed.pop() if len(fixed) == 1 else None
+
+
+def _feed(spec, inputs: dict | None, batch: int) -> dict[str, np.ndarray]:
+    from aiopt.artifacts import example_inputs
+
+    if inputs is None:
+        return {s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, batch))}
+    return {s.name: np.resize(inputs[s.name], (batch, *inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}

@@ -1,0 +1,137 @@
+"""Bench report writers (JSON, Markdown) and the CI regression gate.
+
+The JSON document is the source of truth (schema_version 1, README "Benchmark reports");
+Markdown and HTML are views of it. The gate compares two documents record by record.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiopt.bench.measure import SCHEMA_VERSION
+from aiopt.errors import InputError
+
+
+def to_json(document: dict) -> str:
+    return json.dumps(document, indent=2) + "\n"
+
+
+def load_report(path: str | os.PathLike) -> dict:
+    """A previous bench JSON, for --baseline; refuses other schema versions and damaged files."""
+    try:
+        document = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise InputError(f"baseline report {path} does not exist; run aiopt bench --json {path} first") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise InputError(f"baseline report {path} is not valid JSON ({exc}); regenerate it with aiopt bench --json") from exc
+    if not isinstance(document, dict) or document.get("schema_version") != SCHEMA_VERSION:
+        version = document.get("schema_version") if isinstance(document, dict) else None
+        raise InputError(f"baseline report {path} has schema version {version}; this aiopt reads version {SCHEMA_VERSION}: regenerate the baseline")
+    if not isinstance(document.get("records"), list):
+        raise InputError(f"baseline report {path} has no records list; regenerate it with aiopt bench --json")
+    return document
+
+
+def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
+    return none if value is None else format(value, spec)
+
+
+def _size(size_bytes: int | None) -> str:
+    if size_bytes is None:
+        return "-"
+    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
+
+
+def markdown(document: dict, violations: list[Violation] | None = None) -> str:
+    machine = document["machine"]
+    gpu = machine.get("gpu") or {}
+    lines = [
+        "## aiopt bench",
+        "",
+        f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {gpu['name']} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else ", no GPU")
+        + f"; python {machine['python']}, torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}, onnx {machine.get('onnx')}, tensorrt {machine.get('tensorrt')}.",
+        f"Settings: {document['settings']['threads']} threads, warm-up {document['settings']['warmup']}, at least {document['settings']['min_runs']} runs "
+        f"and {document['settings']['min_time']} s per measurement. Speedup: same-run ratio of p50 latencies vs the baseline (marked *).",
+        "",
+        "| artifact | backend | device | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | samples/s | accuracy | agreement | speedup | size | params | peak mem |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in document["records"]:
+        name = r.get("label") or r["artifact"]
+        name = f"{name} *" if r.get("is_baseline") else name
+        if r.get("skipped"):
+            lines.append(f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | skipped: {r['skipped']} |||||||||||")
+            continue
+        lat = r["latency_ms"]
+        lines.append(
+            f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
+            f"{lat['mean']:.3f} ± {lat['std']:.3f} | {_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.4f')} | {_fmt(r['agreement'], '.4f')} | "
+            f"{_fmt(r['speedup_vs_baseline'], '.2f')}{'x' if r['speedup_vs_baseline'] is not None else ''} | {_size(r['size_bytes'])} | "
+            f"{_fmt(r['params'], ',d')} | {_size(r['peak_memory_bytes'])} |"
+        )
+    lines += ["", f"Command: `{document.get('command', '')}`"]
+    if violations is not None:
+        lines += ["", "### Regression gate", ""]
+        lines += [f"- {v.describe()}" for v in violations] or ["- no regression against the baseline"]
+    return "\n".join(lines) + "\n"
+
+
+# ---------------------------------------------------------------- the CI gate
+
+@dataclass(frozen=True)
+class Violation:
+    key: tuple
+    metric: str
+    baseline: float
+    current: float
+    limit: str
+
+    def describe(self) -> str:
+        artifact, backend, device, batch = self.key
+        where = f"{artifact} [{backend}/{device}, batch {batch}]"
+        if self.metric == "missing":
+            return f"{where}: measured in the baseline, missing or skipped now"
+        if self.metric == "accuracy":
+            return f"{where}: accuracy {self.current:.4f} vs {self.baseline:.4f} (drop {100 * (self.baseline - self.current):.2f} pt > {self.limit})"
+        change = self.current / self.baseline - 1
+        return f"{where}: p50 latency {self.current:.3f} ms vs {self.baseline:.3f} ms ({change:+.1%} > {self.limit})"
+
+
+def _key(record: dict) -> tuple:
+    return (record.get("label") or record["artifact"], record["backend"], record["device"], record["batch_size"])
+
+
+def compare(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01) -> list[Violation]:
+    """Records that got slower by more than `max_regression` (p50) or lost more than
+    `max_accuracy_drop` accuracy against the baseline report; matched by artifact, backend,
+    device and batch size."""
+    if max_regression < 0 or max_accuracy_drop < 0:
+        raise InputError("--max-regression and --max-accuracy-drop must not be negative")
+    now = {_key(r): r for r in current["records"]}
+    violations = []
+    for old in baseline["records"]:
+        if old.get("skipped"):
+            continue
+        key = _key(old)
+        new = now.get(key)
+        if new is None or new.get("skipped"):
+            violations.append(Violation(key, "missing", 0.0, 0.0, "present"))
+            continue
+        old_p50, new_p50 = old["latency_ms"]["p50"], new["latency_ms"]["p50"]
+        if new_p50 > old_p50 * (1 + max_regression):
+            violations.append(Violation(key, "latency", old_p50, new_p50, f"{max_regression:.0%}"))
+        if old.get("accuracy") is not None and new.get("accuracy") is not None and old["accuracy"] - new["accuracy"] > max_accuracy_drop + 1e-12:
+            violations.append(Violation(key, "accuracy", old["accuracy"], new["accuracy"], f"{100 * max_accuracy_drop:.2f} pt"))
+    return violations
+
+
+def append_github_summary(text: str) -> bool:
+    """Append to GitHub's job summary when running in Actions (GITHUB_STEP_SUMMARY set)."""
+    target = os.environ.get("GITHUB_STEP_SUMMARY")
+    if not target:
+        return False
+    with open(target, "a", encoding="utf-8") as fh:
+        fh.write(text)
+    return True
