@@ -41,13 +41,14 @@ class _Target:
     device: str
     is_baseline: bool = False
     label: str = ""
+    baseline: str | None = None  # the baseline artifact this target is compared with
 
 
 @dataclass
 class _Measured:
     records: list[dict] = field(default_factory=list)
-    baseline_logits: np.ndarray | None = None
-    baseline_p50: dict = field(default_factory=dict)
+    baseline_logits: dict = field(default_factory=dict)  # baseline path -> logits on the evaluation data
+    baseline_p50: dict = field(default_factory=dict)  # (baseline path, device, batch) -> p50 ms
 
 
 def validate(config: BenchConfig) -> None:
@@ -103,47 +104,40 @@ def _set_threads(threads: int) -> None:
 
 
 def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
-    """Baseline first (its predictions and latencies are what the others are compared with)."""
-    from aiopt.artifacts import FORMAT_AIOPT, load_model
-
+    """Each artifact is compared with its own baseline: the trained FP32 model its lineage starts
+    from (added when it exists and was not given). Baselines come first: their predictions and
+    latencies are what the others are compared with."""
+    roots = {path: (_lineage_root(path) if config.baseline else None) for path in artifacts}
+    baselines = list(dict.fromkeys(root for root in roots.values() if root))
     targets: list[_Target] = []
-    baseline = _baseline_path(artifacts) if config.baseline else None
-    paths = ([baseline] if baseline and baseline not in artifacts else []) + list(artifacts)
-    for path in paths:
-        is_baseline = path == baseline
-        backends = config.backends or (None,)
+    for path in baselines + [p for p in artifacts if p not in baselines]:
+        is_baseline = path in baselines
         for device in config.devices:
-            for backend in backends:
+            for backend in config.backends or (None,):
                 if is_baseline and backend not in (None, "torch"):
                     continue
-                targets.append(_Target(path, "torch" if is_baseline else backend, device, is_baseline, label=path))
-    if baseline is None and config.baseline:  # no lineage: an FP32 aiopt checkpoint among the inputs is the baseline
-        for target in targets:
-            if target.backend in (None, "torch") and load_model(target.path).format == FORMAT_AIOPT:
-                target.is_baseline = True
-                targets.remove(target)
-                targets.insert(0, target)
-                break
+                targets.append(_Target(path, "torch" if is_baseline else backend, device, is_baseline, label=path,
+                                       baseline=path if is_baseline else roots.get(path)))
     return targets
 
 
-def _baseline_path(artifacts: list[str]) -> str | None:
-    """The FP32 model the artifacts descend from: the lineage's first entry, where it still exists."""
-    from aiopt.artifacts import load_model
+def _lineage_root(path: str) -> str | None:
+    """The trained FP32 checkpoint `path` descends from (itself, if it is one), where it still exists:
+    at the path the lineage recorded, or beside `path` under the same name."""
+    from aiopt.artifacts import FORMAT_AIOPT, load_model
 
-    for path in artifacts:
-        try:
-            metadata = load_model(path).metadata
-        except AioptError:
-            continue
-        lineage = metadata.get("lineage") or []
-        if metadata.get("step") == "train":  # a trained model among the inputs is its own baseline
-            return None
-        if lineage and lineage[0].get("step") == "train":
-            recorded = Path(lineage[0]["artifact"])
-            for candidate in (recorded, Path(path).parent / recorded.name):
-                if candidate.is_file():
-                    return str(candidate)
+    try:
+        loaded = load_model(path)
+    except AioptError:
+        return None
+    if loaded.metadata.get("step") == "train" and loaded.format == FORMAT_AIOPT:
+        return path
+    lineage = loaded.metadata.get("lineage") or []
+    if lineage and lineage[0].get("step") == "train":
+        recorded = Path(lineage[0]["artifact"])
+        for candidate in (recorded, Path(path).parent / recorded.name):
+            if candidate.is_file():
+                return str(candidate)
     return None
 
 
@@ -151,7 +145,7 @@ def _skipped(target: _Target, batch: int, reason: str) -> dict:
     return {"artifact": target.path, "label": target.label, "backend": target.backend or "auto", "device": target.device, "batch_size": batch,
             "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "size_bytes": _size(target.path), "params": None,
             "flops": None, "peak_memory_bytes": None, "load_seconds": None, "speedup_vs_baseline": None, "is_baseline": target.is_baseline,
-            "step": None, "format": None, "skipped": reason}
+            "baseline": target.baseline, "step": None, "format": None, "skipped": reason}
 
 
 def _size(path: str) -> int | None:
@@ -194,7 +188,7 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
             continue
         feed = _feed(runner.input_spec, facts["_inputs"], batch)
         stats = measure_latency(lambda feed=feed: runner(feed), config.latency, cuda=target.device.startswith("cuda"))
-        key = (target.device, batch)
+        key = (target.baseline, target.device, batch)
         if target.is_baseline:
             measured.baseline_p50[key] = stats.p50
         base = measured.baseline_p50.get(key)
@@ -204,6 +198,7 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
             **{k: v for k, v in facts.items() if not k.startswith("_")},
             "peak_memory_bytes": memory.peak_bytes(), "load_seconds": round(load_seconds, 4),
             "speedup_vs_baseline": round(base / stats.p50, 4) if base else None, "is_baseline": target.is_baseline,
+            "baseline": target.baseline,
             "threads": threads, "skipped": None,
         })
     return records
@@ -224,10 +219,11 @@ def _artifact_facts(target: _Target, runner, config: BenchConfig, measured: _Mea
     logits = run_batches(runner, evaluation)[0] if evaluation is not None else None
     agreement = None
     if logits is not None:
-        if target.is_baseline and measured.baseline_logits is None:
-            measured.baseline_logits = logits
-        if measured.baseline_logits is not None and measured.baseline_logits.shape == logits.shape:
-            agreement = float((measured.baseline_logits.argmax(-1) == logits.argmax(-1)).mean())
+        if target.is_baseline:
+            measured.baseline_logits.setdefault(target.baseline, logits)
+        reference = measured.baseline_logits.get(target.baseline)
+        if reference is not None and reference.shape == logits.shape:
+            agreement = float((reference.argmax(-1) == logits.argmax(-1)).mean())
     return {
         "accuracy": accuracy(logits, evaluation.labels) if logits is not None and evaluation.labels is not None else None,
         "agreement": agreement,

@@ -1,0 +1,102 @@
+"""The benchmarks suite: the whole pipeline on the reference models, measured side by side.
+
+    python benchmarks/run.py            # base models: train (cached), compress, bench (~15 min on 2 cores)
+    python benchmarks/run.py --quick    # tiny models, short budgets: the CI smoke run
+
+Per model: train (or reuse the cached checkpoint), static INT8 (ONNX Runtime), channel pruning
+50% + fine-tune, distillation into a student of about 1/4 the parameters, and on the CNN the
+composed path prune -> distill -> INT8. Each model's artifacts are then measured in one
+`aiopt bench` run against its FP32 PyTorch baseline, so every speedup is a same-run ratio.
+Writes benchmarks/results/<machine-id>[-quick].{json,md,html}.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny models and short budgets (CI smoke run)")
+    parser.add_argument("--models", default="cnn,lstm,transformer")
+    parser.add_argument("--device", action="append", help="cpu and/or cuda (default cpu)")
+    parser.add_argument("--batch-size", type=int, action="append", help="default 1 and 64")
+    parser.add_argument("--work", default=str(ROOT / ".work"), help="checkpoint cache, reused between runs")
+    parser.add_argument("--results", default=str(ROOT / "results"))
+    parser.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per measurement")
+    args = parser.parse_args(argv)
+
+    from aiopt.artifacts import command_line
+    from aiopt.bench import html, report
+    from aiopt.bench.latency import LatencyConfig
+    from aiopt.bench.measure import BenchConfig, run_bench
+    from aiopt.fileio import write_bytes_atomic
+
+    size = "tiny" if args.quick else "base"
+    work = Path(args.work) / size
+    work.mkdir(parents=True, exist_ok=True)
+    config = BenchConfig(devices=tuple(args.device or ("cpu",)), batch_sizes=tuple(args.batch_size or (1, 64)),
+                         latency=LatencyConfig(warmup=10, min_runs=20, min_time=args.min_time or (0.2 if args.quick else 1.0)))
+    document, steps = None, []
+    for name in args.models.split(","):
+        artifacts = build_pipeline(name, size, work, args.quick, steps)
+        result = run_bench([str(path) for path in artifacts.values()], config, command=command_line())
+        labels = {str(path): f"{name} {variant}" for variant, path in artifacts.items()}
+        for record in result["records"]:
+            record["label"] = labels.get(record["artifact"], record["artifact"])
+        document = result if document is None else {**document, "records": document["records"] + result["records"]}
+        print(f"{name}: {len(result['records'])} records", file=sys.stderr)
+    document["pipeline_steps"] = steps
+    results = Path(args.results)
+    results.mkdir(parents=True, exist_ok=True)
+    stem = results / (document["machine"]["id"] + ("-quick" if args.quick else ""))
+    text = report.markdown(document)
+    write_bytes_atomic(stem.with_suffix(".json"), report.to_json(document).encode())
+    write_bytes_atomic(stem.with_suffix(".md"), text.encode())
+    write_bytes_atomic(stem.with_suffix(".html"), html.render_html(document).encode())
+    print(text)
+    print(f"wrote {stem}.json, .md, .html", file=sys.stderr)
+    return 0
+
+
+def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list) -> dict[str, Path]:
+    """Train and compress `name`; files already in `work` are reused (delete them to rebuild)."""
+    from aiopt.compress.distill import DistillConfig, distill_checkpoint
+    from aiopt.compress.prune import PruneConfig, prune_checkpoint
+    from aiopt.compress.quantize import quantize_artifact
+    from aiopt.reference_models.train import train_reference_model
+
+    epochs = 2 if quick else None
+    finetune = 1 if quick else 10
+
+    def step(label: str, path: Path, make) -> Path:
+        if not path.exists():
+            print(f"{name}: {label} -> {path.name}", file=sys.stderr)
+            start = time.perf_counter()
+            make(path)
+            steps.append({"model": name, "step": label, "artifact": path.name, "seconds": round(time.perf_counter() - start, 1)})
+        return path
+
+    fp32 = step("train", work / f"{name}.pt", lambda out: train_reference_model(f"{name}:{size}", str(out), epochs=epochs))
+    artifacts = {
+        "fp32": fp32,
+        "int8": step("quantize", work / f"{name}.int8.onnx", lambda out: quantize_artifact(fp32, out)),
+        "pruned 50%": step("prune", work / f"{name}.p50.pt", lambda out: prune_checkpoint(
+            fp32, out, PruneConfig(method="channel", sparsity=0.5, finetune_epochs=finetune))),
+        "distilled w0.5": step("distill", work / f"{name}.kd.pt", lambda out: distill_checkpoint(
+            fp32, out, DistillConfig(width=0.5, epochs=epochs))),
+    }
+    if name == "cnn":
+        pruned = artifacts["pruned 50%"]
+        student = step("distill pruned", work / f"{name}.p50.kd.pt", lambda out: distill_checkpoint(
+            fp32, out, DistillConfig(student=str(pruned), epochs=epochs)))
+        artifacts["pruned+distilled+int8"] = step("quantize composed", work / f"{name}.p50.kd.int8.onnx", lambda out: quantize_artifact(student, out))
+    return artifacts
+
+
+if __name__ == "__main__":
+    sys.exit(main())
