@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / ".work"), help="checkpoint cache, reused between runs")
     parser.add_argument("--results", default=str(ROOT / "results"))
     parser.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per measurement")
+    parser.add_argument("--baseline", help="a previous report (JSON): exit 1 if anything regressed against it")
+    parser.add_argument("--max-regression", type=float, default=0.10)
+    parser.add_argument("--max-accuracy-drop", type=float, default=0.01)
     args = parser.parse_args(argv)
 
     from aiopt.artifacts import command_line
@@ -54,13 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     stem = results / (document["machine"]["id"] + ("-quick" if args.quick else ""))
-    text = report.markdown(document)
+    violations = None
+    if args.baseline:
+        violations = report.compare(document, report.load_report(args.baseline), args.max_regression, args.max_accuracy_drop)
+    text = report.markdown(document, violations)
+    report.append_github_summary(text)
     write_bytes_atomic(stem.with_suffix(".json"), report.to_json(document).encode())
     write_bytes_atomic(stem.with_suffix(".md"), text.encode())
     write_bytes_atomic(stem.with_suffix(".html"), html.render_html(document).encode())
     print(text)
     print(f"wrote {stem}.json, .md, .html", file=sys.stderr)
-    return 0
+    for violation in violations or ():
+        print(f"regression: {violation.describe()}", file=sys.stderr)
+    return 1 if violations else 0
 
 
 def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list) -> dict[str, Path]:
