@@ -20,6 +20,10 @@ class Runner:
 
     def __init__(self, input_spec: list[TensorSpec], output_names: list[str], device: str = "cpu", source: str = ""):
         self.input_spec = list(input_spec)
+        # numpy dtypes resolved once: `array.dtype.name` costs microseconds on every call
+        self._dtypes = [_numpy_dtype(spec.dtype) for spec in self.input_spec]
+        self._names = [spec.name for spec in self.input_spec]
+        self._fixed_axes = [[(axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int)] for spec in self.input_spec]
         self.output_names = list(output_names)
         self.device = device
         self.source = source
@@ -32,10 +36,33 @@ class Runner:
         raise NotImplementedError
 
     def check_inputs(self, inputs: Feed) -> dict[str, np.ndarray]:
-        names = [s.name for s in self.input_spec]
+        if type(inputs) is dict and self._matches_exactly(inputs):
+            return inputs
+        return self._check_slowly(inputs)
+
+    def _matches_exactly(self, inputs: dict) -> bool:
+        """The common case, checked without building anything: a dict of numpy arrays by name
+        with the right dtypes and shapes (the bench harness overhead target is < 5%)."""
+        if len(inputs) != len(self._names):
+            return False
+        batch = None
+        for spec, name, dtype, fixed in zip(self.input_spec, self._names, self._dtypes, self._fixed_axes):
+            array = inputs.get(name)
+            if type(array) is not np.ndarray or dtype is None or array.dtype != dtype or array.ndim != len(spec.shape):
+                return False
+            for axis, size in fixed:
+                if array.shape[axis] != size:
+                    return False
+            if spec.shape[0] == "batch":
+                if batch is not None and batch != array.shape[0]:
+                    return False
+                batch = array.shape[0]
+        return True
+
+    def _check_slowly(self, inputs: Feed) -> dict[str, np.ndarray]:
+        names = self._names
         if isinstance(inputs, Mapping):
-            missing, extra = [n for n in names if n not in inputs], [n for n in inputs if n not in names]
-            if missing or extra:
+            if len(inputs) != len(names) or any(n not in inputs for n in names):
                 raise InputError(f"inputs do not match the model: expected {', '.join(names)}, got {', '.join(map(str, inputs)) or 'none'}")
             values = [inputs[n] for n in names]
         elif isinstance(inputs, (list, tuple)):
@@ -46,9 +73,9 @@ class Runner:
             raise InputError(f"the model takes {len(names)} input(s) ({', '.join(names)}), got {len(values)}")
         feed: dict[str, np.ndarray] = {}
         batch_sizes = set()
-        for spec, value in zip(self.input_spec, values):
+        for spec, dtype, value in zip(self.input_spec, self._dtypes, values):
             array = _to_numpy(value)
-            _check_one(spec, array)
+            _check_one(spec, dtype, array)
             feed[spec.name] = array
             if spec.shape and spec.shape[0] == "batch":
                 batch_sizes.add(array.shape[0])
@@ -70,10 +97,18 @@ def _to_numpy(value: Any) -> np.ndarray:
     return np.asarray(value)
 
 
-def _check_one(spec: TensorSpec, array: np.ndarray) -> None:
-    expected_shape = " x ".join(str(d) for d in spec.shape)
-    got_shape = " x ".join(str(d) for d in array.shape)
+def _numpy_dtype(name: str) -> np.dtype | None:
+    try:
+        return np.dtype(name)
+    except TypeError:  # e.g. bfloat16: no numpy equivalent, compared by name
+        return None
+
+
+def _check_one(spec: TensorSpec, dtype: np.dtype | None, array: np.ndarray) -> None:
+    # Runs on every inference: the happy path builds no strings (the bench harness overhead target is < 5%).
     if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape, array.shape)):
+        expected_shape = " x ".join(str(d) for d in spec.shape)
+        got_shape = " x ".join(str(d) for d in array.shape)
         raise InputError(f"input {spec.name!r} has shape {got_shape}; the model expects {expected_shape}")
-    if array.dtype.name != spec.dtype:
+    if (array.dtype != dtype) if dtype is not None else (array.dtype.name != spec.dtype):
         raise InputError(f"input {spec.name!r} has dtype {array.dtype.name}; the model expects {spec.dtype} (cast it, e.g. x.astype(np.{spec.dtype}))")
