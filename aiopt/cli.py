@@ -181,34 +181,54 @@ def inspect(
     stdout.print(table)
 
 
-@_command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx")
+@_command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx   |   aiopt export cnn.pt --format tensorrt --precision fp16 -o cnn.engine")
 def export(
-    model: str = typer.Argument(..., help="PyTorch artifact: aiopt .pt, TorchScript or torch.export .pt2."),
-    format: str = typer.Option("onnx", "--format", "-f", help="Output format. Today: onnx (TensorRT engines follow)."),
+    model: str = typer.Argument(..., help="PyTorch artifact (aiopt .pt, TorchScript, .pt2); for tensorrt also an ONNX model."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx or tensorrt."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (default: MODEL with the format's suffix)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Keep the batch dimension dynamic."),
     atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance of ONNX Runtime vs PyTorch outputs."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of ONNX Runtime vs PyTorch outputs."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim, then validate again."),
+    precision: str = typer.Option("fp16", "--precision", help="tensorrt: fp32, fp16, bf16 or int8 (INT8 from a QDQ model, aiopt quantize --backend tensorrt)."),
+    sparse: bool = typer.Option(False, "--sparse", help="tensorrt: allow 2:4 sparse kernels (weights pruned with aiopt prune --method 2:4)."),
+    min_batch: int = typer.Option(1, "--min-batch", help="tensorrt: smallest batch of the optimisation profile."),
+    opt_batch: int = typer.Option(8, "--opt-batch", help="tensorrt: batch the kernels are tuned for."),
+    max_batch: int = typer.Option(64, "--max-batch", help="tensorrt: largest batch of the optimisation profile."),
+    workspace: int = typer.Option(1024, "--workspace", help="tensorrt: builder workspace in MiB."),
+    timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, reused and updated."),
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Export a PyTorch model to ONNX, validated against PyTorch's outputs at two batch sizes."""
+    """Export a PyTorch model to ONNX (validated against PyTorch at two batch sizes) or to a TensorRT engine."""
     from pathlib import Path
 
     from aiopt.errors import InputError
+
+    spec = _input_spec(input_shape, input_dtype)
+    if format == "tensorrt":
+        from aiopt.export.tensorrt import TensorRTConfig, export_tensorrt
+
+        config = TensorRTConfig(precision=precision, sparse=sparse, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                                workspace_mb=workspace, timing_cache=timing_cache)
+        result = export_tensorrt(model, output or str(Path(model).with_suffix(".engine")), config, force=force, trust_pickle=trust_pickle, input_spec=spec)
+        if as_json:
+            _emit_json(result)
+        else:
+            stdout.print(f"built {escape(result['path'])} ({result['precision']}, TensorRT {result['tensorrt_version']}, {escape(result['gpu']['name'])}); sidecar {escape(result['sidecar'])}")
+        return
+    if format != "onnx":
+        raise InputError(f"--format {format!r} is not available; choose onnx or tensorrt")
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
-    if format != "onnx":
-        raise InputError(f"--format {format!r} is not available; this version exports onnx (TensorRT engines are not built yet)")
     output = output or str(Path(model).with_suffix(".onnx"))
     config = OnnxExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, simplify=simplify)
     stderr.print(f"exporting {escape(model)} to ONNX (opset {opset})...")
-    result = export_onnx(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    result = export_onnx(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=spec)
     summary = {"path": result.path, "exporter": result.exporter, "opset": result.opset, "nodes_exported": result.nodes_before,
                "nodes_simplified": result.nodes_after, "validation": result.validation, "accuracy": result.accuracy}
     if as_json:

@@ -124,11 +124,11 @@ def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
 def _lineage_root(path: str) -> str | None:
     """The trained FP32 checkpoint `path` descends from (itself, if it is one), where it still exists:
     at the path the lineage recorded, or beside `path` under the same name."""
-    from aiopt.artifacts import FORMAT_AIOPT, load_model
+    from aiopt.artifacts import FORMAT_AIOPT
 
     try:
-        loaded = load_model(path)
-    except AioptError:
+        loaded = _describe(path)
+    except (AioptError, OSError, ValueError):
         return None
     if loaded.metadata.get("step") == "train" and loaded.format == FORMAT_AIOPT:
         return path
@@ -159,9 +159,8 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
     from aiopt import runtime
     from aiopt.bench.memory import PeakMemory
 
-    if target.backend == "tensorrt":
-        reason = ("TensorRT is not installed: pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU"
-                  if importlib.util.find_spec("tensorrt") is None else "the TensorRT runner is not part of this aiopt version yet")
+    if (target.backend == "tensorrt" or _is_engine(target.path)) and importlib.util.find_spec("tensorrt") is None:
+        reason = "TensorRT is not installed: pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU"
         return [_skipped(target, b, reason) for b in config.batch_sizes]
     from aiopt.runtime.torch_backend import torch_device
 
@@ -175,7 +174,7 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
     except MissingDependencyError as exc:
         return [_skipped(target, b, str(exc)) for b in config.batch_sizes]
     except InputError as exc:
-        if "use --backend" not in str(exc) and "export it first" not in str(exc):
+        if not any(hint in str(exc) for hint in ("use --backend", "export it first", "TensorRT engine", "--backend tensorrt")):
             raise
         return [_skipped(target, b, str(exc)) for b in config.batch_sizes]  # format/backend mismatch
     target.backend = runner.backend
@@ -206,10 +205,9 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
 
 def _artifact_facts(target: _Target, runner, config: BenchConfig, measured: _Measured) -> dict:
     """What does not depend on the batch size: accuracy, agreement, size, params, FLOPs."""
-    from aiopt.artifacts import count_parameters, load_model
     from aiopt.evaluate import accuracy, eval_data, run_batches
 
-    loaded = load_model(target.path)
+    loaded = _describe(target.path)
     try:
         evaluation = eval_data(runner.input_spec, loaded.metadata, config.data)
     except InputError:
@@ -228,12 +226,41 @@ def _artifact_facts(target: _Target, runner, config: BenchConfig, measured: _Mea
         "accuracy": accuracy(logits, evaluation.labels) if logits is not None and evaluation.labels is not None else None,
         "agreement": agreement,
         "size_bytes": os.path.getsize(target.path),
-        "params": count_parameters(loaded),
+        "params": loaded.params,
         "flops": flops_of(loaded, runner.input_spec),
         "step": loaded.metadata.get("step"),
         "format": loaded.format,
         "_inputs": evaluation.inputs if evaluation is not None else None,
     }
+
+
+def _is_engine(path: str) -> bool:
+    from aiopt.runtime import ENGINE_SUFFIXES
+
+    return str(path).endswith(ENGINE_SUFFIXES)
+
+
+@dataclass
+class _Described:
+    format: str
+    metadata: dict
+    params: int | None
+
+
+def _describe(path: str) -> _Described:
+    """Format, metadata and parameter count; an engine's come from its sidecar."""
+    from aiopt.artifacts import count_parameters, load_model
+
+    if _is_engine(path):
+        import json
+
+        from aiopt.export.tensorrt import sidecar_path
+
+        sidecar = json.loads(sidecar_path(path).read_text())
+        metadata = sidecar.get("aiopt_metadata") or {}
+        return _Described("tensorrt-engine", metadata, metadata.get("params_count"))
+    loaded = load_model(path)
+    return _Described(loaded.format, loaded.metadata, count_parameters(loaded))
 
 
 def flops_of(loaded, spec) -> int | None:

@@ -23,6 +23,7 @@ DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
 FLOAT32_SENSITIVE_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Erf", "Exp", "Log")
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
+BF16_OPSET = 22
 
 
 @dataclass(frozen=True)
@@ -149,4 +150,44 @@ def convert_float16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -
         converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude)))
         converted.topological_sort()  # the converter appends its input casts at the end of the graph
     onnx.save_model(converted.model, str(target))
+    return kept
+
+
+def convert_bfloat16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -> list[str]:
+    """BF16 as TensorRT's strongly typed builder wants it: the FP16 conversion's layout (same ops
+    kept in FP32, same casts), retyped to BF16, weights rounded from the original FP32 values.
+    ONNX Runtime's CPU kernels do not run BF16; TensorRT (or onnx's checker here) does the checking."""
+    import numpy as np
+    import onnx
+    import onnx.version_converter
+    from onnx import TensorProto, helper, numpy_helper
+
+    # ONNX's Conv (and a few other ops) take bfloat16 only from opset 22: upgrade the graph first.
+    fp32 = onnx.load(str(source))
+    if max((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=0) < BF16_OPSET:
+        fp32 = onnx.version_converter.convert_version(fp32, BF16_OPSET)
+    upgraded = target.with_suffix(".opset22.onnx")
+    onnx.save_model(fp32, str(upgraded))
+    kept = convert_float16(upgraded, target, exclude)
+    model = onnx.load(str(target))
+    originals = {t.name: t for t in fp32.graph.initializer}
+
+    def retyped(tensor):
+        base = originals.get(tensor.name, tensor)
+        values = numpy_helper.to_array(base).astype(np.float32)
+        return helper.make_tensor(tensor.name, TensorProto.BFLOAT16, list(values.shape), values.flatten().tolist())
+
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type == TensorProto.FLOAT16:
+            model.graph.initializer[index].CopyFrom(retyped(tensor))
+    for node in model.graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
+                attribute.i = TensorProto.BFLOAT16
+            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT16:
+                attribute.t.CopyFrom(retyped(attribute.t))
+    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
+            value.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    onnx.save_model(model, str(target))
     return kept

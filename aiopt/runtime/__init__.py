@@ -12,7 +12,8 @@ from aiopt.errors import InputError
 from aiopt.runtime.base import Runner
 from aiopt.specs import TensorSpec
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
+ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
 def _torch_runner(loaded, spec, device, threads):
@@ -36,6 +37,21 @@ def _onnxruntime_runner(loaded, spec, device, threads):
     return OnnxRuntimeRunner(str(loaded.path), spec, device, str(loaded.path), threads)
 
 
+def _tensorrt_runner(path, backend, device):
+    """Engines carry no aiopt metadata of their own: the sidecar describes them, and is checked first."""
+    from aiopt.runtime.tensorrt_backend import TensorRTRunner
+
+    if not str(path).endswith(ENGINE_SUFFIXES):
+        raise InputError(f"{path} is not a TensorRT engine; build one with aiopt export {path} --format tensorrt (engines end in .engine or .plan)")
+    if backend not in (None, "tensorrt"):
+        raise InputError(f"{path} is a TensorRT engine; run it with --backend tensorrt")
+    if not str(device).startswith("cuda"):
+        from aiopt.errors import MissingDependencyError
+
+        raise MissingDependencyError(f"TensorRT engines run on CUDA; pass --device cuda (asked for {device})")
+    return TensorRTRunner(str(path), device)
+
+
 _FACTORIES: dict[str, Callable] = {"torch": _torch_runner, "onnxruntime": _onnxruntime_runner}
 
 
@@ -50,6 +66,8 @@ def load(
     """Load an artifact and return a Runner on `device` ("cpu" or "cuda")."""
     if backend is not None and backend not in BACKENDS:
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt" or str(path).endswith(ENGINE_SUFFIXES):
+        return _tensorrt_runner(path, backend, device)
     from aiopt.artifacts import load_model, require_input_spec
 
     loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)

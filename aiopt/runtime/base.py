@@ -17,6 +17,8 @@ Feed = Mapping[str, Any] | Sequence[Any] | Any
 
 class Runner:
     backend: str = "?"
+    # Smallest and largest batch the artifact accepts (a TensorRT profile); None: any.
+    batch_range: tuple[int, int] | None = None
 
     def __init__(self, input_spec: list[TensorSpec], output_names: list[str], device: str = "cpu", source: str = ""):
         self.input_spec = list(input_spec)
@@ -36,9 +38,13 @@ class Runner:
         raise NotImplementedError
 
     def check_inputs(self, inputs: Feed) -> dict[str, np.ndarray]:
-        if type(inputs) is dict and self._matches_exactly(inputs):
-            return inputs
-        return self._check_slowly(inputs)
+        feed = inputs if type(inputs) is dict and self._matches_exactly(inputs) else self._check_slowly(inputs)
+        if self.batch_range is not None:
+            batch = len(next(iter(feed.values())))
+            low, high = self.batch_range
+            if not low <= batch <= high:
+                raise InputError(f"batch size {batch} is outside the range this engine was built for ({low}..{high}); rebuild it with --min-batch/--max-batch")
+        return feed
 
     def _matches_exactly(self, inputs: dict) -> bool:
         """The common case, checked without building anything: a dict of numpy arrays by name

@@ -1,0 +1,230 @@
+"""ONNX -> TensorRT engine, with a JSON sidecar that loading checks before deserialising.
+
+TensorRT 11 builds strongly typed networks only: the builder's FP16/INT8 flags and the INT8
+calibrator are gone, so the precision must already be in the ONNX. We therefore prepare the
+ONNX first (everything here runs and is tested without TensorRT):
+  fp32 -> the validated FP32 export;  fp16/bf16 -> float tensors converted, LayerNorm/Softmax
+  and reductions kept in FP32;  int8 -> the symmetric QDQ model of `aiopt quantize --backend
+  tensorrt` (explicit quantization).
+Only `build_engine` and `TensorRTRunner` touch TensorRT, imported lazily; TensorRT 10 and 11
+differ for us in one place, `_network_flags`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+SIDECAR_SUFFIX = ".json"
+INSTALL_HINT = "pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU"
+
+
+@dataclass(frozen=True)
+class TensorRTConfig:
+    precision: str = "fp16"
+    sparse: bool = False  # let TensorRT pick 2:4 sparse kernels (weights pruned with aiopt prune --method 2:4)
+    min_batch: int = 1
+    opt_batch: int = 8
+    max_batch: int = 64
+    workspace_mb: int = 1024
+    timing_cache: str | None = None  # read if present, written back after the build
+
+
+def validate(config: TensorRTConfig) -> None:
+    if config.precision not in PRECISIONS:
+        raise InputError(f"unknown --precision {config.precision!r}; choose one of {', '.join(PRECISIONS)}")
+    if not 1 <= config.min_batch <= config.opt_batch <= config.max_batch:
+        raise InputError(f"batch range must satisfy 1 <= min <= opt <= max, got {config.min_batch}/{config.opt_batch}/{config.max_batch}")
+    if config.workspace_mb < 1:
+        raise InputError(f"--workspace must be at least 1 MiB, got {config.workspace_mb}")
+
+
+def profile_shapes(input_spec, config: TensorRTConfig) -> dict[str, dict[str, list[int]]]:
+    """min/opt/max shape per input: the batch dim spans the requested range; other symbolic dims
+    (e.g. a sequence length) are refused here unless the spec fixes them."""
+    shapes = {}
+    for spec in input_spec:
+        dims = {"min": [], "opt": [], "max": []}
+        for dim in spec.shape:
+            if dim == "batch":
+                for key, size in (("min", config.min_batch), ("opt", config.opt_batch), ("max", config.max_batch)):
+                    dims[key].append(size)
+            elif isinstance(dim, int):
+                for key in dims:
+                    dims[key].append(dim)
+            else:
+                raise UnsupportedModelError(f"input {spec.name!r} has a dynamic dimension {dim!r}; export it with a fixed size for TensorRT")
+        shapes[spec.name] = dims
+    return shapes
+
+
+def prepare_onnx(source: str | os.PathLike, work: Path, precision: str, trust_pickle: bool = False, input_spec=None) -> tuple[Path, dict]:
+    """The ONNX TensorRT should build, carrying its precision. Returns (path, how it was made)."""
+    from aiopt.artifacts import FORMAT_ONNX, load_model
+    from aiopt.compress import onnx_quant
+
+    loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    quantization = loaded.metadata.get("quantization") or {}
+    if precision == "int8":
+        if loaded.format == FORMAT_ONNX and quantization.get("target") == "tensorrt-explicit-quantization":
+            return Path(source), {"source": "QDQ model from aiopt quantize --backend tensorrt"}
+        from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+
+        target = work / "int8-qdq.onnx"
+        result = quantize_artifact(source, target, QuantizeConfig(backend="tensorrt"), force=True, trust_pickle=trust_pickle, input_spec=input_spec)
+        return target, {"source": "aiopt quantize --backend tensorrt", "accuracy": result.report.get("accuracy")}
+    if loaded.format == FORMAT_ONNX:
+        if quantization:
+            raise InputError(f"{source} is already quantized ({quantization.get('method')}); build it with --precision int8, or pass the FP32 model")
+        fp32 = Path(source)
+    else:
+        from aiopt.export.onnx import export_onnx
+
+        fp32 = work / "fp32.onnx"
+        export_onnx(source, fp32, force=True, trust_pickle=trust_pickle, input_spec=input_spec)
+    if precision == "fp32":
+        return fp32, {"source": "fp32 ONNX"}
+    target = work / f"{precision}.onnx"
+    kept = onnx_quant.convert_float16(fp32, target) if precision == "fp16" else onnx_quant.convert_bfloat16(fp32, target)
+    return target, {"source": f"{precision} conversion", "kept_float32": kept}
+
+
+# ---------------------------------------------------------------- sidecar
+
+def sidecar_path(engine: str | os.PathLike) -> Path:
+    return Path(str(engine) + SIDECAR_SUFFIX)
+
+
+def make_sidecar(config: TensorRTConfig, onnx_path: Path, input_spec, output_names: list[str], tensorrt_version: str, gpu: dict, preparation: dict) -> dict:
+    from aiopt.fileio import sha256_file
+
+    return {
+        "format": "aiopt-tensorrt-engine",
+        "format_version": 1,
+        "tensorrt_version": tensorrt_version,
+        "gpu": gpu,  # name and compute capability: an engine runs only where it was built
+        "precision": config.precision,
+        "sparse": config.sparse,
+        "profile": profile_shapes(input_spec, config),
+        "inputs": [s.to_dict() for s in input_spec],
+        "outputs": output_names,
+        "source_onnx_sha256": sha256_file(onnx_path),
+        "build": {**asdict(config), **preparation},
+    }
+
+
+def check_sidecar(engine: str | os.PathLike, tensorrt_version: str, gpu: dict) -> dict:
+    """Refuse an engine built for another TensorRT or GPU, before deserialising it."""
+    path = sidecar_path(engine)
+    try:
+        sidecar = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{engine} has no sidecar {path.name}; engines are only loaded with the sidecar aiopt writes beside them (rebuild with aiopt export --format tensorrt)") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"the sidecar {path} is not valid JSON ({exc}); rebuild the engine with aiopt export --format tensorrt") from exc
+    if not isinstance(sidecar, dict) or sidecar.get("format") != "aiopt-tensorrt-engine":
+        raise InputError(f"{path} is not an aiopt engine sidecar; rebuild the engine with aiopt export --format tensorrt")
+    problems = []
+    if sidecar.get("tensorrt_version") != tensorrt_version:
+        problems.append(f"built with TensorRT {sidecar.get('tensorrt_version')}, this machine has {tensorrt_version}")
+    built_gpu = sidecar.get("gpu") or {}
+    if built_gpu.get("compute_capability") != gpu.get("compute_capability") or built_gpu.get("name") != gpu.get("name"):
+        problems.append(f"built for {built_gpu.get('name')} (sm {built_gpu.get('compute_capability')}), this GPU is {gpu.get('name')} (sm {gpu.get('compute_capability')})")
+    if problems:
+        raise UnsupportedModelError(f"{engine} cannot run here: {'; '.join(problems)}; rebuild it on this machine from its ONNX with aiopt export --format tensorrt")
+    return sidecar
+
+
+# ---------------------------------------------------------------- TensorRT itself (lazy)
+
+def import_tensorrt():
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise MissingDependencyError(f"TensorRT is not installed; {INSTALL_HINT}") from exc
+    return tensorrt
+
+
+def current_gpu() -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("TensorRT engines need an NVIDIA GPU and PyTorch with CUDA; none is visible here")
+    major, minor = torch.cuda.get_device_capability(0)
+    return {"name": torch.cuda.get_device_name(0), "compute_capability": f"{major}.{minor}"}
+
+
+def _network_flags(trt) -> int:
+    """TensorRT 11 networks are always strongly typed; TensorRT 10 must be asked for it."""
+    if int(trt.__version__.split(".")[0]) >= 11:
+        return 0
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def build_engine(onnx_path: Path, engine_path: Path, config: TensorRTConfig, input_spec) -> str:
+    """Build and write a serialized engine (strongly typed, one optimisation profile); returns
+    the TensorRT version. The timing cache is read from and written back to config.timing_cache."""
+    from aiopt.fileio import atomic_path, write_bytes_atomic
+
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(_network_flags(trt))
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UnsupportedModelError(f"TensorRT's ONNX parser rejected the model: {errors[:400]}")
+    build = builder.create_builder_config()
+    build.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, config.workspace_mb << 20)
+    if config.sparse:
+        build.set_flag(trt.BuilderFlag.SPARSE_WEIGHTS)
+    profile = builder.create_optimization_profile()
+    for name, shapes in profile_shapes(input_spec, config).items():
+        profile.set_shape(name, shapes["min"], shapes["opt"], shapes["max"])
+    build.add_optimization_profile(profile)
+    cache_file = Path(config.timing_cache) if config.timing_cache else None
+    cache = build.create_timing_cache(cache_file.read_bytes() if cache_file and cache_file.is_file() else b"")
+    build.set_timing_cache(cache, ignore_mismatch=False)
+    serialized = builder.build_serialized_network(network, build)
+    if serialized is None:
+        raise UnsupportedModelError("TensorRT could not build an engine for this model (see the TensorRT log above)")
+    with atomic_path(engine_path) as tmp:
+        tmp.write_bytes(bytes(serialized))
+    if cache_file:
+        write_bytes_atomic(cache_file, bytes(build.get_timing_cache().serialize()))
+    return trt.__version__
+
+
+def export_tensorrt(source: str | os.PathLike, output: str | os.PathLike, config: TensorRTConfig = TensorRTConfig(), force: bool = False,
+                    trust_pickle: bool = False, input_spec=None) -> dict:
+    """`aiopt export --format tensorrt`: prepare the ONNX, build the engine, write the sidecar.
+
+    Without TensorRT (or a GPU) it stops with one line saying what to install and what it would
+    have built, after checking everything that can be checked here."""
+    from aiopt.artifacts import load_model, onnx_value_specs, require_input_spec
+    from aiopt.fileio import check_output_path, write_bytes_atomic
+
+    validate(config)
+    out = check_output_path(output, source, force=force)
+    with tempfile.TemporaryDirectory(prefix="aiopt-tensorrt-") as work:
+        onnx_path, preparation = prepare_onnx(source, Path(work), config.precision, trust_pickle, input_spec)
+        prepared = load_model(onnx_path)
+        spec = require_input_spec(prepared)
+        shapes = profile_shapes(spec, config)
+        plan = f"an engine in {config.precision} with batch {config.min_batch}..{config.max_batch} (opt {config.opt_batch}) for inputs {', '.join(shapes)}"
+        try:
+            import_tensorrt()
+            gpu = current_gpu()
+        except MissingDependencyError as exc:
+            raise MissingDependencyError(f"{exc}; it would have built {plan}") from exc
+        version = build_engine(onnx_path, out, config, spec)
+        outputs = [o.name for o in onnx_value_specs(prepared.model.graph.output)]
+        sidecar = make_sidecar(config, onnx_path, spec, outputs, version, gpu, preparation)
+        sidecar["aiopt_metadata"] = prepared.metadata
+        write_bytes_atomic(sidecar_path(out), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return {"path": str(out), "sidecar": str(sidecar_path(out)), **{k: sidecar[k] for k in ("tensorrt_version", "gpu", "precision", "profile")}}
