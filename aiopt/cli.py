@@ -432,6 +432,26 @@ def _bench_table(document: dict) -> None:
     stdout.print(table)
 
 
+@_command(epilog="Example: aiopt deploy cnn.int8.onnx --triton model_repository/ --max-batch 64 --instances 2")
+def deploy(
+    artifact: str = typer.Argument(..., help="An ONNX model or a TensorRT engine (with its sidecar)."),
+    triton: str = typer.Option(..., "--triton", help="Triton model repository folder to write into."),
+    name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: the file name)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="max_batch_size; dynamic batching fills batches up to it."),
+    instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Write a Triton Inference Server model repository entry: config.pbtxt and the model file."""
+    from aiopt.export.triton import TritonConfig, deploy_triton
+
+    result = deploy_triton(artifact, triton, TritonConfig(name=name, max_batch=max_batch, instances=instances), force=force)
+    if as_json:
+        _emit_json(result)
+        return
+    stdout.print(f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']})")
+
+
 def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
 

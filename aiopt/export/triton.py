@@ -1,0 +1,137 @@
+"""`aiopt deploy ARTIFACT --triton REPO`: a Triton Inference Server model repository.
+
+    REPO/NAME/config.pbtxt       platform, inputs/outputs (types, dims), batching, instances
+    REPO/NAME/1/model.onnx       (onnxruntime_onnx)  or  model.plan (tensorrt_plan)
+
+The model folder is assembled beside its final place and renamed into it, so Triton (which
+may be polling the repository) never sees half a model.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from aiopt.errors import InputError
+
+# numpy/ONNX dtype names -> Triton's DataType enum names
+TRITON_TYPES = {
+    "float32": "TYPE_FP32", "float16": "TYPE_FP16", "bfloat16": "TYPE_BF16", "float64": "TYPE_FP64",
+    "int64": "TYPE_INT64", "int32": "TYPE_INT32", "int16": "TYPE_INT16", "int8": "TYPE_INT8",
+    "uint8": "TYPE_UINT8", "bool": "TYPE_BOOL",
+}
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    name: str | None = None  # default: the artifact's file name without suffixes
+    max_batch: int = 64
+    instances: int = 1
+    queue_delay_us: int = 100  # dynamic batching waits at most this long to fill a batch
+
+
+@dataclass(frozen=True)
+class _Model:
+    platform: str
+    file_name: str
+    inputs: list  # TensorSpec
+    outputs: list  # TensorSpec
+    kind: str  # KIND_CPU | KIND_GPU
+    batch_limit: int | None  # the largest batch the artifact takes (TensorRT profile), None: any
+    metadata: dict
+
+
+def _describe(artifact: Path) -> _Model:
+    from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs
+    from aiopt.runtime import ENGINE_SUFFIXES
+    from aiopt.specs import specs_from_json
+
+    if str(artifact).endswith(ENGINE_SUFFIXES):
+        from aiopt.export.tensorrt import sidecar_path
+
+        try:
+            sidecar = json.loads(sidecar_path(artifact).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{artifact} has no readable sidecar ({exc}); rebuild the engine with aiopt export --format tensorrt") from exc
+        metadata = sidecar.get("aiopt_metadata") or {}
+        outputs = specs_from_json(metadata.get("outputs")) if metadata.get("outputs") else []
+        if [o.name for o in outputs] != list(sidecar["outputs"]):
+            raise InputError(f"{artifact}'s sidecar does not describe its outputs' types; rebuild the engine with this aiopt")
+        limit = max(shapes["max"][0] for shapes in sidecar["profile"].values())
+        return _Model("tensorrt_plan", "model.plan", specs_from_json(sidecar["inputs"]), outputs, "KIND_GPU", limit, metadata)
+    loaded = load_model(artifact)
+    if loaded.format != FORMAT_ONNX:
+        raise InputError(f"Triton serves ONNX models and TensorRT engines; export {artifact} first (aiopt export {artifact} --format onnx)")
+    outputs = onnx_value_specs(loaded.model.graph.output)
+    return _Model("onnxruntime_onnx", "model.onnx", loaded.input_spec, outputs, "KIND_CPU", None, loaded.metadata)
+
+
+def _batched(model: _Model) -> bool:
+    """Triton's batching needs every input and output to lead with the batch dimension."""
+    return all(spec.shape and spec.shape[0] == "batch" for spec in [*model.inputs, *model.outputs])
+
+
+def _tensor_block(spec, batched: bool) -> str:
+    if spec.dtype not in TRITON_TYPES:
+        raise InputError(f"tensor {spec.name!r} has dtype {spec.dtype}, which Triton has no type for")
+    dims = spec.shape[1:] if batched else spec.shape
+    if any(isinstance(d, str) and d == "batch" for d in dims):
+        raise InputError(f"tensor {spec.name!r} has the batch dimension in another position; Triton batches along the first")
+    text_dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims)
+    return f'  {{\n    name: "{spec.name}"\n    data_type: {TRITON_TYPES[spec.dtype]}\n    dims: [ {text_dims} ]\n  }}'
+
+
+def render_config(name: str, model: _Model, config: TritonConfig) -> str:
+    batched = _batched(model)
+    max_batch = config.max_batch if batched else 0
+    lines = [f'name: "{name}"', f'platform: "{model.platform}"', f"max_batch_size: {max_batch}",
+             "input [", ",\n".join(_tensor_block(s, batched) for s in model.inputs), "]",
+             "output [", ",\n".join(_tensor_block(s, batched) for s in model.outputs), "]"]
+    if batched:
+        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.queue_delay_us}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {model.kind}\n  }}\n]")
+    lineage = json.dumps([entry.get("step") for entry in model.metadata.get("lineage") or []])
+    lines.append(f'parameters {{\n  key: "aiopt_lineage"\n  value: {{ string_value: {json.dumps(lineage)} }}\n}}')
+    return "\n".join(lines) + "\n"
+
+
+def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, config: TritonConfig = TritonConfig(), force: bool = False) -> dict:
+    artifact, repository = Path(artifact), Path(repository)
+    if config.max_batch < 1 or config.instances < 1:
+        raise InputError(f"--max-batch and --instances must be at least 1, got {config.max_batch} and {config.instances}")
+    if not artifact.is_file():
+        raise InputError(f"{artifact} does not exist or is not a file")
+    name = config.name or artifact.name.split(".")[0]
+    if not name or "/" in name or name.startswith("."):
+        raise InputError(f"--name {name!r} is not a usable Triton model name")
+    model = _describe(artifact)
+    if model.batch_limit is not None and config.max_batch > model.batch_limit:
+        raise InputError(f"--max-batch {config.max_batch} exceeds the engine's profile ({model.batch_limit}); lower it or rebuild with --max-batch")
+    target = repository / name
+    if target.exists() and not force:
+        raise InputError(f"{target} already exists; pass --force to replace it")
+    repository.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repository))
+    try:
+        (staging / "1").mkdir()
+        shutil.copyfile(artifact, staging / "1" / model.file_name)
+        (staging / "config.pbtxt").write_text(render_config(name, model, config))
+        _swap_into_place(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"repository": str(repository), "model": name, "platform": model.platform, "config": str(target / "config.pbtxt"),
+            "file": str(target / "1" / model.file_name), "max_batch_size": config.max_batch if _batched(model) else 0}
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    old = None
+    if target.exists():
+        old = target.with_name(f".{target.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(target, old)
+    os.replace(staging, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,63 @@
+"""`aiopt deploy --triton`: the generated config.pbtxt is parsed with Triton's own protobuf schema."""
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import run_cli
+
+model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is in the test extra")
+from google.protobuf import text_format  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def onnx_model(tiny_cnn, tmp_path_factory):
+    from aiopt.export.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("triton") / "cnn.onnx"
+    export_onnx(tiny_cnn, path)
+    return path
+
+
+def _parse(path):
+    return text_format.Parse(path.read_text(), model_config_pb2.ModelConfig())
+
+
+def test_onnx_model_repository_matches_the_model(onnx_model, tmp_path):
+    repo = tmp_path / "model_repository"
+    result = run_cli("deploy", str(onnx_model), "--triton", str(repo), "--max-batch", "32", "--instances", "2", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["platform"] == "onnxruntime_onnx"
+    config = _parse(repo / "cnn" / "config.pbtxt")
+    assert config.name == "cnn" and config.platform == "onnxruntime_onnx" and config.max_batch_size == 32
+    (x,) = config.input
+    assert x.name == "x" and x.data_type == model_config_pb2.TYPE_FP32 and list(x.dims) == [40]
+    (logits,) = config.output
+    assert logits.name == "logits" and list(logits.dims) == [10] and logits.data_type == model_config_pb2.TYPE_FP32
+    assert config.HasField("dynamic_batching")
+    assert config.instance_group[0].count == 2 and config.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_CPU
+    assert (repo / "cnn" / "1" / "model.onnx").read_bytes() == onnx_model.read_bytes()
+    assert json.loads(config.parameters["aiopt_lineage"].string_value) == ["train", "export"]
+
+
+def test_static_batch_model_gets_max_batch_size_zero(tiny_cnn, tmp_path):
+    from aiopt.export.onnx import OnnxExportConfig, export_onnx
+
+    static = tmp_path / "static.onnx"
+    export_onnx(tiny_cnn, static, OnnxExportConfig(dynamic_batch=False))
+    repo = tmp_path / "repo"
+    assert run_cli("deploy", str(static), "--triton", str(repo), "--name", "s").returncode == 0
+    config = _parse(repo / "s" / "config.pbtxt")
+    assert config.max_batch_size == 0 and list(config.input[0].dims) == [1, 40] and not config.HasField("dynamic_batching")
+
+
+def test_existing_model_needs_force_and_pytorch_needs_export(onnx_model, tiny_cnn, tmp_path):
+    repo = tmp_path / "repo"
+    assert run_cli("deploy", str(onnx_model), "--triton", str(repo)).returncode == 0
+    again = run_cli("deploy", str(onnx_model), "--triton", str(repo))
+    assert again.returncode == 2 and "--force" in again.stderr
+    assert run_cli("deploy", str(onnx_model), "--triton", str(repo), "--force", "--max-batch", "8").returncode == 0
+    assert _parse(repo / "cnn" / "config.pbtxt").max_batch_size == 8
+    assert sorted(p.name for p in repo.iterdir()) == ["cnn"]  # no staging or old folders left
+    torch_model = run_cli("deploy", str(tiny_cnn), "--triton", str(repo))
+    assert torch_model.returncode == 2 and "aiopt export" in torch_model.stderr
