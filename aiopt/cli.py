@@ -184,7 +184,7 @@ def inspect(
 @_command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx   |   aiopt export cnn.pt --format tensorrt --precision fp16 -o cnn.engine")
 def export(
     model: str = typer.Argument(..., help="PyTorch artifact (aiopt .pt, TorchScript, .pt2); for tensorrt also an ONNX model."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx or tensorrt."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt (engine + sidecar) or torch-tensorrt (ExportedProgram with TensorRT engines)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (default: MODEL with the format's suffix)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Keep the batch dimension dynamic."),
@@ -210,19 +210,20 @@ def export(
     from aiopt.errors import InputError
 
     spec = _input_spec(input_shape, input_dtype)
-    if format == "tensorrt":
-        from aiopt.export.tensorrt import TensorRTConfig, export_tensorrt
+    if format in ("tensorrt", "torch-tensorrt"):
+        from aiopt.export.tensorrt import TensorRTConfig, export_tensorrt, export_torch_tensorrt
 
         config = TensorRTConfig(precision=precision, sparse=sparse, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                                 workspace_mb=workspace, timing_cache=timing_cache)
-        result = export_tensorrt(model, output or str(Path(model).with_suffix(".engine")), config, force=force, trust_pickle=trust_pickle, input_spec=spec)
+        exporter, suffix = (export_tensorrt, ".engine") if format == "tensorrt" else (export_torch_tensorrt, ".trt.pt2")
+        result = exporter(model, output or str(Path(model).with_suffix(suffix)), config, force=force, trust_pickle=trust_pickle, input_spec=spec)
         if as_json:
             _emit_json(result)
         else:
             stdout.print(f"built {escape(result['path'])} ({result['precision']}, TensorRT {result['tensorrt_version']}, {escape(result['gpu']['name'])}); sidecar {escape(result['sidecar'])}")
         return
     if format != "onnx":
-        raise InputError(f"--format {format!r} is not available; choose onnx or tensorrt")
+        raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt or torch-tensorrt")
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
     output = output or str(Path(model).with_suffix(".onnx"))

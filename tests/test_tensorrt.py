@@ -93,6 +93,16 @@ def test_without_tensorrt_export_says_what_to_install_and_what_it_would_build(ti
     assert run_cli("export", str(tiny_cnn), "--format", "tensorrt", "--min-batch", "8", "--max-batch", "2").returncode == 2
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("torch_tensorrt") is not None, reason="Torch-TensorRT is installed here")
+def test_without_torch_tensorrt_the_second_path_says_what_to_install(tiny_cnn, tmp_path):
+    out = tmp_path / "m.trt.pt2"
+    result = run_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "-o", str(out))
+    assert result.returncode == 4 and "aiopt[torch-tensorrt]" in result.stderr and "fp16" in result.stderr
+    assert not out.exists()
+    int8 = run_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "--precision", "int8", "-o", str(out))
+    assert int8.returncode == 2 and "--format tensorrt" in int8.stderr
+
+
 def test_an_engine_on_a_cpu_is_refused_with_one_line(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)

@@ -228,3 +228,47 @@ def export_tensorrt(source: str | os.PathLike, output: str | os.PathLike, config
         sidecar["aiopt_metadata"] = prepared.metadata
         write_bytes_atomic(sidecar_path(out), (json.dumps(sidecar, indent=2) + "\n").encode())
     return {"path": str(out), "sidecar": str(sidecar_path(out)), **{k: sidecar[k] for k in ("tensorrt_version", "gpu", "precision", "profile")}}
+
+
+# ---------------------------------------------------------------- Torch-TensorRT (second path)
+
+def export_torch_tensorrt(source: str | os.PathLike, output: str | os.PathLike, config: TensorRTConfig = TensorRTConfig(),
+                          force: bool = False, trust_pickle: bool = False, input_spec=None) -> dict:
+    """`aiopt export --format torch-tensorrt`: an ExportedProgram whose subgraphs run as TensorRT
+    engines (torch_tensorrt's dynamo path), with the same batch profile and precision rules.
+    Its sidecar records what it was built for, like an engine's."""
+    import torch
+
+    from aiopt.artifacts import load_model, require_input_spec
+    from aiopt.fileio import atomic_path, check_output_path, write_bytes_atomic
+
+    validate(config)
+    if config.precision == "int8":
+        raise InputError("--format torch-tensorrt builds fp32/fp16/bf16; for INT8 use --format tensorrt (explicit QDQ quantization)")
+    out = check_output_path(output, source, force=force)
+    loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    if not loaded.is_torch:
+        raise InputError(f"{source} is ONNX; --format torch-tensorrt compiles PyTorch models (use --format tensorrt for ONNX)")
+    spec = require_input_spec(loaded)
+    shapes = profile_shapes(spec, config)
+    plan = f"an ExportedProgram with TensorRT engines in {config.precision}, batch {config.min_batch}..{config.max_batch}"
+    try:
+        import torch_tensorrt
+    except ImportError as exc:
+        raise MissingDependencyError(f"Torch-TensorRT is not installed; pip install 'aiopt[torch-tensorrt]' on a machine with an NVIDIA GPU; it would have built {plan}") from exc
+    gpu = current_gpu()
+    dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[config.precision]
+    inputs = [torch_tensorrt.Input(min_shape=shapes[s.name]["min"], opt_shape=shapes[s.name]["opt"], max_shape=shapes[s.name]["max"],
+                                   dtype=getattr(torch, s.dtype), name=s.name) for s in spec]
+    module = loaded.model.eval().cuda()
+    compiled = torch_tensorrt.compile(module, ir="dynamo", inputs=inputs, enabled_precisions={dtype}, workspace_size=config.workspace_mb << 20,
+                                      sparse_weights=config.sparse)
+    example = [torch.randn(shapes[s.name]["opt"], device="cuda").to(getattr(torch, s.dtype)) for s in spec]
+    with atomic_path(out) as tmp:
+        torch_tensorrt.save(compiled, str(tmp), output_format="exported_program", inputs=example)
+    sidecar = {"format": "aiopt-torch-tensorrt", "format_version": 1, "tensorrt_version": import_tensorrt().__version__,
+               "torch_tensorrt_version": torch_tensorrt.__version__, "gpu": gpu, "precision": config.precision, "profile": shapes,
+               "inputs": [s.to_dict() for s in spec], "aiopt_metadata": loaded.metadata}
+    write_bytes_atomic(sidecar_path(out), (json.dumps(sidecar, indent=2) + "\n").encode())
+    return {"path": str(out), "sidecar": str(sidecar_path(out)), "tensorrt_version": sidecar["tensorrt_version"], "gpu": gpu,
+            "precision": config.precision, "profile": shapes}
