@@ -453,6 +453,88 @@ def deploy(
     stdout.print(f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']})")
 
 
+@_command(epilog="Example: aiopt prune cnn.pt --method channel --sparsity 0.5 --finetune-epochs 10 -o cnn.p50.pt")
+def prune(
+    model: str = typer.Argument(..., help="An aiopt checkpoint of a reference architecture (cnn, lstm, transformer)."),
+    method: str = typer.Option("channel", "--method", help="channel (removes channels/units/heads), magnitude (unstructured) or 2:4."),
+    sparsity: float = typer.Option(0.5, "--sparsity", help="Fraction removed, strictly between 0 and 1 (2:4 is always 50% in groups of 4)."),
+    finetune_epochs: int = typer.Option(10, "--finetune-epochs", help="Fine-tuning epochs after pruning (0: none)."),
+    scope: str = typer.Option("global", "--scope", help="magnitude: rank weights across all layers (global) or within each (layer)."),
+    steps: int = typer.Option(1, "--steps", help="channel: rounds of prune + fine-tune, the epochs split across them."),
+    target_params: Optional[float] = typer.Option(None, "--target-params", help="channel: keep at most this fraction of the parameters (searches the sparsity)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (default: the recipe's / 3)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuning data (default: the dataset the model records)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pruned.pt)."),
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Prune a model (structured channels/heads, unstructured, or 2:4), fine-tune it, and report what it cost."""
+    from pathlib import Path
+
+    from aiopt.compress.prune import PruneConfig, prune_checkpoint
+
+    config = PruneConfig(method=method, sparsity=sparsity, scope=scope, finetune_epochs=finetune_epochs, steps=steps,
+                         target_params=target_params, lr=lr, seed=seed, dataset=dataset)
+    output = output or str(Path(model).with_suffix(".pruned.pt"))
+    result = prune_checkpoint(model, output, config, force=force, on_progress=lambda message: stderr.print(escape(message)))
+    report = result.report
+    if as_json:
+        _emit_json({"path": result.path, **report})
+        return
+    table = Table(title=f"pruned {escape(model)} -> {escape(result.path)} ({report['method']})")
+    for column in ("", "before", "after"):
+        table.add_column(column)
+    table.add_row("params", f"{report['params_before']:,}", f"{report['params_after']:,}")
+    table.add_row("MACs per sample", f"{report['macs_before']:,}", f"{report['macs_after']:,}")
+    table.add_row("accuracy", f"{report['accuracy_before']:.4f}", f"{report['accuracy_after_prune']:.4f} pruned"
+                  + (f", {report['accuracy_after_finetune']:.4f} fine-tuned" if report.get("accuracy_after_finetune") is not None else ""))
+    stdout.print(table)
+
+
+@_command(epilog="Example: aiopt distill cnn.pt --width 0.45 -o cnn.kd.pt   |   aiopt distill cnn.pt --student cnn:tiny -o cnn.kd.pt")
+def distill(
+    teacher: str = typer.Argument(..., help="The teacher: an aiopt checkpoint of a reference architecture."),
+    student: Optional[str] = typer.Option(None, "--student", help="Student: a registry name with size (cnn:tiny) or an aiopt checkpoint to start from."),
+    width: Optional[float] = typer.Option(None, "--width", help="Or: the teacher's architecture at this width (0.5 = half the channels)."),
+    temperature: float = typer.Option(4.0, "--temperature", help="Softmax temperature of the soft targets."),
+    alpha: float = typer.Option(0.7, "--alpha", help="Weight of the soft-target loss (1 - alpha on the labels)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the student's recipe)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the student's recipe)."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data (default: the teacher's dataset)."),
+    baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the student alone with the same budget, to show what distillation bought."),
+    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Student checkpoint to write (default: TEACHER.kd.pt)."),
+    force: bool = FORCE_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Train a smaller student from a teacher (soft targets + labels) and compare it with the student trained alone."""
+    from pathlib import Path
+
+    from aiopt.compress.distill import DistillConfig, distill_checkpoint
+
+    config = DistillConfig(student=student, width=width, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr, seed=seed,
+                           dataset=dataset, compare_alone=baseline)
+    output = output or str(Path(teacher).with_suffix(".kd.pt"))
+
+    def progress(phase: str, stats) -> None:
+        stderr.print(f"{phase} epoch {stats.epoch}/{stats.epochs}: loss {stats.loss:.4f}")
+
+    result = distill_checkpoint(teacher, output, config, force=force, on_progress=progress)
+    report = result.report
+    if as_json:
+        _emit_json({"path": result.path, **report})
+        return
+    table = Table(title=f"distilled {escape(teacher)} -> {escape(result.path)}")
+    for column in ("", "params", "test accuracy"):
+        table.add_column(column)
+    table.add_row("teacher", f"{report['teacher_params']:,}", f"{report['teacher_accuracy']:.4f}")
+    table.add_row("student (distilled)", f"{report['student_params']:,}", f"{report['student_accuracy']:.4f}")
+    if report.get("student_alone_accuracy") is not None:
+        table.add_row("student alone, same budget", f"{report['student_params']:,}", f"{report['student_alone_accuracy']:.4f}")
+    stdout.print(table)
+
+
 def _size(size_bytes: int) -> str:
     return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
 
