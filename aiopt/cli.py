@@ -66,6 +66,14 @@ def _emit_json(document: Any) -> None:
     sys.stdout.write(json.dumps(document, indent=2, default=str) + "\n")
 
 
+def _json_or_line(document: Any, as_json: bool, line: str) -> None:
+    """The result as one JSON document (--json) or as one line for a person."""
+    if as_json:
+        _emit_json(document)
+    else:
+        stdout.print(line)
+
+
 def _fail(message: str, code: int) -> None:
     if os.environ.get("NO_COLOR") or not stderr.is_terminal:
         print(f"error: {message}", file=sys.stderr)
@@ -217,10 +225,8 @@ def export(
                                 workspace_mb=workspace, timing_cache=timing_cache)
         exporter, suffix = (export_tensorrt, ".engine") if format == "tensorrt" else (export_torch_tensorrt, ".trt.pt2")
         result = exporter(model, output or str(Path(model).with_suffix(suffix)), config, force=force, trust_pickle=trust_pickle, input_spec=spec)
-        if as_json:
-            _emit_json(result)
-        else:
-            stdout.print(f"built {escape(result['path'])} ({result['precision']}, TensorRT {result['tensorrt_version']}, {escape(result['gpu']['name'])}); sidecar {escape(result['sidecar'])}")
+        _json_or_line(result, as_json, f"built {escape(result['path'])} ({result['precision']}, TensorRT {result['tensorrt_version']}, "
+                                        f"{escape(result['gpu']['name'])}); sidecar {escape(result['sidecar'])}")
         return
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt or torch-tensorrt")
@@ -264,10 +270,7 @@ def run(
 
     result = run_npz(artifact, input, output, device=device, backend=backend, force=force, trust_pickle=trust_pickle,
                      input_spec=_input_spec(input_shape, input_dtype))
-    if as_json:
-        _emit_json(result)
-        return
-    stdout.print(f"{result['samples']} samples through {escape(artifact)} on {result['backend']}/{result['device']} -> {escape(result['path'])}")
+    _json_or_line(result, as_json, f"{result['samples']} samples through {escape(artifact)} on {result['backend']}/{result['device']} -> {escape(result['path'])}")
 
 
 @_command(epilog="Example: aiopt compare cnn.pt cnn.onnx --data mnist1d")
@@ -447,10 +450,7 @@ def deploy(
     from aiopt.export.triton import TritonConfig, deploy_triton
 
     result = deploy_triton(artifact, triton, TritonConfig(name=name, max_batch=max_batch, instances=instances), force=force)
-    if as_json:
-        _emit_json(result)
-        return
-    stdout.print(f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']})")
+    _json_or_line(result, as_json, f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']})")
 
 
 @_command(epilog="Example: aiopt prune cnn.pt --method channel --sparsity 0.5 --finetune-epochs 10 -o cnn.p50.pt")
