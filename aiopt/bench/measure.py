@@ -123,7 +123,7 @@ def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
 
 def _lineage_root(path: str) -> str | None:
     """The trained FP32 checkpoint `path` descends from (itself, if it is one), where it still exists:
-    at the path the lineage recorded, or beside `path` under the same name."""
+    beside `path` under the recorded name, or at the recorded path."""
     from aiopt.artifacts import FORMAT_AIOPT
 
     try:
@@ -135,7 +135,8 @@ def _lineage_root(path: str) -> str | None:
     lineage = loaded.metadata.get("lineage") or []
     if lineage and lineage[0].get("step") == "train":
         recorded = Path(lineage[0]["artifact"])
-        for candidate in (recorded, Path(path).parent / recorded.name):
+        # Beside the artifact first: a folder of artifacts copied elsewhere keeps its own baseline.
+        for candidate in (Path(path).parent / recorded.name, recorded):
             if candidate.is_file():
                 return str(candidate)
     return None
