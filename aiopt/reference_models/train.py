@@ -6,8 +6,8 @@ Recipe: AdamW with a one-cycle schedule, label smoothing, and light random shift
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -53,13 +53,32 @@ def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch
     return torch.gather(x, 1, index)
 
 
+# (logits, labels, inputs) -> scalar loss
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def recipe_loss(logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float) -> torch.Tensor:
+    """The recipe's hard-label loss: cross-entropy with label smoothing."""
+    return F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+
+
 def train_model(
     model: nn.Module,
     dataset: Dataset,
     config: TrainConfig,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    loss_fn: LossFn | None = None,
 ) -> dict:
-    """Train in place; return a summary (time, final loss). Same seed, same weights."""
+    """Train in place; return a summary (time, final loss). Same seed, same weights.
+
+    `loss_fn(logits, labels, inputs)` replaces the recipe's label-smoothed cross-entropy
+    (distillation adds a teacher's soft targets); `inputs` is the augmented batch the
+    model saw, so a teacher can be fed exactly the same samples.
+    """
+    if loss_fn is None:
+        def loss_fn(logits, labels, inputs):
+            return recipe_loss(logits, labels, config.label_smoothing)
+
     set_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     x = torch.from_numpy(dataset.x_train)
@@ -76,7 +95,7 @@ def train_model(
             batch = order[begin:begin + config.batch_size]
             inputs, labels = _shift(x[batch], config.max_shift, generator), y[batch]
             logits = model(inputs)
-            loss = F.cross_entropy(logits, labels, label_smoothing=config.label_smoothing)
+            loss = loss_fn(logits, labels, inputs)
             if not torch.isfinite(loss):
                 from aiopt.errors import UnsupportedModelError
 
@@ -134,7 +153,13 @@ def train_reference_model(
     from aiopt.data import load_dataset
     from aiopt.errors import InputError
     from aiopt.fileio import check_output_path
-    from aiopt.reference_models import build_model, config_to_dict, get_entry, make_config, parse_model_name
+    from aiopt.reference_models import (
+        build_model,
+        config_to_dict,
+        get_entry,
+        make_config,
+        parse_model_name,
+    )
     from aiopt.specs import TensorSpec, specs_to_json
 
     name, size = parse_model_name(spec)
@@ -160,7 +185,7 @@ def train_reference_model(
         "outputs": specs_to_json([TensorSpec("logits", ("batch", data.num_classes), "float32")]),
         "num_classes": data.num_classes,
         "dataset": data.describe(),
-        "metrics": {"accuracy": test_accuracy, "split": "test", "samples": int(len(data.y_test))},
+        "metrics": {"accuracy": test_accuracy, "split": "test", "samples": len(data.y_test)},
         "params_count": params,
         "training": {**dataclasses.asdict(train_config), **summary, "torch_version": torch.__version__, "threads": torch.get_num_threads()},
         "command": command_line(),
