@@ -28,6 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / ".work"), help="checkpoint cache, reused between runs")
     parser.add_argument("--results", default=str(ROOT / "results"))
     parser.add_argument("--min-time", type=float, default=None, help="seconds of timed runs per measurement")
+    parser.add_argument("--threads", type=int, default=None, help="threads for PyTorch and ONNX Runtime (default: all cores)")
     parser.add_argument("--baseline", help="a previous report (JSON): exit 1 if anything regressed against it")
     parser.add_argument("--max-regression", type=float, default=0.10)
     parser.add_argument("--max-accuracy-drop", type=float, default=0.01)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work) / size
     work.mkdir(parents=True, exist_ok=True)
     config = BenchConfig(devices=tuple(args.device or ("cpu",)), batch_sizes=tuple(args.batch_size or (1, 64)),
-                         latency=LatencyConfig(warmup=10, min_runs=20, min_time=args.min_time or (0.2 if args.quick else 1.0)))
+                         latency=LatencyConfig(warmup=10, min_runs=20, min_time=args.min_time or (0.2 if args.quick else 1.0)), threads=args.threads)
     document, steps = None, []
     for name in args.models.split(","):
         artifacts = build_pipeline(name, size, work, args.quick, steps)
