@@ -497,8 +497,8 @@ def distill(
     teacher: str = typer.Argument(..., help="The teacher: an aiopt checkpoint of a reference architecture."),
     student: Optional[str] = typer.Option(None, "--student", help="Student: a registry name with size (cnn:tiny) or an aiopt checkpoint to start from."),
     width: Optional[float] = typer.Option(None, "--width", help="Or: the teacher's architecture at this width (0.5 = half the channels)."),
-    temperature: float = typer.Option(4.0, "--temperature", help="Softmax temperature of the soft targets."),
-    alpha: float = typer.Option(0.7, "--alpha", help="Weight of the soft-target loss (1 - alpha on the labels)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature of the soft targets (default 2)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft-target loss, 1 - alpha on the labels (default 0.5)."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the student's recipe)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the student's recipe)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data (default: the teacher's dataset)."),
@@ -513,8 +513,8 @@ def distill(
 
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
 
-    config = DistillConfig(student=student, width=width, temperature=temperature, alpha=alpha, epochs=epochs, lr=lr, seed=seed,
-                           dataset=dataset, compare_alone=baseline)
+    tuned = {k: v for k, v in (("temperature", temperature), ("alpha", alpha)) if v is not None}  # else DistillConfig's measured defaults
+    config = DistillConfig(student=student, width=width, epochs=epochs, lr=lr, seed=seed, dataset=dataset, compare_alone=baseline, **tuned)
     output = output or str(Path(teacher).with_suffix(".kd.pt"))
 
     def progress(phase: str, stats) -> None:
