@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import onnx
 import pytest
@@ -9,6 +11,7 @@ from aiopt.compress.common import load_reference_checkpoint, torch_logits
 from aiopt.compress.prune import (
     PruneConfig,
     _sparsity_for_target,
+    _torch_pruning_helpers,
     prune_checkpoint,
     two_of_four_holds,
 )
@@ -16,6 +19,7 @@ from aiopt.data import load_dataset
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.evaluate import accuracy
 from aiopt.fileio import sha256_file
+from aiopt.reference_models import build_model, make_config
 from aiopt.reference_models.train import train_reference_model
 
 
@@ -72,6 +76,25 @@ def test_channel_pruning_shrinks_the_architecture(models, tmp_path, arch, sparsi
     if arch == "transformer":  # whole heads go: head_dim stays 8, q/k/v lose a head's 8 outputs, proj its 8 inputs
         for block in loaded.model.blocks:
             assert block.attn.heads == 1 and block.attn.q.weight.shape == (8, 16) and block.attn.proj.weight.shape == (16, 8)
+
+
+def test_lstm_pruner_removes_whole_hidden_units():
+    """Dropping hidden units computes what the full LSTM computes once those units are disconnected
+    (their weight_hh columns and classifier columns zeroed): the gate rows went with them."""
+    torch.manual_seed(0)
+    full = build_model("lstm", make_config("lstm:tiny", (40,), 10)).eval()
+    removed = [1, 4, 5, 11]
+    pruned = copy.deepcopy(full)
+    lstm_pruner, _ = _torch_pruning_helpers()
+    lstm_pruner.prune_out_channels(pruned.lstm, removed)
+    keep = [j for j in range(16) if j not in removed]
+    pruned.classifier.weight = torch.nn.Parameter(pruned.classifier.weight[:, keep])
+    with torch.no_grad():
+        full.lstm.weight_hh_l0[:, removed] = 0
+        full.classifier.weight[:, removed] = 0
+    x = torch.randn(4, 40)
+    assert pruned.lstm.hidden_size == 12 and pruned.lstm.weight_hh_l0.shape == (48, 12)
+    torch.testing.assert_close(pruned(x), full(x))
 
 
 def test_target_params_finds_a_sparsity_that_fits(models):
