@@ -34,20 +34,14 @@ class ReferenceCheckpoint:
 def load_reference_checkpoint(path: str | os.PathLike, step: str) -> ReferenceCheckpoint:
     """Load `path` and require an aiopt checkpoint whose architecture the registry can rebuild."""
     from aiopt.artifacts import FORMAT_AIOPT, load_model
-    from aiopt.reference_models import get_entry
 
     loaded = load_model(path)
     if loaded.format != FORMAT_AIOPT:
         raise UnsupportedModelError(
             f"{step} needs an aiopt checkpoint (.pt written by aiopt train/prune/distill); {path} is {loaded.format}"
         )
-    name = loaded.metadata["architecture"]
-    entry = get_entry(name)
-    return ReferenceCheckpoint(loaded, name, entry.config_class(**_config_values(loaded.metadata["config"])))
-
-
-def _config_values(config: dict) -> dict:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+    # The registry rebuilt the model from the metadata's config; the model keeps that config object.
+    return ReferenceCheckpoint(loaded, loaded.metadata["architecture"], loaded.model.config)
 
 
 def dataset_for(metadata: dict, override: str | None = None, step: str = "this step"):
