@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
-from aiopt.fileio import atomic_path, sha256_file
+from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
 
 CHECKPOINT_FORMAT = "aiopt-checkpoint"
@@ -123,7 +123,7 @@ def save_checkpoint(model, metadata: dict, path: str | os.PathLike) -> Path:
         "state_dict": {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
     }
     with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+        write_with(tmp, lambda fh: torch.save(payload, fh))
     return path
 
 

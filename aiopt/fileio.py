@@ -2,13 +2,21 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Callable, Iterator
 
 from aiopt.errors import InputError
+
+# Outputs that check_output_path found absent: they are published without replacing anything,
+# so that a second process writing the same path meanwhile makes this one fail instead of mixing.
+_FRESH_OUTPUTS: set[Path] = set()
+
+# Write failures the user can fix (space, permissions), reported as bad input rather than a bug.
+_WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM}
 
 
 def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | None, force: bool = False) -> Path:
@@ -27,18 +35,28 @@ def check_output_path(output: str | os.PathLike, *inputs: str | os.PathLike | No
             raise InputError(f"output {out} is the input file; choose another -o so the input is kept")
     if out.exists() and not force:
         raise InputError(f"output {out} already exists; pass --force to replace it or choose another -o")
+    if out.exists():
+        _FRESH_OUTPUTS.discard(out.resolve())
+    else:
+        _FRESH_OUTPUTS.add(out.resolve())
     return out
 
 
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; rename it onto `target` only on success.
+    """Yield a temporary path in the target's folder; publish it as `target` only on success.
 
     Same folder so the rename is atomic (same filesystem); on any error, including
-    KeyboardInterrupt, the temporary file is removed and `target` is untouched.
+    KeyboardInterrupt, the temporary file is removed and `target` is untouched. A target that
+    check_output_path found absent is published without replacing (a hard link), so of two
+    processes writing it the second fails whole. Full disks and unwritable folders are an
+    InputError (exit 2) that names the file.
     """
     target = Path(target)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as exc:
+        raise _write_error(target, exc) from exc
     os.close(fd)
     tmp = Path(tmp_name)
     try:
@@ -49,10 +67,76 @@ def atomic_path(target: str | os.PathLike) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~umask)
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())  # the rename must not publish a file whose data is still in flight
-        os.replace(tmp, target)
-    except BaseException:
+        _publish(tmp, target)
+    except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        if is_write_error(exc):
+            raise _write_error(target, exc) from exc
         raise
+
+
+def is_write_error(exc: BaseException) -> bool:
+    """A failure to write that the user can fix: no space, file too large, read-only or no permission."""
+    return isinstance(exc, OSError) and exc.errno in _WRITE_ERRNOS
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    resolved = target.resolve()
+    if resolved not in _FRESH_OUTPUTS:
+        os.replace(tmp, target)
+        return
+    try:
+        os.link(tmp, target)  # fails if target exists: never replaces what another process wrote
+    except FileExistsError:
+        raise InputError(
+            f"output {target} appeared while this command ran (another process?); it was left as it is and "
+            "this run's result was discarded; pass --force to replace it or choose another -o"
+        ) from None
+    except OSError:  # a filesystem without hard links: the narrower check-then-rename
+        if target.exists():
+            raise InputError(f"output {target} appeared while this command ran; pass --force to replace it") from None
+        os.replace(tmp, target)
+    else:
+        tmp.unlink()
+    _FRESH_OUTPUTS.discard(resolved)
+
+
+def _write_error(target: Path, exc: OSError) -> InputError:
+    return InputError(
+        f"cannot write {target}: {exc.strerror or exc}; free disk space, make {target.parent} writable "
+        "or choose another -o (nothing was written)"
+    )
+
+
+def write_with(path: str | os.PathLike, serialize: Callable[[IO[bytes]], None]) -> None:
+    """Run `serialize(file)` on `path` opened for writing, surfacing the OSError behind a failure.
+
+    torch.save and torch.jit.save write through C++, which turns a full disk into a RuntimeError
+    ("unexpected pos ..."); the file object remembers the real error so it can be reported as one.
+    """
+    with open(path, "wb") as fh:
+        recorder = _ErrorRecordingFile(fh)
+        try:
+            serialize(recorder)  # type: ignore[arg-type]
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+
+class _ErrorRecordingFile:
+    def __init__(self, fh: IO[bytes]):
+        self._fh, self.error = fh, None
+
+    def write(self, data) -> int:
+        try:
+            return self._fh.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
+
+    def __getattr__(self, name: str):
+        return getattr(self._fh, name)
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

@@ -80,5 +80,6 @@ def to_torchscript(model: nn.Module, example: tuple) -> torch.jit.ScriptModule:
 
 def save_torchscript(module: torch.jit.ScriptModule, metadata: dict, path: Path) -> None:
     from aiopt.artifacts import METADATA_KEY
+    from aiopt.fileio import write_with
 
-    torch.jit.save(module, str(path), _extra_files={METADATA_KEY: json.dumps(metadata)})
+    write_with(path, lambda fh: torch.jit.save(module, fh, _extra_files={METADATA_KEY: json.dumps(metadata)}))

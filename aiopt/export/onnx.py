@@ -23,7 +23,7 @@ import numpy as np
 
 from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, METADATA_KEY, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
 from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
-from aiopt.fileio import atomic_path, check_output_path
+from aiopt.fileio import atomic_path, check_output_path, is_write_error
 from aiopt.specs import TensorSpec
 
 DEFAULT_OPSET = 18
@@ -139,6 +139,8 @@ def _torch_to_onnx(loaded: LoadedModel, spec: list[TensorSpec], output_names: li
                               external_data=False, verbose=False)
             return "dynamo"
     except Exception as exc:
+        if is_write_error(exc):  # a full disk is the user's to fix, not an unsupported model
+            raise
         raise UnsupportedModelError(f"ONNX export failed: {describe_export_error(exc, loaded.model, example)}") from exc
 
 

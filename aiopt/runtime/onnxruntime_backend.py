@@ -2,6 +2,8 @@
 offers (`get_available_providers()`), never assumed."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from aiopt.errors import MissingDependencyError, UnsupportedModelError
@@ -47,7 +49,17 @@ def make_session(model: str | bytes, device: str = "cpu", threads: int | None = 
     except MissingDependencyError:
         raise
     except Exception as exc:  # e.g. NOT_IMPLEMENTED for an op this onnxruntime lacks
-        raise UnsupportedModelError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0][:300]}") from exc
+        raise UnsupportedModelError(_load_failure(str(exc), ort.__version__)) from exc
+
+
+def _load_failure(message: str, version: str) -> str:
+    missing = re.search(r"Could not find an implementation for (\w+)\((\d+)\) node with name '([^']*)'", message)
+    if missing:
+        op, op_version, node = missing.groups()
+        where = f" (node {node!r})" if node else ""
+        return (f"ONNX Runtime {version} does not implement op {op} (version {op_version}) for the types this model "
+                f"gives it{where}; re-export the model without {op} or with float32 tensors")
+    return f"ONNX Runtime cannot load the model: {message.splitlines()[0][:300]}"
 
 
 class OnnxRuntimeRunner(Runner):
