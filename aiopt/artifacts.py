@@ -16,8 +16,10 @@ import datetime as _dt
 import io
 import json
 import os
+import struct
 import sys
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -166,8 +168,13 @@ def _sniff(path: Path) -> tuple[str, list[str]]:
         try:
             with zipfile.ZipFile(path) as archive:
                 names = archive.namelist()
-        except (zipfile.BadZipFile, OSError) as exc:
-            raise InputError(f"{path} is a damaged zip archive ({exc}): not a valid checkpoint; re-create or re-copy it") from exc
+                # Every member's header and CRC, read once here, so later reads cannot fail half-way.
+                damaged = archive.testzip()
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError, NotImplementedError, struct.error, zlib.error) as exc:
+            # (ValueError includes a member name that is not UTF-8; zipfile raises all of these on damage)
+            raise InputError(f"{path} is a damaged zip archive ({str(exc)[:200]}): not a valid checkpoint; re-create or re-copy it") from exc
+        if damaged is not None:
+            raise InputError(f"{path} is a damaged zip archive (member {damaged} fails its CRC check): not a valid checkpoint; re-create or re-copy it")
         _check_archive_layout(path, names)
         # torch archives put every member under one top folder whose name varies.
         return "zip", [n.split("/", 1)[1] for n in names]
