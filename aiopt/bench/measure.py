@@ -158,6 +158,7 @@ def _size(path: str) -> int | None:
 
 def _measure_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list[dict]:
     from aiopt import runtime
+    from aiopt.artifacts import count_parameters, load_model
     from aiopt.bench.memory import PeakMemory
 
     if (target.backend == "tensorrt" or _is_engine(target.path)) and importlib.util.find_spec("tensorrt") is None:
@@ -170,7 +171,13 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
         torch_device(target.device)  # no CUDA: a skipped record, before anything touches the GPU
         memory.start()
         start = time.perf_counter()
-        runner = runtime.load(target.path, device=target.device, backend=target.backend, threads=threads)
+        if _is_engine(target.path) or target.backend == "tensorrt":
+            runner = runtime.load(target.path, device=target.device, backend=target.backend, threads=threads)
+            described = _describe(target.path)  # the sidecar
+        else:  # loaded once: the Runner and the description share it
+            loaded = load_model(target.path)
+            runner = runtime.runner_for(loaded, device=target.device, backend=target.backend, threads=threads)
+            described = _Described(loaded.format, loaded.metadata, count_parameters(loaded))
         load_seconds = time.perf_counter() - start
     except MissingDependencyError as exc:
         return [_skipped(target, b, str(exc)) for b in config.batch_sizes]
@@ -179,7 +186,7 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
             raise
         return [_skipped(target, b, str(exc)) for b in config.batch_sizes]  # format/backend mismatch
     target.backend = runner.backend
-    facts = _artifact_facts(target, runner, config, measured)
+    facts = _artifact_facts(target, runner, described, config, measured)
     records = []
     for batch in config.batch_sizes:
         fixed = _fixed_batch(runner.input_spec)
@@ -204,11 +211,10 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
     return records
 
 
-def _artifact_facts(target: _Target, runner, config: BenchConfig, measured: _Measured) -> dict:
+def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchConfig, measured: _Measured) -> dict:
     """What does not depend on the batch size: accuracy, agreement, size, params, FLOPs."""
     from aiopt.evaluate import accuracy, eval_data, run_batches
 
-    loaded = _describe(target.path)
     try:
         evaluation = eval_data(runner.input_spec, loaded.metadata, config.data)
     except InputError:

@@ -80,7 +80,10 @@ def export_onnx(
             _save(model, tmp)
             check_onnx(tmp)
             validation.append(validate_against_torch(loaded, tmp, spec, config, stage="simplified"))
-        accuracy = _accuracy_if_known(tmp, exported_spec, loaded.metadata)
+        accuracy, parent_agreement = _measure_on_test_split(tmp, exported_spec, loaded, spec, output_names)
+        if parent_agreement is None:  # no dataset: the random-input validation is all there is
+            parent_agreement = {"max_abs_diff": max(v["max_abs_diff"] for v in validation),
+                                "top1_agreement": min(v["top1_agreement"] for v in validation), "inputs": "random"}
         metadata = child_metadata(
             loaded, "export",
             format=FORMAT_ONNX,
@@ -89,6 +92,7 @@ def export_onnx(
             export={"exporter": exporter, "opset": config.opset, "dynamic_batch": config.dynamic_batch, "simplified": config.simplify,
                     "validation": validation},
             metrics=({"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics")),
+            agreement_with_parent=parent_agreement,
         )
         embed_metadata(model, with_own_lineage(metadata, out))
         _save(model, tmp)
@@ -251,16 +255,23 @@ def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[Tens
     return report
 
 
-def _accuracy_if_known(onnx_path: Path, spec: list[TensorSpec], metadata: dict) -> float | None:
+def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: LoadedModel, torch_spec: list[TensorSpec],
+                           output_names: list[str]) -> tuple[float | None, dict | None]:
+    """Accuracy on ONNX Runtime and agreement with the PyTorch parent on the test split, when the
+    model records its dataset; (None, None) otherwise. NaN outputs or collapsed agreement raise."""
+    from aiopt.compress.common import check_against_parent
     from aiopt.data import DATASETS
     from aiopt.evaluate import accuracy, eval_data, run_batches
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+    from aiopt.runtime.torch_backend import TorchRunner
 
-    if ((metadata.get("dataset") or {}).get("name")) not in DATASETS:
-        return None
-    data = eval_data(spec, metadata)
-    runner = OnnxRuntimeRunner(str(onnx_path), spec)
-    return accuracy(run_batches(runner, data)[0], data.labels)
+    if ((loaded.metadata.get("dataset") or {}).get("name")) not in DATASETS:
+        return None, None
+    data = eval_data(spec, loaded.metadata)
+    exported = run_batches(OnnxRuntimeRunner(str(onnx_path), spec), data)[0]
+    parent = run_batches(TorchRunner(loaded.model, torch_spec, output_names), data)[0]
+    agreement = check_against_parent(parent, exported, "the exported ONNX model")
+    return accuracy(exported, data.labels), {**agreement, "inputs": "test split"}
 
 
 def embed_metadata(model, metadata: dict) -> None:

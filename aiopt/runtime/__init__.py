@@ -68,15 +68,23 @@ def load(
         raise InputError(f"unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if backend == "tensorrt" or str(path).endswith(ENGINE_SUFFIXES):
         return _tensorrt_runner(path, backend, device)
-    from aiopt.artifacts import load_model, require_input_spec
+    from aiopt.artifacts import load_model
 
-    loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
+    return runner_for(load_model(path, trust_pickle=trust_pickle, input_spec=input_spec), device, backend, threads)
+
+
+def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads: int | None = None) -> Runner:
+    """A Runner for an artifact already loaded with `aiopt.artifacts.load_model` (not an engine)."""
+    from aiopt.artifacts import require_input_spec
+
+    if backend is not None and backend not in _FACTORIES:
+        raise InputError(f"backend {backend!r} cannot run {loaded.path}; choose one of {', '.join(_FACTORIES)}")
     spec = require_input_spec(loaded)
     backend = backend or ("onnxruntime" if loaded.format == "onnx" else "torch")
     return _FACTORIES[backend](loaded, spec, device, threads)
 
 
-__all__ = ["Runner", "load", "BACKENDS"]
+__all__ = ["Runner", "load", "runner_for", "BACKENDS"]
 
 
 def run_npz(path: str | os.PathLike, data: str | os.PathLike, output: str | os.PathLike, device: str = "cpu",
