@@ -497,8 +497,9 @@ def distill(
     teacher: str = typer.Argument(..., help="The teacher: an aiopt checkpoint of a reference architecture."),
     student: Optional[str] = typer.Option(None, "--student", help="Student: a registry name with size (cnn:tiny) or an aiopt checkpoint to start from."),
     width: Optional[float] = typer.Option(None, "--width", help="Or: the teacher's architecture at this width (0.5 = half the channels)."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature of the soft targets (default 2)."),
-    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft-target loss, 1 - alpha on the labels (default 0.5)."),
+    temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature of the soft targets (default: the student architecture's, README)."),
+    alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft-target loss, 1 - alpha on the labels (default: the student architecture's)."),
+    feature_weight: Optional[float] = typer.Option(None, "--feature-weight", help="Weight of hidden-state matching (FitNets; student of the teacher's architecture); 0 turns it off. Default: 1 for LSTM/Transformer students, 0 for CNN."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the student's recipe)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the student's recipe)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data (default: the teacher's dataset)."),
@@ -513,7 +514,8 @@ def distill(
 
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
 
-    tuned = {k: v for k, v in (("temperature", temperature), ("alpha", alpha)) if v is not None}  # else DistillConfig's measured defaults
+    tuned = {k: v for k, v in (("temperature", temperature), ("alpha", alpha), ("feature_weight", feature_weight))
+             if v is not None}  # else DistillConfig's measured defaults
     config = DistillConfig(student=student, width=width, epochs=epochs, lr=lr, seed=seed, dataset=dataset, compare_alone=baseline, **tuned)
     output = output or str(Path(teacher).with_suffix(".kd.pt"))
 

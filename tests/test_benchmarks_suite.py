@@ -18,7 +18,7 @@ def test_quick_suite_writes_json_markdown_and_html(tmp_path):
     (report,) = results.glob("*-quick.json")
     document = json.loads(report.read_text())
     labels = {r["label"] for r in document["records"]}
-    assert {"cnn fp32", "cnn int8", "cnn pruned 50%", "cnn distilled w0.45", "cnn pruned+distilled+int8"} == labels
+    assert {"cnn fp32", "cnn fp32 onnx", "cnn int8", "cnn pruned 50%", "cnn distilled w0.45", "cnn pruned+distilled+int8"} == labels
     measured = [r for r in document["records"] if not r["skipped"]]
     assert all(r["speedup_vs_baseline"] is not None and r["accuracy"] is not None for r in measured)
     assert report.with_suffix(".md").read_text().startswith("## aiopt bench")

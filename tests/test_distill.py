@@ -121,7 +121,8 @@ def test_distill_by_width_writes_a_smaller_student_with_lineage(teacher, tmp_pat
         assert key in report
     assert report["student_params"] < report["teacher_params"] and 0 < report["param_ratio"] < 0.5
     assert 0.1 < report["student_accuracy"] <= 1 and 0.1 < report["student_alone_accuracy"] <= 1
-    assert report["epochs"] == 6 and report["temperature"] == DistillConfig.temperature and report["alpha"] == DistillConfig.alpha
+    assert report["epochs"] == 6  # the CNN student's measured defaults:
+    assert (report["temperature"], report["alpha"], report["feature_weight"]) == (4.0, 0.7, 0.0)
     assert report["student"]["architecture"] == "cnn" and report["student"]["config"]["channels"] == [4, 8, 8]
 
     loaded = load_model(out)
@@ -195,3 +196,51 @@ def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):
     with pytest.raises(InputError, match="--force"):
         distill_checkpoint(tiny_cnn, existing, DistillConfig(width=0.5))
     assert existing.read_bytes() == b"keep me"
+
+
+# ---------------------------------------------------------------- hidden-state matching
+
+@pytest.mark.parametrize("architecture", ["cnn", "lstm", "transformer"])
+def test_feature_matching_loss_is_zero_for_the_teacher_itself(architecture):
+    from aiopt.compress.distill import FeatureMatching
+
+    torch.manual_seed(0)
+    model = build_model(architecture, make_config(f"{architecture}:tiny", (40,), 10)).eval()
+    example = torch.randn(4, 40)
+    matching = FeatureMatching(architecture, model, model, example, weight=1.0)
+    with torch.no_grad():
+        width = matching.projection.weight.shape[0]
+        matching.projection.weight.copy_(torch.eye(width))
+        matching.projection.bias.zero_()
+        model(example)
+        assert float(matching.loss()) == 0.0
+        matching.projection.bias.fill_(0.5)  # a different representation is penalised
+        model(example)
+        assert float(matching.loss()) > 0.0
+    matching.remove()
+    assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())
+
+
+def test_distill_with_feature_matching_keeps_no_projection(teacher, tmp_path):
+    result = distill_checkpoint(teacher, tmp_path / "s.pt", DistillConfig(width=0.5, epochs=6, feature_weight=1.0, compare_alone=False))
+    assert result.report["feature_weight"] == 1.0
+    student = load_model(result.path)
+    plain = build_model("cnn", scale_config("cnn", make_config("cnn:tiny", (40,), 10), 0.5))
+    assert student.model.state_dict().keys() == plain.state_dict().keys()  # the projection was training-only
+
+
+def test_feature_matching_needs_the_teachers_architecture(teacher, tmp_path):
+    with pytest.raises(InputError, match="teacher's architecture"):
+        distill_checkpoint(teacher, tmp_path / "s.pt", DistillConfig(student="lstm:tiny", epochs=1, feature_weight=1.0))
+    assert not (tmp_path / "s.pt").exists()
+
+
+def test_defaults_follow_the_student_architecture():
+    from aiopt.compress.distill import resolve_settings
+
+    lstm = resolve_settings(DistillConfig(width=0.5), "lstm", same_architecture=True)
+    assert (lstm.temperature, lstm.alpha, lstm.feature_weight) == (2.0, 0.5, 1.0)
+    across = resolve_settings(DistillConfig(student="lstm:tiny"), "lstm", same_architecture=False)
+    assert across.feature_weight == 0.0  # shapes need not line up across architectures
+    given = resolve_settings(DistillConfig(width=0.5, temperature=3.0, feature_weight=0.0), "transformer", same_architecture=True)
+    assert (given.temperature, given.alpha, given.feature_weight) == (3.0, 0.5, 0.0)

@@ -42,14 +42,37 @@ from aiopt.errors import InputError, UnsupportedModelError
 class DistillConfig:
     student: str | None = None  # registry spec (cnn:tiny) or path to an aiopt checkpoint
     width: float | None = None  # or a width multiplier of the teacher's architecture, in (0, 1]
-    # T=2, alpha=0.5: measured on the reference models, see the module docstring.
-    temperature: float = 2.0
-    alpha: float = 0.5  # weight of the soft-target term
+    # None: the student architecture's measured default (DEFAULTS below, module docstring).
+    temperature: float | None = None
+    alpha: float | None = None  # weight of the soft-target term
+    # Weight of hidden-state matching (FitNets): the student's representation, projected to the
+    # teacher's width, regresses onto the teacher's; 0 turns it off. See FEATURE_LAYERS.
+    feature_weight: float | None = None
     epochs: int | None = None  # default: the student architecture's recipe epochs
     lr: float | None = None  # default: the student architecture's recipe learning rate
     seed: int = 0
     dataset: str | None = None  # override the teacher's recorded dataset
     compare_alone: bool = True  # also train the student without the teacher, for the report
+
+
+# Per student architecture, measured on MNIST-1D (module docstring): the CNN student gains from
+# softer targets and gets nothing from feature matching; the LSTM and Transformer students are
+# hurt by T=4 and gain most from hidden-state matching.
+DEFAULTS: dict[str, dict[str, float]] = {
+    "cnn": {"temperature": 4.0, "alpha": 0.7, "feature_weight": 0.0},
+    "lstm": {"temperature": 2.0, "alpha": 0.5, "feature_weight": 1.0},
+    "transformer": {"temperature": 2.0, "alpha": 0.5, "feature_weight": 1.0},
+}
+FALLBACK_DEFAULTS = {"temperature": 2.0, "alpha": 0.5, "feature_weight": 0.0}
+
+
+def resolve_settings(config: DistillConfig, student_architecture: str, same_architecture: bool) -> DistillConfig:
+    """`config` with every loss setting left as None replaced by the student architecture's default.
+    Feature matching is a default only where the student has the teacher's architecture."""
+    defaults = dict(DEFAULTS.get(student_architecture, FALLBACK_DEFAULTS))
+    if not same_architecture:
+        defaults["feature_weight"] = 0.0
+    return dataclasses.replace(config, **{k: v for k, v in defaults.items() if getattr(config, k) is None})
 
 
 @dataclass(frozen=True)
@@ -76,10 +99,12 @@ def validate(config: DistillConfig) -> None:
         raise InputError("--student is empty; pass a model such as cnn:tiny or a checkpoint path")
     if config.width is not None and not (0 < config.width <= 1 and math.isfinite(config.width)):
         raise InputError(f"--width must be in (0, 1] (a fraction of the teacher's widths), got {config.width}")
-    if not (config.temperature > 0 and math.isfinite(config.temperature)):
+    if config.temperature is not None and not (config.temperature > 0 and math.isfinite(config.temperature)):
         raise InputError(f"--temperature must be greater than 0 (typically 2 to 8), got {config.temperature}")
-    if not 0 <= config.alpha <= 1:
+    if config.alpha is not None and not 0 <= config.alpha <= 1:
         raise InputError(f"--alpha must be between 0 and 1 (the weight of the teacher's soft targets), got {config.alpha}")
+    if config.feature_weight is not None and not (config.feature_weight >= 0 and math.isfinite(config.feature_weight)):
+        raise InputError(f"--feature-weight must be 0 (off) or more, got {config.feature_weight}")
     if config.epochs is not None and config.epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {config.epochs}")
     if config.lr is not None and not (config.lr > 0 and math.isfinite(config.lr)):
@@ -105,7 +130,8 @@ def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: f
     return alpha * soft + (1 - alpha) * hard
 
 
-def distillation_loss(teacher, temperature: float, alpha: float, label_smoothing: float) -> Callable:
+def distillation_loss(teacher, temperature: float, alpha: float, label_smoothing: float,
+                      features: FeatureMatching | None = None) -> Callable:
     """A `train_model` loss_fn: the teacher (eval mode, no grad) sees the student's augmented batch."""
     import torch
 
@@ -114,13 +140,70 @@ def distillation_loss(teacher, temperature: float, alpha: float, label_smoothing
         parameter.requires_grad_(False)
 
     def loss_fn(logits, labels, inputs):
-        if alpha == 0:  # the teacher's outputs would get no weight
+        if alpha == 0 and features is None:  # the teacher's outputs would get no weight
             return kd_loss(logits, None, labels, temperature, alpha, label_smoothing)
         with torch.no_grad():
-            teacher_logits = teacher(inputs)
-        return kd_loss(logits, teacher_logits, labels, temperature, alpha, label_smoothing)
+            teacher_logits = teacher(inputs)  # also fills features' teacher hook
+        loss = kd_loss(logits, teacher_logits, labels, temperature, alpha, label_smoothing)
+        return loss + features.loss() if features is not None else loss
 
     return loss_fn
+
+
+# The representation matched by --feature-weight: the last feature map (cnn), the hidden state
+# at every step (lstm: dense supervision along the sequence is what a small LSTM lacks), the
+# tokens after the last block (transformer). Output channels/features are the last axis except
+# for the CNN's (batch, channels, length...).
+FEATURE_LAYERS = {"cnn": ("features", 1), "lstm": ("lstm", -1), "transformer": ("blocks", -1)}
+
+
+class FeatureMatching:
+    """Hidden-state matching (Romero et al. 2015, FitNets): a learned linear map takes the
+    student's representation to the teacher's width, and the loss is its mean squared error
+    to the teacher's, divided by the teacher's mean square so `weight` does not depend on scale.
+    The projection is trained with the student and dropped afterwards."""
+
+    def __init__(self, architecture: str, teacher, student, example, weight: float):
+        import torch
+        from torch import nn
+
+        if architecture not in FEATURE_LAYERS:
+            raise InputError(f"--feature-weight does not know where to match features of {architecture!r}; pass --feature-weight 0")
+        layer, self.axis = FEATURE_LAYERS[architecture]
+        self.weight, self._captured = weight, {}
+        self._hooks = [getattr(model, layer).register_forward_hook(self._capture(role)) for role, model in (("teacher", teacher), ("student", student))]
+        with torch.no_grad():
+            teacher(example), student(example)
+        got, wanted = self._captured["student"].shape, self._captured["teacher"].shape
+        if _without(got, self.axis) != _without(wanted, self.axis):
+            self.remove()
+            raise InputError(
+                f"feature matching needs the student's {layer} output to match the teacher's except in width: "
+                f"{tuple(got)} vs {tuple(wanted)}; use a --width student or --feature-weight 0"
+            )
+        self.projection = nn.Linear(got[self.axis], wanted[self.axis])
+
+    def _capture(self, role: str):
+        def hook(module, inputs, output):
+            self._captured[role] = output[0] if isinstance(output, tuple) else output
+        return hook
+
+    def loss(self):
+        import torch.nn.functional as F
+
+        teacher = self._captured["teacher"].detach()
+        student = self.projection(self._captured["student"].movedim(self.axis, -1)).movedim(-1, self.axis)
+        return self.weight * F.mse_loss(student, teacher) / (teacher.pow(2).mean() + 1e-8)
+
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+
+
+def _without(shape, axis: int) -> tuple:
+    dims = list(shape)
+    del dims[axis]
+    return tuple(dims[1:])  # the batch may differ
 
 
 def scale_config(architecture: str, config: Any, width: float) -> Any:
@@ -245,6 +328,7 @@ def distill_checkpoint(
             f"{teacher.loaded.metadata['num_classes']}; pass the teacher's own --dataset"
         )
     student = _student(config, teacher, data)
+    config = resolve_settings(config, student.architecture, student.architecture == teacher.architecture)
 
     recipe = get_entry(student.architecture).train_defaults
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr)) if v is not None}
@@ -256,8 +340,20 @@ def distill_checkpoint(
 
     teacher_logits = torch_logits(teacher.model, data.x_test)
     teacher_accuracy = accuracy(teacher_logits, data.y_test)
-    loss_fn = distillation_loss(teacher.model, config.temperature, config.alpha, train_config.label_smoothing)
-    summary = train.train_model(student.model, data, train_config, progress("distill"), loss_fn=loss_fn)
+    features = None
+    if config.feature_weight > 0:
+        if student.architecture != teacher.architecture:
+            raise InputError(f"feature matching needs a student of the teacher's architecture ({teacher.architecture}), not "
+                             f"{student.architecture}; use --width or --feature-weight 0")
+        example = torch.from_numpy(data.x_train[:2])
+        features = FeatureMatching(student.architecture, teacher.model, student.model, example, config.feature_weight)
+    loss_fn = distillation_loss(teacher.model, config.temperature, config.alpha, train_config.label_smoothing, features)
+    try:
+        summary = train.train_model(student.model, data, train_config, progress("distill"), loss_fn=loss_fn,
+                                    extra_modules=(features.projection,) if features else ())
+    finally:
+        if features:
+            features.remove()
     student_logits = torch_logits(student.model, data.x_test)
     try:
         agreement = check_against_parent(teacher_logits, student_logits, f"the distilled student ({student.architecture}:{student.size})")
@@ -286,6 +382,7 @@ def distill_checkpoint(
         "param_ratio": round(student_params / teacher_params, 6),
         "temperature": config.temperature,
         "alpha": config.alpha,
+        "feature_weight": config.feature_weight,
         "epochs": train_config.epochs,
         "lr": train_config.lr,
         "seed": config.seed,
@@ -310,7 +407,7 @@ def distill_checkpoint(
         distillation=report,
         training={
             **dataclasses.asdict(train_config), **summary, "loss": "distillation",
-            "temperature": config.temperature, "alpha": config.alpha,
+            "temperature": config.temperature, "alpha": config.alpha, "feature_weight": config.feature_weight,
             "torch_version": torch.__version__, "threads": torch.get_num_threads(),
         },
     )

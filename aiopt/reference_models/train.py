@@ -68,12 +68,14 @@ def train_model(
     config: TrainConfig,
     on_epoch: Callable[[EpochStats], None] | None = None,
     loss_fn: LossFn | None = None,
+    extra_modules: tuple[nn.Module, ...] = (),
 ) -> dict:
     """Train in place; return a summary (time, final loss). Same seed, same weights.
 
     `loss_fn(logits, labels, inputs)` replaces the recipe's label-smoothed cross-entropy
     (distillation adds a teacher's soft targets); `inputs` is the augmented batch the
-    model saw, so a teacher can be fed exactly the same samples.
+    model saw, so a teacher can be fed exactly the same samples. `extra_modules` are
+    trained alongside the model (a distillation loss's feature projection).
     """
     if loss_fn is None:
         def loss_fn(logits, labels, inputs):
@@ -84,11 +86,13 @@ def train_model(
     x = torch.from_numpy(dataset.x_train)
     y = torch.from_numpy(dataset.y_train)
     steps_per_epoch = (len(y) + config.batch_size - 1) // config.batch_size
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    parameters = [p for module in (model, *extra_modules) for p in module.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2)
     start, loss_value = time.perf_counter(), float("nan")
     for epoch in range(config.epochs):
-        model.train()
+        for module in (model, *extra_modules):
+            module.train()
         order = torch.randperm(len(y), generator=generator)
         total_loss, correct = 0.0, 0
         for begin in range(0, len(y), config.batch_size):
