@@ -361,6 +361,9 @@ def _load_export(path: Path, members: list[str], trust_pickle: bool) -> LoadedMo
         cause = exc.__cause__ or exc.__context__ or exc
         if "weights only load failed" in f"{exc} {cause}".lower():
             raise UnsafeFileError(f"{path} holds pickled objects that would run code on load, so it was not loaded; {_TRUST_HINT}") from exc
+        if "cuda" in f"{exc} {cause}".lower() and not torch.cuda.is_available():
+            raise InputError(f"{path} holds CUDA tensors and this machine has no CUDA GPU ({_first_line(cause)}); load it where there "
+                             "is one, or re-export it with --device cpu") from exc
         raise InputError(f"{path} is not a valid torch.export program ({_first_line(cause)}); re-create or re-copy it") from exc
     metadata = _parse_metadata(extra.get(METADATA_KEY), path)
     spec = specs_from_json(metadata.get("inputs")) or _export_input_spec(program)

@@ -192,14 +192,16 @@ def inspect(
 @_command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx   |   aiopt export cnn.pt --format tensorrt --precision fp16 -o cnn.engine")
 def export(
     model: str = typer.Argument(..., help="PyTorch artifact (aiopt .pt, TorchScript, .pt2); for tensorrt also an ONNX model."),
-    format: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt (engine + sidecar) or torch-tensorrt (ExportedProgram with TensorRT engines)."),
+    format: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt (engine + sidecar), torch-tensorrt (ExportedProgram with TensorRT engines) or torch-cuda (.pt2 run as CUDA graphs)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (default: MODEL with the format's suffix)."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset version."),
     dynamic_batch: bool = typer.Option(True, "--dynamic-batch/--static-batch", help="Keep the batch dimension dynamic."),
     atol: float = typer.Option(1e-4, "--atol", help="Absolute tolerance of ONNX Runtime vs PyTorch outputs."),
     rtol: float = typer.Option(1e-3, "--rtol", help="Relative tolerance of ONNX Runtime vs PyTorch outputs."),
     simplify: bool = typer.Option(True, "--simplify/--no-simplify", help="Simplify the graph with onnxslim, then validate again."),
-    precision: str = typer.Option("fp16", "--precision", help="tensorrt: fp32, fp16, bf16 or int8 (INT8 from a QDQ model, aiopt quantize --backend tensorrt)."),
+    precision: str = typer.Option("fp16", "--precision", help="tensorrt/torch-cuda: fp32, fp16, bf16; tensorrt also int8 (from a QDQ model, aiopt quantize --backend tensorrt)."),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="torch-cuda: batch buckets compiled and captured on load (repeatable; default 1 and 256)."),
+    device: Optional[str] = typer.Option(None, "--device", help="torch-cuda: export and validate on cpu or cuda (default: cuda when present)."),
     sparse: bool = typer.Option(False, "--sparse", help="tensorrt: allow 2:4 sparse kernels (weights pruned with aiopt prune --method 2:4)."),
     min_batch: int = typer.Option(1, "--min-batch", help="tensorrt: smallest batch of the optimisation profile."),
     opt_batch: int = typer.Option(8, "--opt-batch", help="tensorrt: batch the kernels are tuned for."),
@@ -228,8 +230,18 @@ def export(
         _json_or_line(result, as_json, f"built {escape(result['path'])} ({result['precision']}, TensorRT {result['tensorrt_version']}, "
                                         f"{escape(result['gpu']['name'])}); sidecar {escape(result['sidecar'])}")
         return
+    if format == "torch-cuda":
+        from aiopt.export.torch_cuda import DEFAULT_BUCKETS, TorchCudaConfig, default_output, export_torch_cuda
+
+        config = TorchCudaConfig(precision=precision, batch_sizes=tuple(batch_size or DEFAULT_BUCKETS), device=device)
+        result = export_torch_cuda(model, output or str(default_output(model, precision)), config, force=force,
+                                   trust_pickle=trust_pickle, input_spec=spec)
+        accuracy = f", test accuracy {result['parent_accuracy']:.4f} -> {result['accuracy']:.4f}" if result.get("accuracy") is not None else ""
+        _json_or_line(result, as_json, f"exported {escape(result['path'])} ({result['precision']}, buckets "
+                                        f"{', '.join(map(str, result['batch_sizes']))}, validated on {result['exported_on']}{accuracy})")
+        return
     if format != "onnx":
-        raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt or torch-tensorrt")
+        raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
     output = output or str(Path(model).with_suffix(".onnx"))

@@ -60,6 +60,8 @@ def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarra
     fixed = {s.shape[0] for s in runner.input_spec if s.shape and isinstance(s.shape[0], int)}
     if fixed:  # a static-batch model takes exactly its batch size
         batch_size = fixed.pop()
+    elif getattr(runner, "batch_range", None):  # an engine profile or torch-cuda buckets: stay within them
+        batch_size = min(batch_size, runner.batch_range[1])
     chunks: list[list[np.ndarray]] = []
     for start in range(0, len(data), batch_size):
         feed = {s.name: data.inputs[s.name][start:start + batch_size].astype(s.dtype, copy=False) for s in runner.input_spec}

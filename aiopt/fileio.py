@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import hashlib
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -124,8 +125,11 @@ def write_with(path: str | os.PathLike, serialize: Callable[[IO[bytes]], None]) 
             raise
 
 
-class _ErrorRecordingFile:
+class _ErrorRecordingFile(io.BufferedIOBase):
+    """A writable file (an io object, as torch.export.save checks) that keeps its last OSError."""
+
     def __init__(self, fh: IO[bytes]):
+        super().__init__()
         self._fh, self.error = fh, None
 
     def write(self, data) -> int:
@@ -135,8 +139,20 @@ class _ErrorRecordingFile:
             self.error = exc
             raise
 
-    def __getattr__(self, name: str):
-        return getattr(self._fh, name)
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._fh.seekable()
+
+    def seek(self, offset: int, whence: int = 0) -> int:
+        return self._fh.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        self._fh.flush()
 
 
 def write_bytes_atomic(target: str | os.PathLike, data: bytes) -> None:

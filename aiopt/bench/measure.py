@@ -18,6 +18,7 @@ import numpy as np
 
 from aiopt.bench.latency import LatencyConfig, measure_latency
 from aiopt.errors import AioptError, InputError, MissingDependencyError
+from aiopt.runtime.cuda_graph import PEER_BACKEND
 
 SCHEMA_VERSION = 1
 BENCH_BACKENDS = ("torch", "onnxruntime", "tensorrt")
@@ -42,6 +43,7 @@ class _Target:
     is_baseline: bool = False
     label: str = ""
     baseline: str | None = None  # the baseline artifact this target is compared with
+    is_peer: bool = False  # the baseline under torch.compile(mode="reduce-overhead") in FP16 (CUDA only)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class _Measured:
     records: list[dict] = field(default_factory=list)
     baseline_logits: dict = field(default_factory=dict)  # baseline path -> logits on the evaluation data
     baseline_p50: dict = field(default_factory=dict)  # (baseline path, device, batch) -> p50 ms
+    peer_p50: dict = field(default_factory=dict)  # (baseline path, device, batch) -> the peer's p50 ms
 
 
 def validate(config: BenchConfig) -> None:
@@ -118,6 +121,8 @@ def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
                     continue
                 targets.append(_Target(path, "torch" if is_baseline else backend, device, is_baseline, label=path,
                                        baseline=path if is_baseline else roots.get(path)))
+            if is_baseline and device.startswith("cuda"):  # the peer a GPU user tries first, right after its baseline
+                targets.append(_Target(path, PEER_BACKEND, device, label=f"{path} [{PEER_BACKEND}]", baseline=path, is_peer=True))
     return targets
 
 
@@ -145,7 +150,8 @@ def _lineage_root(path: str) -> str | None:
 def _skipped(target: _Target, batch: int, reason: str) -> dict:
     return {"artifact": target.path, "label": target.label, "backend": target.backend or "auto", "device": target.device, "batch_size": batch,
             "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "size_bytes": _size(target.path), "params": None,
-            "flops": None, "peak_memory_bytes": None, "load_seconds": None, "speedup_vs_baseline": None, "is_baseline": target.is_baseline,
+            "flops": None, "peak_memory_bytes": None, "load_seconds": None, "compile_seconds": None, "speedup_vs_baseline": None,
+            "speedup_vs_peer": None, "is_baseline": target.is_baseline,
             "baseline": target.baseline, "step": None, "format": None, "skipped": reason}
 
 
@@ -176,7 +182,10 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
             described = _describe(target.path)  # the sidecar
         else:  # loaded once: the Runner and the description share it
             loaded = load_model(target.path)
-            runner = runtime.runner_for(loaded, device=target.device, backend=target.backend, threads=threads)
+            if target.is_peer:
+                runner = _peer_runner(loaded, target.device, config.batch_sizes)
+            else:
+                runner = runtime.runner_for(loaded, device=target.device, backend=target.backend, threads=threads)
             described = _Described(loaded.format, loaded.metadata, count_parameters(loaded))
         load_seconds = time.perf_counter() - start
     except MissingDependencyError as exc:
@@ -193,22 +202,44 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
         if fixed is not None and fixed != batch:
             records.append(_skipped(target, batch, f"the model's batch size is fixed at {fixed}; export it with a dynamic batch to run batch {batch}"))
             continue
+        if runner.batch_range is not None and not runner.batch_range[0] <= batch <= runner.batch_range[1]:
+            low, high = runner.batch_range
+            records.append(_skipped(target, batch, f"batch {batch} is outside the range this artifact was built for ({low}..{high}); {runner.batch_range_hint}"))
+            continue
         feed = _feed(runner.input_spec, facts["_inputs"], batch)
         stats = measure_latency(lambda feed=feed: runner(feed), config.latency, cuda=target.device.startswith("cuda"))
         key = (target.baseline, target.device, batch)
         if target.is_baseline:
             measured.baseline_p50[key] = stats.p50
-        base = measured.baseline_p50.get(key)
+        if target.is_peer:
+            measured.peer_p50[key] = stats.p50
+        base, peer = measured.baseline_p50.get(key), measured.peer_p50.get(key)
         records.append({
             "artifact": target.path, "label": target.label, "backend": runner.backend, "device": runner.device, "batch_size": batch,
             "latency_ms": stats.to_dict(), "throughput": round(batch * 1e3 / stats.mean, 2),
             **{k: v for k, v in facts.items() if not k.startswith("_")},
             "peak_memory_bytes": memory.peak_bytes(), "load_seconds": round(load_seconds, 4),
-            "speedup_vs_baseline": round(base / stats.p50, 4) if base else None, "is_baseline": target.is_baseline,
+            "compile_seconds": _compile_seconds(runner),
+            "speedup_vs_baseline": round(base / stats.p50, 4) if base else None,
+            "speedup_vs_peer": round(peer / stats.p50, 4) if peer else None, "is_baseline": target.is_baseline,
             "baseline": target.baseline,
             "threads": threads, "skipped": None,
         })
     return records
+
+
+def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]):
+    from aiopt.artifacts import output_spec, require_input_spec
+    from aiopt.runtime.cuda_graph import compiled_peer
+
+    return compiled_peer(loaded.model, require_input_spec(loaded), [o.name for o in output_spec(loaded)], device, batch_sizes,
+                         str(loaded.path))
+
+
+def _compile_seconds(runner) -> float | None:
+    """Compilation and graph capture done at load (torch-cuda artifacts, the peer), apart from latency."""
+    seconds = getattr(runner, "compile_seconds", None)
+    return round(seconds, 3) if seconds is not None else None
 
 
 def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchConfig, measured: _Measured) -> dict:

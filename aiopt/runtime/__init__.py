@@ -26,7 +26,19 @@ def _torch_runner(loaded, spec, device, threads):
         import torch
 
         torch.set_num_threads(threads)
-    return TorchRunner(loaded.model, spec, [o.name for o in output_spec(loaded)], device, str(loaded.path))
+    from aiopt.export.torch_cuda import buckets_of
+
+    names = [o.name for o in output_spec(loaded)]
+    buckets = buckets_of(loaded.metadata)
+    if buckets and str(device).startswith("cuda"):  # a torch-cuda artifact: compiled, one CUDA graph per bucket
+        from aiopt.runtime.cuda_graph import CudaGraphRunner
+
+        return CudaGraphRunner(loaded.model, spec, names, device, buckets, str(loaded.path))
+    runner = TorchRunner(loaded.model, spec, names, device, str(loaded.path))
+    if buckets:  # elsewhere it runs eagerly, within the batch range it was exported for
+        runner.batch_range = (1, buckets[-1])
+        runner.batch_range_hint = "re-export it with aiopt export --format torch-cuda --batch-size N"
+    return runner
 
 
 def _onnxruntime_runner(loaded, spec, device, threads):

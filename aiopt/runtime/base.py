@@ -17,8 +17,9 @@ Feed = Mapping[str, Any] | Sequence[Any] | Any
 
 class Runner:
     backend: str = "?"
-    # Smallest and largest batch the artifact accepts (a TensorRT profile); None: any.
+    # Smallest and largest batch the artifact accepts (a TensorRT profile, torch-cuda buckets); None: any.
     batch_range: tuple[int, int] | None = None
+    batch_range_hint = "rebuild it with --min-batch/--max-batch"
 
     def __init__(self, input_spec: list[TensorSpec], output_names: list[str], device: str = "cpu", source: str = ""):
         self.input_spec = list(input_spec)
@@ -43,7 +44,7 @@ class Runner:
             batch = len(next(iter(feed.values())))
             low, high = self.batch_range
             if not low <= batch <= high:
-                raise InputError(f"batch size {batch} is outside the range this engine was built for ({low}..{high}); rebuild it with --min-batch/--max-batch")
+                raise InputError(f"batch size {batch} is outside the range this artifact was built for ({low}..{high}); {self.batch_range_hint}")
         return feed
 
     def _matches_exactly(self, inputs: dict) -> bool:
