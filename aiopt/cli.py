@@ -40,6 +40,7 @@ INPUT_DTYPE_HELP = "Input dtype(s) matching --input-shape (default float32)."
 JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
 TRUST_PICKLE_OPTION = typer.Option(False, "--trust-pickle", help=TRUST_HELP)
 FORCE_OPTION = typer.Option(False, "--force", help="Replace the output if it exists.")
+DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (no GPU: exit 4).")
 INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
 INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
 
@@ -128,10 +129,11 @@ def train(
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
+    device: str = DEVICE_OPTION,
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Train a reference model on the CPU, evaluate it on the test split and write a checkpoint."""
+    """Train a reference model (CPU or CUDA), evaluate it on the test split and write a checkpoint."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from aiopt.reference_models.train import train_reference_model
@@ -145,7 +147,7 @@ def train(
             progress.update(task, total=stats.epochs, completed=stats.epoch,
                             status=f"loss {stats.loss:.3f} train acc {stats.train_accuracy:.3f}")
 
-        result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch)
+        result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch, device=device)
     summary = {
         "path": result.path, "architecture": result.architecture, "size": result.size, "dataset": result.dataset,
         "accuracy": result.accuracy, "params": result.params, "train_seconds": result.train_seconds,
@@ -270,7 +272,7 @@ def run(
     input: str = typer.Option(..., "--input", "-i", help="Inputs: an .npz with one array per input name (x for one input), or mnist1d/digits."),
     output: str = typer.Option(..., "--output", "-o", help="Outputs to write, as .npz (one array per output name)."),
     backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnxruntime (default: the artifact's own)."),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    device: str = DEVICE_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -290,6 +292,7 @@ def compare(
     reference: str = typer.Argument(..., help="The artifact taken as the truth."),
     candidate: str = typer.Argument(..., help="The artifact checked against it."),
     data: Optional[str] = typer.Option(None, "--data", help="Inputs: .npz, mnist1d or digits (default: the reference's test split, else random)."),
+    device: str = DEVICE_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -298,7 +301,8 @@ def compare(
     """Run two artifacts on the same inputs: max abs/rel difference, top-1 agreement, accuracy."""
     from aiopt.compare import compare_artifacts
 
-    result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle)
+    result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle,
+                               device=device)
     if as_json:
         _emit_json(result)
         return

@@ -18,6 +18,7 @@ def compare_artifacts(
     input_spec: list[TensorSpec] | None = None,
     samples: int = 256,
     trust_pickle: bool = False,
+    device: str = "cpu",
 ) -> dict:
     """Max abs/rel difference and top-1 agreement of `candidate` against `reference`.
 
@@ -27,9 +28,12 @@ def compare_artifacts(
     from aiopt import runtime
     from aiopt.artifacts import load_model
 
-    first = runtime.load(reference, backend=backend_reference, input_spec=input_spec, trust_pickle=trust_pickle)
-    second = runtime.load(candidate, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
-    metadata = load_model(reference, trust_pickle=trust_pickle, input_spec=input_spec).metadata
+    if str(reference).endswith(runtime.ENGINE_SUFFIXES):
+        first, metadata = runtime.load(reference, device, backend_reference), {}
+    else:  # loaded once, for its Runner and its metadata
+        loaded = load_model(reference, trust_pickle=trust_pickle, input_spec=input_spec)
+        first, metadata = runtime.runner_for(loaded, device, backend_reference), loaded.metadata
+    second = runtime.load(candidate, device=device, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
     inputs = _inputs(first.input_spec, metadata, data, samples)
     ref_out, cand_out = run_batches(first, inputs), run_batches(second, inputs)
     result = {

@@ -162,3 +162,21 @@ def test_cuda_export_loads_on_cpu(tiny_cnn, tmp_path):
         assert "CUDA" in str(exc)
         return
     assert runner(np.zeros((2, 40), np.float32))["logits"].shape == (2, 10)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU; the row is about machines without one")
+@pytest.mark.parametrize("command", [
+    ["train", "cnn:tiny", "--epochs", "1", "-o", "m.pt", "--device", "cuda"],
+    ["compare", "{model}", "{model}", "--device", "cuda"],
+])
+def test_device_cuda_without_a_gpu_exits_4_everywhere(tiny_cnn, tmp_path, command):
+    result = run_cli(*(a.format(model=tiny_cnn) for a in command), cwd=tmp_path)
+    assert result.returncode == 4, result.stderr
+    assert "no CUDA GPU" in result.stderr and list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.gpu
+def test_train_on_cuda_writes_a_cpu_checkpoint(tmp_path):
+    result = train_reference_model("cnn:tiny", str(tmp_path / "m.pt"), epochs=1, device="cuda")
+    assert result.metadata["training"]["device"] == "cuda"
+    assert all(t.device.type == "cpu" for t in load_model(tmp_path / "m.pt").model.state_dict().values())

@@ -69,13 +69,16 @@ def train_model(
     on_epoch: Callable[[EpochStats], None] | None = None,
     loss_fn: LossFn | None = None,
     extra_modules: tuple[nn.Module, ...] = (),
+    device: str = "cpu",
 ) -> dict:
     """Train in place; return a summary (time, final loss). Same seed, same weights.
 
     `loss_fn(logits, labels, inputs)` replaces the recipe's label-smoothed cross-entropy
     (distillation adds a teacher's soft targets); `inputs` is the augmented batch the
     model saw, so a teacher can be fed exactly the same samples. `extra_modules` are
-    trained alongside the model (a distillation loss's feature projection).
+    trained alongside the model (a distillation loss's feature projection). On `device`
+    "cuda" the model trains there (batches are drawn and shifted on the CPU, so the sample
+    order and augmentation are the same as on the CPU for a seed).
     """
     if loss_fn is None:
         def loss_fn(logits, labels, inputs):
@@ -86,6 +89,11 @@ def train_model(
     x = torch.from_numpy(dataset.x_train)
     y = torch.from_numpy(dataset.y_train)
     steps_per_epoch = (len(y) + config.batch_size - 1) // config.batch_size
+    from aiopt.runtime.torch_backend import torch_device
+
+    target = torch_device(device)
+    for module in (model, *extra_modules):
+        module.to(target)
     parameters = [p for module in (model, *extra_modules) for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2)
@@ -97,7 +105,7 @@ def train_model(
         total_loss, correct = 0.0, 0
         for begin in range(0, len(y), config.batch_size):
             batch = order[begin:begin + config.batch_size]
-            inputs, labels = _shift(x[batch], config.max_shift, generator), y[batch]
+            inputs, labels = _shift(x[batch], config.max_shift, generator).to(target), y[batch].to(target)
             logits = model(inputs)
             loss = loss_fn(logits, labels, inputs)
             if not torch.isfinite(loss):
@@ -113,7 +121,7 @@ def train_model(
         loss_value = total_loss / len(y)
         if on_epoch:
             on_epoch(EpochStats(epoch + 1, config.epochs, loss_value, correct / len(y)))
-    model.eval()
+    model.eval().cpu()  # evaluation, checkpoints and exports take it from the CPU
     return {"train_seconds": round(time.perf_counter() - start, 2), "final_loss": round(loss_value, 5)}
 
 
@@ -148,6 +156,7 @@ def train_reference_model(
     seed: int = 0,
     force: bool = False,
     on_epoch: Callable[[EpochStats], None] | None = None,
+    device: str = "cpu",
 ) -> TrainResult:
     """Train reference model `spec` (e.g. `cnn:tiny`) on a built-in dataset and write its checkpoint."""
     import dataclasses
@@ -170,13 +179,16 @@ def train_reference_model(
     out = check_output_path(output, force=force)
     if epochs is not None and epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {epochs}")
+    from aiopt.runtime.torch_backend import torch_device
+
+    torch_device(device)  # no GPU for --device cuda: exit 4 before any work
     data = load_dataset(dataset)
     config = make_config(spec, data.sample_shape, data.num_classes)
     set_seed(seed)
     model = build_model(name, config)
     recipe = get_entry(name).train_defaults
     train_config = TrainConfig(**{**recipe, "seed": seed, **({"epochs": epochs} if epochs else {})})
-    summary = train_model(model, data, train_config, on_epoch)
+    summary = train_model(model, data, train_config, on_epoch, device=device)
     test_accuracy = accuracy(model, data.x_test, data.y_test)
     params = sum(p.numel() for p in model.parameters())
     metadata = {
@@ -191,7 +203,8 @@ def train_reference_model(
         "dataset": data.describe(),
         "metrics": {"accuracy": test_accuracy, "split": "test", "samples": len(data.y_test)},
         "params_count": params,
-        "training": {**dataclasses.asdict(train_config), **summary, "torch_version": torch.__version__, "threads": torch.get_num_threads()},
+        "training": {**dataclasses.asdict(train_config), **summary, "torch_version": torch.__version__, "threads": torch.get_num_threads(),
+                     "device": device},
         "command": command_line(),
         "created_at": now_iso(),
         "parent": None,
