@@ -376,6 +376,7 @@ def bench(
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch size (repeatable; default 1 and 64)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
     min_runs: int = typer.Option(20, "--min-runs", help="Timed runs, at least."),
+    rounds: int = typer.Option(3, "--rounds", help="Slices each measurement is timed in, interleaved with the others (drift hits all alike)."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed runs per measurement, at least."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for PyTorch and ONNX Runtime (default: all cores)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: each model's test split)."),
@@ -400,7 +401,7 @@ def bench(
                (("json", json_file), ("markdown", markdown_file), ("html", html_file)) if path}
     previous = reports.load_report(baseline) if baseline else None
     config = BenchConfig(backends=tuple(backend or ()), devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (1, 64)),
-                         latency=LatencyConfig(warmup=warmup, min_runs=min_runs, min_time=min_time), threads=threads, data=data,
+                         latency=LatencyConfig(warmup=warmup, min_runs=min_runs, min_time=min_time, rounds=rounds), threads=threads, data=data,
                          baseline=not no_baseline)
 
     def progress(record: dict) -> None:

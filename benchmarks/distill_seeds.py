@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(document: dict) -> str:
     lines = [f"## Distillation vs the same student alone (width {document['width']:g}, paired seeds)", "",
-             f"`{document['command']}`", "",
+             f"`python benchmarks/{document['command']}`", "",
              "| model | teacher | student params | T / alpha / feature | epochs | distilled (mean) | alone (mean) | gain, mean ± sd | ahead on |",
              "|---|---|---|---|---|---|---|---|---|"]
     for row in document["rows"]:

@@ -145,3 +145,15 @@ def test_bad_options_are_refused(family):
     assert run_cli("bench", str(family["fp32"]), "--backend", "tvm").returncode == 2
     missing = run_cli("bench", str(family["folder"] / "nope.onnx"))
     assert missing.returncode == 2 and "nope.onnx" in missing.stderr
+
+
+def test_interleaved_rounds_alternate_and_keep_every_run():
+    from aiopt.bench.latency import measure_interleaved
+
+    calls: list[str] = []
+    config = LatencyConfig(warmup=2, min_runs=9, min_time=0.0, rounds=3)
+    first, second = measure_interleaved([(lambda: calls.append("a"), False), (lambda: calls.append("b"), False)], config)
+    assert first.runs == second.runs == 9  # 3 rounds x 3 timed runs each
+    # warm-up of both, then three slices each, alternating: a's slice, b's slice, a's, ...
+    slices = [c for i, c in enumerate(calls) if i == 0 or c != calls[i - 1]]
+    assert slices == ["a", "b"] * 4

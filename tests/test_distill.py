@@ -122,7 +122,7 @@ def test_distill_by_width_writes_a_smaller_student_with_lineage(teacher, tmp_pat
     assert report["student_params"] < report["teacher_params"] and 0 < report["param_ratio"] < 0.5
     assert 0.1 < report["student_accuracy"] <= 1 and 0.1 < report["student_alone_accuracy"] <= 1
     assert report["epochs"] == 6  # the CNN student's measured defaults:
-    assert (report["temperature"], report["alpha"], report["feature_weight"]) == (4.0, 0.7, 0.0)
+    assert (report["temperature"], report["alpha"], report["feature_weight"]) == (2.0, 0.5, 0.0)
     assert report["student"]["architecture"] == "cnn" and report["student"]["config"]["channels"] == [4, 8, 8]
 
     loaded = load_model(out)

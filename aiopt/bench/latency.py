@@ -20,6 +20,10 @@ class LatencyConfig:
     min_runs: int = 20
     min_time: float = 1.0  # seconds of timed runs, at least
     max_runs: int = 100_000
+    # measure_interleaved splits each measurement's timed runs into this many slices, taken in
+    # turn with the other measurements of the run: a slow spell of a shared machine then lands
+    # on all of them alike instead of on whichever ran during it.
+    rounds: int = 3
 
 
 @dataclass(frozen=True)
@@ -47,25 +51,46 @@ def measure_latency(run: Callable[[], object], config: LatencyConfig = LatencyCo
     """Latency of `run()` (one inference, outputs materialised) in ms."""
     for _ in range(config.warmup):
         run()
+    return summarize(timed_runs(run, config.min_time, config.min_runs, config.max_runs, cuda))
+
+
+def measure_interleaved(runs: list[tuple[Callable[[], object], bool]], config: LatencyConfig = LatencyConfig()) -> list[LatencyStats]:
+    """Latency of several `(run, cuda)` measured in `config.rounds` interleaved slices; each
+    slice re-warms its run (caches cold from the others) and the slices' times are pooled."""
+    rounds = max(1, config.rounds)
+    for run, _ in runs:
+        for _ in range(config.warmup):
+            run()
+    times: list[list[float]] = [[] for _ in runs]
+    for _ in range(rounds):
+        for index, (run, cuda) in enumerate(runs):
+            for _ in range(min(2, config.warmup)):
+                run()
+            times[index] += timed_runs(run, config.min_time / rounds, -(-config.min_runs // rounds), config.max_runs // rounds, cuda)
+    return [summarize(t) for t in times]
+
+
+def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, max_runs: int, cuda: bool = False) -> list[float]:
+    """Times of runs until both `seconds` and `min_runs` are reached (or `max_runs`)."""
     if cuda:
-        return summarize(_timed_cuda(run, config))
+        return _timed_cuda(run, seconds, min_runs, max_runs)
     times: list[float] = []
     clock = time.perf_counter
-    deadline = clock() + config.min_time
-    while len(times) < config.max_runs and (len(times) < config.min_runs or clock() < deadline):
+    deadline = clock() + seconds
+    while len(times) < max_runs and (len(times) < min_runs or clock() < deadline):
         start = clock()
         run()
         times.append((clock() - start) * 1e3)
-    return summarize(times)
+    return times
 
 
-def _timed_cuda(run: Callable[[], object], config: LatencyConfig) -> list[float]:
+def _timed_cuda(run: Callable[[], object], seconds: float, min_runs: int, max_runs: int) -> list[float]:
     import torch
 
     torch.cuda.synchronize()
     times: list[float] = []
-    deadline = time.perf_counter() + config.min_time
-    while len(times) < config.max_runs and (len(times) < config.min_runs or time.perf_counter() < deadline):
+    deadline = time.perf_counter() + seconds
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() < deadline):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
         run()

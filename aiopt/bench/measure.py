@@ -1,13 +1,15 @@
 """`aiopt bench`: measure artifacts side by side, one record per artifact x backend x device x batch.
 
 Every record is taken the same way: `aiopt.runtime.load` -> Runner, predictions on the
-evaluation data (accuracy, and agreement with the baseline's predictions), then
-`measure_latency` per batch size. The baseline (FP32 PyTorch, found through the lineage when
+evaluation data (accuracy, and agreement with the baseline's predictions), warm-up per batch
+size (peak memory); then all records' latencies are timed together in interleaved rounds
+(`measure_interleaved`). The baseline (FP32 PyTorch, found through the lineage when
 not given) is measured in the same run, so `speedup_vs_baseline` is a same-run ratio.
 A backend or device that is absent gives a record with `skipped` set, and the rest still runs.
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 import time
@@ -16,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.bench.latency import LatencyConfig, measure_latency
+from aiopt.bench.latency import LatencyConfig, measure_interleaved
 from aiopt.errors import AioptError, InputError, MissingDependencyError
 from aiopt.runtime.cuda_graph import PEER_BACKEND
 
@@ -65,8 +67,8 @@ def validate(config: BenchConfig) -> None:
         raise InputError(f"--batch-size values must be at least 1, got {list(config.batch_sizes)}")
     if config.threads is not None and config.threads < 1:
         raise InputError(f"--threads must be at least 1, got {config.threads}")
-    if config.latency.min_runs < 1 or config.latency.min_time < 0 or config.latency.warmup < 0:
-        raise InputError("--min-runs must be at least 1, and --min-time and --warmup not negative")
+    if config.latency.min_runs < 1 or config.latency.min_time < 0 or config.latency.warmup < 0 or config.latency.rounds < 1:
+        raise InputError("--min-runs and --rounds must be at least 1, and --min-time and --warmup not negative")
 
 
 def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None) -> dict:
@@ -81,11 +83,28 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
     threads = config.threads or available_cores()
     _set_threads(threads)
     measured = _Measured()
-    for target in _targets(artifacts, config):
-        for record in _measure_target(target, config, threads, measured):
-            measured.records.append(record)
-            if on_record:
-                on_record(record)
+    # Load, evaluate and warm every target first, then time them all in interleaved rounds,
+    # so drift on a shared machine hits every record alike and each ratio is a fair one.
+    entries = [entry for target in _targets(artifacts, config) for entry in _prepare_target(target, config, threads, measured)]
+    pending = [e for e in entries if isinstance(e, _Pending)]
+    for entry, stats in zip(pending, measure_interleaved([(e.run, e.cuda) for e in pending], config.latency)):
+        entry.record["latency_ms"] = stats.to_dict()
+        entry.record["throughput"] = round(entry.record["batch_size"] * 1e3 / stats.mean, 2)
+        key = (entry.target.baseline, entry.target.device, entry.record["batch_size"])
+        if entry.target.is_baseline:
+            measured.baseline_p50[key] = stats.p50
+        if entry.target.is_peer:
+            measured.peer_p50[key] = stats.p50
+    for entry in entries:
+        record = entry.record if isinstance(entry, _Pending) else entry
+        if isinstance(entry, _Pending):
+            key = (entry.target.baseline, entry.target.device, record["batch_size"])
+            base, peer, p50 = measured.baseline_p50.get(key), measured.peer_p50.get(key), record["latency_ms"]["p50"]
+            record["speedup_vs_baseline"] = round(base / p50, 4) if base else None
+            record["speedup_vs_peer"] = round(peer / p50, 4) if peer else None
+        measured.records.append(record)
+        if on_record:
+            on_record(record)
     if all(r["skipped"] for r in measured.records):
         reasons = sorted({r["skipped"] for r in measured.records})
         raise MissingDependencyError(f"nothing could be measured: {'; '.join(reasons)}")
@@ -94,7 +113,7 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
         "created_at": now_iso(),
         "machine": describe_machine(),
         "command": command,
-        "settings": {"warmup": config.latency.warmup, "min_runs": config.latency.min_runs, "min_time": config.latency.min_time,
+        "settings": {"warmup": config.latency.warmup, "min_runs": config.latency.min_runs, "min_time": config.latency.min_time, "rounds": config.latency.rounds,
                      "threads": threads, "batch_sizes": list(config.batch_sizes), "data": config.data},
         "records": measured.records,
     }
@@ -162,7 +181,18 @@ def _size(path: str) -> int | None:
         return None
 
 
-def _measure_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list[dict]:
+@dataclass
+class _Pending:
+    """A record whose latency is still to be measured: its runner stays loaded until then."""
+
+    target: _Target
+    record: dict
+    run: object
+    cuda: bool
+
+
+def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list:
+    """Skipped records and _Pending ones (loaded, evaluated, warmed; peak memory taken) for `target`."""
     from aiopt import runtime
     from aiopt.artifacts import count_parameters, load_model
     from aiopt.bench.memory import PeakMemory
@@ -207,24 +237,19 @@ def _measure_target(target: _Target, config: BenchConfig, threads: int, measured
             records.append(_skipped(target, batch, f"batch {batch} is outside the range this artifact was built for ({low}..{high}); {runner.batch_range_hint}"))
             continue
         feed = _feed(runner.input_spec, facts["_inputs"], batch)
-        stats = measure_latency(lambda feed=feed: runner(feed), config.latency, cuda=target.device.startswith("cuda"))
-        key = (target.baseline, target.device, batch)
-        if target.is_baseline:
-            measured.baseline_p50[key] = stats.p50
-        if target.is_peer:
-            measured.peer_p50[key] = stats.p50
-        base, peer = measured.baseline_p50.get(key), measured.peer_p50.get(key)
-        records.append({
+        run = functools.partial(runner, feed)
+        for _ in range(config.latency.warmup):  # allocations at this batch size: what peak memory is about
+            run()
+        records.append(_Pending(target, {
             "artifact": target.path, "label": target.label, "backend": runner.backend, "device": runner.device, "batch_size": batch,
-            "latency_ms": stats.to_dict(), "throughput": round(batch * 1e3 / stats.mean, 2),
+            "latency_ms": None, "throughput": None,
             **{k: v for k, v in facts.items() if not k.startswith("_")},
             "peak_memory_bytes": memory.peak_bytes(), "load_seconds": round(load_seconds, 4),
             "compile_seconds": _compile_seconds(runner),
-            "speedup_vs_baseline": round(base / stats.p50, 4) if base else None,
-            "speedup_vs_peer": round(peer / stats.p50, 4) if peer else None, "is_baseline": target.is_baseline,
+            "speedup_vs_baseline": None, "speedup_vs_peer": None, "is_baseline": target.is_baseline,
             "baseline": target.baseline,
             "threads": threads, "skipped": None,
-        })
+        }, run, target.device.startswith("cuda")))
     return records
 
 
