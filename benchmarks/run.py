@@ -49,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     document, steps = None, []
     models = args.models or ("cnn" if args.quick else "cnn,lstm,transformer")
     for name in models.split(","):
-        artifacts = build_pipeline(name, size, work, args.quick, steps)
+        cuda_buckets = config.batch_sizes if any(d.startswith("cuda") for d in config.devices) else None
+        artifacts = build_pipeline(name, size, work, args.quick, steps, cuda_buckets)
         result = run_bench([str(path) for path in artifacts.values()], config, command=command_line())
         labels = {str(path): f"{name} {variant}" for variant, path in artifacts.items()}
         for record in result["records"]:
@@ -75,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     return 1 if violations else 0
 
 
-def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list) -> dict[str, Path]:
-    """Train and compress `name`; files already in `work` are reused (delete them to rebuild)."""
+def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list, cuda_buckets: tuple[int, ...] | None = None) -> dict[str, Path]:
+    """Train and compress `name`; files already in `work` are reused (delete them to rebuild).
+    With `cuda_buckets` (a CUDA run) the torch-cuda FP16 artifact joins, built for those batch sizes."""
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
     from aiopt.compress.prune import PruneConfig, prune_checkpoint
     from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
@@ -112,6 +114,12 @@ def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list) -
         # ORT runs the LSTM op itself in float even in a QDQ model; PyTorch's dynamic INT8 LSTM is the other route.
         artifacts["int8 torch"] = step("quantize torch", work / f"{name}.int8.ts.pt", lambda out: quantize_artifact(
             fp32, out, QuantizeConfig(backend="torch")))
+    if cuda_buckets:
+        from aiopt.export.torch_cuda import TorchCudaConfig, export_torch_cuda
+
+        tag = "-".join(map(str, sorted(cuda_buckets)))
+        artifacts["cuda fp16 graphs"] = step("export torch-cuda", work / f"{name}.cuda-fp16.b{tag}.pt2", lambda out: export_torch_cuda(
+            fp32, out, TorchCudaConfig(precision="fp16", batch_sizes=tuple(cuda_buckets))))
     if name == "cnn":
         pruned = artifacts["pruned 50%"]
         student = step("distill pruned", work / f"{name}.p50.kd.pt", lambda out: distill_checkpoint(
