@@ -40,7 +40,14 @@ def _leftovers(folder: Path) -> list[str]:
 
 
 def _aiopt(*args: str, cwd: Path, preexec_fn=None) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "aiopt", *args], cwd=cwd, preexec_fn=preexec_fn,
+    def prepare() -> None:
+        # As at a terminal: a runner that started us in the background (`cmd &` in a script) leaves
+        # SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all.
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        if preexec_fn:
+            preexec_fn()
+
+    return subprocess.Popen([sys.executable, "-m", "aiopt", *args], cwd=cwd, preexec_fn=prepare,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
 
