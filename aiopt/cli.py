@@ -335,6 +335,7 @@ def quantize(
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Keep the most harmful layers in float until the drop fits (0.01 = one point)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
+    device: str = DEVICE_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -345,7 +346,8 @@ def quantize(
     from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
-                            per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed)
+                            per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed,
+                            device=device)
     result = quantize_artifact(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype),
                                on_progress=lambda message: stderr.print(escape(message)))
     report = result.report

@@ -168,11 +168,14 @@ def test_cuda_export_loads_on_cpu(tiny_cnn, tmp_path):
 @pytest.mark.parametrize("command", [
     ["train", "cnn:tiny", "--epochs", "1", "-o", "m.pt", "--device", "cuda"],
     ["compare", "{model}", "{model}", "--device", "cuda"],
+    ["quantize", "{model}", "-o", "q.onnx", "--device", "cuda"],  # ORT here has no CUDA provider
+    ["quantize", "{model}", "--backend", "torch", "-o", "q.pt", "--device", "cuda"],
 ])
 def test_device_cuda_without_a_gpu_exits_4_everywhere(tiny_cnn, tmp_path, command):
     result = run_cli(*(a.format(model=tiny_cnn) for a in command), cwd=tmp_path)
     assert result.returncode == 4, result.stderr
-    assert "no CUDA GPU" in result.stderr and list(tmp_path.iterdir()) == []
+    assert ("no CUDA GPU" in result.stderr or "not CUDAExecutionProvider" in result.stderr) and list(tmp_path.iterdir()) == []
+    assert len(result.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.gpu

@@ -37,6 +37,7 @@ class StaticInt8Options:
     op_types: tuple[str, ...] = COMPUTE_OPS
     exclude: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
+    calibration_providers: tuple[str, ...] = ()  # empty: ONNX Runtime's default (CPU)
 
 
 @contextlib.contextmanager
@@ -118,6 +119,8 @@ def quantize_static_qdq(source: Path, target: Path, reader, options: StaticInt8O
                 activation_type=_qtype(options.activation_type), weight_type=_qtype(options.weight_type),
                 nodes_to_exclude=list(options.exclude), calibrate_method=_calib_method(options.calib_method),
                 extra_options=extra, calibration_cache_path=str(cache),
+                # passed only when asked for: older onnxruntime releases lack the argument
+                **({"calibration_providers": list(options.calibration_providers)} if options.calibration_providers else {}),
             )
     except Exception as exc:
         raise UnsupportedModelError(f"ONNX Runtime's static quantization failed: {str(exc).splitlines()[0][:300]}") from exc

@@ -38,6 +38,7 @@ class QuantizeConfig:
     data: str | None = None  # evaluation data; default: the model's test split
     latency_batch: int = 64
     seed: int = 0
+    device: str = "cpu"  # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
 
 
 @dataclass
@@ -91,6 +92,7 @@ def quantize_artifact(
     from aiopt.fileio import check_output_path
 
     _validate(config)
+    _check_device(config)
     say = on_progress or (lambda message: None)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     spec = require_input_spec(loaded)
@@ -121,6 +123,21 @@ def quantize_artifact(
         report.update({"method": method, "reason": reason, "preprocessing": preprocessing, "source_export": source_export})
         _write(job.result_path, out, loaded, spec, report)
     return QuantizeResult(str(out), method, reason, report.pop("_metadata"), report)
+
+
+def _check_device(config: QuantizeConfig) -> None:
+    """--device cuda needs CUDA where the work runs: PyTorch for --backend torch, ONNX Runtime's
+    CUDA provider otherwise (exit 4 before anything is loaded)."""
+    if config.device == "cpu":
+        return
+    if config.backend == "torch":
+        from aiopt.runtime.torch_backend import torch_device
+
+        torch_device(config.device)
+    else:
+        from aiopt.runtime.onnxruntime_backend import providers_for
+
+        providers_for(config.device)
 
 
 def _choose_method(config: QuantizeConfig, have_calibration: bool) -> tuple[str, str]:
@@ -157,6 +174,11 @@ class _QuantizeJob:
         self.recurrent = [name for name, op in self.nodes if op in onnx_quant.RECURRENT_OPS]
         self._trial = 0
 
+    def _providers(self) -> tuple[str, ...]:
+        from aiopt.runtime.onnxruntime_backend import providers_for
+
+        return () if self.config.device == "cpu" else tuple(providers_for(self.config.device))
+
     @property
     def for_tensorrt(self) -> bool:
         return self.config.backend == "tensorrt"
@@ -165,7 +187,7 @@ class _QuantizeJob:
         from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
         data = evaluation_data(self.spec, self.loaded.metadata, self.config.data, self.calibration, self.say)
-        reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec)
+        reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec, self.config.device)
         kept: list[str] = []
         self.result_path = self._quantize(tuple(self.config.exclude))
         selection = None
@@ -173,7 +195,7 @@ class _QuantizeJob:
             selection = self._select_layers()
             kept = selection["kept_float"]
             self.result_path = self._quantize(tuple(self.config.exclude) + tuple(kept))
-        runner = OnnxRuntimeRunner(str(self.result_path), self.spec)
+        runner = OnnxRuntimeRunner(str(self.result_path), self.spec, self.config.device)
         return {
             "backend": self.config.backend,
             **measure_against_parent(reference_runner, runner, data, self.spec, self.config.latency_batch, f"the {self.method} model"),
@@ -214,12 +236,13 @@ class _QuantizeJob:
             options = onnx_quant.StaticInt8Options(
                 per_channel=self.config.per_channel, activation_type="int8", weight_type="int8", symmetric_activations=True,
                 calib_method=self.config.calib_method, exclude=exclude, extra={"QuantizeBias": False},
+                calibration_providers=self._providers(),
             )
         else:
             options = onnx_quant.StaticInt8Options(
                 per_channel=self.config.per_channel, reduce_range=self.kernel.reduce_range,
                 activation_type=self.kernel.activation_type, weight_type=self.kernel.weight_type,
-                calib_method=self.config.calib_method, exclude=exclude,
+                calib_method=self.config.calib_method, exclude=exclude, calibration_providers=self._providers(),
             )
         reader = OrtCalibrationReader(self.calibration, self.spec)
         cache = self.work / "calibration-cache.json"
@@ -260,7 +283,7 @@ class _QuantizeJob:
         budget = self.config.max_accuracy_drop
 
         def score(path: Path) -> float:
-            return accuracy(run_batches(OnnxRuntimeRunner(str(path), self.spec), selection)[0], selection.labels)
+            return accuracy(run_batches(OnnxRuntimeRunner(str(path), self.spec, self.config.device), selection)[0], selection.labels)
 
         fp32 = score(self.prepared)
         base_drop = fp32 - score(self.result_path)
@@ -354,7 +377,7 @@ def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: s
     data = evaluation_data(spec, loaded.metadata, config.data)
     report = {
         "backend": "torch",
-        **measure_against_parent(TorchRunner(loaded.model, spec, names), TorchRunner(scripted, spec, names), data, spec,
+        **measure_against_parent(TorchRunner(loaded.model, spec, names, config.device), TorchRunner(scripted, spec, names, config.device), data, spec,
                                  config.latency_batch, f"the {method} model"),
         "fp32_size_bytes": Path(loaded.path).stat().st_size,
         "method": method, "reason": reason, "per_channel": False,
