@@ -41,6 +41,7 @@ JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
 TRUST_PICKLE_OPTION = typer.Option(False, "--trust-pickle", help=TRUST_HELP)
 FORCE_OPTION = typer.Option(False, "--force", help="Replace the output if it exists.")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (no GPU: exit 4).")
+SEED_OPTION = typer.Option(0, "--seed", help="Random seed.")
 INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
 INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
 
@@ -483,7 +484,7 @@ def prune(
     target_params: Optional[float] = typer.Option(None, "--target-params", help="channel: keep at most this fraction of the parameters (searches the sparsity)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Fine-tuning learning rate (default: the recipe's for channel, a third of it for magnitude and 2:4)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Fine-tuning data (default: the dataset the model records)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = SEED_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pruned.pt)."),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -523,7 +524,7 @@ def distill(
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the student's recipe)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data (default: the teacher's dataset)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the student alone with the same budget, to show what distillation bought."),
-    seed: int = typer.Option(0, "--seed", help="Random seed."),
+    seed: int = SEED_OPTION,
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Student checkpoint to write (default: TEACHER.kd.pt)."),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -533,9 +534,9 @@ def distill(
 
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
 
-    tuned = {k: v for k, v in (("temperature", temperature), ("alpha", alpha), ("feature_weight", feature_weight))
-             if v is not None}  # else DistillConfig's measured defaults
-    config = DistillConfig(student=student, width=width, epochs=epochs, lr=lr, seed=seed, dataset=dataset, compare_alone=baseline, **tuned)
+    # None (not given) leaves a loss setting to the student architecture's measured default.
+    config = DistillConfig(student=student, width=width, temperature=temperature, alpha=alpha, feature_weight=feature_weight,
+                           epochs=epochs, lr=lr, seed=seed, dataset=dataset, compare_alone=baseline)
     output = output or str(Path(teacher).with_suffix(".kd.pt"))
 
     def progress(phase: str, stats) -> None:

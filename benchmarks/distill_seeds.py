@@ -42,7 +42,6 @@ def main(argv: list[str] | None = None) -> int:
     from aiopt.fileio import write_bytes_atomic
     from aiopt.reference_models.train import train_reference_model
 
-    tuned = {k: v for k, v in (("temperature", args.temperature), ("alpha", args.alpha), ("feature_weight", args.feature_weight)) if v is not None}
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     rows = []
@@ -53,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = []
         for seed in (int(s) for s in args.seeds.split(",")):
             with tempfile.TemporaryDirectory() as scratch:
-                config = DistillConfig(width=args.width, epochs=args.epochs, seed=seed, **tuned)
+                config = DistillConfig(width=args.width, epochs=args.epochs, seed=seed, temperature=args.temperature,
+                                       alpha=args.alpha, feature_weight=args.feature_weight)
                 report = distill_checkpoint(teacher, Path(scratch) / "student.pt", config).report
             runs.append({"seed": seed, "distilled": report["student_accuracy"], "alone": report["student_alone_accuracy"]})
             print(f"{name} seed {seed}: distilled {runs[-1]['distilled']:.4f}, alone {runs[-1]['alone']:.4f}", file=sys.stderr)

@@ -90,16 +90,15 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
     for entry, stats in zip(pending, measure_interleaved([(e.run, e.cuda) for e in pending], config.latency)):
         entry.record["latency_ms"] = stats.to_dict()
         entry.record["throughput"] = round(entry.record["batch_size"] * 1e3 / stats.mean, 2)
-        key = (entry.target.baseline, entry.target.device, entry.record["batch_size"])
         if entry.target.is_baseline:
-            measured.baseline_p50[key] = stats.p50
+            measured.baseline_p50[entry.key] = stats.p50
         if entry.target.is_peer:
-            measured.peer_p50[key] = stats.p50
+            measured.peer_p50[entry.key] = stats.p50
     for entry in entries:
-        record = entry.record if isinstance(entry, _Pending) else entry
+        record = entry  # a skipped record is final as it is
         if isinstance(entry, _Pending):
-            key = (entry.target.baseline, entry.target.device, record["batch_size"])
-            base, peer, p50 = measured.baseline_p50.get(key), measured.peer_p50.get(key), record["latency_ms"]["p50"]
+            record = entry.record
+            base, peer, p50 = measured.baseline_p50.get(entry.key), measured.peer_p50.get(entry.key), record["latency_ms"]["p50"]
             record["speedup_vs_baseline"] = round(base / p50, 4) if base else None
             record["speedup_vs_peer"] = round(peer / p50, 4) if peer else None
         measured.records.append(record)
@@ -190,6 +189,11 @@ class _Pending:
     run: object
     cuda: bool
 
+    @property
+    def key(self) -> tuple:
+        """Which baseline and peer p50 this record is compared with."""
+        return self.target.baseline, self.target.device, self.record["batch_size"]
+
 
 def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list:
     """Skipped records and _Pending ones (loaded, evaluated, warmed; peak memory taken) for `target`."""
@@ -232,9 +236,9 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
         if fixed is not None and fixed != batch:
             records.append(_skipped(target, batch, f"the model's batch size is fixed at {fixed}; export it with a dynamic batch to run batch {batch}"))
             continue
-        if runner.batch_range is not None and not runner.batch_range[0] <= batch <= runner.batch_range[1]:
-            low, high = runner.batch_range
-            records.append(_skipped(target, batch, f"batch {batch} is outside the range this artifact was built for ({low}..{high}); {runner.batch_range_hint}"))
+        problem = runner.batch_problem(batch)
+        if problem:
+            records.append(_skipped(target, batch, problem))
             continue
         feed = _feed(runner.input_spec, facts["_inputs"], batch)
         run = functools.partial(runner, feed)

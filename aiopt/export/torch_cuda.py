@@ -18,6 +18,7 @@ testable without a GPU.
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_BUCKETS = (1, 256)
 # Above this accuracy cost (on the test split) the export says so and suggests --precision fp32.
 WARN_ACCURACY_DROP = 0.005
+# What a Runner of this artifact tells a user whose batch is outside its buckets.
+REEXPORT_HINT = "re-export it with aiopt export --format torch-cuda --batch-size N"
 
 
 @dataclass(frozen=True)
@@ -106,8 +109,6 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
         agreement_with_parent=check["agreement"],
     )
     with atomic_path(out) as tmp:
-        import json
-
         extra = {METADATA_KEY: json.dumps(with_own_lineage(metadata, out))}
         write_with(tmp, lambda fh: torch.export.save(program, fh, extra_files=extra))
     return {"path": str(out), "precision": config.precision, "batch_sizes": list(buckets), "exported_on": device, **check}

@@ -92,14 +92,15 @@ def train_model(
     from aiopt.runtime.torch_backend import torch_device
 
     target = torch_device(device)
-    for module in (model, *extra_modules):
+    modules = (model, *extra_modules)
+    for module in modules:
         module.to(target)
-    parameters = [p for module in (model, *extra_modules) for p in module.parameters()]
+    parameters = [p for module in modules for p in module.parameters()]
     optimizer = torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch, pct_start=0.2)
     start, loss_value = time.perf_counter(), float("nan")
     for epoch in range(config.epochs):
-        for module in (model, *extra_modules):
+        for module in modules:
             module.train()
         order = torch.randperm(len(y), generator=generator)
         total_loss, correct = 0.0, 0

@@ -26,7 +26,7 @@ def _torch_runner(loaded, spec, device, threads):
         import torch
 
         torch.set_num_threads(threads)
-    from aiopt.export.torch_cuda import buckets_of
+    from aiopt.export.torch_cuda import REEXPORT_HINT, buckets_of
 
     names = [o.name for o in output_spec(loaded)]
     buckets = buckets_of(loaded.metadata)
@@ -37,7 +37,7 @@ def _torch_runner(loaded, spec, device, threads):
     runner = TorchRunner(loaded.model, spec, names, device, str(loaded.path))
     if buckets:  # elsewhere it runs eagerly, within the batch range it was exported for
         runner.batch_range = (1, buckets[-1])
-        runner.batch_range_hint = "re-export it with aiopt export --format torch-cuda --batch-size N"
+        runner.batch_range_hint = REEXPORT_HINT
     return runner
 
 

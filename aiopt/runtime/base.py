@@ -41,11 +41,17 @@ class Runner:
     def check_inputs(self, inputs: Feed) -> dict[str, np.ndarray]:
         feed = inputs if type(inputs) is dict and self._matches_exactly(inputs) else self._check_slowly(inputs)
         if self.batch_range is not None:
-            batch = len(next(iter(feed.values())))
-            low, high = self.batch_range
-            if not low <= batch <= high:
-                raise InputError(f"batch size {batch} is outside the range this artifact was built for ({low}..{high}); {self.batch_range_hint}")
+            problem = self.batch_problem(len(next(iter(feed.values()))))
+            if problem:
+                raise InputError(problem)
         return feed
+
+    def batch_problem(self, batch: int) -> str | None:
+        """Why this artifact cannot take `batch` (outside its engine profile or buckets), or None."""
+        if self.batch_range is None or self.batch_range[0] <= batch <= self.batch_range[1]:
+            return None
+        low, high = self.batch_range
+        return f"batch size {batch} is outside the range this artifact was built for ({low}..{high}); {self.batch_range_hint}"
 
     def _matches_exactly(self, inputs: dict) -> bool:
         """The common case, checked without building anything: a dict of numpy arrays by name

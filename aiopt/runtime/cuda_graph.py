@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from aiopt.errors import MissingDependencyError
+from aiopt.export.torch_cuda import REEXPORT_HINT, bucket_for
 from aiopt.runtime.base import Runner
 from aiopt.runtime.torch_backend import TorchRunner, torch_device
 from aiopt.specs import TensorSpec
@@ -42,7 +43,7 @@ class CudaGraphRunner(Runner):
         self._device = _require_cuda(device, "a torch-cuda artifact's graph runner")
         self.buckets = tuple(sorted(buckets))
         self.batch_range = (1, self.buckets[-1])
-        self.batch_range_hint = "re-export it with aiopt export --format torch-cuda --batch-size N"
+        self.batch_range_hint = REEXPORT_HINT
         module = module.to(self._device).eval()
         start = time.perf_counter()
         function = torch.compile(module, dynamic=False) if compile_module else module
@@ -69,8 +70,6 @@ class CudaGraphRunner(Runner):
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
-
-        from aiopt.export.torch_cuda import bucket_for
 
         batch = len(feed[self.input_spec[0].name])
         graph, inputs, outputs = self._graphs[bucket_for(batch, self.buckets)]
