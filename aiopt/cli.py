@@ -76,6 +76,14 @@ def _json_or_line(document: Any, as_json: bool, line: str) -> None:
         stdout.print(line)
 
 
+def _table(title: str, columns: tuple[str, ...]) -> Table:
+    """A result table for a person, with these column headers."""
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column)
+    return table
+
+
 def _fail(message: str, code: int) -> None:
     if os.environ.get("NO_COLOR") or not stderr.is_terminal:
         print(f"error: {message}", file=sys.stderr)
@@ -256,9 +264,7 @@ def export(
     if as_json:
         _emit_json(summary)
         return
-    table = Table(title=f"exported {escape(result.path)}")
-    for column in ("stage", "batch sizes", "max abs diff", "max rel diff", "top-1 agreement"):
-        table.add_column(column)
+    table = _table(f"exported {escape(result.path)}", ("stage", "batch sizes", "max abs diff", "max rel diff", "top-1 agreement"))
     for check in result.validation:
         table.add_row(check["stage"], ", ".join(map(str, check["batch_sizes"])), f"{check['max_abs_diff']:.2e}",
                       f"{check['max_rel_diff']:.2e}", f"{check['top1_agreement']:.4f}")
@@ -307,9 +313,7 @@ def compare(
     if as_json:
         _emit_json(result)
         return
-    table = Table(title=f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}")
-    for column in ("output", "max abs diff", "max rel diff", "top-1 agreement"):
-        table.add_column(column)
+    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}", ("output", "max abs diff", "max rel diff", "top-1 agreement"))
     for name, stats in result["outputs"].items():
         top1 = stats.get("top1_agreement")
         table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}")
@@ -356,9 +360,7 @@ def quantize(
         _emit_json({"path": result.path, **report})
         return
     latency = report["latency"]
-    table = Table(title=f"quantized {escape(model)} -> {escape(result.path)} ({result.method})")
-    for column in ("", "FP32", result.method.upper() if result.method == "fp16" else "INT8"):
-        table.add_column(column)
+    table = _table(f"quantized {escape(model)} -> {escape(result.path)} ({result.method})", ("", "FP32", result.method.upper() if result.method == "fp16" else "INT8"))
     if report["accuracy"] is not None:
         table.add_row(f"accuracy ({report['eval_data']})", f"{report['fp32_accuracy']:.4f}", f"{report['accuracy']:.4f}")
     table.add_row("size", _size(report["fp32_size_bytes"]), _size(report["size_bytes"]))
@@ -502,9 +504,7 @@ def prune(
     if as_json:
         _emit_json({"path": result.path, **report})
         return
-    table = Table(title=f"pruned {escape(model)} -> {escape(result.path)} ({report['method']})")
-    for column in ("", "before", "after"):
-        table.add_column(column)
+    table = _table(f"pruned {escape(model)} -> {escape(result.path)} ({report['method']})", ("", "before", "after"))
     table.add_row("params", f"{report['params_before']:,}", f"{report['params_after']:,}")
     table.add_row("MACs per sample", f"{report['macs_before']:,}", f"{report['macs_after']:,}")
     table.add_row("accuracy", f"{report['accuracy_before']:.4f}", f"{report['accuracy_after_prune']:.4f} pruned"
@@ -547,9 +547,7 @@ def distill(
     if as_json:
         _emit_json({"path": result.path, **report})
         return
-    table = Table(title=f"distilled {escape(teacher)} -> {escape(result.path)}")
-    for column in ("", "params", "test accuracy"):
-        table.add_column(column)
+    table = _table(f"distilled {escape(teacher)} -> {escape(result.path)}", ("", "params", "test accuracy"))
     table.add_row("teacher", f"{report['teacher_params']:,}", f"{report['teacher_accuracy']:.4f}")
     table.add_row("student (distilled)", f"{report['student_params']:,}", f"{report['student_accuracy']:.4f}")
     if report.get("student_alone_accuracy") is not None:
