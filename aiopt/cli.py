@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import signal
 import sys
 from typing import Any, Callable, List, Optional
 
@@ -30,7 +31,7 @@ app = typer.Typer(
 
 stdout = Console(highlight=False)
 stderr = Console(stderr=True, highlight=False)
-_state = {"debug": bool(os.environ.get("AIOPT_DEBUG"))}
+_state = {"debug": bool(os.environ.get("AIOPT_DEBUG")), "interrupted": False}
 
 JSON_HELP = "Print one JSON document with the results on stdout (messages go to stderr)."
 TRUST_HELP = "Allow loading pickled Python objects. Unpickling runs code from the file: only for files you trust."
@@ -62,6 +63,19 @@ def _root(
     Every command reads an artifact and writes a new one; metadata and lineage travel with it.
     """
     _state["debug"] = _state["debug"] or debug
+    signal.signal(signal.SIGINT, _remember_interrupt)
+
+
+def _remember_interrupt(signum: int, frame: Any) -> None:
+    """Ctrl-C as usual, remembered: torch.onnx.export, for one, catches the KeyboardInterrupt
+    and raises its own "export failed" error, which must still end as an interruption."""
+    _state["interrupted"] = True
+    signal.default_int_handler(signum, frame)
+
+
+def _interrupted() -> None:
+    print("interrupted", file=sys.stderr)
+    raise typer.Exit(130)
 
 
 def _emit_json(document: Any) -> None:
@@ -100,16 +114,19 @@ def _command(**settings: Any) -> Callable:
         def run(*args: Any, **kwargs: Any) -> Any:
             try:
                 return function(*args, **kwargs)
+            except KeyboardInterrupt:
+                _interrupted()
+            except typer.Exit:
+                raise
             except AioptError as exc:
+                if _state["interrupted"]:
+                    _interrupted()
                 if _state["debug"]:
                     raise
                 _fail(str(exc), exc.exit_code)
-            except KeyboardInterrupt:
-                print("interrupted", file=sys.stderr)
-                raise typer.Exit(130)
-            except typer.Exit:
-                raise
             except Exception as exc:  # a bug or an unforeseen input: still one line unless --debug
+                if _state["interrupted"]:
+                    _interrupted()
                 if _state["debug"]:
                     raise
                 _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 3)
