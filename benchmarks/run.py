@@ -83,6 +83,7 @@ def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list, c
     from aiopt.compress.prune import PruneConfig, prune_checkpoint
     from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
     from aiopt.export.onnx import export_onnx
+    from aiopt.reference_models import get_entry
     from aiopt.reference_models.train import train_reference_model
 
     # Quick mode: tiny models, budgets just large enough to pass the agreement-with-parent guard.
@@ -91,41 +92,51 @@ def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list, c
     finetune = {"cnn": 2, "lstm": 2, "transformer": 2} if quick else {"cnn": 10, "lstm": 10, "transformer": 30}
     distill_epochs = 8 if quick else None
 
-    def step(label: str, path: Path, make) -> Path:
-        if not path.exists():
+    def step(label: str, path: Path, make, parent: Path | None = None) -> Path:
+        """`path`, made unless cached; a cached artifact older than its parent is made again."""
+        if not path.exists() or (parent is not None and path.stat().st_mtime < parent.stat().st_mtime):
             print(f"{name}: {label} -> {path.name}", file=sys.stderr)
             start = time.perf_counter()
             make(path)
             steps.append({"model": name, "step": label, "artifact": path.name, "seconds": round(time.perf_counter() - start, 1)})
         return path
 
-    fp32 = step("train", work / f"{name}.pt", lambda out: train_reference_model(f"{name}:{size}", str(out), epochs=epochs))
+    fp32 = work / f"{name}.pt"
+    if fp32.exists() and _recipe_epochs(fp32) != (epochs or get_entry(name).train_defaults["epochs"]):
+        fp32.unlink()  # trained under another recipe: train again (and so remake what derives from it)
+    fp32 = step("train", fp32, lambda out: train_reference_model(f"{name}:{size}", str(out), epochs=epochs))
     artifacts = {
         "fp32": fp32,
         # FP32 on ONNX Runtime: INT8's gain over the same runtime, apart from the change of runtime.
-        "fp32 onnx": step("export", work / f"{name}.onnx", lambda out: export_onnx(fp32, out)),
-        "int8": step("quantize", work / f"{name}.int8.onnx", lambda out: quantize_artifact(fp32, out)),
+        "fp32 onnx": step("export", work / f"{name}.onnx", lambda out: export_onnx(fp32, out), fp32),
+        "int8": step("quantize", work / f"{name}.int8.onnx", lambda out: quantize_artifact(fp32, out), fp32),
         "pruned 50%": step("prune", work / f"{name}.p50.pt", lambda out: prune_checkpoint(
-            fp32, out, PruneConfig(method="channel", sparsity=0.5, finetune_epochs=finetune[name]))),
+            fp32, out, PruneConfig(method="channel", sparsity=0.5, finetune_epochs=finetune[name])), fp32),
         "distilled w0.45": step("distill", work / f"{name}.kd.pt", lambda out: distill_checkpoint(
-            fp32, out, DistillConfig(width=0.45, epochs=distill_epochs))),
+            fp32, out, DistillConfig(width=0.45, epochs=distill_epochs)), fp32),
     }
     if name == "lstm":
         # ORT runs the LSTM op itself in float even in a QDQ model; PyTorch's dynamic INT8 LSTM is the other route.
         artifacts["int8 torch"] = step("quantize torch", work / f"{name}.int8.ts.pt", lambda out: quantize_artifact(
-            fp32, out, QuantizeConfig(backend="torch")))
+            fp32, out, QuantizeConfig(backend="torch")), fp32)
     if cuda_buckets:
         from aiopt.export.torch_cuda import TorchCudaConfig, export_torch_cuda
 
         tag = "-".join(map(str, sorted(cuda_buckets)))
         artifacts["cuda fp16 graphs"] = step("export torch-cuda", work / f"{name}.cuda-fp16.b{tag}.pt2", lambda out: export_torch_cuda(
-            fp32, out, TorchCudaConfig(precision="fp16", batch_sizes=tuple(cuda_buckets))))
+            fp32, out, TorchCudaConfig(precision="fp16", batch_sizes=tuple(cuda_buckets))), fp32)
     if name == "cnn":
         pruned = artifacts["pruned 50%"]
         student = step("distill pruned", work / f"{name}.p50.kd.pt", lambda out: distill_checkpoint(
-            fp32, out, DistillConfig(student=str(pruned), epochs=distill_epochs)))
-        artifacts["pruned+distilled+int8"] = step("quantize composed", work / f"{name}.p50.kd.int8.onnx", lambda out: quantize_artifact(student, out))
+            fp32, out, DistillConfig(student=str(pruned), epochs=distill_epochs)), pruned)
+        artifacts["pruned+distilled+int8"] = step("quantize composed", work / f"{name}.p50.kd.int8.onnx", lambda out: quantize_artifact(student, out), student)
     return artifacts
+
+
+def _recipe_epochs(checkpoint: Path) -> int | None:
+    from aiopt.artifacts import load_model
+
+    return (load_model(checkpoint).metadata.get("training") or {}).get("epochs")
 
 
 if __name__ == "__main__":

@@ -44,7 +44,9 @@ def _entries() -> dict[str, ModelEntry]:
         "transformer": ModelEntry(
             TransformerConfig, TransformerClassifier,
             sizes={"tiny": {"dim": 16, "depth": 1, "heads": 2, "head_dim": 8, "mlp_dim": 32}, "base": {}},
-            train_defaults={"epochs": 60, "lr": 3e-3},
+            # 120 epochs: at 60 (94.7%) it was undertrained; a student of 1/5 its size trained
+            # 120 epochs alone matched it. 120 gives 96.1%.
+            train_defaults={"epochs": 120, "lr": 3e-3},
         ),
     }
 
