@@ -537,7 +537,7 @@ def distill(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Softmax temperature of the soft targets (default: the student architecture's, README)."),
     alpha: Optional[float] = typer.Option(None, "--alpha", help="Weight of the soft-target loss, 1 - alpha on the labels (default: the student architecture's)."),
     feature_weight: Optional[float] = typer.Option(None, "--feature-weight", help="Weight of hidden-state matching (FitNets; student of the teacher's architecture); 0 turns it off. Default: 1 for LSTM/Transformer students, 0 for CNN."),
-    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs (default: the student's recipe)."),
+    epochs: Optional[int] = typer.Option(None, "--epochs", help="Training epochs, for the student with the teacher and alone (default: the student's recipe; an LSTM student 60)."),
     lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate (default: the student's recipe)."),
     dataset: Optional[str] = typer.Option(None, "--dataset", help="Training data (default: the teacher's dataset)."),
     baseline: bool = typer.Option(True, "--baseline/--no-baseline", help="Also train the student alone with the same budget, to show what distillation bought."),

@@ -239,7 +239,9 @@ def test_defaults_follow_the_student_architecture():
     from aiopt.compress.distill import resolve_settings
 
     lstm = resolve_settings(DistillConfig(width=0.5), "lstm", same_architecture=True)
-    assert (lstm.temperature, lstm.alpha, lstm.feature_weight) == (2.0, 0.5, 1.0)
+    assert (lstm.temperature, lstm.alpha, lstm.feature_weight, lstm.epochs) == (2.0, 0.5, 1.0, 60)
+    assert resolve_settings(DistillConfig(width=0.5, epochs=5), "lstm", same_architecture=True).epochs == 5
+    assert resolve_settings(DistillConfig(width=0.5), "cnn", same_architecture=True).epochs is None  # the recipe's
     across = resolve_settings(DistillConfig(student="lstm:tiny"), "lstm", same_architecture=False)
     assert across.feature_weight == 0.0  # shapes need not line up across architectures
     given = resolve_settings(DistillConfig(width=0.5, temperature=3.0, feature_weight=0.0), "transformer", same_architecture=True)

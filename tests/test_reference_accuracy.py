@@ -1,6 +1,6 @@
 """The README's accuracy figures: base models, default recipe, seed 0, on the test split.
 
-Slow (about 4 minutes on 2 cores) but the claim the product makes; CI runs it.
+Slow (about 6 minutes on 2 cores) but the claim the product makes; CI runs it.
 Deselect locally with `-m "not slow"`.
 """
 import pytest
