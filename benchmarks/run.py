@@ -94,7 +94,9 @@ def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list, c
 
     def step(label: str, path: Path, make, parent: Path | None = None) -> Path:
         """`path`, made unless cached; a cached artifact older than its parent is made again."""
-        if not path.exists() or (parent is not None and path.stat().st_mtime < parent.stat().st_mtime):
+        if path.exists() and parent is not None and path.stat().st_mtime < parent.stat().st_mtime:
+            path.unlink()
+        if not path.exists():
             print(f"{name}: {label} -> {path.name}", file=sys.stderr)
             start = time.perf_counter()
             make(path)
