@@ -118,17 +118,14 @@ def _command(**settings: Any) -> Callable:
                 _interrupted()
             except typer.Exit:
                 raise
-            except AioptError as exc:
-                if _state["interrupted"]:
+            except Exception as exc:
+                if _state["interrupted"]:  # Ctrl-C that a library turned into its own error
                     _interrupted()
                 if _state["debug"]:
                     raise
-                _fail(str(exc), exc.exit_code)
-            except Exception as exc:  # a bug or an unforeseen input: still one line unless --debug
-                if _state["interrupted"]:
-                    _interrupted()
-                if _state["debug"]:
-                    raise
+                if isinstance(exc, AioptError):
+                    _fail(str(exc), exc.exit_code)
+                # a bug or an unforeseen input: still one line unless --debug
                 _fail(f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)", 3)
 
         return app.command(**settings)(run)

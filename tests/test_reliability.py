@@ -1,8 +1,9 @@
 """The reliability issue's table of bad inputs, through the real `aiopt` entry point.
 
 Rows tested here: full disk and unwritable folder during a write, Ctrl-C during train/quantize/
-bench (and Ctrl-C that a library turns into its own error), a kill during a forced overwrite, two processes writing one output, an op ONNX Runtime
-lacks, labels out of range, `--device cuda` without a GPU, calibration determinism.
+bench (and Ctrl-C that a library turns into its own error), a kill during a forced overwrite,
+two processes writing one output, an op ONNX Runtime lacks, labels out of range, `--device cuda`
+without a GPU, calibration determinism.
 Rows tested beside the code they cover: missing path / folder / empty / truncated / random bytes
 (test_cli.py, test_artifacts.py), code-running pickles (test_cli.py::test_pickle_payload_never_
 runs_without_opt_in, test_artifacts.py), TorchScript without input spec and malformed shapes
