@@ -41,7 +41,7 @@ def _model(folder: Path) -> Path:
 
 def overhead(rounds: int = 15, target_us: float = 100.0) -> dict:
     from aiopt import runtime
-    from aiopt.bench.latency import LatencyConfig, measure_latency, summarize
+    from aiopt.measure.latency import LatencyConfig, measure_latency, summarize
 
     with tempfile.TemporaryDirectory() as folder:
         runner = runtime.load(_model(Path(folder)), threads=1)
@@ -80,7 +80,7 @@ def overhead(rounds: int = 15, target_us: float = 100.0) -> dict:
 
 
 def repeatability(artifacts: list[str]) -> dict:
-    from aiopt.bench.latency import LatencyConfig
+    from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
 
     config = BenchConfig(batch_sizes=(1, 64), latency=LatencyConfig(warmup=10, min_runs=20, min_time=1.0), baseline=False)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from aiopt.artifacts import command_line
     from aiopt.bench import html, report
-    from aiopt.bench.latency import LatencyConfig
+    from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
     from aiopt.fileio import write_bytes_atomic
 

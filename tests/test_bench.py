@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from aiopt.bench.latency import LatencyConfig, measure_latency
+from aiopt.measure.latency import LatencyConfig, measure_latency
 from aiopt.bench.report import Violation, compare
 
 FAST = ("--warmup", "1", "--min-runs", "3", "--min-time", "0.02")
@@ -148,7 +148,7 @@ def test_bad_options_are_refused(family):
 
 
 def test_interleaved_rounds_alternate_and_keep_every_run():
-    from aiopt.bench.latency import measure_interleaved
+    from aiopt.measure.latency import measure_interleaved
 
     calls: list[str] = []
     config = LatencyConfig(warmup=2, min_runs=9, min_time=0.0, rounds=3)

@@ -99,9 +99,9 @@ def test_the_chosen_int8_kernel_does_not_saturate_here(tmp_path):
 
 # ---------------------------------------------------------------- the default path
 
-def test_quantize_with_no_options_writes_static_int8_beside_the_input(tiny_cnn, tmp_path):
+def test_forced_static_writes_int8_beside_the_input(tiny_cnn, tmp_path):
     model = _copy(tiny_cnn, tmp_path)
-    result = run_cli("quantize", str(model), "--json")
+    result = run_cli("quantize", str(model), "--method", "static", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     out = tmp_path / "cnn-tiny.int8.onnx"
@@ -122,6 +122,57 @@ def test_quantize_with_no_options_writes_static_int8_beside_the_input(tiny_cnn, 
     assert runner(np.zeros((3, 40), np.float32))["logits"].shape == (3, 10)
 
 
+def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_floor(tiny_cnn, tmp_path):
+    model = _copy(tiny_cnn, tmp_path)
+    result = run_cli("quantize", str(model), "--json", "-b", "1", "-b", "16")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    selection = report["selection"]
+    by_name = {c["name"]: c for c in selection["candidates"]}
+    assert {"fp32", "fp32-openvino", "int8-static-per-channel", "int8-static-per-tensor", "int8-dynamic", "int8-nncf-openvino"} <= set(by_name)
+    chosen = by_name[selection["chosen"]]
+    assert chosen["problem"] is None and report["metric"] == "accuracy"
+    assert chosen["quality"]["accuracy_drop"] <= 0.005 + 1e-9
+    # never slower than FP32 ONNX Runtime at any asked batch size, by its own measurements
+    for batch in ("1", "16"):
+        assert chosen["latency_ms"][batch] <= by_name["fp32"]["latency_ms"][batch] * (1 + selection["tie_tolerance"]) + 1e-9
+    # every candidate that shipped quality was measured; the ones below the floor say why
+    for candidate in selection["candidates"]:
+        assert candidate["problem"] or candidate["quality"] is not None
+    out = Path(report["path"])
+    assert out.name == "cnn-tiny" + (".int8.onnx" if chosen["precision"].startswith("int8") else ".fp32.onnx")
+    meta = load_model(out).metadata
+    assert meta["runtime"] == chosen["runtime"] and meta["quality_metric"] == "accuracy"
+    assert meta["selection"]["chosen"] == chosen["name"]
+    from aiopt import runtime
+
+    assert runtime.load(out).backend == chosen["runtime"]
+    assert "candidates measured here" in run_cli("quantize", str(model), "-o", str(tmp_path / "again.onnx"), "-b", "4").stdout
+
+
+def test_selection_never_picks_a_candidate_slower_at_some_batch_and_prefers_the_smaller_of_a_tie(tmp_path):
+    from aiopt.compress.candidates import Candidate
+    from aiopt.compress.select import choose
+    from aiopt.measure.quality import QualityFloor
+
+    def candidate(name: str, precision: str, size: int, b1: float, b64: float) -> Candidate:
+        path = tmp_path / f"{name}.onnx"
+        path.write_bytes(b"x" * size)
+        return Candidate(name, precision, "onnxruntime", path, quality={"accuracy_drop": 0.0}, latency_ms={1: b1, 64: b64})
+
+    fp32 = candidate("fp32", "fp32", 1000, 1.0, 10.0)
+    wins_on_mean_only = candidate("int8-a", "int8", 300, 1.5, 3.0)  # 3x faster at 64, 1.5x slower at 1
+    floor = QualityFloor("accuracy")
+    assert choose([fp32, wins_on_mean_only], fp32, (1, 64), floor).chosen is fp32
+    faster = candidate("int8-b", "int8", 400, 0.9, 5.0)
+    tied_and_smaller = candidate("int8-c", "int8", 200, 0.91, 5.05)
+    selection = choose([fp32, wins_on_mean_only, faster, tied_and_smaller], fp32, (1, 64), floor)
+    assert selection.chosen is tied_and_smaller and "smaller" in selection.notes[0]
+    slow_int8 = candidate("int8-d", "int8", 200, 1.2, 12.0)
+    selection = choose([fp32, slow_int8], fp32, (1, 64), floor)
+    assert selection.chosen is fp32 and "no reduced-precision candidate beats" in selection.verdict
+
+
 def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_path):
     from aiopt.export.onnx import export_onnx
 
@@ -130,15 +181,21 @@ def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_p
     model = onnx.load(str(exported))
     del model.metadata_props[:]  # a colleague's ONNX file: no aiopt metadata, no dataset
     onnx.save(model, str(exported))
-    result = run_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "out.onnx"))
+    result = run_cli("quantize", str(exported), "--backend", "onnxruntime", "--json", "-o", str(tmp_path / "out.onnx"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["method"] == "dynamic" and "no calibration data" in report["reason"]
     assert "no calibration data" in result.stderr and report["accuracy"] is None
+    # chosen by measurement, the static recipes say why they were not built
+    result = run_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "auto.onnx"), "-b", "1")
+    assert result.returncode == 0, result.stderr
+    candidates = {c["name"]: c for c in json.loads(result.stdout)["selection"]["candidates"]}
+    assert "no calibration data" in candidates["int8-static-per-channel"]["problem"]
+    assert candidates["int8-dynamic"]["quality"] is not None
 
 
 def test_lstm_nodes_get_dynamic_int8_kernels(tiny_lstm, tmp_path):
-    result = run_cli("quantize", str(tiny_lstm), "-o", str(tmp_path / "lstm.int8.onnx"), "--json")
+    result = run_cli("quantize", str(tiny_lstm), "--method", "static", "-o", str(tmp_path / "lstm.int8.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     ops = _ops(tmp_path / "lstm.int8.onnx")
@@ -180,7 +237,7 @@ def test_fp16_keeps_layernorm_in_float32(tiny_transformer, tmp_path):
 
 
 def test_accuracy_budget_selection_is_consistent(tiny_transformer, tmp_path):
-    result = run_cli("quantize", str(tiny_transformer), "--max-accuracy-drop", "0", "--per-tensor", "-o", str(tmp_path / "t.onnx"), "--json")
+    result = run_cli("quantize", str(tiny_transformer), "--method", "static", "--max-accuracy-drop", "0", "--per-tensor", "-o", str(tmp_path / "t.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     selection = json.loads(result.stdout)["layer_selection"]
     assert selection["data"] == "mnist1d:train-held-out"
@@ -222,11 +279,19 @@ def test_bad_calibration_data_is_refused(tiny_cnn, tmp_path, arrays, expected):
         (["--calib-method", "magic"], "unknown --calib-method"),
         (["--calib-samples", "0"], "at least 1"),
         (["--max-accuracy-drop", "5"], "fraction"),
+        (["--min-cosine", "2"], "--min-cosine"),
+        (["--metric", "top5"], "unknown --metric"),
+        (["--data", "{noisy}", "--metric", "accuracy"], "needs labels"),
+        (["--backend", "openvino", "--method", "fp16"], "--backend openvino"),
     ],
 )
 def test_bad_options_are_refused(tiny_cnn, tmp_path, args, expected):
+    unlabelled = tmp_path / "unlabelled.npz"
+    np.savez(unlabelled, x=np.random.default_rng(0).normal(size=(16, 40)).astype(np.float32))
+    args = [a.replace("{noisy}", str(unlabelled)) for a in args]
     result = run_cli("quantize", str(tiny_cnn), *args, "-o", str(tmp_path / "out.onnx"))
     assert result.returncode == 2 and expected in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
 
 
 def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):

@@ -85,7 +85,7 @@ def test_bad_configs_are_refused(tiny_cnn, tmp_path, config, match):
 
 
 def test_bench_records_buckets_compile_time_and_peer_fields(tiny_cnn, tmp_path):
-    from aiopt.bench.latency import LatencyConfig
+    from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
 
     out = tmp_path / "cnn.pt2"
@@ -139,7 +139,7 @@ def test_cuda_graph_runner_matches_eager(tiny_cnn, tmp_path, precision):
 
 @pytest.mark.gpu
 def test_bench_on_cuda_measures_the_peer(tiny_cnn, tmp_path):
-    from aiopt.bench.latency import LatencyConfig
+    from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
 
     out = tmp_path / "cnn.pt2"

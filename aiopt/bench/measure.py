@@ -18,12 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.bench.latency import LatencyConfig, measure_interleaved
+from aiopt.measure.latency import LatencyConfig, measure_interleaved
+from aiopt.artifacts import artifact_size
 from aiopt.errors import AioptError, InputError, MissingDependencyError
 from aiopt.runtime.cuda_graph import PEER_BACKEND
 
 SCHEMA_VERSION = 1
-BENCH_BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,8 @@ class BenchConfig:
     threads: int | None = None  # None: all cores
     data: str | None = None
     baseline: bool = True  # add the FP32 PyTorch model the lineage names
+    input_spec: tuple = ()  # TensorSpecs for artifacts without metadata (--input-shape)
+    seq_len: int = 128  # token length of .txt data, and of sequence axes without data
 
 
 @dataclass
@@ -71,23 +74,43 @@ def validate(config: BenchConfig) -> None:
         raise InputError("--min-runs and --rounds must be at least 1, and --min-time and --warmup not negative")
 
 
-def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None) -> dict:
-    """Benchmark `artifacts`; returns the report document (schema in README, "Benchmark reports")."""
+def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None, on_progress=None) -> dict:
+    """Benchmark `artifacts`; returns the report document (schema in README, "Benchmark reports").
+
+    `on_record(record)` is called with each finished record; `on_progress(phase, done, total, what)`
+    before each step of the long work: phase "prepare" per target (load, evaluate, warm up), then
+    "time" per interleaved timing slice, and once more with done == total at the end of each phase.
+    """
     from aiopt.artifacts import now_iso
     from aiopt.bench.machine import available_cores, describe_machine
 
     validate(config)
     for path in artifacts:
-        if not Path(path).is_file():
-            raise InputError(f"{path} does not exist or is not a file; pass the artifacts to benchmark")
+        if not Path(path).is_file() and not (Path(path) / "config.json").is_file():
+            raise InputError(f"{path} does not exist or is not a file (or a Hugging Face model folder); pass the artifacts to benchmark")
     threads = config.threads or available_cores()
     _set_threads(threads)
     measured = _Measured()
     # Load, evaluate and warm every target first, then time them all in interleaved rounds,
     # so drift on a shared machine hits every record alike and each ratio is a fair one.
-    entries = [entry for target in _targets(artifacts, config) for entry in _prepare_target(target, config, threads, measured)]
+    step = on_progress or (lambda phase, done, total, what: None)
+    targets = _targets(artifacts, config)
+    entries: list = []
+    for index, target in enumerate(targets):
+        step("prepare", index, len(targets), f"{target.label} [{target.backend or 'auto'}/{target.device}]")
+        entries += _prepare_target(target, config, threads, measured)
+    step("prepare", len(targets), len(targets), "")
     pending = [e for e in entries if isinstance(e, _Pending)]
-    for entry, stats in zip(pending, measure_interleaved([(e.run, e.cuda) for e in pending], config.latency)):
+    rounds = max(1, config.latency.rounds)
+
+    def timing(round_index: int, index: int) -> None:
+        record = pending[index].record
+        step("time", round_index * len(pending) + index, rounds * len(pending),
+             f"round {round_index + 1}/{rounds}: {record['label']} [{record['backend']}/{record['device']}] batch {record['batch_size']}")
+
+    timed = measure_interleaved([(e.run, e.cuda) for e in pending], config.latency, on_slice=timing)
+    step("time", rounds * len(pending), rounds * len(pending), "")
+    for entry, stats in zip(pending, timed):
         entry.record["latency_ms"] = stats.to_dict()
         entry.record["throughput"] = round(entry.record["batch_size"] * 1e3 / stats.mean, 2)
         if entry.target.is_baseline:
@@ -175,7 +198,7 @@ def _skipped(target: _Target, batch: int, reason: str) -> dict:
 
 def _size(path: str) -> int | None:
     try:
-        return os.path.getsize(path)
+        return artifact_size(path)
     except OSError:
         return None
 
@@ -215,7 +238,7 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
             runner = runtime.load(target.path, device=target.device, backend=target.backend, threads=threads)
             described = _describe(target.path)  # the sidecar
         else:  # loaded once: the Runner and the description share it
-            loaded = load_model(target.path)
+            loaded = load_model(target.path, input_spec=list(config.input_spec) or None)
             if target.is_peer:
                 runner = _peer_runner(loaded, target.device, config.batch_sizes)
             else:
@@ -240,7 +263,7 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
         if problem:
             records.append(_skipped(target, batch, problem))
             continue
-        feed = _feed(runner.input_spec, facts["_inputs"], batch)
+        feed = _feed(runner.input_spec, facts["_inputs"], batch, config.seq_len)
         run = functools.partial(runner, feed)
         for _ in range(config.latency.warmup):  # allocations at this batch size: what peak memory is about
             run()
@@ -276,7 +299,7 @@ def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchCo
     from aiopt.evaluate import accuracy, eval_data, run_batches
 
     try:
-        evaluation = eval_data(runner.input_spec, loaded.metadata, config.data)
+        evaluation = eval_data(runner.input_spec, loaded.metadata, config.data, seq_len=config.seq_len)
     except InputError:
         if config.data is not None:
             raise  # the user's --data does not fit: say so rather than measure without it
@@ -292,7 +315,7 @@ def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchCo
     return {
         "accuracy": accuracy(logits, evaluation.labels) if logits is not None and evaluation.labels is not None else None,
         "agreement": agreement,
-        "size_bytes": os.path.getsize(target.path),
+        "size_bytes": artifact_size(target.path),
         "params": loaded.params,
         "flops": flops_of(loaded, runner.input_spec),
         "step": loaded.metadata.get("step"),
@@ -351,9 +374,9 @@ def _fixed_batch(spec) -> int | None:
     return fixed.pop() if len(fixed) == 1 else None
 
 
-def _feed(spec, inputs: dict | None, batch: int) -> dict[str, np.ndarray]:
+def _feed(spec, inputs: dict | None, batch: int, seq_len: int = 128) -> dict[str, np.ndarray]:
     from aiopt.artifacts import example_inputs
 
     if inputs is None:
-        return {s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, batch))}
+        return {s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, batch, seq_len))}
     return {s.name: np.resize(inputs[s.name], (batch, *inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}

@@ -14,10 +14,6 @@ import numpy as np
 
 from aiopt.errors import InputError, UnsupportedModelError
 
-# Below this top-1 agreement with its parent a transformed model computes something else.
-MIN_PARENT_AGREEMENT = 0.5
-
-
 @dataclass
 class ReferenceCheckpoint:
     """An aiopt checkpoint of a registry architecture: what pruning and distillation need."""
@@ -65,20 +61,6 @@ def torch_logits(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     with torch.no_grad():
         chunks = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
     return torch.cat(chunks).numpy()
-
-
-def check_against_parent(reference_logits: np.ndarray, candidate_logits: np.ndarray, what: str) -> dict:
-    """Agreement of a transformed model with its parent; raises if the outputs are unusable."""
-    from aiopt.evaluate import agreement
-
-    result = agreement(reference_logits, candidate_logits)
-    if not result["finite"]:
-        raise UnsupportedModelError(f"{what} produces NaN or Inf outputs; nothing was written")
-    if result.get("top1_agreement", 1.0) < MIN_PARENT_AGREEMENT:
-        raise UnsupportedModelError(
-            f"{what} agrees with its parent on only {result['top1_agreement']:.0%} of predictions; nothing was written"
-        )
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in result.items()}
 
 
 def count_macs_and_params(model, input_spec) -> tuple[int, int]:

@@ -322,12 +322,12 @@ def distill_checkpoint(
 
     from aiopt.artifacts import child_metadata, load_model, save_checkpoint
     from aiopt.compress.common import (
-        check_against_parent,
         dataset_for,
         load_reference_checkpoint,
         torch_logits,
     )
     from aiopt.evaluate import accuracy
+    from aiopt.measure.quality import check_against_parent
     from aiopt.fileio import check_output_path
     from aiopt.reference_models import config_to_dict, get_entry, train
 

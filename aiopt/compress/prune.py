@@ -78,8 +78,13 @@ def prune_checkpoint(
     config: PruneConfig,
     force: bool = False,
     on_progress: Callable[[str], None] | None = None,
+    on_epoch: Callable[[Any], None] | None = None,
 ) -> PruneResult:
-    """Prune the aiopt checkpoint at `path`, optionally fine-tune, check, and write `output`."""
+    """Prune the aiopt checkpoint at `path`, optionally fine-tune, check, and write `output`.
+
+    `on_progress(message)` gets a line per stage; `on_epoch(stats)` a train.EpochStats after each
+    fine-tuning epoch (without it, each epoch is a line for `on_progress`).
+    """
     from aiopt.fileio import check_output_path
 
     validate(config)
@@ -89,13 +94,13 @@ def prune_checkpoint(
 
     from aiopt.artifacts import child_metadata, save_checkpoint
     from aiopt.compress.common import (
-        check_against_parent,
         count_macs_and_params,
         dataset_for,
         load_reference_checkpoint,
         torch_logits,
     )
     from aiopt.evaluate import accuracy
+    from aiopt.measure.quality import check_against_parent
     from aiopt.reference_models import config_to_dict
 
     progress = on_progress or (lambda message: None)
@@ -111,7 +116,7 @@ def prune_checkpoint(
     accuracy_before = round(accuracy(parent_logits, data.y_test), 6)
     macs_before, params_before = count_macs_and_params(parent.model, spec)
     shapes_before = {name: list(w.shape) for name, w in _weights(parent.model)}
-    tuner = _FineTuner(parent.architecture, data, config, progress)
+    tuner = _FineTuner(parent.architecture, data, config, progress, on_epoch)
 
     model = _copy_model(parent)
     if config.method == "channel":
@@ -192,7 +197,7 @@ def _weights(model) -> list[tuple[str, Any]]:
 class _FineTuner:
     """Fine-tunes with the architecture's training recipe (learning rate as below) and keeps the tally."""
 
-    def __init__(self, architecture: str, data, config: PruneConfig, progress):
+    def __init__(self, architecture: str, data, config: PruneConfig, progress, on_epoch=None):
         from aiopt.reference_models import get_entry
 
         recipe_lr = get_entry(architecture).train_defaults.get("lr", 3e-3)
@@ -202,6 +207,7 @@ class _FineTuner:
         # the accuracy, so magnitude and 2:4 fine-tune gently, at a third of it.
         self.lr = config.lr or (recipe_lr if config.method == "channel" else recipe_lr / 3)
         self.data, self.seed, self.progress = data, config.seed, progress
+        self.on_epoch = on_epoch or (lambda s: progress(f"  epoch {s.epoch}/{s.epochs}: loss {s.loss:.4f}, train accuracy {s.train_accuracy:.1%}"))
         self.epochs_run, self.seconds = 0, 0.0
 
     def __call__(self, model, epochs: int) -> None:
@@ -212,7 +218,7 @@ class _FineTuner:
         self.progress(f"fine-tuning for {epochs} epoch(s) at lr {self.lr:g}")
         start = time.perf_counter()
         train_model(model, self.data, TrainConfig(epochs=epochs, lr=self.lr, seed=self.seed + self.epochs_run),
-                    on_epoch=lambda s: self.progress(f"  epoch {s.epoch}/{s.epochs}: loss {s.loss:.4f}, train accuracy {s.train_accuracy:.1%}"))
+                    on_epoch=self.on_epoch)
         self.seconds += time.perf_counter() - start
         self.epochs_run += epochs
 

@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +20,8 @@ from aiopt.compress import onnx_quant
 from aiopt.errors import InputError
 
 METHODS = ("auto", "static", "dynamic", "fp16", "bf16")
-BACKENDS = ("onnxruntime", "torch", "tensorrt")
+# auto: every candidate this machine can run (ONNX Runtime, OpenVINO), chosen by measurement.
+BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
 # File suffix per method, beside the input: MODEL.int8.onnx, MODEL.fp16.onnx, ...
 _SUFFIX = {"static": ".int8", "dynamic": ".int8", "fp16": ".fp16", "bf16": ".bf16"}
 
@@ -28,7 +29,7 @@ _SUFFIX = {"static": ".int8", "dynamic": ".int8", "fp16": ".fp16", "bf16": ".bf1
 @dataclass(frozen=True)
 class QuantizeConfig:
     method: str = "auto"
-    backend: str = "onnxruntime"
+    backend: str = "auto"
     calibration: str | None = None  # DATA.npz or a built-in dataset name; default: the model's training split
     calib_method: str = "minmax"
     calib_samples: int = 256
@@ -39,6 +40,16 @@ class QuantizeConfig:
     latency_batch: int = 64
     seed: int = 0
     device: str = "cpu"  # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
+    # Chosen by measurement (method auto): the quality floor and the batch sizes timed.
+    metric: str | None = None  # accuracy | agreement | cosine; default: from the output (measure.quality)
+    min_cosine: float = 0.99
+    batch_sizes: tuple[int, ...] = (1, 64)
+    seq_len: int = 128  # text data: tokens per sample
+    candidates: tuple[str, ...] = ()  # restrict the choice to these recipes (candidates.BUILDERS); empty: all
+
+    @property
+    def by_measurement(self) -> bool:
+        return self.device == "cpu" and (self.backend == "openvino" or (self.method == "auto" and self.backend == "auto"))
 
 
 @dataclass
@@ -74,6 +85,17 @@ def _validate(config: QuantizeConfig) -> None:
         raise InputError("--max-accuracy-drop works with --backend onnxruntime or tensorrt")
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
+    from aiopt.compress.candidates import BUILDERS
+
+    unknown = [name for name in config.candidates if name not in BUILDERS]
+    if unknown:
+        raise InputError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
+    if config.backend == "openvino" and config.method not in ("auto", "static"):
+        raise InputError("--backend openvino writes FP32 or NNCF static INT8; drop --method or use --method static")
+    if config.min_cosine is not None and not 0 < config.min_cosine <= 1:
+        raise InputError(f"--min-cosine is a cosine similarity in (0, 1], got {config.min_cosine}")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise InputError(f"batch sizes must be at least 1, got {list(config.batch_sizes)}")
     if config.latency_batch < 1:
         raise InputError(f"the latency batch size must be at least 1, got {config.latency_batch}")
 
@@ -92,8 +114,14 @@ def quantize_artifact(
     from aiopt.fileio import check_output_path
 
     _validate(config)
+    if config.backend == "auto" and not config.by_measurement:  # a forced --method keeps today's ONNX Runtime recipe
+        config = replace(config, backend="onnxruntime")
     _check_device(config)
     say = on_progress or (lambda message: None)
+    if config.by_measurement:
+        from aiopt.compress.auto import quantize_by_measurement
+
+        return quantize_by_measurement(source, output, config, force, trust_pickle, input_spec, say)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     spec = require_input_spec(loaded)
     calibration = None
@@ -198,7 +226,8 @@ class _QuantizeJob:
         runner = OnnxRuntimeRunner(str(self.result_path), self.spec, self.config.device)
         return {
             "backend": self.config.backend,
-            **measure_against_parent(reference_runner, runner, data, self.spec, self.config.latency_batch, f"the {self.method} model"),
+            **measure_against_parent(reference_runner, runner, data, self.spec, self.config.latency_batch, f"the {self.method} model",
+                                     self.loaded.metadata),
             "fp32_size_bytes": self.prepared.stat().st_size,
             "size_bytes": self.result_path.stat().st_size,
             "excluded": list(self.config.exclude),
@@ -230,7 +259,7 @@ class _QuantizeJob:
         return target
 
     def _static(self, target: Path, exclude: tuple[str, ...]) -> None:
-        from aiopt.compress.calibration import OrtCalibrationReader
+        from aiopt.compress.candidates import static_int8
 
         if self.for_tensorrt:  # TensorRT's explicit quantization: symmetric INT8 everywhere
             options = onnx_quant.StaticInt8Options(
@@ -244,21 +273,9 @@ class _QuantizeJob:
                 activation_type=self.kernel.activation_type, weight_type=self.kernel.weight_type,
                 calib_method=self.config.calib_method, exclude=exclude, calibration_providers=self._providers(),
             )
-        reader = OrtCalibrationReader(self.calibration, self.spec)
-        cache = self.work / "calibration-cache.json"
-        if not self.recurrent or self.for_tensorrt:
-            onnx_quant.quantize_static_qdq(self.prepared, target, reader, options, cache)
-            return
-        # Recurrent cells get no speed from QDQ on ONNX Runtime: quantize the rest statically,
-        # then the LSTM/GRU nodes dynamically (DynamicQuantizeLSTM runs its matmuls in INT8).
-        partial = target.with_suffix(".static.onnx")
-        onnx_quant.quantize_static_qdq(self.prepared, partial, reader, options, cache)
-        recurrent = tuple(n for n in self.recurrent if n not in exclude)
-        if recurrent:
-            onnx_quant.quantize_dynamic_int8(partial, target, self.config.per_channel, self.kernel.reduce_range,
-                                             op_types=onnx_quant.RECURRENT_OPS, exclude=tuple(n for n in self.recurrent if n in exclude))
-        else:
-            shutil.copyfile(partial, target)
+        # TensorRT takes QDQ around every op, recurrent cells included
+        static_int8(self.prepared, target, self.calibration, self.spec, options, self.recurrent, self.work / "calibration-cache.json",
+                    recurrent_dynamic=not self.for_tensorrt)
 
     # ------------------------------------------------------------ layer selection
     def _candidate_layers(self) -> list[str]:
@@ -325,16 +342,18 @@ def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, sa
     return EvalData({s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, 64))}, None, "random inputs")
 
 
-def measure_against_parent(reference_runner, runner, data, spec, latency_batch: int, what: str) -> dict:
-    """Accuracy of both, agreement of the candidate with the reference (NaN and collapse refused),
-    and a quick same-run latency ratio."""
-    from aiopt.compress.common import check_against_parent
+def measure_against_parent(reference_runner, runner, data, spec, latency_batch: int, what: str, metadata: dict | None = None) -> dict:
+    """Accuracy of both, agreement of the candidate with the reference (NaN and collapse refused,
+    judged by what the output is: top-1 for class scores, cosine for embeddings), and a quick
+    same-run latency ratio."""
     from aiopt.evaluate import accuracy, run_batches
+    from aiopt.measure.quality import check_against_parent, output_kind
 
     reference = run_batches(reference_runner, data)[0]
     candidate = run_batches(runner, data)[0]
+    kind, _ = output_kind(metadata, runner.output_names[0], reference.shape)
     report = {
-        "agreement_with_parent": check_against_parent(reference, candidate, what),
+        "agreement_with_parent": check_against_parent(reference, candidate, what, "agreement" if kind == "classification" else "cosine"),
         "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
         "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
         "eval_data": data.source,
@@ -347,7 +366,7 @@ def measure_against_parent(reference_runner, runner, data, spec, latency_batch: 
 
 
 def _latency_ratio(reference_runner, runner, data, spec, batch: int) -> dict:
-    from aiopt.bench.latency import LatencyConfig, measure_latency
+    from aiopt.measure.latency import LatencyConfig, measure_latency
 
     fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
     batch = fixed.pop() if fixed else batch
@@ -378,7 +397,7 @@ def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: s
     report = {
         "backend": "torch",
         **measure_against_parent(TorchRunner(loaded.model, spec, names, config.device), TorchRunner(scripted, spec, names, config.device), data, spec,
-                                 config.latency_batch, f"the {method} model"),
+                                 config.latency_batch, f"the {method} model", loaded.metadata),
         "fp32_size_bytes": Path(loaded.path).stat().st_size,
         "method": method, "reason": reason, "per_channel": False,
         "layers": "Linear, LSTM" if method == "dynamic" else "all (LayerNorm in float32)",

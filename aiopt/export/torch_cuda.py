@@ -120,7 +120,7 @@ def _against_parent(parent, candidate, spec, metadata: dict, device: str, max_ba
     cost is reported with the FP32 fallback suggested."""
     import numpy as np
 
-    from aiopt.compress.common import check_against_parent
+    from aiopt.measure.quality import check_against_parent
     from aiopt.data import DATASETS
     from aiopt.evaluate import accuracy, eval_data
 

@@ -54,16 +54,20 @@ def measure_latency(run: Callable[[], object], config: LatencyConfig = LatencyCo
     return summarize(timed_runs(run, config.min_time, config.min_runs, config.max_runs, cuda))
 
 
-def measure_interleaved(runs: list[tuple[Callable[[], object], bool]], config: LatencyConfig = LatencyConfig()) -> list[LatencyStats]:
+def measure_interleaved(runs: list[tuple[Callable[[], object], bool]], config: LatencyConfig = LatencyConfig(),
+                        on_slice: Callable[[int, int], None] | None = None) -> list[LatencyStats]:
     """Latency of several `(run, cuda)` measured in `config.rounds` interleaved slices; each
-    slice re-warms its run (caches cold from the others) and the slices' times are pooled."""
+    slice re-warms its run (caches cold from the others) and the slices' times are pooled.
+    `on_slice(round, index)` is called before each slice (progress for a person)."""
     rounds = max(1, config.rounds)
     for run, _ in runs:
         for _ in range(config.warmup):
             run()
     times: list[list[float]] = [[] for _ in runs]
-    for _ in range(rounds):
+    for round_index in range(rounds):
         for index, (run, cuda) in enumerate(runs):
+            if on_slice:
+                on_slice(round_index, index)
             for _ in range(min(2, config.warmup)):
                 run()
             times[index] += timed_runs(run, config.min_time / rounds, -(-config.min_runs // rounds), config.max_runs // rounds, cuda)

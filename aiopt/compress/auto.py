@@ -1,0 +1,236 @@
+"""`aiopt quantize` with no recipe forced: build the candidates this machine can run, keep
+those that meet the quality floor on held-out data, time them here, write the fastest.
+
+Never ships a slower model: FP32 on ONNX Runtime and on OpenVINO are candidates like the
+INT8 ones, and when no reduced-precision candidate beats them the FP32 graph is written,
+with a line saying so.
+"""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from aiopt.compress import onnx_quant
+from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
+from aiopt.compress.select import TIE, Selection, choose, make_runner, measure_quality, measure_speed
+from aiopt.errors import CheckFailedError
+from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
+
+# Held out of a user's calibration file for evaluation when no --data is given.
+HELD_OUT_FRACTION = 0.25
+
+
+def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
+    from aiopt.artifacts import FORMAT_ONNX, load_model, output_spec, require_input_spec
+    from aiopt.compress.calibration import calibration_set
+    from aiopt.compress.cpu import detect_cpu, int8_kernel_for
+    from aiopt.compress.quantize import QuantizeResult, _export_fp32, evaluation_data
+    from aiopt.fileio import check_output_path
+
+    if output is not None:  # a bad -o fails before the work
+        check_output_path(output, source, config.calibration, config.data, force=force)
+    loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    spec = require_input_spec(loaded)
+    calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, **_seq(config))
+    calibration, held_out = _hold_out(calibration, config.data)
+    data = held_out or evaluation_data(spec, loaded.metadata, config.data, calibration, say)
+    outputs = output_spec(loaded)
+    metric, metric_reason = choose_metric(loaded.metadata, outputs[0].name if outputs else "", outputs[0].shape if outputs else None,
+                                          data.labels is not None, config.metric)
+    floor = QualityFloor(metric, config.max_accuracy_drop if config.max_accuracy_drop is not None else DEFAULT_MAX_ACCURACY_DROP,
+                         config.min_cosine)
+    say(f"quality: {floor.describe()} ({metric_reason}), on {data.source} ({len(data)} samples)")
+    with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
+        work = Path(work)
+        fp32 = work / "fp32.onnx"
+        source_export = None
+        if loaded.format == FORMAT_ONNX:
+            shutil.copyfile(loaded.path, fp32)
+        else:
+            say("exporting to ONNX (validated against PyTorch)")
+            source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
+        prepared = work / "prepared.onnx"
+        preprocessing = onnx_quant.preprocess(fp32, prepared)
+        kernel = int8_kernel_for(detect_cpu())
+        ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude))
+        selection = select(ctx, data, floor, config, say)
+        if selection.chosen is None:
+            raise CheckFailedError(_nothing_meets(selection))
+        chosen = selection.chosen
+        out = Path(output) if output is not None else _default_output(source, chosen)
+        check_output_path(out, source, config.calibration, config.data, force=force)
+        report = _report(selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32)
+        _write_chosen(chosen, out, loaded, spec, report)
+        say(selection.verdict)
+    return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
+
+
+def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selection:
+    """Build, check and time every candidate; then try storing the winner's remaining float
+    weights in INT8, kept only when it costs neither quality nor speed."""
+    from aiopt.evaluate import run_batches
+
+    allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
+    if config.backend == "openvino" and config.method == "static":
+        allowed = ["int8-nncf-openvino"]
+    # FP32 on ONNX Runtime is always built and timed: it is the yardstick of every ratio
+    candidates = build_all(ctx, ["fp32", *[n for n in allowed if n != "fp32"]], say)
+    reference = candidates[0]
+    reference_outputs = run_batches(make_runner(reference, ctx.spec), data)[0]
+    runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say)
+    mixed = _mixed_precision(ctx, candidates, reference_outputs, data, floor, say)
+    runners.update(measure_quality(mixed, reference_outputs, data, ctx.spec, floor, lambda message: None))
+    candidates += mixed
+    allowed += [c.name for c in mixed]
+    measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
+    selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
+    _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
+    return selection
+
+
+def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_outputs, data, floor: QualityFloor, say) -> list[Candidate]:
+    """For each INT8 recipe that misses the floor, keep its most sensitive layers in float
+    (ranked by ONNX Runtime's SQNR on calibration data), a few more each time, until it meets
+    the floor; the first that does becomes a candidate. Tried only when no INT8 recipe met it."""
+    from dataclasses import replace
+
+    from aiopt.compress.calibration import OrtCalibrationReader
+    from aiopt.compress.sensitivity import rank_sensitive_nodes
+
+    by_name = {c.name: c for c in candidates}
+    static = by_name.get("int8-static-per-channel")
+    if ctx.calibration is None or static is None or static.quality is None or any(
+            c.precision == "int8" and c.quality is not None and not c.problem for c in candidates):
+        return []
+    say("no INT8 recipe meets the floor: ranking layers by quantization noise (ONNX Runtime's QDQ debugger, calibration data)")
+    ranked = rank_sensitive_nodes(ctx.prepared, static.path, OrtCalibrationReader(ctx.calibration, ctx.spec), ctx.work)
+    found = []
+    for base in ("int8-static-per-channel", "int8-dynamic"):
+        if by_name.get(base) is None or by_name[base].quality is None:
+            continue
+        count = 1
+        while count <= max(1, len(ranked) // 2):
+            kept = tuple(name for name, _ in ranked[:count])
+            work = ctx.work / f"{base}-mixed-{count}"
+            work.mkdir(exist_ok=True)
+            if (ctx.work / "calibration-cache.json").exists():
+                shutil.copyfile(ctx.work / "calibration-cache.json", work / "calibration-cache.json")
+            candidate = BUILDERS[base](replace(ctx, work=work, exclude=tuple(ctx.exclude) + kept))
+            candidate.name = f"{base}-mixed"
+            candidate.recipe = {**candidate.recipe, "kept_float": list(kept), "sqnr_db": {n: round(v, 2) for n, v in ranked[:count]}}
+            measure_quality([candidate], reference_outputs, data, ctx.spec, floor, lambda message: None)
+            say(f"{base} with {count} layer(s) in float: {floor.metric} {floor.value(candidate.quality):.4f}")
+            if not candidate.problem:
+                found.append(candidate)
+                break
+            count *= 2
+    return found
+
+
+def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
+    from aiopt.compress.weight_only import quantize_weights_int8
+
+    chosen = selection.chosen
+    if chosen is None or chosen.runtime != "onnxruntime" or chosen.precision == "int8-weights":
+        return
+    target = ctx.work / f"{chosen.name}+int8-weights.onnx"
+    touched = quantize_weights_int8(chosen.path, target)
+    if not touched:
+        return
+    variant = Candidate(f"{chosen.name}+int8-weights", chosen.precision if chosen.precision != "fp32" else "int8-weights", chosen.runtime,
+                        target, {**chosen.recipe, "weights_int8": touched})
+    runners = measure_quality([variant], reference_outputs, data, ctx.spec, floor, say)
+    selection.candidates.append(variant)
+    if variant.problem:
+        return
+    runners[chosen.name] = make_runner(chosen, ctx.spec)
+    head_to_head = Candidate(chosen.name, chosen.precision, chosen.runtime, chosen.path)
+    measure_speed([head_to_head, variant], runners, data, ctx.spec, selection.batch_sizes, say)
+    # the variant's times are scaled to the winner's earlier run, so both rows read on one scale
+    for batch in selection.batch_sizes:
+        variant.latency_ms[batch] = chosen.latency_ms[batch] * variant.latency_ms[batch] / head_to_head.latency_ms[batch]
+    slower = max(variant.latency_ms[b] / chosen.latency_ms[b] for b in selection.batch_sizes)
+    if slower <= 1 + TIE:
+        selection.chosen = variant
+        selection.notes.append(f"{len(touched)} float tensor(s) stored in INT8 at no cost in speed ({slower:.3f}x time) or quality")
+        selection.verdict = selection.verdict.replace(chosen.name, variant.name, 1) if chosen.precision != "fp32" else (
+            f"{variant.name}: FP32 compute with INT8 weights (no reduced-precision compute beats FP32 here), "
+            + ", ".join(f"{selection.speedup(variant, b):.2f}x at batch {b}" for b in selection.batch_sizes) + " vs FP32 ONNX Runtime")
+
+
+def _hold_out(calibration, data: str | None):
+    """Without --data and without a built-in test split, a user's calibration file is split:
+    the last quarter is kept out of calibration and measures quality instead."""
+    from dataclasses import replace
+
+    from aiopt.evaluate import EvalData
+
+    if calibration is None or data is not None or calibration.selection is not None or len(calibration) < 8:
+        return calibration, None
+    count = max(2, int(len(calibration) * HELD_OUT_FRACTION))
+    kept = {k: v[:-count] for k, v in calibration.inputs.items()}
+    held = EvalData({k: v[-count:] for k, v in calibration.inputs.items()}, None, f"{calibration.source} (held out of calibration)")
+    return replace(calibration, inputs=kept), held
+
+
+def _seq(config) -> dict:
+    """seq_len travels only to the data readers that take it (text files)."""
+    import inspect
+
+    from aiopt.compress.calibration import calibration_set
+
+    return {"seq_len": config.seq_len} if "seq_len" in inspect.signature(calibration_set).parameters else {}
+
+
+def _default_output(source, chosen: Candidate) -> Path:
+    source = Path(source)
+    suffix = ".int8.onnx" if chosen.precision.startswith("int8") else ".fp32.onnx"
+    return source.with_name(source.name.removesuffix(source.suffix) + suffix)
+
+
+def _nothing_meets(selection: Selection) -> str:
+    scored = [c for c in selection.candidates if c.quality]
+    closest = sorted(scored, key=lambda c: -(selection.floor.value(c.quality) or 0))[:3]
+    listed = "; ".join(f"{c.name}: {c.problem}" for c in closest) or "none could be measured"
+    return f"no candidate meets the quality floor ({selection.floor.describe()}); closest: {listed}. Relax --max-accuracy-drop/--min-cosine or exclude sensitive layers"
+
+
+def _report(selection: Selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32: Path) -> dict:
+    chosen = selection.chosen
+    quality = chosen.quality or {}
+    return {
+        "method": "auto", "chosen": chosen.name, "precision": chosen.precision, "runtime": chosen.runtime, "recipe": chosen.recipe,
+        "reason": selection.verdict, "metric": floor.metric, "metric_reason": metric_reason, "floor": floor.to_dict(), "quality": quality,
+        "accuracy": quality.get("accuracy"), "fp32_accuracy": quality.get("reference_accuracy"), "accuracy_drop": quality.get("accuracy_drop"),
+        "eval_data": data.source, "samples": len(data),
+        "calibration": {"source": calibration.source, "samples": len(calibration)} if calibration is not None else None,
+        "int8_kernel": kernel.to_dict(), "preprocessing": preprocessing, "source_export": source_export,
+        "fp32_size_bytes": fp32.stat().st_size, "size_bytes": chosen.size_bytes,
+        "latency": {str(b): {"fp32_p50_ms": selection.reference.latency_ms.get(b), "p50_ms": chosen.latency_ms.get(b),
+                             "speedup": selection.speedup(chosen, b)} for b in selection.batch_sizes},
+        "selection": selection.to_dict(),
+    }
+
+
+def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict) -> None:
+    import onnx
+
+    from aiopt.artifacts import child_metadata, onnx_value_specs, with_own_lineage
+    from aiopt.export.onnx import check_onnx, embed_metadata
+    from aiopt.fileio import atomic_path
+
+    model = check_onnx(chosen.path)
+    quality = report["quality"]
+    metrics = ({"accuracy": quality["accuracy"], "split": "test", "measured_on": chosen.runtime} if quality.get("accuracy") is not None
+               else loaded.metadata.get("metrics"))
+    metadata = child_metadata(
+        loaded, "quantize", format="onnx", runtime=chosen.runtime, quality_metric=report["metric"],
+        inputs=[s.to_dict() for s in spec], outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)],
+        quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
+        selection=report["selection"], metrics=metrics, agreement_with_parent=quality,
+    )
+    embed_metadata(model, with_own_lineage(metadata, out))
+    with atomic_path(out) as tmp:
+        onnx.save_model(model, str(tmp))
+    report["_metadata"] = metadata

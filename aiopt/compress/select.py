@@ -1,0 +1,127 @@
+"""Pick by measurement: run every candidate on held-out data, drop those below the quality
+floor, time the rest here (interleaved, at the asked batch sizes) and keep the fastest.
+
+"Fastest" is the geometric mean of p50 over the batch sizes. Candidates within `TIE` of the
+fastest are treated as equally fast (the machines are shared and noisy) and the smallest of
+them wins: that is how weight-only INT8 ships when it costs no speed, and never when it does.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aiopt.compress.candidates import Candidate
+from aiopt.measure.latency import LatencyConfig
+from aiopt.measure.quality import QualityFloor, compare_outputs
+
+TIE = 0.03
+QUICK = LatencyConfig(warmup=3, min_runs=5, min_time=0.25, rounds=3)
+
+
+@dataclass
+class Selection:
+    chosen: Candidate | None
+    candidates: list[Candidate]
+    reference: Candidate
+    batch_sizes: tuple[int, ...]
+    floor: QualityFloor
+    verdict: str  # one line for the user
+    trims_padding: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def speedup(self, candidate: Candidate, batch: int) -> float | None:
+        base = self.reference.latency_ms.get(batch)
+        return round(base / candidate.latency_ms[batch], 3) if base and candidate.latency_ms.get(batch) else None
+
+    def to_dict(self) -> dict:
+        return {"chosen": self.chosen.name if self.chosen else None, "verdict": self.verdict, "floor": self.floor.to_dict(),
+                "batch_sizes": list(self.batch_sizes), "reference": self.reference.name, "tie_tolerance": TIE,
+                "score": "geometric mean of p50 over the batch sizes", "notes": self.notes,
+                "candidates": [{**c.to_dict(), "speedup_vs_fp32": {str(b): self.speedup(c, b) for b in self.batch_sizes}}
+                               for c in self.candidates]}
+
+
+def make_runner(candidate: Candidate, spec, threads: int | None = None):
+    if candidate.runtime == "openvino":
+        from aiopt.runtime.openvino_backend import OpenVinoRunner
+
+        return OpenVinoRunner(str(candidate.path), spec, threads=threads)
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(str(candidate.path), spec, threads=threads)
+
+
+def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, spec, floor: QualityFloor, say) -> dict[str, object]:
+    """Quality of each candidate on `data`; returns the runners of those that meet the floor."""
+    from aiopt.errors import AioptError
+    from aiopt.evaluate import run_batches
+
+    runners = {}
+    for candidate in candidates:
+        if candidate.problem:
+            continue
+        try:
+            runner = make_runner(candidate, spec)
+            outputs = run_batches(runner, data)[0]
+        except AioptError as exc:
+            candidate.problem = f"failed to run: {exc}"
+            continue
+        candidate.quality = compare_outputs(reference, outputs, data.labels)
+        candidate.problem = floor.problem(candidate.quality)
+        say(f"{candidate.name} on {candidate.runtime}: {floor.metric} {floor.value(candidate.quality):.4f}"
+            + (f" (below the floor: {candidate.problem})" if candidate.problem else ""))
+        if not candidate.problem:
+            runners[candidate.name] = runner
+    return runners
+
+
+def measure_speed(candidates: list[Candidate], runners: dict, data, spec, batch_sizes: tuple[int, ...], say, config: LatencyConfig = QUICK) -> None:
+    """p50 of every runnable candidate at each batch size, all candidates interleaved."""
+    from aiopt.measure.latency import measure_interleaved
+
+    timed = [c for c in candidates if c.name in runners]
+    for batch in batch_sizes:
+        feed = batch_feed(data, spec, batch)
+        stats = measure_interleaved([(lambda r=runners[c.name]: r(feed), False) for c in timed], config)
+        for candidate, stat in zip(timed, stats):
+            candidate.latency_ms[batch] = stat.p50
+        say(f"batch {batch}: " + ", ".join(f"{c.name} {c.latency_ms[batch]:.3f} ms" for c in timed))
+
+
+def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple[int, ...], floor: QualityFloor,
+           eligible: set[str] | None = None) -> Selection:
+    """The fastest candidate that meets the floor (of the `eligible` names, when given)."""
+    timed = [c for c in candidates if not c.problem and all(b in c.latency_ms for b in batch_sizes)
+             and (eligible is None or c.name in eligible)]
+    if not timed:
+        return Selection(None, candidates, reference, batch_sizes, floor, "no candidate meets the quality floor")
+
+    def score(c: Candidate) -> float:
+        return math.exp(sum(math.log(c.latency_ms[b]) for b in batch_sizes) / len(batch_sizes))
+
+    # Never slower than FP32 on ONNX Runtime at any asked batch size: a candidate that wins on
+    # the mean but loses at batch 1 would make some user's service slower.
+    timed = [c for c in timed if c is reference or all(c.latency_ms[b] <= reference.latency_ms[b] * (1 + TIE) for b in batch_sizes)] or timed
+    fastest = min(timed, key=score)
+    tied = [c for c in timed if score(c) <= score(fastest) * (1 + TIE)]
+    chosen = min(tied, key=lambda c: (c.size_bytes, score(c)))
+    selection = Selection(chosen, candidates, reference, batch_sizes, floor, "")
+    ratios = ", ".join(f"{selection.speedup(chosen, b):.2f}x at batch {b}" for b in batch_sizes)
+    reduced = [c for c in candidates if not c.problem and c.precision != "fp32"]
+    if chosen.precision == "fp32":
+        why = "no reduced-precision candidate meets the floor" if not reduced else "no reduced-precision candidate beats the fastest FP32 one"
+        selection.verdict = f"{why}: writing FP32 for {chosen.runtime} ({ratios} vs FP32 ONNX Runtime)"
+    else:
+        selection.verdict = f"{chosen.name} on {chosen.runtime}: {ratios} vs FP32 ONNX Runtime, within the floor ({floor.describe()})"
+    if chosen is not fastest:
+        selection.notes.append(f"{chosen.name} is within {TIE:.0%} of the fastest ({fastest.name}) and smaller: chosen")
+    return selection
+
+
+def batch_feed(data, spec, batch: int) -> dict[str, np.ndarray]:
+    """`batch` samples from `data` (repeated when it holds fewer), in the model's dtypes."""
+    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
+    batch = fixed.pop() if fixed else batch
+    return {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
