@@ -8,6 +8,7 @@ Formats, by what the file holds (never by its name):
 - ONNX model, with aiopt metadata in metadata_props["aiopt.json"].
 - A pickled nn.Module (torch.save(model) or a raw pickle): unpickling runs code, so it is
   refused unless the caller passes trust_pickle=True.
+- A Hugging Face model folder (a directory with config.json): loaded by aiopt.hf.
 """
 from __future__ import annotations
 
@@ -37,6 +38,7 @@ FORMAT_TORCHSCRIPT = "torchscript"
 FORMAT_EXPORT = "torch-export"
 FORMAT_ONNX = "onnx"
 FORMAT_PICKLE = "torch-pickle"
+FORMAT_HF = "hf-folder"  # a Hugging Face model folder (config.json + safetensors), loaded by aiopt.hf
 
 _TRUST_HINT = "pass --trust-pickle (API: trust_pickle=True) only if you trust whoever made the file"
 
@@ -79,11 +81,34 @@ def lineage_entry(metadata: dict, path: str | os.PathLike) -> dict:
 
 
 def parent_record(parent: LoadedModel) -> dict:
-    return {"path": str(parent.path), "sha256": sha256_file(parent.path), "step": parent.metadata.get("step")}
+    return {"path": str(parent.path), "sha256": artifact_sha256(parent.path), "step": parent.metadata.get("step")}
+
+
+def _folder_files(path: Path) -> list[Path]:
+    return sorted(p for p in path.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts))
+
+
+def artifact_sha256(path: str | os.PathLike) -> str:
+    """The file's sha256; for a model folder, over its files' names and digests."""
+    path = Path(path)
+    if not path.is_dir():
+        return sha256_file(path)
+    import hashlib
+
+    digest = hashlib.sha256()
+    for file in _folder_files(path):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{sha256_file(file)}\n".encode())
+    return digest.hexdigest()
+
+
+def artifact_size(path: str | os.PathLike) -> int:
+    """Bytes on disk: the file, or every file of a model folder."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in _folder_files(path)) if path.is_dir() else path.stat().st_size
 
 
 # What a derived artifact inherits from its parent; everything else describes the new step.
-_INHERITED = ("architecture", "size", "config", "inputs", "outputs", "num_classes", "dataset", "params_count")
+_INHERITED = ("architecture", "size", "config", "inputs", "outputs", "num_classes", "dataset", "params_count", "hf", "task", "quality_metric")
 
 
 def child_metadata(parent: LoadedModel, step: str, **fields: Any) -> dict:
@@ -138,8 +163,12 @@ def load_model(
 ) -> LoadedModel:
     """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata."""
     path = _check_readable(path)
-    kind, members = _sniff(path)
-    if kind == "zip":
+    kind, members = ("folder", []) if path.is_dir() else _sniff(path)
+    if kind == "folder":
+        from aiopt.hf import load_hf_folder
+
+        loaded = load_hf_folder(path, trust_pickle)
+    elif kind == "zip":
         loaded = _load_zip(path, members, trust_pickle)
     elif kind == "pickle":
         loaded = _load_pickle(path, trust_pickle)
@@ -155,7 +184,10 @@ def _check_readable(path: str | os.PathLike) -> Path:
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path")
     if path.is_dir():
-        raise InputError(f"{path} is a folder, not a model file; pass the model file inside it")
+        if not (path / "config.json").is_file():
+            raise InputError(f"{path} is a folder without config.json: a model folder needs a Hugging Face config.json and "
+                             "model.safetensors (save_pretrained writes both); otherwise pass the model file inside it")
+        return path
     if path.stat().st_size == 0:
         raise InputError(f"{path} is empty (0 bytes): not a valid checkpoint or ONNX model; re-create or re-copy it")
     return path
@@ -558,7 +590,9 @@ def output_spec(loaded: LoadedModel) -> list[TensorSpec]:
     return probe_outputs(loaded.model, loaded.input_spec)
 
 
-def example_inputs(spec: list[TensorSpec], batch_size: int = 2):
+def example_inputs(spec: list[TensorSpec], batch_size: int = 2, seq_len: int | None = None):
+    """One tensor per input: symbolic dims other than batch take `seq_len` (default 1); an
+    attention mask is all ones (a real batch is never all padding), other integers zeros."""
     import torch
 
     tensors = []
@@ -566,8 +600,9 @@ def example_inputs(spec: list[TensorSpec], batch_size: int = 2):
         dtype = getattr(torch, s.dtype, None)
         if dtype is None:
             raise UnsupportedModelError(f"input {s.name} has dtype {s.dtype}, which aiopt cannot make example data for")
-        shape = s.concrete_shape(batch_size)
-        tensors.append(torch.randn(shape).to(dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype))
+        shape = s.concrete_shape(batch_size, seq_len or 1)
+        fill = torch.ones if s.name == "attention_mask" else torch.zeros
+        tensors.append(torch.randn(shape).to(dtype) if dtype.is_floating_point else fill(shape, dtype=dtype))
     return tuple(tensors)
 
 

@@ -29,13 +29,25 @@ app = typer.Typer(
     rich_markup_mode="rich",
 )
 
-stdout = Console(highlight=False)
-stderr = Console(stderr=True, highlight=False)
+# Without a terminal (a pipe, a file, a CI log) rich would wrap at 80 columns and cut table
+# values short ("art…"): there, lines run as long as they need and tables are Markdown rows.
+PIPE_WIDTH = 10_000
+
+
+def _console(to_stderr: bool = False) -> Console:
+    console = Console(stderr=to_stderr, highlight=False)  # rich itself honours NO_COLOR
+    if not console.is_terminal:
+        console.width = PIPE_WIDTH
+    return console
+
+
+stdout = _console()
+stderr = _console(to_stderr=True)
 _state = {"debug": bool(os.environ.get("AIOPT_DEBUG")), "interrupted": False}
 
 JSON_HELP = "Print one JSON document with the results on stdout (messages go to stderr)."
 TRUST_HELP = "Allow loading pickled Python objects. Unpickling runs code from the file: only for files you trust."
-INPUT_SHAPE_HELP = "Input shape for a model without metadata, batch first: 1x40, or name:1x40 per input (repeatable)."
+INPUT_SHAPE_HELP = "Input shape for a model without metadata, batch first; names are dynamic axes: 1x40, batchx64, or name:1x40 / input_ids:batchxseq per input (repeatable)."
 INPUT_DTYPE_HELP = "Input dtype(s) matching --input-shape (default float32)."
 # Options several commands share, declared once so their flags and help stay identical.
 JSON_OPTION = typer.Option(False, "--json", help=JSON_HELP)
@@ -45,6 +57,7 @@ DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (no GPU: exit 
 SEED_OPTION = typer.Option(0, "--seed", help="Random seed.")
 INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
 INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
+SEQ_LEN_OPTION = typer.Option(128, "--seq-len", help="Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data.")
 
 
 def _version(value: bool) -> None:
@@ -90,11 +103,40 @@ def _json_or_line(document: Any, as_json: bool, line: str) -> None:
         stdout.print(line)
 
 
-def _table(title: str, columns: tuple[str, ...]) -> Table:
-    """A result table for a person, with these column headers."""
-    table = Table(title=title)
+class _ResultTable(Table):
+    """A rich Table on a terminal; anywhere else (a pipe, a file, a CI log) plain Markdown rows
+    with every value whole and no padding, which grep, diff and a job summary all read."""
+
+    def __rich_console__(self, console, options):
+        if console.is_terminal:
+            yield from super().__rich_console__(console, options)
+            return
+        from rich.text import Text
+
+        def plain(cell) -> str:  # cells hold rich markup (escaped values); a line break would end the row
+            return console.render_str(cell).plain.replace("\n", "; ") if isinstance(cell, str) else str(cell)
+
+        header = [plain(column.header) for column in self.columns]
+        rows = [[plain(cell) for cell in cells] for cells in zip(*(column.cells for column in self.columns))]
+        widths = [max(map(len, values)) for values in zip(header, *rows)]
+        right = [column.justify == "right" for column in self.columns]
+
+        def line(values: list[str]) -> Text:
+            return Text("| " + " | ".join(v.rjust(w) if r else v.ljust(w) for v, w, r in zip(values, widths, right)) + " |")
+
+        if self.title:
+            yield Text(plain(self.title))
+        yield line(header)
+        yield Text("|" + "|".join("-" * (w + 1) + ":" if r else "-" * (w + 2) for w, r in zip(widths, right)) + "|")
+        yield from (line(row) for row in rows)
+
+
+def _table(title: str, columns: tuple[str, ...], right: tuple[str, ...] = ()) -> Table:
+    """A result table for a person, with these column headers (`right`: right-aligned ones);
+    a value too wide for a terminal is folded onto the next line, never cut."""
+    table = _ResultTable(title=title)
     for column in columns:
-        table.add_column(column)
+        table.add_column(column or "field", justify="right" if column in right else "left", overflow="fold")  # a header is never blank
     return table
 
 
@@ -145,6 +187,24 @@ def _input_spec(shapes: list[str] | None, dtypes: list[str] | None):
     return parse_input_shapes(shapes, dtypes or [])
 
 
+def _progress(verb: str):
+    """Progress of long work on stderr, gone once done: a bar per task with its status line."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(TextColumn(f"[bold]{verb}[/] {{task.description}}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
+                    TimeElapsedColumn(), console=stderr, transient=True, disable=not stderr.is_terminal)  # a log gets the messages, not bars
+
+
+def _epoch_bar(progress, description: str) -> Callable:
+    """An on_epoch callback (train.EpochStats) that moves a new bar of `progress`."""
+    task = progress.add_task(description, total=None, status="")
+
+    def on_epoch(stats) -> None:
+        progress.update(task, total=stats.epochs, completed=stats.epoch, status=f"loss {stats.loss:.3f} train acc {stats.train_accuracy:.3f}")
+
+    return on_epoch
+
+
 @_command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")
 def train(
     model: str = typer.Argument(..., help="Reference model: cnn, lstm or transformer; add :tiny or :base (default) for the size."),
@@ -157,19 +217,11 @@ def train(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a reference model (CPU or CUDA), evaluate it on the test split and write a checkpoint."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from aiopt.reference_models.train import train_reference_model
 
     output = output or f"{model.split(':')[0]}.pt"
-    with Progress(TextColumn("[bold]train[/] {task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                  TimeElapsedColumn(), console=stderr, transient=True) as progress:
-        task = progress.add_task(model, total=None, status="")
-
-        def on_epoch(stats):
-            progress.update(task, total=stats.epochs, completed=stats.epoch,
-                            status=f"loss {stats.loss:.3f} train acc {stats.train_accuracy:.3f}")
-
+    with _progress("train") as progress:
+        on_epoch = _epoch_bar(progress, escape(model))
         result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch, device=device)
     summary = {
         "path": result.path, "architecture": result.architecture, "size": result.size, "dataset": result.dataset,
@@ -179,7 +231,7 @@ def train(
     if as_json:
         _emit_json(summary)
         return
-    table = Table(title=f"trained {result.architecture}:{result.size} on {result.dataset}")
+    table = _table(f"trained {result.architecture}:{result.size} on {result.dataset}", ("field", "value"))
     for key in ("path", "params", "epochs", "train_seconds", "accuracy"):
         table.add_row(key, f"{summary[key]:.4f}" if key == "accuracy" else escape(str(summary[key])))
     stdout.print(table)
@@ -200,7 +252,7 @@ def inspect(
     if as_json:
         _emit_json(info)
         return
-    table = Table(title=escape(info["path"]), show_header=False)
+    table = _table(escape(info["path"]), ("field", "value"))
     for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256"):
         value = info[key]
         table.add_row(key, "-" if value is None else f"{value:.4f}" if key == "accuracy" else escape(str(value)))
@@ -233,6 +285,7 @@ def export(
     max_batch: int = typer.Option(64, "--max-batch", help="tensorrt: largest batch of the optimisation profile."),
     workspace: int = typer.Option(1024, "--workspace", help="tensorrt: builder workspace in MiB."),
     timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, reused and updated."),
+    seq_len: int = typer.Option(128, "--seq-len", help="onnx: length the sequence axis (seq) is traced at; validated at two other lengths."),
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -270,7 +323,7 @@ def export(
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
     output = output or str(Path(model).with_suffix(".onnx"))
-    config = OnnxExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, simplify=simplify)
+    config = OnnxExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, simplify=simplify, seq_len=seq_len)
     stderr.print(f"exporting {escape(model)} to ONNX (opset {opset})...")
     result = export_onnx(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=spec)
     summary = {"path": result.path, "exporter": result.exporter, "opset": result.opset, "nodes_exported": result.nodes_before,
@@ -280,7 +333,8 @@ def export(
         return
     table = _table(f"exported {escape(result.path)}", ("stage", "batch sizes", "max abs diff", "max rel diff", "top-1 agreement"))
     for check in result.validation:
-        table.add_row(check["stage"], ", ".join(map(str, check["batch_sizes"])), f"{check['max_abs_diff']:.2e}",
+        shapes = [f"{b} (seq {n})" for b, n in zip(check["batch_sizes"], check["seq_lens"])] if "seq_lens" in check else check["batch_sizes"]
+        table.add_row(check["stage"], ", ".join(map(str, shapes)), f"{check['max_abs_diff']:.2e}",
                       f"{check['max_rel_diff']:.2e}", f"{check['top1_agreement']:.4f}")
     stdout.print(table)
     stdout.print(f"exporter {result.exporter}, nodes {result.nodes_before} -> {result.nodes_after}"
@@ -290,10 +344,11 @@ def export(
 @_command(epilog="Example: aiopt run cnn.onnx --input x.npz -o y.npz")
 def run(
     artifact: str = typer.Argument(..., help="Any artifact aiopt can load."),
-    input: str = typer.Option(..., "--input", "-i", help="Inputs: an .npz with one array per input name (x for one input), or mnist1d/digits."),
+    input: str = typer.Option(..., "--input", "-i", help="Inputs: an .npz with one array per input name (x for one input), a .txt (one text per line), or mnist1d/digits."),
     output: str = typer.Option(..., "--output", "-o", help="Outputs to write, as .npz (one array per output name)."),
-    backend: Optional[str] = typer.Option(None, "--backend", help="torch or onnxruntime (default: the artifact's own)."),
+    backend: Optional[str] = typer.Option(None, "--backend", help="torch, onnxruntime or openvino (default: the artifact's own)."),
     device: str = DEVICE_OPTION,
+    seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -304,7 +359,8 @@ def run(
     from aiopt.runtime import run_npz
 
     result = run_npz(artifact, input, output, device=device, backend=backend, force=force, trust_pickle=trust_pickle,
-                     input_spec=_input_spec(input_shape, input_dtype))
+                     input_spec=_input_spec(input_shape, input_dtype), seq_len=seq_len)
+    _notes(result["notes"])
     _json_or_line(result, as_json, f"{result['samples']} samples through {escape(artifact)} on {result['backend']}/{result['device']} -> {escape(result['path'])}")
 
 
@@ -312,8 +368,9 @@ def run(
 def compare(
     reference: str = typer.Argument(..., help="The artifact taken as the truth."),
     candidate: str = typer.Argument(..., help="The artifact checked against it."),
-    data: Optional[str] = typer.Option(None, "--data", help="Inputs: .npz, mnist1d or digits (default: the reference's test split, else random)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Inputs: .npz, .txt (one text per line), mnist1d or digits (default: the reference's test split, else random)."),
     device: str = DEVICE_OPTION,
+    seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -323,38 +380,51 @@ def compare(
     from aiopt.compare import compare_artifacts
 
     result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle,
-                               device=device)
+                               device=device, seq_len=seq_len)
+    _notes(result["notes"])
     if as_json:
         _emit_json(result)
         return
-    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}", ("output", "max abs diff", "max rel diff", "top-1 agreement"))
+    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}", ("output", "max abs diff", "max rel diff", "top-1 agreement", "mean cosine"))
     for name, stats in result["outputs"].items():
         top1 = stats.get("top1_agreement")
-        table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}")
+        table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}",
+                      f"{stats['mean_cosine']:.6f}")
     stdout.print(table)
+    stdout.print(f"quality judged by {result['metric']['name']} ({escape(result['metric']['why'])})")
     if "accuracy" in result["reference"]:
         stdout.print(f"accuracy: reference {result['reference']['accuracy']:.4f}, candidate {result['candidate']['accuracy']:.4f}")
+
+
+def _notes(notes: list[str]) -> None:
+    """What the user should know about their data (lines truncated, ...): stderr, beside progress."""
+    for note in notes:
+        stderr.print(f"note: {escape(note)}")
 
 
 def _spec_text(spec: dict) -> str:
     return f"{spec['name']}: {' x '.join(str(d) for d in spec['shape'])} {spec['dtype']}"
 
 
-@_command(epilog="Example: aiopt quantize cnn.pt   (static INT8 on ONNX Runtime, calibrated on the model's training data)")
+@_command(epilog="Example: aiopt quantize cnn.pt   (every candidate measured here; the fastest that keeps quality is written)")
 def quantize(
     model: str = typer.Argument(..., help="Model to quantize: aiopt .pt, TorchScript, .pt2 or ONNX."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="ONNX file to write (default: MODEL.int8.onnx beside the input)."),
-    method: str = typer.Option("auto", "--method", help="auto (static INT8 when the training data is known, else dynamic), static, dynamic or fp16."),
-    backend: str = typer.Option("onnxruntime", "--backend", help="onnxruntime, or tensorrt: a symmetric INT8 QDQ ONNX for TensorRT's explicit quantization."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="ONNX file to write (default: MODEL.int8.onnx, or MODEL.fp32.onnx when FP32 is fastest)."),
+    method: str = typer.Option("auto", "--method", help="auto (measure every candidate here, write the fastest that keeps quality), or force one: static, dynamic, fp16, bf16."),
+    backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime and OpenVINO candidates), or force onnxruntime, openvino, torch, or tensorrt (symmetric INT8 QDQ for TensorRT)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: DATA.npz, mnist1d or digits (default: the model's training split)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile."),
     calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration samples drawn from the data."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel or per-tensor weight scales."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)."),
-    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Keep the most harmful layers in float until the drop fits (0.01 = one point)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality floor for class outputs (auto: default 0.005 = half a point; a forced recipe keeps its most harmful layers in float until the drop fits)."),
+    min_cosine: float = typer.Option(0.99, "--min-cosine", help="Quality floor for embeddings and other continuous outputs: mean cosine similarity to FP32."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, agreement or cosine (default: from what the output is)."),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes the candidates are timed at (repeatable; default 1 and 64)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
     device: str = DEVICE_OPTION,
+    seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -365,13 +435,16 @@ def quantize(
     from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
-                            per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed,
-                            device=device)
+                            per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
+                            device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)))
     result = quantize_artifact(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype),
                                on_progress=lambda message: stderr.print(escape(message)))
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
+        return
+    if result.method == "auto":
+        _selection_table(model, result.path, report)
         return
     latency = report["latency"]
     table = _table(f"quantized {escape(model)} -> {escape(result.path)} ({result.method})", ("", "FP32", result.method.upper() if result.method == "fp16" else "INT8"))
@@ -387,10 +460,29 @@ def quantize(
         stdout.print(f"kept in float: {', '.join(report['kept_float'])}")
 
 
+def _selection_table(model: str, path: str, report: dict) -> None:
+    """Every candidate quantize weighed: quality, size, p50 per batch; the chosen one marked."""
+    selection = report["selection"]
+    batches = selection["batch_sizes"]
+    metric = report["metric"]
+    quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
+    table = _table(f"quantize {escape(model)}: candidates measured here ({escape(selection['floor']['rule'])})",
+                   ("candidate", "runtime", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
+    for c in selection["candidates"]:
+        quality = (c["quality"] or {}).get(quality_key)
+        mark = "chosen" if c["name"] == selection["chosen"] else (c["problem"] or "")
+        table.add_row(escape(c["name"]), c["runtime"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
+                      *[f"{c['latency_ms'][str(b)]:.3f} ms" if str(b) in c["latency_ms"] else "-" for b in batches],
+                      *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],
+                      escape(mark))
+    stdout.print(table)
+    stdout.print(f"wrote {escape(path)}: {escape(report['reason'])}")
+
+
 @_command(epilog="Example: aiopt bench cnn.pt cnn.int8.onnx --batch-size 1 --batch-size 64 --json r.json --markdown r.md --html r.html")
 def bench(
     artifacts: List[str] = typer.Argument(..., help="Artifacts to measure side by side (any format aiopt loads)."),
-    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime or tensorrt (repeatable; default: each artifact's own)."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own)."),
     device: Optional[List[str]] = typer.Option(None, "--device", help="cpu or cuda (repeatable; default cpu)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch size (repeatable; default 1 and 64)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
@@ -398,7 +490,10 @@ def bench(
     rounds: int = typer.Option(3, "--rounds", help="Slices each measurement is timed in, interleaved with the others (drift hits all alike)."),
     min_time: float = typer.Option(1.0, "--min-time", help="Seconds of timed runs per measurement, at least."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for PyTorch and ONNX Runtime (default: all cores)."),
-    data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: each model's test split)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, .txt (one text per line), mnist1d or digits (default: each model's test split)."),
+    seq_len: int = SEQ_LEN_OPTION,
+    input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
+    input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     no_baseline: bool = typer.Option(False, "--no-baseline", help="Do not add the FP32 PyTorch model named in the lineage."),
     json_file: Optional[str] = typer.Option(None, "--json", help="Write the report as JSON (schema in README)."),
     markdown_file: Optional[str] = typer.Option(None, "--markdown", help="Write the report as Markdown (fits a CI job summary)."),
@@ -411,7 +506,7 @@ def bench(
 ) -> None:
     """Measure latency percentiles, throughput, accuracy, size and memory of artifacts, side by side."""
     from aiopt.bench import report as reports
-    from aiopt.bench.latency import LatencyConfig
+    from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
     from aiopt.errors import CheckFailedError
     from aiopt.fileio import check_output_path, write_bytes_atomic
@@ -421,18 +516,25 @@ def bench(
     previous = reports.load_report(baseline) if baseline else None
     config = BenchConfig(backends=tuple(backend or ()), devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (1, 64)),
                          latency=LatencyConfig(warmup=warmup, min_runs=min_runs, min_time=min_time, rounds=rounds), threads=threads, data=data,
-                         baseline=not no_baseline)
+                         baseline=not no_baseline, input_spec=tuple(_input_spec(input_shape, input_dtype) or ()), seq_len=seq_len)
 
     def progress(record: dict) -> None:
         label = record.get("label") or record["artifact"]
+        where = f"{label} [{record['backend']}/{record['device']}]"  # escaped whole: [torch/cpu] is not markup
         if record["skipped"]:
-            stderr.print(f"{escape(label)} [{record['backend']}/{record['device']}] skipped: {escape(record['skipped'])}")
+            stderr.print(escape(f"{where} skipped: {record['skipped']}"))
         else:
-            stderr.print(f"{escape(label)} [{record['backend']}/{record['device']}] batch {record['batch_size']}: p50 {record['latency_ms']['p50']:.3f} ms")
+            stderr.print(escape(f"{where} batch {record['batch_size']}: p50 {record['latency_ms']['p50']:.3f} ms"))
 
     from aiopt.artifacts import command_line
 
-    document = run_bench(list(artifacts), config, command=command_line(), on_record=progress)
+    with _progress("bench") as bar:
+        task = bar.add_task("", total=None, status="")
+
+        def step(phase: str, done: int, total: int, what: str) -> None:
+            bar.update(task, description=phase, total=total, completed=done, status=escape(what))
+
+        document = run_bench(list(artifacts), config, command=command_line(), on_record=progress, on_progress=step)
     violations = reports.compare(document, previous, max_regression, max_accuracy_drop) if previous else None
     text = reports.markdown(document, violations)
     if "json" in outputs:
@@ -457,13 +559,12 @@ def bench(
 
 
 def _bench_table(document: dict) -> None:
-    table = Table(title=f"aiopt bench on {escape(document['machine']['cpu'])} ({document['settings']['threads']} threads)")
-    for column in ("artifact", "backend", "device", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "agreement", "speedup", "size"):
-        table.add_column(column, justify="left" if column in ("artifact", "backend", "device") else "right")
+    columns = ("artifact", "backend", "device", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "agreement", "speedup", "size")
+    table = _table(f"aiopt bench on {escape(document['machine']['cpu'])} ({document['settings']['threads']} threads)", columns, right=columns[3:])
     for r in document["records"]:
         name = (r.get("label") or r["artifact"]) + (" *" if r.get("is_baseline") else "")
         if r["skipped"]:
-            table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), "skipped", escape(r["skipped"][:60]), "", "", "", "", "")
+            table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), "skipped", escape(r["skipped"]), "", "", "", "", "")
             continue
         table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p99']:.3f}",
                       f"{r['throughput']:,.0f}", "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
@@ -513,12 +614,14 @@ def prune(
     config = PruneConfig(method=method, sparsity=sparsity, scope=scope, finetune_epochs=finetune_epochs, steps=steps,
                          target_params=target_params, lr=lr, seed=seed, dataset=dataset)
     output = output or str(Path(model).with_suffix(".pruned.pt"))
-    result = prune_checkpoint(model, output, config, force=force, on_progress=lambda message: stderr.print(escape(message)))
+    with _progress("prune") as progress:
+        result = prune_checkpoint(model, output, config, force=force, on_progress=lambda message: stderr.print(escape(message)),
+                                  on_epoch=_epoch_bar(progress, "fine-tuning"))
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
         return
-    table = _table(f"pruned {escape(model)} -> {escape(result.path)} ({report['method']})", ("", "before", "after"))
+    table = _table(f"pruned {escape(model)} -> {escape(result.path)} ({report['method']})", ("metric", "before", "after"))
     table.add_row("params", f"{report['params_before']:,}", f"{report['params_after']:,}")
     table.add_row("MACs per sample", f"{report['macs_before']:,}", f"{report['macs_after']:,}")
     table.add_row("accuracy", f"{report['accuracy_before']:.4f}", f"{report['accuracy_after_prune']:.4f} pruned"
@@ -553,20 +656,77 @@ def distill(
                            epochs=epochs, lr=lr, seed=seed, dataset=dataset, compare_alone=baseline)
     output = output or str(Path(teacher).with_suffix(".kd.pt"))
 
-    def progress(phase: str, stats) -> None:
-        stderr.print(f"{phase} epoch {stats.epoch}/{stats.epochs}: loss {stats.loss:.4f}")
+    with _progress("distill") as progress:
+        bars: dict[str, Callable] = {}  # "alone" starts only once the distilled student is done
 
-    result = distill_checkpoint(teacher, output, config, force=force, on_progress=progress)
+        def on_epoch(phase: str, stats) -> None:
+            if phase not in bars:
+                bars[phase] = _epoch_bar(progress, {"distill": "student with the teacher", "alone": "student alone"}.get(phase, phase))
+            bars[phase](stats)
+
+        result = distill_checkpoint(teacher, output, config, force=force, on_progress=on_epoch)
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
         return
-    table = _table(f"distilled {escape(teacher)} -> {escape(result.path)}", ("", "params", "test accuracy"))
+    table = _table(f"distilled {escape(teacher)} -> {escape(result.path)}", ("model", "params", "test accuracy"))
     table.add_row("teacher", f"{report['teacher_params']:,}", f"{report['teacher_accuracy']:.4f}")
     table.add_row("student (distilled)", f"{report['student_params']:,}", f"{report['student_accuracy']:.4f}")
     if report.get("student_alone_accuracy") is not None:
         table.add_row("student alone, same budget", f"{report['student_params']:,}", f"{report['student_alone_accuracy']:.4f}")
     stdout.print(table)
+
+
+@_command(epilog="Example: aiopt optimize cnn.pt --max-accuracy-drop 0.01 -b 1 -b 64 --time-budget 20m -o cnn-opt/")
+def optimize(
+    model: str = typer.Argument(..., help="The model: an aiopt checkpoint (prune and distill join the search), ONNX or a Hugging Face folder."),
+    output: str = typer.Option(..., "--output", "-o", help="Folder for the chosen artifact, the candidates, the reports and the study."),
+    target: str = typer.Option("cpu", "--target", help="cpu or cuda (no GPU: exit 4)."),
+    max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Budget for class outputs: accuracy lost on held-out data (default 0.01 = one point)."),
+    min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Budget for embeddings and other continuous outputs: mean cosine similarity to FP32."),
+    objective: str = typer.Option("latency", "--objective", help="latency (all batch sizes), throughput (the largest) or size."),
+    batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes timed (repeatable; default 1 and 64)."),
+    time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget: 90s, 20m, 1h (default 20m unless --trials is given)."),
+    trials: Optional[int] = typer.Option(None, "--trials", help="Finished trials the study should hold; a re-run adds only the missing ones."),
+    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several workers (sqlite:///s.db, postgresql://...); default: a journal file in OUTDIR."),
+    study: Optional[str] = typer.Option(None, "--study", help="Study name in --storage."),
+    keep: str = typer.Option("pareto", "--keep", help="Candidate artifacts kept: pareto (the front) or all."),
+    try_chain: Optional[List[str]] = typer.Option(None, "--try", help="A chain to try first, e.g. prune=0.5,distill=0.45,quantize=int8-dynamic (repeatable)."),
+    sampler: str = typer.Option("tpe", "--sampler", help="Optuna sampler: tpe or nsga2."),
+    finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", help="Fine-tuning epochs after pruning (default: a third of the model's recipe)."),
+    distill_epochs: Optional[int] = typer.Option(None, "--distill-epochs", help="Distillation epochs (default: the student's recipe)."),
+    data: Optional[str] = typer.Option(None, "--data", help="Held-out data for quality: .npz, .txt, mnist1d or digits (default: the model's test split)."),
+    min_time: float = typer.Option(0.6, "--min-time", help="Seconds of timed runs per artifact and batch size, at least."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the runtimes (default: all cores)."),
+    seed: int = SEED_OPTION,
+    as_json: bool = JSON_OPTION,
+) -> None:
+    """Search chains of steps (distill, prune, quantize recipe and runtime) with Optuna for the fastest artifact within a quality budget."""
+    from dataclasses import replace
+
+    from aiopt.optimize.config import TRIAL_LATENCY, OptimizeConfig, time_budget_from
+    from aiopt.optimize.search import optimize as run_optimize
+
+    config = OptimizeConfig(target=target, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, objective=objective,
+                            batch_sizes=tuple(batch_size or (1, 64)), time_budget=time_budget_from(time_budget, trials), trials=trials,
+                            storage=storage, study=study, keep=keep, sampler=sampler, seed=seed, finetune_epochs=finetune_epochs,
+                            distill_epochs=distill_epochs, data=data, tries=tuple(try_chain or ()), threads=threads,
+                            latency=replace(TRIAL_LATENCY, min_time=min_time))
+    with stderr.status("optimize: starting") as status:  # the steps' progress, replaced as it goes; one kept line per trial
+        result = run_optimize(model, output, config, on_trial=lambda event: stderr.print(escape(event["line"]), soft_wrap=True),
+                              say=lambda message: stderr.print(f"[dim]{escape(message)}[/]", soft_wrap=True),
+                              on_step=lambda message: status.update(f"optimize: {escape(message)}"))
+    document = result.document
+    if as_json:
+        _emit_json(document)
+    else:
+        best = document["best"]
+        if best:
+            speed = ", ".join(f"{v:.2f}x at batch {b}" for b, v in best["speedup"].items())
+            stdout.print(f"chosen: trial {best['trial']} ({escape(best['chain'])}) on {best['runtime']} -> {escape(best['artifact'])}: "
+                         f"{speed} vs FP32 ONNX Runtime, {escape(document['budget']['rule'])}")
+        stdout.print(f"report: {escape(str(result.outdir / 'report.html'))}" + (f"; rebuild: {escape(str(result.outdir / 'reproduce.sh'))}" if best else ""))
+    result.raise_if_failed()
 
 
 def _size(size_bytes: int) -> str:

@@ -5,7 +5,8 @@ import os
 
 import numpy as np
 
-from aiopt.evaluate import EvalData, accuracy, agreement, eval_data, run_batches
+from aiopt.evaluate import EvalData, accuracy, eval_data, run_batches
+from aiopt.measure.quality import choose_metric, compare_outputs
 from aiopt.specs import TensorSpec
 
 
@@ -19,11 +20,13 @@ def compare_artifacts(
     samples: int = 256,
     trust_pickle: bool = False,
     device: str = "cpu",
+    seq_len: int = 128,
 ) -> dict:
-    """Max abs/rel difference and top-1 agreement of `candidate` against `reference`.
+    """Max abs/rel difference, top-1 agreement and cosine similarity of `candidate` against `reference`.
 
-    Inputs: `data` (.npz or a built-in dataset name), else the test split the reference was
-    trained on, else `samples` random inputs drawn from the input spec.
+    Inputs: `data` (.npz, .txt for a Hugging Face model, or a built-in dataset name), else the test
+    split the reference was trained on, else `samples` random inputs drawn from the input spec
+    (sequence axes `seq_len` long).
     """
     from aiopt import runtime
     from aiopt.artifacts import load_model
@@ -34,32 +37,40 @@ def compare_artifacts(
         loaded = load_model(reference, trust_pickle=trust_pickle, input_spec=input_spec)
         first, metadata = runtime.runner_for(loaded, device, backend_reference), loaded.metadata
     second = runtime.load(candidate, device=device, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
-    inputs = _inputs(first.input_spec, metadata, data, samples)
+    inputs = _inputs(first.input_spec, metadata, data, samples, seq_len)
     ref_out, cand_out = run_batches(first, inputs), run_batches(second, inputs)
     result = {
         "reference": {"path": str(reference), "backend": first.backend},
         "candidate": {"path": str(candidate), "backend": second.backend},
         "inputs": inputs.source,
         "samples": len(inputs),
-        "outputs": {name: agreement(r, c) for name, r, c in zip(first.output_names, ref_out, cand_out)},
+        "outputs": {name: compare_outputs(r, c) for name, r, c in zip(first.output_names, ref_out, cand_out)},
+        "notes": list(inputs.notes),
     }
+    # which figure says "equal" depends on what the output is: top-1 for class scores, cosine otherwise
+    metric, why = choose_metric(metadata, first.output_names[0], ref_out[0].shape, inputs.labels is not None)
+    result["metric"] = {"name": metric, "why": why}
     if inputs.labels is not None:
         result["reference"]["accuracy"] = accuracy(ref_out[0], inputs.labels)
         result["candidate"]["accuracy"] = accuracy(cand_out[0], inputs.labels)
     return result
 
 
-def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int) -> EvalData:
+def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int, seq_len: int) -> EvalData:
     from aiopt.errors import InputError
 
     try:
-        return eval_data(spec, metadata, data)
+        return eval_data(spec, metadata, data, seq_len=seq_len)
     except InputError:
         if data is not None:
             raise
+    if "hf" in metadata:  # token ids within the vocabulary, with padding: zeros would be all padding
+        from aiopt.hf import sample_inputs
+
+        return EvalData(sample_inputs(spec, metadata, samples, seq_len), None, f"{samples} random token batches (seed 0)")
     rng = np.random.default_rng(0)
     arrays = {}
     for s in spec:
-        shape = s.concrete_shape(samples)
+        shape = s.concrete_shape(samples, seq_len)
         arrays[s.name] = rng.standard_normal(shape).astype(s.dtype) if s.dtype.startswith("float") else np.zeros(shape, s.dtype)
     return EvalData(arrays, None, f"{samples} random samples (seed 0)")

@@ -18,6 +18,7 @@ class EvalData:
     inputs: dict[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    notes: tuple[str, ...] = ()  # what the user should know about the data (lines truncated, ...)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -26,11 +27,19 @@ class EvalData:
         return {k: v[start:start + size] for k, v in self.inputs.items()}
 
 
-def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike | None = None, require_labels: bool = False) -> EvalData:
-    """Data to evaluate on: a user `.npz`, else the test split of the dataset the model was trained on."""
+def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike | None = None, require_labels: bool = False,
+              seq_len: int = 128) -> EvalData:
+    """Data to evaluate on: a user `.npz`, a `.txt` (one text per line, tokenized by the model's
+    Hugging Face tokenizer at `seq_len`), else the test split of the dataset the model was trained on."""
     from aiopt.data import DATASETS, load_dataset, load_npz
+    from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
 
     names = [s.name for s in input_spec]
+    if is_text_file(data):
+        if require_labels:
+            raise InputError(f"{data} is text without labels; accuracy needs a .npz with a y array")
+        inputs, notes = load_texts(data, tokenizer_folder(metadata, data), input_spec, seq_len)
+        return EvalData(inputs, None, str(data), tuple(notes))
     if data is not None and str(data) not in DATASETS:
         inputs, labels = load_npz(data, input_names=names, require_labels=require_labels)
         check_against_spec(inputs, input_spec, str(data))
@@ -51,8 +60,18 @@ def check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) -
         array = inputs[spec.name]
         if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):
             raise InputError(f"{source}: {spec.name!r} has samples of shape {array.shape[1:]}; the model expects {spec.shape[1:]}")
+        if array.dtype.kind == "f" and _kind(spec.dtype) in "iub":  # casting would silently truncate, e.g. token ids
+            raise InputError(f"{source}: {spec.name!r} is {array.dtype}, but the model takes {spec.dtype}; save it as integers "
+                             f"(x.astype('{spec.dtype}'))")
         if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
             raise InputError(f"{source}: {spec.name!r} contains NaN or Inf values; clean the data first")
+
+
+def _kind(dtype: str) -> str:
+    try:
+        return np.dtype(dtype).kind
+    except TypeError:  # bfloat16: no numpy equivalent, a float
+        return "f"
 
 
 def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarray]:

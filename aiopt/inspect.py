@@ -3,8 +3,7 @@ from __future__ import annotations
 
 import os
 
-from aiopt.artifacts import count_parameters, load_model, output_spec
-from aiopt.fileio import sha256_file
+from aiopt.artifacts import artifact_sha256, artifact_size, count_parameters, load_model, output_spec
 from aiopt.specs import TensorSpec, specs_to_json
 
 
@@ -14,8 +13,8 @@ def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_
     return {
         "path": str(loaded.path),
         "format": loaded.format,
-        "size_bytes": loaded.path.stat().st_size,
-        "sha256": sha256_file(loaded.path),
+        "size_bytes": artifact_size(loaded.path),
+        "sha256": artifact_sha256(loaded.path),
         "params": count_parameters(loaded),
         "architecture": metadata.get("architecture"),
         "inputs": specs_to_json(loaded.input_spec),

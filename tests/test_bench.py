@@ -21,14 +21,14 @@ RECORD_KEYS = {"artifact", "backend", "device", "batch_size", "latency_ms", "thr
 @pytest.fixture(scope="module")
 def family(tiny_cnn, tmp_path_factory) -> dict[str, Path]:
     """A trained checkpoint and its INT8 and static-batch ONNX descendants, in one folder."""
-    from aiopt.compress.quantize import quantize_artifact
+    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
     folder = tmp_path_factory.mktemp("bench")
     fp32 = folder / "cnn.pt"
     fp32.write_bytes(tiny_cnn.read_bytes())
     int8 = folder / "cnn.int8.onnx"
-    quantize_artifact(fp32, int8)
+    quantize_artifact(fp32, int8, QuantizeConfig(method="static"))
     static = folder / "cnn.static.onnx"
     export_onnx(fp32, static, OnnxExportConfig(dynamic_batch=False))
     return {"fp32": fp32, "int8": int8, "static": static, "folder": folder}

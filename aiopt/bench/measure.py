@@ -190,7 +190,7 @@ def _lineage_root(path: str) -> str | None:
 
 def _skipped(target: _Target, batch: int, reason: str) -> dict:
     return {"artifact": target.path, "label": target.label, "backend": target.backend or "auto", "device": target.device, "batch_size": batch,
-            "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "size_bytes": _size(target.path), "params": None,
+            "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "cosine": None, "size_bytes": _size(target.path), "params": None,
             "flops": None, "peak_memory_bytes": None, "load_seconds": None, "compile_seconds": None, "speedup_vs_baseline": None,
             "speedup_vs_peer": None, "is_baseline": target.is_baseline,
             "baseline": target.baseline, "step": None, "format": None, "skipped": reason}
@@ -297,6 +297,7 @@ def _compile_seconds(runner) -> float | None:
 def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchConfig, measured: _Measured) -> dict:
     """What does not depend on the batch size: accuracy, agreement, size, params, FLOPs."""
     from aiopt.evaluate import accuracy, eval_data, run_batches
+    from aiopt.measure.quality import compare_outputs, output_kind
 
     try:
         evaluation = eval_data(runner.input_spec, loaded.metadata, config.data, seq_len=config.seq_len)
@@ -305,16 +306,21 @@ def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchCo
             raise  # the user's --data does not fit: say so rather than measure without it
         evaluation = None
     logits = run_batches(runner, evaluation)[0] if evaluation is not None else None
-    agreement = None
+    agreement = cosine = None
     if logits is not None:
         if target.is_baseline:
             measured.baseline_logits.setdefault(target.baseline, logits)
         reference = measured.baseline_logits.get(target.baseline)
         if reference is not None and reference.shape == logits.shape:
-            agreement = float((reference.argmax(-1) == logits.argmax(-1)).mean())
+            quality = compare_outputs(reference, logits)
+            # top-1 agreement means something for class scores only; embeddings get cosine
+            kind, _ = output_kind(loaded.metadata, runner.output_names[0], logits.shape)
+            agreement = quality.get("top1_agreement") if kind == "classification" else None
+            cosine = quality["mean_cosine"]
     return {
         "accuracy": accuracy(logits, evaluation.labels) if logits is not None and evaluation.labels is not None else None,
         "agreement": agreement,
+        "cosine": cosine,
         "size_bytes": artifact_size(target.path),
         "params": loaded.params,
         "flops": flops_of(loaded, runner.input_spec),

@@ -13,16 +13,21 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import TIE, Selection, choose, make_runner, measure_quality, measure_speed
+from aiopt.compress.select import (TIE, Selection, choose, dispatch_candidates, make_runner, measure_quality, measure_speed,
+                                  twins_on_other_runtime)
 from aiopt.errors import CheckFailedError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
 
+# A trimmed-padding runner must reproduce the untrimmed outputs to rounding.
+MIN_TRIM_COSINE = 0.9999
 # Held out of a user's calibration file for evaluation when no --data is given.
 HELD_OUT_FRACTION = 0.25
 
 
 def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
-    from aiopt.artifacts import FORMAT_ONNX, load_model, output_spec, require_input_spec
+    import onnx
+
+    from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs, output_spec, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.compress.cpu import detect_cpu, int8_kernel_for
     from aiopt.compress.quantize import QuantizeResult, _export_fp32, evaluation_data
@@ -32,9 +37,11 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         check_output_path(output, source, config.calibration, config.data, force=force)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     spec = require_input_spec(loaded)
-    calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, **_seq(config))
+    calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, config.seq_len)
+    for note in getattr(calibration, "notes", ()):
+        say(note)
     calibration, held_out = _hold_out(calibration, config.data)
-    data = held_out or evaluation_data(spec, loaded.metadata, config.data, calibration, say)
+    data = held_out or evaluation_data(spec, loaded.metadata, config.data, calibration, say, config.seq_len)
     outputs = output_spec(loaded)
     metric, metric_reason = choose_metric(loaded.metadata, outputs[0].name if outputs else "", outputs[0].shape if outputs else None,
                                           data.labels is not None, config.metric)
@@ -53,7 +60,8 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         prepared = work / "prepared.onnx"
         preprocessing = onnx_quant.preprocess(fp32, prepared)
         kernel = int8_kernel_for(detect_cpu())
-        ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude))
+        ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude),
+                           outputs=onnx_value_specs(onnx.load(str(prepared), load_external_data=False).graph.output))
         selection = select(ctx, data, floor, config, say)
         if selection.chosen is None:
             raise CheckFailedError(_nothing_meets(selection))
@@ -78,14 +86,20 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     candidates = build_all(ctx, ["fp32", *[n for n in allowed if n != "fp32"]], say)
     reference = candidates[0]
     reference_outputs = run_batches(make_runner(reference, ctx.spec), data)[0]
-    runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say)
+    runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
     mixed = _mixed_precision(ctx, candidates, reference_outputs, data, floor, say)
     runners.update(measure_quality(mixed, reference_outputs, data, ctx.spec, floor, lambda message: None))
     candidates += mixed
-    allowed += [c.name for c in mixed]
+    twins = twins_on_other_runtime([c for c in candidates if c.name in allowed or c in mixed]) if _has_openvino() and config.backend == "auto" else []
+    runners.update(measure_quality(twins, reference_outputs, data, ctx.spec, floor, say))
+    candidates += twins
     measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
+    by_batch = dispatch_candidates(candidates, config.batch_sizes, floor) if config.backend == "auto" else []
+    candidates += by_batch
+    allowed += [c.name for c in [*mixed, *twins, *by_batch]]
     selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
+    _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
     return selection
 
 
@@ -129,34 +143,76 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
 
 
 def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
+    """The winner with its remaining float weights stored in INT8: smaller, same kernels."""
     from aiopt.compress.weight_only import quantize_weights_int8
 
     chosen = selection.chosen
-    if chosen is None or chosen.runtime != "onnxruntime" or chosen.precision == "int8-weights":
+    if chosen is None or chosen.runtime == "dispatch" or chosen.precision == "int8-weights" or chosen.serving:
         return
     target = ctx.work / f"{chosen.name}+int8-weights.onnx"
     touched = quantize_weights_int8(chosen.path, target)
-    if not touched:
+    if touched:
+        variant = Candidate(f"{chosen.name}+int8-weights", chosen.precision if chosen.precision != "fp32" else "int8-weights", chosen.runtime,
+                            target, {**chosen.recipe, "weights_int8": touched})
+        _head_to_head(selection, variant, ctx, data, reference_outputs, floor, say,
+                      f"{len(touched)} float tensor(s) stored in INT8 at no cost in speed or quality")
+
+
+def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
+    """The winner served with all-padding columns cut off: exact for a masked model with pooled
+    outputs, checked here against the untrimmed outputs before it may ship."""
+    chosen = selection.chosen
+    mask = next((s for s in ctx.spec if s.name == "attention_mask"), None)
+    if chosen is None or mask is None or len(mask.shape) < 2 or not isinstance(mask.shape[1], str):
         return
-    variant = Candidate(f"{chosen.name}+int8-weights", chosen.precision if chosen.precision != "fp32" else "int8-weights", chosen.runtime,
-                        target, {**chosen.recipe, "weights_int8": touched})
-    runners = measure_quality([variant], reference_outputs, data, ctx.spec, floor, say)
+    if any(mask.shape[1] in o.shape for o in ctx.outputs):
+        selection.notes.append("padding not trimmed: an output has a sequence axis")
+        return
+    variant = Candidate(f"{chosen.name}+trim-padding", chosen.precision, chosen.runtime, chosen.path, dict(chosen.recipe),
+                        serving={**chosen.serving, "trim_padding": True})
+    from aiopt.evaluate import run_batches
+
+    from aiopt.measure.quality import compare_outputs
+
+    untrimmed = run_batches(make_runner(chosen, ctx.spec, outputs=ctx.outputs), data)[0]
+    trimmed = run_batches(make_runner(variant, ctx.spec, outputs=ctx.outputs), data)[0]
+    check = compare_outputs(untrimmed, trimmed)
+    # Exact on ONNX Runtime (difference 0); OpenVINO picks kernels by sequence length and moves
+    # the last digits. Anything beyond rounding means the mask does not cover the padding.
+    if check["min_cosine"] < MIN_TRIM_COSINE:
+        selection.notes.append(f"padding not trimmed: without the padding columns the outputs moved (min cosine to the untrimmed "
+                               f"outputs {check['min_cosine']:.6f} < {MIN_TRIM_COSINE})")
+        return
+    variant.recipe["trim_padding_check"] = {"vs_untrimmed": check, "samples": len(data)}
+    _head_to_head(selection, variant, ctx, data, reference_outputs, floor, say,
+                  f"padding columns trimmed per batch (min cosine to the untrimmed outputs {check['min_cosine']:.6f})")
+
+
+def _head_to_head(selection: Selection, variant: Candidate, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say, why: str) -> None:
+    """Time `variant` against the current winner in one interleaved run; it replaces the winner
+    when it meets the floor and is not slower at any batch size."""
+    chosen = selection.chosen
+    runners = measure_quality([variant], reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
     selection.candidates.append(variant)
     if variant.problem:
         return
-    runners[chosen.name] = make_runner(chosen, ctx.spec)
-    head_to_head = Candidate(chosen.name, chosen.precision, chosen.runtime, chosen.path)
-    measure_speed([head_to_head, variant], runners, data, ctx.spec, selection.batch_sizes, say)
-    # the variant's times are scaled to the winner's earlier run, so both rows read on one scale
-    for batch in selection.batch_sizes:
-        variant.latency_ms[batch] = chosen.latency_ms[batch] * variant.latency_ms[batch] / head_to_head.latency_ms[batch]
-    slower = max(variant.latency_ms[b] / chosen.latency_ms[b] for b in selection.batch_sizes)
-    if slower <= 1 + TIE:
+    runners[chosen.name] = make_runner(chosen, ctx.spec, outputs=ctx.outputs)
+    rerun = Candidate(chosen.name, chosen.precision, chosen.runtime, chosen.path)
+    measure_speed([rerun, variant], runners, data, ctx.spec, selection.batch_sizes, say)
+    ratio = {b: variant.latency_ms[b] / rerun.latency_ms[b] for b in selection.batch_sizes}
+    # the variant's times are scaled to the winner's earlier run, so every row reads on one scale
+    variant.latency_ms = {b: chosen.latency_ms[b] * ratio[b] for b in selection.batch_sizes}
+    if max(ratio.values()) <= 1 + TIE:
         selection.chosen = variant
-        selection.notes.append(f"{len(touched)} float tensor(s) stored in INT8 at no cost in speed ({slower:.3f}x time) or quality")
-        selection.verdict = selection.verdict.replace(chosen.name, variant.name, 1) if chosen.precision != "fp32" else (
-            f"{variant.name}: FP32 compute with INT8 weights (no reduced-precision compute beats FP32 here), "
-            + ", ".join(f"{selection.speedup(variant, b):.2f}x at batch {b}" for b in selection.batch_sizes) + " vs FP32 ONNX Runtime")
+        selection.notes.append(f"{variant.name}: {why} ({', '.join(f'{1 / r:.2f}x at batch {b}' for b, r in ratio.items())} vs {chosen.name})")
+        speed = ", ".join(f"{selection.speedup(variant, b):.2f}x at batch {b}" for b in selection.batch_sizes)
+        selection.verdict = f"{variant.name} on {variant.runtime}: {speed} vs FP32 ONNX Runtime, within the floor ({floor.describe()})"
+
+
+def _has_openvino() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
 
 
 def _hold_out(calibration, data: str | None):
@@ -172,15 +228,6 @@ def _hold_out(calibration, data: str | None):
     kept = {k: v[:-count] for k, v in calibration.inputs.items()}
     held = EvalData({k: v[-count:] for k, v in calibration.inputs.items()}, None, f"{calibration.source} (held out of calibration)")
     return replace(calibration, inputs=kept), held
-
-
-def _seq(config) -> dict:
-    """seq_len travels only to the data readers that take it (text files)."""
-    import inspect
-
-    from aiopt.compress.calibration import calibration_set
-
-    return {"seq_len": config.seq_len} if "seq_len" in inspect.signature(calibration_set).parameters else {}
 
 
 def _default_output(source, chosen: Candidate) -> Path:
@@ -224,8 +271,13 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict) -> N
     quality = report["quality"]
     metrics = ({"accuracy": quality["accuracy"], "split": "test", "measured_on": chosen.runtime} if quality.get("accuracy") is not None
                else loaded.metadata.get("metrics"))
+    dispatch = chosen.recipe.get("dispatch")
+    # A by-batch artifact names the runtime of its smallest batches, for tools that read only that key
+    serving = {"runtime": dispatch[0]["runtime"], "dispatch": dispatch} if dispatch else {"runtime": chosen.runtime}
+    if chosen.serving:
+        serving["serving"] = chosen.serving
     metadata = child_metadata(
-        loaded, "quantize", format="onnx", runtime=chosen.runtime, quality_metric=report["metric"],
+        loaded, "quantize", format="onnx", **serving, quality_metric=report["metric"],
         inputs=[s.to_dict() for s in spec], outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)],
         quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
         selection=report["selection"], metrics=metrics, agreement_with_parent=quality,

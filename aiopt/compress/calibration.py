@@ -22,15 +22,18 @@ class CalibrationSet:
     inputs: dict[str, np.ndarray]
     source: str
     selection: EvalData | None  # held-out labelled samples for layer selection, when known
+    notes: tuple[str, ...] = ()  # what the user should know about the data (lines truncated, ...)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
 
-def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict, samples: int = 256, seed: int = 0) -> CalibrationSet | None:
-    """Calibration inputs from `source` (a built-in dataset name or `.npz`), else the model's own
-    dataset; None when neither is known (the caller falls back to dynamic quantization)."""
-    from aiopt.data import DATASETS, load_dataset, load_npz
+def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict, samples: int = 256, seed: int = 0,
+                    seq_len: int = 128) -> CalibrationSet | None:
+    """Calibration inputs from `source` (a built-in dataset name, `.npz`, or `.txt` tokenized by the
+    model's Hugging Face tokenizer at `seq_len`), else the model's own dataset; None when neither
+    is known (the caller falls back to dynamic quantization)."""
+    from aiopt.data import DATASETS, load_dataset
 
     if samples < 1:
         raise InputError(f"--calib-samples must be at least 1, got {samples}")
@@ -41,12 +44,12 @@ def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict
         if dataset_name not in DATASETS:
             return None
     rng = np.random.default_rng(seed)
-    if dataset_name is None:  # a user .npz
-        inputs, _ = load_npz(source, input_names=names, require_labels=False)
+    if dataset_name is None:  # a user .npz or .txt
+        inputs, notes = _user_inputs(source, input_spec, metadata, seq_len)
         _check_calibration(inputs, input_spec, str(source))
         order = rng.permutation(len(next(iter(inputs.values()))))
         chosen = order[:samples]
-        return CalibrationSet({k: v[chosen] for k, v in inputs.items()}, str(source), None)
+        return CalibrationSet({k: v[chosen] for k, v in inputs.items()}, str(source), None, notes)
     if len(names) != 1:
         raise InputError(f"the {dataset_name} dataset has one input; this model takes {len(names)} ({', '.join(names)}): pass --calibration FILE.npz")
     dataset = load_dataset(dataset_name)
@@ -57,6 +60,16 @@ def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict
     chosen = order[:min(samples, len(order) - len(held_out))]
     selection = EvalData({names[0]: dataset.x_train[held_out]}, dataset.y_train[held_out], f"{dataset_name}:train-held-out")
     return CalibrationSet({names[0]: dataset.x_train[chosen]}, f"{dataset_name}:train", selection)
+
+
+def _user_inputs(source, input_spec, metadata: dict, seq_len: int) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
+    from aiopt.data import load_npz
+    from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
+
+    if is_text_file(source):
+        inputs, notes = load_texts(source, tokenizer_folder(metadata, source), input_spec, seq_len)
+        return inputs, tuple(notes)
+    return load_npz(source, input_names=[s.name for s in input_spec], require_labels=False)[0], ()
 
 
 def _check_calibration(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:

@@ -25,6 +25,7 @@ class Candidate:
     quality: dict | None = None
     problem: str | None = None  # why it cannot ship (failed to build, or misses the floor)
     latency_ms: dict[int, float] = field(default_factory=dict)
+    serving: dict = field(default_factory=dict)  # how the Runner serves it, e.g. {"trim_padding": True}
 
     @property
     def size_bytes(self) -> int:
@@ -32,7 +33,7 @@ class Candidate:
 
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision, "runtime": self.runtime, "recipe": self.recipe,
-                "size_bytes": self.size_bytes, "quality": self.quality, "problem": self.problem,
+                "size_bytes": self.size_bytes, "quality": self.quality, "problem": self.problem, "serving": self.serving,
                 "latency_ms": {str(b): round(v, 4) for b, v in self.latency_ms.items()}}
 
 
@@ -47,6 +48,7 @@ class BuildContext:
     kernel: object  # cpu.Int8KernelChoice
     nodes: list[tuple[str, str]]
     exclude: tuple[str, ...] = ()
+    outputs: list = field(default_factory=list)  # output specs of the FP32 graph
 
     @property
     def recurrent(self) -> list[str]:

@@ -75,8 +75,10 @@ def preprocess(source: Path, target: Path) -> str:
             model_path = target.with_suffix(".folded.onnx")
             onnx.save_model(simplify(onnx.load(str(source))), str(model_path))
         try:
-            with _quiet():
-                quant_pre_process(str(model_path), str(target), **options)
+            # ORT's symbolic shape inference drops debug files (sym_shape_infer_temp.onnx and its
+            # external data) into the working folder when it gives up: keep them in ours.
+            with _quiet(), contextlib.chdir(target.parent):
+                quant_pre_process(str(Path(model_path).resolve()), str(target.resolve()), **options)
             return name
         except Exception as exc:  # noqa: BLE001 -- symbolic shape inference raises plain Exceptions
             errors.append(f"{name}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")

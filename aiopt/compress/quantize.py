@@ -126,7 +126,7 @@ def quantize_artifact(
     spec = require_input_spec(loaded)
     calibration = None
     if config.method in ("auto", "static") and config.backend != "torch":
-        calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed)
+        calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, config.seq_len)
     method, reason = _choose_method(config, calibration is not None)
     out = check_output_path(output or default_output(source, config, method), source, config.calibration, config.data, force=force)
     say(f"method: {method} ({reason})")
@@ -214,7 +214,7 @@ class _QuantizeJob:
     def run(self) -> dict:
         from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
-        data = evaluation_data(self.spec, self.loaded.metadata, self.config.data, self.calibration, self.say)
+        data = evaluation_data(self.spec, self.loaded.metadata, self.config.data, self.calibration, self.say, self.config.seq_len)
         reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec, self.config.device)
         kept: list[str] = []
         self.result_path = self._quantize(tuple(self.config.exclude))
@@ -325,14 +325,17 @@ class _QuantizeJob:
         self.say(f"kept in float: {', '.join(kept)}; drop {drop * 100:.2f} pt" + ("" if fits else " (still over budget: every layer tried)"))
         return {**log, "layer_gains": gains, "kept_float": kept, "steps": steps, "fits_budget": fits}
 
-def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, say=lambda message: None):
+def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, say=lambda message: None, seq_len: int = 128):
     """The model's test split (or --data); without either, calibration or random inputs, which
     measure agreement with the parent but no accuracy."""
     from aiopt.artifacts import example_inputs
     from aiopt.evaluate import EvalData, eval_data
 
     try:
-        return eval_data(spec, metadata, data)
+        found = eval_data(spec, metadata, data, seq_len=seq_len)
+        for note in found.notes:
+            say(note)
+        return found
     except InputError:
         if data is not None:
             raise
@@ -393,7 +396,7 @@ def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: s
     outputs = output_spec(loaded)
     names = [o.name for o in outputs]
     scripted = torch_quant.to_torchscript(torch_quant.reduce_precision(loaded.model, method), example_inputs(spec, 2))
-    data = evaluation_data(spec, loaded.metadata, config.data)
+    data = evaluation_data(spec, loaded.metadata, config.data, seq_len=config.seq_len)
     report = {
         "backend": "torch",
         **measure_against_parent(TorchRunner(loaded.model, spec, names, config.device), TorchRunner(scripted, spec, names, config.device), data, spec,

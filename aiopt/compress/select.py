@@ -43,7 +43,20 @@ class Selection:
                                for c in self.candidates]}
 
 
-def make_runner(candidate: Candidate, spec, threads: int | None = None):
+def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=None):
+    """The Runner the candidate would ship with (its runtime; padding trimmed when it says so)."""
+    if candidate.serving.get("trim_padding"):
+        from aiopt.runtime.trim_padding import PaddingTrimRunner
+
+        plain = Candidate(candidate.name, candidate.precision, candidate.runtime, candidate.path, candidate.recipe)
+        return PaddingTrimRunner(make_runner(plain, spec, threads), outputs)
+    if candidate.runtime == "dispatch":
+        from aiopt.runtime.dispatch import BatchDispatchRunner
+
+        rule = candidate.recipe["dispatch"]
+        runners = {entry["runtime"]: make_runner(Candidate(candidate.name, candidate.precision, entry["runtime"], candidate.path), spec, threads)
+                   for entry in rule}
+        return BatchDispatchRunner(runners, rule, str(candidate.path))
     if candidate.runtime == "openvino":
         from aiopt.runtime.openvino_backend import OpenVinoRunner
 
@@ -53,7 +66,7 @@ def make_runner(candidate: Candidate, spec, threads: int | None = None):
     return OnnxRuntimeRunner(str(candidate.path), spec, threads=threads)
 
 
-def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, spec, floor: QualityFloor, say) -> dict[str, object]:
+def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, spec, floor: QualityFloor, say, outputs=None) -> dict[str, object]:
     """Quality of each candidate on `data`; returns the runners of those that meet the floor."""
     from aiopt.errors import AioptError
     from aiopt.evaluate import run_batches
@@ -63,12 +76,12 @@ def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, sp
         if candidate.problem:
             continue
         try:
-            runner = make_runner(candidate, spec)
-            outputs = run_batches(runner, data)[0]
+            runner = make_runner(candidate, spec, outputs=outputs)
+            produced = run_batches(runner, data)[0]
         except AioptError as exc:
             candidate.problem = f"failed to run: {exc}"
             continue
-        candidate.quality = compare_outputs(reference, outputs, data.labels)
+        candidate.quality = compare_outputs(reference, produced, data.labels)
         candidate.problem = floor.problem(candidate.quality)
         say(f"{candidate.name} on {candidate.runtime}: {floor.metric} {floor.value(candidate.quality):.4f}"
             + (f" (below the floor: {candidate.problem})" if candidate.problem else ""))
@@ -125,3 +138,42 @@ def batch_feed(data, spec, batch: int) -> dict[str, np.ndarray]:
     fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
     batch = fixed.pop() if fixed else batch
     return {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
+
+
+def twins_on_other_runtime(candidates: list[Candidate]) -> list[Candidate]:
+    """The same INT8 file on the other runtime (ONNX Runtime and OpenVINO both run QDQ graphs
+    in INT8; OpenVINO keeps INT8-stored weights compressed), for the candidates that met the
+    floor; each twin is measured like any other."""
+    other = {"onnxruntime": "openvino", "openvino": "onnxruntime"}
+    have = {(c.path, c.runtime) for c in candidates}
+    twins = []
+    for c in candidates:
+        if c.problem or not c.precision.startswith("int8") or (c.path, other[c.runtime]) in have:
+            continue
+        twins.append(Candidate(f"{c.name}@{other[c.runtime]}", c.precision, other[c.runtime], c.path, dict(c.recipe)))
+    return twins
+
+
+def dispatch_candidates(candidates: list[Candidate], batch_sizes: tuple[int, ...], floor: QualityFloor) -> list[Candidate]:
+    """For each file timed on both runtimes, the artifact that sends every batch size to the
+    runtime measured faster for it (runtime/dispatch.py); only where the winner changes."""
+    from aiopt.runtime.dispatch import dispatch_rule
+
+    groups: dict[str, list[Candidate]] = {}
+    for c in candidates:
+        if not c.problem and all(b in c.latency_ms for b in batch_sizes):
+            groups.setdefault(str(c.path), []).append(c)
+    made = []
+    for group in groups.values():
+        if len({c.runtime for c in group}) < 2:
+            continue
+        rule = dispatch_rule({c.runtime: c.latency_ms for c in group})
+        if len({entry["runtime"] for entry in rule}) < 2:
+            continue
+        worst = min(group, key=lambda c: floor.value(c.quality))
+        base = min(group, key=lambda c: len(c.name))
+        made.append(Candidate(f"{base.name.split('@')[0]}-by-batch", base.precision, "dispatch", base.path,
+                              {**base.recipe, "dispatch": rule, "from": [c.name for c in group],
+                               "latency": "per batch, the faster runtime's p50 in this run"},
+                              quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in group) for b in batch_sizes}))
+    return made

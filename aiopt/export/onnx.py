@@ -6,6 +6,12 @@ modules and torch.export programs. It is PyTorch's maintained default, reads the
 batch dynamic (with an example batch of 1 it specialises the batch dim: the LSTM and the
 Transformer hit that). TorchScript modules cannot be re-exported that way, so they go through
 the TorchScript exporter (`dynamo=False`), the only one that accepts a ScriptModule.
+
+Other symbolic dims (a sequence length, "seq") become torch.export Dims too, traced at
+`seq_len` and validated at two other lengths. Hugging Face folders (BERT-style encoders) export
+with the torch.export-based exporter as they are: checked on torch 2.13 with transformers 5.24
+(SDPA attention), so no TorchScript fallback is needed; their examples are token batches with
+real padding, so the check covers the attention mask.
 """
 from __future__ import annotations
 
@@ -37,6 +43,7 @@ class OnnxExportConfig:
     atol: float = 1e-4
     rtol: float = 1e-3
     simplify: bool = True
+    seq_len: int = 128  # traced length of symbolic dims other than the batch ("seq")
 
 
 @dataclass
@@ -66,6 +73,10 @@ def export_onnx(
     if loaded.format == FORMAT_ONNX:
         raise InputError(f"{source} is already an ONNX model; pass a PyTorch artifact to export")
     spec = require_input_spec(loaded)
+    if _has_seq_dims(spec):  # a length of 1 would be traced as a constant; beyond the position table, nothing runs
+        from aiopt.text_data import check_seq_len
+
+        check_seq_len(config.seq_len, (loaded.metadata.get("hf") or {}).get("max_length"))
     outputs = output_spec(loaded)  # may run the model once (TorchScript): compute it once
     output_names = [o.name for o in outputs]
     exported_spec = _exported_spec(spec, config.dynamic_batch)
@@ -90,7 +101,7 @@ def export_onnx(
             inputs=[s.to_dict() for s in exported_spec],
             outputs=[o.to_dict() for o in outputs],
             export={"exporter": exporter, "opset": config.opset, "dynamic_batch": config.dynamic_batch, "simplified": config.simplify,
-                    "validation": validation},
+                    "validation": validation, **({"traced_seq_len": config.seq_len} if _has_seq_dims(spec) else {})},
             metrics=({"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics")),
             agreement_with_parent=parent_agreement,
         )
@@ -124,7 +135,7 @@ def _dynamic_shapes(spec: list[TensorSpec], dynamic_batch: bool):
 def _torch_to_onnx(loaded: LoadedModel, spec: list[TensorSpec], output_names: list[str], path: Path, config: OnnxExportConfig) -> str:
     import torch
 
-    example = example_inputs(spec, batch_size=2 if config.dynamic_batch else 1)
+    example = _example(loaded, spec, 2 if config.dynamic_batch else 1, config.seq_len)
     names = [s.name for s in spec]
     quiet = contextlib.redirect_stdout(io.StringIO())  # the exporter prints progress lines; ours go to stderr
     # It also logs a warning per optional torchvision op it skips: noise for a user.
@@ -231,10 +242,13 @@ def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[Tens
 
     session = make_session(str(onnx_path))
     sizes = VALIDATION_BATCH_SIZES if config.dynamic_batch else (1,)
+    seq_lens = validation_seq_lens(config.seq_len)
     report: dict = {"stage": stage, "batch_sizes": list(sizes), "max_abs_diff": 0.0, "max_rel_diff": 0.0, "top1_agreement": 1.0}
+    if _has_seq_dims(spec):
+        report["seq_lens"] = list(seq_lens[:len(sizes)])
     torch.manual_seed(0)
-    for batch_size in sizes:
-        inputs = example_inputs(spec, batch_size)
+    for batch_size, seq_len in zip(sizes, seq_lens):
+        inputs = _example(loaded, spec, batch_size, seq_len)
         with torch.inference_mode():
             reference = loaded.model(*inputs)
         reference = reference if isinstance(reference, (tuple, list)) else (reference,)
@@ -255,11 +269,33 @@ def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[Tens
     return report
 
 
+def validation_seq_lens(traced: int) -> tuple[int, int]:
+    """Two sequence lengths, neither the traced one, to prove the sequence axis is dynamic."""
+    candidates = [traced // 2, traced - 1, traced + 1, traced + 2]
+    return tuple(dict.fromkeys(n for n in candidates if n >= 2 and n != traced))[:2]
+
+
+def _has_seq_dims(spec: list[TensorSpec]) -> bool:
+    return any(isinstance(d, str) and d != "batch" for s in spec for d in s.shape)
+
+
+def _example(loaded: LoadedModel, spec: list[TensorSpec], batch_size: int, seq_len: int) -> tuple:
+    """Example inputs: for a Hugging Face model, token batches with right padding of varied length."""
+    if "hf" not in loaded.metadata:
+        return example_inputs(spec, batch_size, seq_len)
+    import torch
+
+    from aiopt.hf import sample_inputs
+
+    feed = sample_inputs(spec, loaded.metadata, batch_size, seq_len, seed=batch_size)
+    return tuple(torch.from_numpy(feed[s.name]) for s in spec)
+
+
 def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: LoadedModel, torch_spec: list[TensorSpec],
                            output_names: list[str]) -> tuple[float | None, dict | None]:
     """Accuracy on ONNX Runtime and agreement with the PyTorch parent on the test split, when the
     model records its dataset; (None, None) otherwise. NaN outputs or collapsed agreement raise."""
-    from aiopt.compress.common import check_against_parent
+    from aiopt.measure.quality import check_against_parent
     from aiopt.data import DATASETS
     from aiopt.evaluate import accuracy, eval_data, run_batches
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner

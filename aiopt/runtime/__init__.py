@@ -12,7 +12,7 @@ from aiopt.errors import InputError
 from aiopt.runtime.base import Runner
 from aiopt.specs import TensorSpec
 
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 ENGINE_SUFFIXES = (".engine", ".plan", ".trt")
 
 
@@ -21,7 +21,7 @@ def _torch_runner(loaded, spec, device, threads):
     from aiopt.runtime.torch_backend import TorchRunner
 
     if loaded.format == "onnx":
-        raise InputError(f"{loaded.path} is an ONNX model; run it with --backend onnxruntime (or tensorrt)")
+        raise InputError(f"{loaded.path} is an ONNX model; run it with --backend onnxruntime (or openvino, tensorrt)")
     if threads:
         import torch
 
@@ -41,12 +41,43 @@ def _torch_runner(loaded, spec, device, threads):
     return runner
 
 
+def _require_onnx(loaded) -> None:
+    if loaded.format != "onnx":
+        raise InputError(f"{loaded.path} is a PyTorch artifact; export it first (aiopt export {loaded.path} --format onnx) or use --backend torch")
+
+
 def _onnxruntime_runner(loaded, spec, device, threads):
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
-    if loaded.format != "onnx":
-        raise InputError(f"{loaded.path} is a PyTorch artifact; export it first (aiopt export {loaded.path} --format onnx) or use --backend torch")
+    _require_onnx(loaded)
     return OnnxRuntimeRunner(str(loaded.path), spec, device, str(loaded.path), threads)
+
+
+def _openvino_runner(loaded, spec, device, threads):
+    from aiopt.runtime.openvino_backend import OpenVinoRunner
+
+    _require_onnx(loaded)
+    return OpenVinoRunner(str(loaded.path), spec, device, str(loaded.path), threads)
+
+
+def _default_backend(loaded) -> str:
+    """ONNX runs on ONNX Runtime unless its metadata says it was made for OpenVINO (and OpenVINO is
+    installed: the same file runs on ONNX Runtime too); anything else on PyTorch."""
+    if loaded.format != "onnx":
+        return "torch"
+    import importlib.util
+
+    if loaded.metadata.get("runtime") == "openvino" and importlib.util.find_spec("openvino") is not None:
+        return "openvino"
+    return "onnxruntime"
+
+
+def _has_all(rule: list[dict]) -> bool:
+    """Whether every runtime a by-batch artifact names is installed (else it runs on its first)."""
+    import importlib.util
+
+    modules = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+    return all(e["runtime"] in modules and importlib.util.find_spec(modules[e["runtime"]]) is not None for e in rule)
 
 
 def _tensorrt_runner(path, backend, device):
@@ -64,7 +95,7 @@ def _tensorrt_runner(path, backend, device):
     return TensorRTRunner(str(path), device)
 
 
-_FACTORIES: dict[str, Callable] = {"torch": _torch_runner, "onnxruntime": _onnxruntime_runner}
+_FACTORIES: dict[str, Callable] = {"torch": _torch_runner, "onnxruntime": _onnxruntime_runner, "openvino": _openvino_runner}
 
 
 def load(
@@ -85,15 +116,31 @@ def load(
     return runner_for(load_model(path, trust_pickle=trust_pickle, input_spec=input_spec), device, backend, threads)
 
 
-def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads: int | None = None) -> Runner:
-    """A Runner for an artifact already loaded with `aiopt.artifacts.load_model` (not an engine)."""
+def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads: int | None = None,
+               trim_padding: bool | None = None) -> Runner:
+    """A Runner for an artifact already loaded with `aiopt.artifacts.load_model` (not an engine).
+
+    `trim_padding`: wrap it in a PaddingTrimRunner (None: when the artifact's metadata asks for it)."""
     from aiopt.artifacts import require_input_spec
 
     if backend is not None and backend not in _FACTORIES:
         raise InputError(f"backend {backend!r} cannot run {loaded.path}; choose one of {', '.join(_FACTORIES)}")
     spec = require_input_spec(loaded)
-    backend = backend or ("onnxruntime" if loaded.format == "onnx" else "torch")
-    return _FACTORIES[backend](loaded, spec, device, threads)
+    if backend is None and loaded.metadata.get("dispatch") and _has_all(loaded.metadata["dispatch"]):
+        from aiopt.runtime.dispatch import BatchDispatchRunner
+
+        rule = loaded.metadata["dispatch"]
+        runner = BatchDispatchRunner({e["runtime"]: _FACTORIES[e["runtime"]](loaded, spec, device, threads) for e in rule}, rule, str(loaded.path))
+    else:
+        backend = backend or _default_backend(loaded)
+        runner = _FACTORIES[backend](loaded, spec, device, threads)
+    from aiopt.runtime.trim_padding import PaddingTrimRunner, wants_trimming
+
+    if trim_padding or (trim_padding is None and wants_trimming(loaded.metadata)):
+        from aiopt.artifacts import output_spec
+
+        runner = PaddingTrimRunner(runner, output_spec(loaded))
+    return runner
 
 
 __all__ = ["Runner", "load", "runner_for", "BACKENDS"]
@@ -101,19 +148,25 @@ __all__ = ["Runner", "load", "runner_for", "BACKENDS"]
 
 def run_npz(path: str | os.PathLike, data: str | os.PathLike, output: str | os.PathLike, device: str = "cpu",
             backend: str | None = None, force: bool = False, trust_pickle: bool = False,
-            input_spec: list[TensorSpec] | None = None, batch_size: int = 256) -> dict:
-    """Run an artifact over the inputs in `data` (.npz) and write its outputs to `output` (.npz)."""
+            input_spec: list[TensorSpec] | None = None, batch_size: int = 256, seq_len: int = 128) -> dict:
+    """Run an artifact over the inputs in `data` (.npz, or .txt tokenized at `seq_len`) and write its
+    outputs to `output` (.npz)."""
     import numpy as np
 
+    from aiopt.artifacts import load_model
     from aiopt.evaluate import eval_data, run_batches
     from aiopt.fileio import atomic_path, check_output_path
 
     out = check_output_path(output, path, data, force=force)
-    runner = load(path, device=device, backend=backend, trust_pickle=trust_pickle, input_spec=input_spec)
-    inputs = eval_data(runner.input_spec, None, data)
+    if backend == "tensorrt" or str(path).endswith(ENGINE_SUFFIXES):
+        runner, metadata = load(path, device=device, backend=backend), None
+    else:  # loaded once: the metadata names the tokenizer a text file needs
+        loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
+        runner, metadata = runner_for(loaded, device, backend), loaded.metadata
+    inputs = eval_data(runner.input_spec, metadata, data, seq_len=seq_len)
     outputs = dict(zip(runner.output_names, run_batches(runner, inputs, batch_size)))
     with atomic_path(out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, **outputs)
     return {"path": str(out), "backend": runner.backend, "device": runner.device, "samples": len(inputs),
-            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()}}
+            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()}, "notes": list(inputs.notes)}
