@@ -10,6 +10,7 @@ import base64
 import html
 import io
 import math
+import re
 from pathlib import Path
 
 DPI = 110
@@ -32,12 +33,12 @@ def _series(record: dict) -> str:
     return f"{_label(record)} [{where}]"
 
 
-def _measured(document: dict) -> list[dict]:
-    return [r for r in document.get("records", []) if not r.get("skipped") and (r.get("latency_ms") or {}).get("p50") is not None]
+def _measured(records: list[dict]) -> list[dict]:
+    return [r for r in records if not r.get("skipped") and (r.get("latency_ms") or {}).get("p50") is not None]
 
 
 def _has_accuracy(document: dict) -> bool:
-    return any(r.get("accuracy") is not None for r in _measured(document))
+    return any(r.get("accuracy") is not None for r in _measured(document.get("records", [])))
 
 
 def pareto_front(points: list) -> list:
@@ -58,11 +59,26 @@ def _text(value: str) -> str:
     return value.replace("$", r"\$")  # a `$` in a file name would otherwise start mathtext
 
 
-def _colours(document: dict) -> dict[str, object]:
-    """The same colour for a series in every plot, in the order the records list them."""
+def _groups(document: dict) -> list[tuple[str, list[dict]]]:
+    """The records of each model (lineage root), in the order they come: a plot never mixes
+    models that solve different problems. A model is named by its baseline's label."""
+    from aiopt.bench.report import NO_BASELINE
+
+    groups: dict = {}
+    names: dict = {}
+    for record in document.get("records", []):
+        root = record.get("baseline")
+        groups.setdefault(root, []).append(record)
+        if record.get("is_baseline"):
+            names.setdefault(root, _label(record))
+    return [(names.get(root) or root or NO_BASELINE, records) for root, records in groups.items()]
+
+
+def _colours(records: list[dict]) -> dict[str, object]:
+    """The same colour for a series in every plot of a model, in the order the records list them."""
     from matplotlib import colormaps
 
-    names = list(dict.fromkeys(_series(r) for r in document.get("records", [])))
+    names = list(dict.fromkeys(_series(r) for r in records))
     cmap = colormaps["tab10"]
     return {name: cmap(i % 10) for i, name in enumerate(names)}
 
@@ -96,41 +112,91 @@ def _log_if_wide(ax, values: list[float], axis: str) -> None:
         scale.set_minor_formatter(NullFormatter())
 
 
-def _plot_latency_vs_accuracy(document: dict, colours: dict):
+LABEL_POINTS = 8  # font size of the point numbers
+CLEARANCE = 6  # points kept free around each marker (the Pareto circle's radius is about 5)
+STEPS = (6, 10, 15, 22, 30, 40)  # distances tried, in points, from a marker to its number's box
+DIRECTIONS = ((1, 1), (1, -1), (-1, 1), (-1, -1), (1, 0), (-1, 0), (0, 1), (0, -1))
+
+
+def _overlap(a: tuple, b: tuple) -> bool:
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _spot(mark: tuple, size: tuple, marks: list[tuple], taken: list[tuple], frame: tuple, scale: float) -> tuple:
+    """Where a label box of `size` (pixels) beside `mark` covers no other label, no marker and
+    stays in `frame`: the nearest of eight directions at growing distance, else the farthest tried."""
+    (px, py), (w, h), keep = mark, size, CLEARANCE * scale
+    for distance in STEPS:
+        for dx, dy in DIRECTIONS:
+            cx, cy = px + dx * (distance * scale + w / 2), py + dy * (distance * scale + h / 2)
+            box = (cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2)
+            inside = frame[0] <= box[0] and box[2] <= frame[2] and frame[1] <= box[1] and box[3] <= frame[3]
+            if inside and not any(_overlap(box, t) for t in taken) and not any(_overlap(box, (x - keep, y - keep, x + keep, y + keep)) for x, y in marks):
+                return box, distance
+    return box, distance
+
+
+def _number_points(ax, points: list[tuple[float, float, str]]) -> None:
+    """Write each point's number beside it without covering another number or marker; a thin
+    leader line joins a number pushed further away. Call once the figure's layout is final."""
+    scale = ax.figure.dpi / 72  # points -> pixels
+    marks = [tuple(ax.transData.transform((x, y))) for x, y, _ in points]
+    frame = tuple(ax.get_window_extent().extents)
+    taken: list[tuple] = []
+    for (x, y, text), mark in zip(points, marks):
+        size = ((0.62 * LABEL_POINTS * len(text) + 3) * scale, (LABEL_POINTS + 3) * scale)
+        box, distance = _spot(mark, size, marks, taken, frame, scale)
+        taken.append(box)
+        offset = (((box[0] + box[2]) / 2 - mark[0]) / scale, ((box[1] + box[3]) / 2 - mark[1]) / scale)
+        note = ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", ha="center", va="center", fontsize=LABEL_POINTS,
+                           fontweight="bold", arrowprops=dict(arrowstyle="-", color="0.55", lw=0.6, shrinkA=0, shrinkB=4) if distance > STEPS[0] else None)
+        note.set_in_layout(False)  # placed in pixels of the final layout: it must not move the axes
+
+
+def _plot_latency_vs_accuracy(model: str, records: list[dict], colours: dict):
+    from matplotlib.lines import Line2D
     from matplotlib.ticker import PercentFormatter
 
-    points = [r for r in _measured(document) if r.get("accuracy") is not None]
+    points = [r for r in _measured(records) if r.get("accuracy") is not None]
     batches = sorted({r["batch_size"] for r in points})
     if not batches:
         figure = _figure(6.5, 3.0)
-        _empty(figure, "Latency vs accuracy", NO_ACCURACY)
+        _empty(figure, f"{_text(model)}: latency vs accuracy", NO_ACCURACY)
         return figure
+    # numbered markers and a key below: names beside the points would cover each other
+    numbers = {name: index + 1 for index, name in enumerate(dict.fromkeys(_series(r) for r in points))}
     # one subplot per batch size: latencies at different batch sizes are not comparable
     cols = min(len(batches), 2)
     rows = math.ceil(len(batches) / cols)
-    figure = _figure(6.0 * cols, 4.2 * rows)
+    figure = _figure(6.0 * cols, 4.0 * rows + 0.6 + 0.2 * math.ceil(len(numbers) / cols))
     axes = figure.subplots(rows, cols, squeeze=False).ravel()
+    placed = []
     for ax, batch in zip(axes, batches):
         here = [(r["latency_ms"]["p50"], r["accuracy"], r) for r in points if r["batch_size"] == batch]
         front = pareto_front(here)
         for x, y, record in here:
             ax.scatter(x, y, s=36, color=colours[_series(record)], zorder=3)
-            ax.annotate(_text(_series(record)), (x, y), xytext=(5, 4), textcoords="offset points", fontsize=7)
         xs = [p[0] for p in front] + [max(p[0] for p in here)]  # the front holds until the slowest point
         ys = [p[1] for p in front] + [front[-1][1]]
-        ax.step(xs, ys, where="post", color="0.2", linewidth=1, linestyle="--", zorder=2, label="Pareto front")
+        ax.step(xs, ys, where="post", color="0.2", linewidth=1, linestyle="--", zorder=2)
         ax.scatter([p[0] for p in front], [p[1] for p in front], s=110, facecolors="none", edgecolors="black", linewidths=1.5, zorder=4)
         _log_if_wide(ax, [p[0] for p in here], "x")
-        ax.margins(x=0.15, y=0.1)
+        ax.margins(x=0.2, y=0.2)
         ax.yaxis.set_major_formatter(PercentFormatter(xmax=1))
         ax.set_xlabel("p50 latency (ms)")
         ax.set_ylabel("accuracy")
-        ax.set_title(f"batch {batch}: lower latency and higher accuracy is better", fontsize=9)
+        ax.set_title(f"batch {batch}", fontsize=9)
         ax.grid(True, alpha=0.3)
-        ax.legend(loc="lower right", fontsize=7)
+        placed.append((ax, [(x, y, str(numbers[_series(r)])) for x, y, r in here]))
     for ax in axes[len(batches):]:
         ax.set_axis_off()
-    figure.suptitle("Latency vs accuracy (circled: on the Pareto front)")
+    figure.suptitle(f"{_text(model)}: latency vs accuracy (up and left is better; dashed, circled: the Pareto front)", fontsize=10)
+    handles = [Line2D([], [], marker="o", linestyle="", color=colours[name]) for name in numbers]
+    figure.legend(handles, [f"{number}  {_text(name)}" for name, number in numbers.items()], loc="outside lower center",
+                  ncols=cols, fontsize=8, frameon=False)
+    figure.canvas.draw()  # the layout is final now: numbers are placed in its pixels
+    for ax, labelled in placed:
+        _number_points(ax, labelled)
     return figure
 
 
@@ -138,14 +204,14 @@ def _unit(largest: float) -> tuple[str, float]:
     return ("MiB", 1024.0**2) if largest >= 1024**2 else ("KiB", 1024.0)
 
 
-def _plot_size(document: dict):
+def _plot_size(model: str, records: list[dict]):
     sizes: dict[str, int] = {}  # one bar per artifact: the size does not depend on backend or batch
-    for record in document.get("records", []):
+    for record in records:
         if record.get("size_bytes") is not None:
             sizes.setdefault(_label(record), record["size_bytes"])
     if not sizes:
         figure = _figure(6.5, 2.5)
-        _empty(figure, "Size on disk", "no size data")
+        _empty(figure, f"{_text(model)}: size on disk", "no size data")
         return figure
     unit, scale = _unit(max(sizes.values()))
     figure = _figure(7.0, 1.2 + 0.4 * len(sizes))
@@ -157,16 +223,16 @@ def _plot_size(document: dict):
     ax.invert_yaxis()  # first artifact on top, as in the table
     ax.set_xlim(0, max(values) * 1.25)  # room for the value labels
     ax.set_xlabel(f"size on disk ({unit})")
-    ax.set_title("Size on disk")
+    ax.set_title(f"{_text(model)}: size on disk", fontsize=10)
     ax.grid(True, axis="x", alpha=0.3)
     return figure
 
 
-def _plot_latency_by_batch(document: dict, colours: dict):
-    records = _measured(document)
+def _plot_latency_by_batch(model: str, records: list[dict], colours: dict):
+    records = _measured(records)
     if not records:
         figure = _figure(6.5, 2.5)
-        _empty(figure, "Latency per batch size", "no latency measured")
+        _empty(figure, f"{_text(model)}: latency per batch size", "no latency measured")
         return figure
     batches = sorted({r["batch_size"] for r in records})
     series = list(dict.fromkeys(_series(r) for r in records))
@@ -189,19 +255,23 @@ def _plot_latency_by_batch(document: dict, colours: dict):
     ax.set_xlim(-0.6, len(batches) - 0.4)
     ax.set_xlabel("batch size")
     ax.set_ylabel("latency per batch (ms)")
-    ax.set_title("Latency per batch size: p50, whisker up to p90, \u00d7 = p99", fontsize=10)
+    ax.set_title(f"{_text(model)}: latency per batch size (p50, whisker up to p90, \u00d7 = p99)", fontsize=10)
     ax.grid(True, axis="y", alpha=0.3)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=7)
     return figure
 
 
-def _figures(document: dict) -> dict:
-    colours = _colours(document)
-    return {
-        "latency_vs_accuracy": _plot_latency_vs_accuracy(document, colours),
-        "size": _plot_size(document),
-        "latency_by_batch": _plot_latency_by_batch(document, colours),
-    }
+def _figures(document: dict) -> list[tuple[str, dict]]:
+    """(model, {plot name: figure}) per model, plots in PLOTS order."""
+    found = []
+    for model, records in _groups(document):
+        colours = _colours(records)
+        found.append((model, {
+            "latency_vs_accuracy": _plot_latency_vs_accuracy(model, records, colours),
+            "size": _plot_size(model, records),
+            "latency_by_batch": _plot_latency_by_batch(model, records, colours),
+        }))
+    return found
 
 
 def _png(figure) -> bytes:
@@ -210,16 +280,27 @@ def _png(figure) -> bytes:
     return buffer.getvalue()
 
 
+def _slugs(models: list[str]) -> list[str]:
+    """A file-name-safe, distinct stem per model: cnn.pt -> cnn.pt, runs/a b.pt -> runs-a-b.pt."""
+    stems: list[str] = []
+    for model in models:
+        stem = re.sub(r"[^A-Za-z0-9._-]+", "-", model).strip("-.") or "model"
+        stems.append(stem if stem not in stems else f"{stem}-{len(stems) + 1}")
+    return stems
+
+
 def write_plots(document: dict, folder: Path) -> list[Path]:
-    """Write latency_vs_accuracy.png, size.png and latency_by_batch.png into `folder`, always all
-    three (a plot without data says so), and return their paths in that order."""
+    """Write MODEL.latency_vs_accuracy.png, MODEL.size.png and MODEL.latency_by_batch.png per model
+    (lineage root) into `folder`, always all three (a plot without data says so); return the paths."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
+    figures = _figures(document)
     paths = []
-    for name, figure in _figures(document).items():
-        path = folder / f"{name}.png"
-        path.write_bytes(_png(figure))
-        paths.append(path)
+    for slug, (_, plots) in zip(_slugs([model for model, _ in figures]), figures):
+        for name, figure in plots.items():
+            path = folder / f"{slug}.{name}.png"
+            path.write_bytes(_png(figure))
+            paths.append(path)
     return paths
 
 
@@ -334,10 +415,52 @@ tr.skipped td { color: #999; font-style: italic; } tr.skipped td:last-child { wh
 """
 
 CAPTIONS = {
-    "latency_vs_accuracy": "Latency vs accuracy per batch size; the dashed step line is the Pareto front (nothing is both faster and more accurate than a circled point).",
+    "latency_vs_accuracy": "Latency vs accuracy per batch size, numbered as in the key below it; the dashed step line is the Pareto front "
+                           "(nothing is both faster and more accurate than a circled point).",
     "size": "Size on disk per artifact.",
     "latency_by_batch": "Latency per batch size for each artifact and backend: p50, whisker up to p90, \u00d7 marks p99.",
 }
+# Nothing outside the page may load: the report must open offline, and any attempt shows as a console error.
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
+
+
+def _summary(document: dict) -> str:
+    """Per model, device and batch size: the best artifact, its speedup, what it cost, its size."""
+    from aiopt.bench.report import BUDGET_TEXT, best_per_model
+
+    bests = best_per_model(document)
+    if not bests:
+        return "<p>Nothing was measured.</p>"
+    rows = []
+    for b in bests:
+        base = b.baseline or {}
+        change = "" if b.accuracy_change is None else f" ({b.accuracy_change * 100:+.1f} pt)"
+        cells = [
+            (_e(b.model), "text"), (_e(b.device), "text"), (_e(b.batch_size), ""),
+            (_e(_label(b.best)) + (" <small>(the baseline)</small>" if b.best is b.baseline else ""), "text"), (_e(b.best["backend"]), "text"),
+            (f"{_ms(base.get('latency_ms', {}).get('p50'))} &rarr; {_ms(b.best['latency_ms']['p50'])}" if base else _ms(b.best["latency_ms"]["p50"]), ""),
+            (f"<b>{b.speedup:.2f}\u00d7</b>" if b.speedup is not None else DASH, ""),
+            (f"{_percent(base.get('accuracy'))} &rarr; {_percent(b.best.get('accuracy'))}{change}" if base else _percent(b.best.get("accuracy")), ""),
+            (f"{_bytes(base.get('size_bytes'))} &rarr; {_bytes(b.best.get('size_bytes'))}" if base else _bytes(b.best.get("size_bytes")), ""),
+        ]
+        rows.append("<tr>" + "".join(f"<td class={kind}>{cell}</td>" if kind else f"<td>{cell}</td>" for cell, kind in cells) + "</tr>")
+    header = ("model", "device", "batch", "best artifact", "backend", "p50 ms", "speedup", "accuracy", "size")
+    return (f"<p>Best: the fastest artifact whose accuracy is within {_e(BUDGET_TEXT)} of the baseline's (FP32 PyTorch, its lineage's root); "
+            f"speedup: same-run ratio of p50 latencies; before &rarr; after.</p>"
+            f'<div class="scroll"><table class="summary"><thead><tr>{"".join(f"<th>{_e(c)}</th>" for c in header)}</tr></thead>'
+            f"<tbody>{''.join(rows)}</tbody></table></div>")
+
+
+def _plots(document: dict) -> str:
+    sections = []
+    for model, figures in _figures(document):
+        images = "".join(
+            f'<figure><img alt="{_e(model)}: {_e(name.replace("_", " "))}" src="data:image/png;base64,{base64.b64encode(_png(figure)).decode("ascii")}">'
+            f"<figcaption>{_e(CAPTIONS[name])}</figcaption></figure>"
+            for name, figure in figures.items()
+        )
+        sections.append(f"<h3>{_e(model)}</h3>{images}")
+    return "".join(sections)
 
 
 def render_html(document: dict) -> str:
@@ -350,24 +473,21 @@ def render_html(document: dict) -> str:
     skipped = sum(1 for r in records if r.get("skipped"))
     if skipped:
         notes.append(f"{skipped} of {len(records)} records were skipped; the last column of the table says why.")
-    plots = "".join(
-        f'<figure><img alt="{_e(name.replace("_", " "))}" src="data:image/png;base64,{base64.b64encode(_png(figure)).decode("ascii")}">'
-        f"<figcaption>{_e(CAPTIONS[name])}</figcaption></figure>"
-        for name, figure in _figures(document).items()
-    )
     machine = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in _machine_rows(document))
     units = {"min_time": " s"}
     setting = "".join(f"<dt>{_e(k.replace('_', ' '))}</dt><dd>{_e(_setting(v))}{units.get(k, '') if v is not None else ''}</dd>"
                       for k, v in settings.items())
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
 <title>aiopt bench report {_e(document.get("created_at") or "")}</title><style>{CSS}</style></head><body>
 <h1>aiopt bench report</h1>
 <p>Command: <code>{_e(document.get("command") or DASH)}</code></p>
 {"".join(f'<p class="note">{_e(n)}</p>' for n in notes)}
+<h2>Summary</h2>{_summary(document)}
+<h2>Plots per model</h2>{_plots(document)}
 <h2>Machine</h2><dl>{machine}</dl>
 <h2>Settings</h2><dl>{setting}</dl>
-<h2>Plots</h2>{plots}
 <h2>Records</h2>
 <div class="scroll"><table><thead><tr>{"".join(f"<th>{_e(c)}</th>" for c in COLUMNS)}</tr></thead>
 <tbody>{"".join(_row(r) for r in records)}</tbody></table></div>

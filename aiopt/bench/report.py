@@ -34,6 +34,95 @@ def load_report(path: str | os.PathLike) -> dict:
     return document
 
 
+# ---------------------------------------------------------------- the summary: best artifact per model
+
+ACCURACY_BUDGET = 0.01  # "best" may cost at most one point of accuracy, as the gate's --max-accuracy-drop default
+NO_BASELINE = "(no baseline)"
+BUDGET_TEXT = f"{ACCURACY_BUDGET * 100:g} pt"
+
+
+@dataclass(frozen=True)
+class Best:
+    """The fastest record of one model (lineage root) at one device and batch size whose accuracy
+    is within ACCURACY_BUDGET of the baseline's; the baseline itself when nothing else is."""
+
+    model: str  # the baseline's label (its path), or NO_BASELINE
+    device: str
+    batch_size: int
+    best: dict
+    baseline: dict | None
+
+    @property
+    def speedup(self) -> float | None:
+        if self.baseline is None:
+            return None
+        return self.best.get("speedup_vs_baseline") or self.baseline["latency_ms"]["p50"] / self.best["latency_ms"]["p50"]
+
+    @property
+    def accuracy_change(self) -> float | None:
+        """Best minus baseline accuracy (negative: what the speed cost)."""
+        before, after = (self.baseline or {}).get("accuracy"), self.best.get("accuracy")
+        return None if before is None or after is None else after - before
+
+    def describe(self) -> str:
+        """One line: which artifact, how much faster, what it cost."""
+        name, where = self.best.get("label") or self.best["artifact"], f"batch {self.batch_size}" + ("" if self.device == "cpu" else f" on {self.device}")
+        if self.baseline is None:
+            return f"{name} [{self.best['backend']}] is the fastest at {where} (no baseline measured)"
+        base = self.baseline.get("label") or self.baseline["artifact"]
+        if self.best is self.baseline:
+            return f"nothing beat {base} (FP32 PyTorch) at {where} within {BUDGET_TEXT} of its accuracy"
+        text = f"{name} [{self.best['backend']}]: {self.speedup:.1f}x faster than {base} (FP32 PyTorch) at {where}"
+        if self.accuracy_change is not None:
+            text += f", accuracy {self.baseline['accuracy']:.1%} -> {self.best['accuracy']:.1%}"
+        return text + f", size {_size(self.baseline.get('size_bytes'))} -> {_size(self.best.get('size_bytes'))}"
+
+
+def best_per_model(document: dict) -> list[Best]:
+    """A Best per (lineage root, device, batch size), in the order the records come."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in document.get("records", []):
+        if not record.get("skipped") and (record.get("latency_ms") or {}).get("p50") is not None:
+            groups.setdefault((record.get("baseline"), record["device"], record["batch_size"]), []).append(record)
+    found = []
+    for (root, device, batch), records in groups.items():
+        baseline = next((r for r in records if r.get("is_baseline")), None)
+        # the torch.compile peer shares the root's path but is not an artifact one can ship
+        candidates = [r for r in records if r.get("is_baseline") or r["artifact"] != root]
+        if baseline is not None and baseline.get("accuracy") is not None:
+            candidates = [r for r in candidates if r.get("accuracy") is not None and r["accuracy"] >= baseline["accuracy"] - ACCURACY_BUDGET - 1e-9]
+        best = min(candidates, key=lambda r: (r["latency_ms"]["p50"], r.get("size_bytes") or 0))
+        model = (baseline.get("label") or baseline["artifact"]) if baseline else root or NO_BASELINE
+        found.append(Best(model, device, batch, best, baseline))
+    return found
+
+
+def headline(document: dict, batch_size: int = 64) -> str:
+    """What the run found at `batch_size` (the largest measured if absent), one clause per model."""
+    bests = best_per_model(document)
+    sizes = {b.batch_size for b in bests}
+    if not sizes:
+        return "nothing was measured"
+    batch = batch_size if batch_size in sizes else max(sizes)
+    return "; ".join(b.describe() for b in bests if b.batch_size == batch)
+
+
+def _summary_markdown(document: dict) -> list[str]:
+    bests = best_per_model(document)
+    if not bests:
+        return []
+    lines = [f"Best per model: the fastest artifact within {BUDGET_TEXT} of the baseline's accuracy (speedup: same-run ratio of p50 latencies).", "",
+             "| model | device | batch | best | backend | p50 ms | speedup | accuracy | size |", "|---|---|---:|---|---|---:|---:|---:|---:|"]
+    for b in bests:
+        base = b.baseline or {}
+        accuracy = _fmt(b.best.get("accuracy"), ".1%") if b.accuracy_change is None else \
+            f"{base['accuracy']:.1%} -> {b.best['accuracy']:.1%} ({b.accuracy_change * 100:+.1f} pt)"
+        size = _size(b.best.get("size_bytes")) if not base else f"{_size(base.get('size_bytes'))} -> {_size(b.best.get('size_bytes'))}"
+        lines.append(f"| {b.model} | {b.device} | {b.batch_size} | {b.best.get('label') or b.best['artifact']} | {b.best['backend']} | "
+                     f"{b.best['latency_ms']['p50']:.3f} | {'-' if b.speedup is None else f'{b.speedup:.2f}x'} | {accuracy} | {size} |")
+    return lines + [""]
+
+
 def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
@@ -50,6 +139,7 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
     lines = [
         "## aiopt bench",
         "",
+        *_summary_markdown(document),
         f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {gpu['name']} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else ", no GPU")
         + f"; python {machine['python']}, torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}, onnx {machine.get('onnx')}, tensorrt {machine.get('tensorrt')}.",
         f"Settings: {document['settings']['threads']} threads, warm-up {document['settings']['warmup']}, at least {document['settings']['min_runs']} runs "
