@@ -617,4 +617,6 @@ def probe_outputs(module, spec: list[TensorSpec]) -> list[TensorSpec]:
                 f"the model rejected an example input of {'; '.join(map(str, spec))} ({type(exc).__name__}: {str(exc).splitlines()[0][:160]}); check --input-shape"
             ) from exc
     outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)
-    return [TensorSpec(f"output_{i}" if len(outputs) > 1 else "logits", ("batch", *o.shape[1:]), str(o.dtype).removeprefix("torch.")) for i, o in enumerate(outputs)]
+    # Neutral names: a name such as "logits" would claim the output is class scores, which
+    # decides how quality is judged (measure/quality.py); nothing here knows that.
+    return [TensorSpec(f"output_{i}", ("batch", *o.shape[1:]), str(o.dtype).removeprefix("torch.")) for i, o in enumerate(outputs)]

@@ -94,6 +94,7 @@ def _reference_case(name: str, work: Path, args) -> dict:
 
     size = "tiny" if args.quick else "base"
     checkpoint = Path(args.work) / size / f"{name}.pt"
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
     if not checkpoint.exists():
         _aiopt("train", f"{name}:{size}", "-o", str(checkpoint), *(["--epochs", "3"] if args.quick else []))
     onnx_path = work / f"{name}-{size}.onnx"

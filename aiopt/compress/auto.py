@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, Selection, choose, dispatch_candidates, make_runner, measure_quality, measure_speed,
+from aiopt.compress.select import (TIE, Selection, choose, confirm_fastest, dispatch_candidates, make_runner, measure_quality, measure_speed,
                                   twins_on_other_runtime)
 from aiopt.errors import CheckFailedError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
@@ -94,6 +94,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     runners.update(measure_quality(twins, reference_outputs, data, ctx.spec, floor, say))
     candidates += twins
     measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
+    confirm_fastest(candidates, reference, runners, data, ctx.spec, config.batch_sizes, set(allowed), say)
     by_batch = dispatch_candidates(candidates, config.batch_sizes, floor) if config.backend == "auto" else []
     candidates += by_batch
     allowed += [c.name for c in [*mixed, *twins, *by_batch]]
@@ -260,6 +261,15 @@ def _report(selection: Selection, floor, metric_reason, data, calibration, kerne
     }
 
 
+def _compact(selection: dict, metric: str) -> dict:
+    """What the artifact keeps of the choice (the full record is in the command's report): a
+    small model must not double in size from its own metadata."""
+    key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
+    rows = [{"name": c["name"], "runtime": c["runtime"], "size_bytes": c["size_bytes"], metric: (c["quality"] or {}).get(key),
+             "p50_ms": c["latency_ms"], "problem": c["problem"]} for c in selection["candidates"]]
+    return {**{k: v for k, v in selection.items() if k != "candidates"}, "candidates": rows}
+
+
 def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict) -> None:
     import onnx
 
@@ -280,7 +290,7 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict) -> N
         loaded, "quantize", format="onnx", **serving, quality_metric=report["metric"],
         inputs=[s.to_dict() for s in spec], outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)],
         quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
-        selection=report["selection"], metrics=metrics, agreement_with_parent=quality,
+        selection=_compact(report["selection"], report["metric"]), metrics=metrics, agreement_with_parent=quality,
     )
     embed_metadata(model, with_own_lineage(metadata, out))
     with atomic_path(out) as tmp:

@@ -169,11 +169,14 @@ def _check_device(config: QuantizeConfig) -> None:
 
 
 def _choose_method(config: QuantizeConfig, have_calibration: bool) -> tuple[str, str]:
+    """The forced ONNX Runtime recipe: static when calibration data exists, else dynamic."""
     if config.backend == "torch" and config.method == "auto":
         return "dynamic", "PyTorch backend: dynamic INT8 of Linear and LSTM weights"
     if config.method == "static" and not have_calibration:
         raise InputError("static quantization needs calibration data: the model records no built-in dataset; pass --calibration DATA.npz")
     if config.method == "auto":
+        if have_calibration and config.calibration is not None:
+            return "static", f"calibration data given ({config.calibration}): static INT8 calibrated on it"
         if have_calibration:
             return "static", "the model's training data is known: static INT8 calibrated on it"
         return "dynamic", "no calibration data (the model records no dataset; pass --calibration DATA.npz for static INT8): dynamic INT8"

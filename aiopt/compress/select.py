@@ -18,6 +18,8 @@ from aiopt.measure.quality import QualityFloor, compare_outputs
 
 TIE = 0.03
 QUICK = LatencyConfig(warmup=3, min_runs=5, min_time=0.25, rounds=3)
+CONFIRM = LatencyConfig(warmup=5, min_runs=10, min_time=1.0, rounds=5)
+CONFIRM_TOP = 3
 
 
 @dataclass
@@ -101,6 +103,21 @@ def measure_speed(candidates: list[Candidate], runners: dict, data, spec, batch_
         for candidate, stat in zip(timed, stats):
             candidate.latency_ms[batch] = stat.p50
         say(f"batch {batch}: " + ", ".join(f"{c.name} {c.latency_ms[batch]:.3f} ms" for c in timed))
+
+
+def confirm_fastest(candidates: list[Candidate], reference: Candidate, runners: dict, data, spec, batch_sizes: tuple[int, ...],
+                    eligible: set[str], say, keep: int = CONFIRM_TOP) -> None:
+    """The quick timing ranks; this decides. The best few candidates (by geometric mean) and the
+    FP32 reference are timed again, longer and in more interleaved rounds, and their times
+    replaced: a microsecond of noise must not decide "slower than FP32" at batch 1."""
+    timed = [c for c in candidates if c.name in runners and c.name in eligible and c is not reference
+             and all(b in c.latency_ms for b in batch_sizes)]
+    ranked = sorted(timed, key=lambda c: math.exp(sum(math.log(c.latency_ms[b]) for b in batch_sizes) / len(batch_sizes)))
+    finalists = [reference, *ranked[:keep]]
+    if len(finalists) < 2:
+        return
+    say(f"confirming the fastest: {', '.join(c.name for c in finalists)}")
+    measure_speed(finalists, runners, data, spec, batch_sizes, say, CONFIRM)
 
 
 def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple[int, ...], floor: QualityFloor,
