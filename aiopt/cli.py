@@ -421,6 +421,7 @@ def quantize(
     min_cosine: float = typer.Option(0.99, "--min-cosine", help="Quality floor for embeddings and other continuous outputs: mean cosine similarity to FP32."),
     metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, agreement or cosine (default: from what the output is)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes the candidates are timed at (repeatable; default 1 and 64)."),
+    candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Choose only among these recipes (repeatable; names as in the report, e.g. int8-dynamic)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
     device: str = DEVICE_OPTION,
@@ -436,7 +437,8 @@ def quantize(
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
-                            device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)))
+                            device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
+                            candidates=tuple(candidate or ()))
     result = quantize_artifact(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype),
                                on_progress=lambda message: stderr.print(escape(message)))
     report = result.report
@@ -696,6 +698,8 @@ def optimize(
     finetune_epochs: Optional[int] = typer.Option(None, "--finetune-epochs", help="Fine-tuning epochs after pruning (default: a third of the model's recipe)."),
     distill_epochs: Optional[int] = typer.Option(None, "--distill-epochs", help="Distillation epochs (default: the student's recipe)."),
     data: Optional[str] = typer.Option(None, "--data", help="Held-out data for quality: .npz, .txt, mnist1d or digits (default: the model's test split)."),
+    calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data for static INT8: .npz, .txt, mnist1d or digits (default: the model's training split)."),
+    seq_len: int = SEQ_LEN_OPTION,
     min_time: float = typer.Option(0.6, "--min-time", help="Seconds of timed runs per artifact and batch size, at least."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the runtimes (default: all cores)."),
     seed: int = SEED_OPTION,
@@ -710,7 +714,7 @@ def optimize(
     config = OptimizeConfig(target=target, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, objective=objective,
                             batch_sizes=tuple(batch_size or (1, 64)), time_budget=time_budget_from(time_budget, trials), trials=trials,
                             storage=storage, study=study, keep=keep, sampler=sampler, seed=seed, finetune_epochs=finetune_epochs,
-                            distill_epochs=distill_epochs, data=data, tries=tuple(try_chain or ()), threads=threads,
+                            distill_epochs=distill_epochs, data=data, calibration=calibration, seq_len=seq_len, tries=tuple(try_chain or ()), threads=threads,
                             latency=replace(TRIAL_LATENCY, min_time=min_time))
     with stderr.status("optimize: starting") as status:  # the steps' progress, replaced as it goes; one kept line per trial
         result = run_optimize(model, output, config, on_trial=lambda event: stderr.print(escape(event["line"]), soft_wrap=True),

@@ -7,7 +7,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from aiopt.artifacts import load_model
-from aiopt.compress.common import load_reference_checkpoint, torch_logits
+from aiopt.compress.common import load_reference_checkpoint
+from aiopt.measure.torch_model import torch_logits
 from aiopt.compress.prune import (
     PruneConfig,
     _sparsity_for_target,

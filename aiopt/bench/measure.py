@@ -362,7 +362,7 @@ def _describe(path: str) -> _Described:
 def flops_of(loaded, spec) -> int | None:
     """FLOPs of one sample (2 x multiply-accumulates), from the architecture the metadata records;
     quantization does not change the count, so ONNX and TorchScript descendants inherit it."""
-    from aiopt.compress.common import count_macs_and_params
+    from aiopt.measure.torch_model import count_macs_and_params
     from aiopt.reference_models import build_model
 
     metadata = loaded.metadata

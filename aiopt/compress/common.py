@@ -1,16 +1,10 @@
-"""Glue every compression step shares: which model and data it works on, how its result is
-checked against the parent, and how its size is counted.
-
-A transform that produces NaN/Inf or loses the parent's predictions fails here, loudly,
-before anything is written (the numerical guard of the reliability issue).
-"""
+"""Glue every compression step shares: which model it works on and which data it trains on.
+Measuring a result (outputs, agreement with the parent, MACs) lives in aiopt.measure."""
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from aiopt.errors import InputError, UnsupportedModelError
 
@@ -52,25 +46,3 @@ def dataset_for(metadata: dict, override: str | None = None, step: str = "this s
     if recorded and tuple(recorded) != dataset.sample_shape:
         raise InputError(f"dataset {name} has samples of shape {dataset.sample_shape}; the model was trained on {tuple(recorded)}")
     return dataset
-
-
-def torch_logits(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
-    import torch
-
-    model.eval()
-    with torch.no_grad():
-        chunks = [model(torch.from_numpy(np.ascontiguousarray(x[i:i + batch_size]))) for i in range(0, len(x), batch_size)]
-    return torch.cat(chunks).numpy()
-
-
-def count_macs_and_params(model, input_spec) -> tuple[int, int]:
-    """Multiply-accumulates and parameters of one sample's forward pass (Torch-Pruning's counter)."""
-    import torch_pruning as tp
-
-    from aiopt.artifacts import example_inputs
-
-    was_training = model.training
-    model.eval()
-    macs, params = tp.utils.count_ops_and_params(model, example_inputs(input_spec, batch_size=1))
-    model.train(was_training)
-    return int(macs), int(params)

@@ -321,11 +321,8 @@ def distill_checkpoint(
     import torch
 
     from aiopt.artifacts import child_metadata, load_model, save_checkpoint
-    from aiopt.compress.common import (
-        dataset_for,
-        load_reference_checkpoint,
-        torch_logits,
-    )
+    from aiopt.compress.common import dataset_for, load_reference_checkpoint
+    from aiopt.measure.torch_model import torch_logits
     from aiopt.evaluate import accuracy
     from aiopt.measure.quality import check_against_parent
     from aiopt.fileio import check_output_path

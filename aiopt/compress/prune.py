@@ -93,12 +93,8 @@ def prune_checkpoint(
     import torch
 
     from aiopt.artifacts import child_metadata, save_checkpoint
-    from aiopt.compress.common import (
-        count_macs_and_params,
-        dataset_for,
-        load_reference_checkpoint,
-        torch_logits,
-    )
+    from aiopt.compress.common import dataset_for, load_reference_checkpoint
+    from aiopt.measure.torch_model import count_macs_and_params, torch_logits
     from aiopt.evaluate import accuracy
     from aiopt.measure.quality import check_against_parent
     from aiopt.reference_models import config_to_dict
@@ -333,7 +329,7 @@ def _planned_config(architecture: str, config, sparsity: float):
 
 def _sparsity_for_target(parent, target: float) -> tuple[float, float]:
     """The smallest uniform sparsity whose pruned architecture keeps at most `target` of the parameters."""
-    from aiopt.compress.common import count_macs_and_params
+    from aiopt.measure.torch_model import count_macs_and_params
     from aiopt.reference_models import build_model
 
     def ratio(sparsity: float) -> float:

@@ -1,0 +1,113 @@
+"""Settings of `aiopt optimize`, one frozen dataclass the CLI fills flag by flag."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from aiopt.errors import InputError
+from aiopt.measure.latency import LatencyConfig
+
+TARGETS = ("cpu", "cuda")
+OBJECTIVES = ("latency", "throughput", "size")
+KEEP = ("pareto", "all")
+SAMPLERS = ("tpe", "nsga2")
+DEFAULT_MAX_ACCURACY_DROP = 0.01  # one point: the issue's budget
+DEFAULT_STUDY = "aiopt-optimize"
+# Per trial, the trial's artifact and the FP32 reference are timed together at each batch size.
+TRIAL_LATENCY = LatencyConfig(warmup=5, min_runs=10, min_time=0.6, rounds=3)
+
+
+@dataclass(frozen=True)
+class OptimizeConfig:
+    target: str = "cpu"
+    max_accuracy_drop: float | None = None  # default DEFAULT_MAX_ACCURACY_DROP unless min_cosine is given
+    min_cosine: float | None = None  # a cosine budget instead (embeddings)
+    objective: str = "latency"
+    batch_sizes: tuple[int, ...] = (1, 64)
+    time_budget: float | None = 20 * 60.0  # seconds; None: no limit (then trials is required)
+    trials: int | None = None  # finished trials the study should hold (this run adds the missing ones)
+    storage: str | None = None  # an Optuna storage URL; default: a journal file in the output folder
+    study: str | None = None
+    keep: str = "pareto"
+    sampler: str = "tpe"
+    seed: int = 0
+    finetune_epochs: int | None = None  # after channel pruning; default: a third of the model's recipe epochs
+    distill_epochs: int | None = None  # default: the student's recipe
+    data: str | None = None  # held-out evaluation data; default: the model's test split
+    calibration: str | None = None  # for static INT8; default: the model's training split
+    seq_len: int = 128  # text data: tokens per sample
+    tries: tuple[str, ...] = ()  # chains to try first ("prune=0.5,quantize=int8-dynamic")
+    latency: LatencyConfig = field(default=TRIAL_LATENCY)
+    threads: int | None = None
+
+    @property
+    def study_name(self) -> str:
+        return self.study or DEFAULT_STUDY
+
+    @property
+    def budget_metric(self) -> str:
+        return "cosine" if self.min_cosine is not None else "accuracy"
+
+    @property
+    def accuracy_budget(self) -> float:
+        return DEFAULT_MAX_ACCURACY_DROP if self.max_accuracy_drop is None else self.max_accuracy_drop
+
+
+def validate(config: OptimizeConfig) -> None:
+    """Refuse bad settings before anything is loaded."""
+    if config.target not in TARGETS:
+        raise InputError(f"unknown --target {config.target!r}; choose one of {', '.join(TARGETS)}")
+    if config.objective not in OBJECTIVES:
+        raise InputError(f"unknown --objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
+    if config.keep not in KEEP:
+        raise InputError(f"unknown --keep {config.keep!r}; choose one of {', '.join(KEEP)}")
+    if config.sampler not in SAMPLERS:
+        raise InputError(f"unknown --sampler {config.sampler!r}; choose one of {', '.join(SAMPLERS)}")
+    if config.max_accuracy_drop is not None and config.min_cosine is not None:
+        raise InputError("give one budget: --max-accuracy-drop (class outputs) or --min-cosine (embeddings), not both")
+    if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
+        raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
+    if config.min_cosine is not None and not 0 < config.min_cosine <= 1:
+        raise InputError(f"--min-cosine is a cosine similarity in (0, 1], got {config.min_cosine}")
+    if not config.batch_sizes or min(config.batch_sizes) < 1:
+        raise InputError(f"batch sizes must be at least 1, got {list(config.batch_sizes)}")
+    if config.trials is not None and config.trials < 1:
+        raise InputError(f"--trials must be at least 1, got {config.trials}")
+    if config.time_budget is not None and config.time_budget <= 0:
+        raise InputError(f"--time-budget must be positive, got {config.time_budget:g} s")
+    if config.time_budget is None and config.trials is None:
+        raise InputError("give --trials N or --time-budget (e.g. 20m): the search needs an end")
+    for name, value in (("--finetune-epochs", config.finetune_epochs), ("--distill-epochs", config.distill_epochs)):
+        if value is not None and value < 1:
+            raise InputError(f"{name} must be at least 1, got {value}")
+    if config.study is not None and config.storage is None:
+        raise InputError("--study names a study in a shared --storage; pass --storage URL as well (the default storage is one study per folder)")
+
+
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str) -> float:
+    """"20m", "90s", "1h30m" or a number of seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise InputError(f"--time-budget {text!r} is not a duration; write e.g. 90s, 20m or 1h30m")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
+def describe_duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes}m{rest:02d}s" if rest else f"{minutes}m"
+
+
+def time_budget_from(text: str | None, trials: int | None) -> float | None:
+    """--time-budget as seconds: given, or 20 minutes unless --trials alone bounds the search."""
+    if text is not None:
+        return parse_duration(text)
+    return None if trials is not None else 20 * 60.0

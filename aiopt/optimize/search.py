@@ -1,0 +1,393 @@
+"""The search: ask Optuna for a chain, run it, measure what would ship, tell the result; at the
+end choose the best candidate within the budget, verify it once more as written, and report.
+
+Resuming is Optuna's: finished trials stay in the study, a trial interrupted by Ctrl-C or the
+time budget is queued again, and `--trials N` counts every finished trial of the study.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiopt.errors import AioptError, CheckFailedError, InputError, MissingDependencyError
+from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
+from aiopt.optimize.front import Row, best_text, closest, pareto, ranked, rows_from
+
+# After this many chains in a row that were already tried, the space is taken as explored.
+MAX_REPEATS = 12
+DIRECTIONS = ["maximize", "minimize"]  # quality, objective
+
+
+@dataclass
+class OptimizeResult:
+    document: dict
+    outdir: Path
+    best: str | None  # the chosen artifact's path
+    problem: str | None = None  # set when no candidate meets the budget
+    notes: list[str] = field(default_factory=list)
+
+    def raise_if_failed(self) -> None:
+        if self.problem:
+            raise CheckFailedError(self.problem)
+
+
+def optimize(model: str | os.PathLike, outdir: str | os.PathLike, config: OptimizeConfig = OptimizeConfig(),
+             on_trial: Callable[[dict], None] | None = None, say: Callable[[str], None] | None = None,
+             on_step: Callable[[str], None] | None = None) -> OptimizeResult:
+    """Search chains of steps for the best artifact of `model` within the quality budget; write
+    it, the candidates, the reports and reproduce.sh into `outdir`.
+
+    `on_trial(event)` after every trial (event["line"]: one line for a person), `say(message)`
+    for the search's own messages, `on_step(message)` for the steps' progress inside a trial."""
+    from aiopt.optimize.study import OutdirLock
+
+    start = time.monotonic()
+    validate(config)
+    _check_target(config.target)
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise InputError(f"-o {outdir} is a file; pass a folder for the results")
+    if not Path(model).exists():
+        raise InputError(f"{model} does not exist")
+    outdir.mkdir(parents=True, exist_ok=True)
+    say = say or (lambda message: None)
+    lock = OutdirLock(outdir) if config.storage is None else None
+    if lock is not None:
+        lock.__enter__()
+    try:
+        return _Search(Path(model), outdir, config, start, on_trial or (lambda event: None), say, on_step or (lambda message: None),
+                       exclusive=lock is not None).run()
+    finally:
+        if lock is not None:
+            lock.__exit__(None, None, None)
+
+
+def _check_target(target: str) -> None:
+    if target != "cuda":
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        raise MissingDependencyError("--target cuda: no CUDA GPU is visible to PyTorch; use --target cpu, or run on a machine with a GPU")
+    raise MissingDependencyError("--target cuda: the CUDA search space (TensorRT and torch-cuda recipes) is not built yet; use --target cpu")
+
+
+class _Search:
+    def __init__(self, model: Path, outdir: Path, config: OptimizeConfig, start: float, on_trial, say, on_step, exclusive: bool):
+        self.model, self.outdir, self.config, self.start = model, outdir, config, start
+        self.on_trial, self.say, self.on_step, self.exclusive = on_trial, say, on_step, exclusive
+        self.deadline = start + config.time_budget if config.time_budget else None
+        self.stopped_by_time: str | None = None  # the step the time budget ended a trial at
+        self.ran = 0
+
+    # ------------------------------------------------------------ setup
+    def run(self) -> OptimizeResult:
+        from aiopt.artifacts import load_model
+        from aiopt.optimize.space import space_for
+        from aiopt.optimize.study import open_session, recover
+
+        loaded = load_model(self.model)
+        self.space = space_for(loaded, self.config)
+        floor, reason, data = self._floor(loaded)
+        settings = self._settings(floor)
+        from aiopt.optimize.space import first_guesses
+
+        tries = [self.space.parse(text).params for text in self.config.tries] or [c.params for c in first_guesses(self.space)]
+        self.session = open_session(self.config, self.outdir, settings, DIRECTIONS, tries)
+        requeued = recover(self.session, self.exclusive)
+        if requeued:
+            self.say(f"resuming: trial(s) {', '.join(map(str, requeued))} were interrupted and run again")
+        if self.exclusive and not self.session.created:  # a re-run of this folder's search may add chains to try
+            for params in tries:
+                self.session.study.enqueue_trial(params, skip_if_exists=True)
+        self.say(f"search space: {self.space.size()} chains ({len(self.space.quantize)} recipes); budget: {floor.describe()} ({reason}); "
+                 f"study {self.config.study_name} in {self.session.storage_label}")
+        self.reference = self._reference(loaded, floor, reason, data)
+        self.setup_seconds = time.monotonic() - self.start
+        from aiopt.optimize.trial import ChainRunner
+
+        self.runner = ChainRunner(self.model, self.outdir, self.space, self.config, self.reference, self.on_step)
+        with _SigintSeen() as self.sigint:
+            self._loop()
+        return self._finish(loaded)
+
+    def _floor(self, loaded):
+        from aiopt.artifacts import output_spec, require_input_spec
+        from aiopt.evaluate import eval_data
+        from aiopt.measure.quality import QualityFloor, choose_metric
+
+        try:
+            data = eval_data(require_input_spec(loaded), loaded.metadata, self.config.data, seq_len=self.config.seq_len)
+        except InputError as exc:
+            raise InputError(f"{exc} (optimize measures quality on held-out data: --data)") from None
+        outputs = output_spec(loaded)
+        metric, reason = choose_metric(loaded.metadata, outputs[0].name if outputs else "", outputs[0].shape if outputs else None,
+                                       data.labels is not None, "cosine" if self.config.min_cosine is not None else None)
+        if metric == "cosine" and self.config.max_accuracy_drop is not None:
+            raise InputError(f"the model's output is judged by cosine similarity ({reason}); pass --min-cosine instead of --max-accuracy-drop")
+        return QualityFloor(metric, self.config.accuracy_budget, self.config.min_cosine or 0.99), reason, data
+
+    def _settings(self, floor) -> dict:
+        from aiopt.artifacts import artifact_sha256
+
+        return {"model_sha256": artifact_sha256(self.model), "target": self.config.target, "budget": floor.to_dict(),
+                "objective": self.config.objective, "batch_sizes": list(self.config.batch_sizes), "space": self.space.to_dict(),
+                "data": self.config.data or "test split", "calibration": self.config.calibration or "training split",
+                "seq_len": self.config.seq_len, "seed": self.config.seed}
+
+    def _reference(self, loaded, floor, reason, data):
+        """MODEL as FP32 ONNX on ONNX Runtime: the yardstick of quality and of every latency ratio."""
+        from aiopt.evaluate import run_batches
+        from aiopt.measure.deployed import deployed_runner
+        from aiopt.optimize.trial import Reference
+
+        path = self.outdir / "reference.fp32.onnx"
+        if not path.exists():
+            if loaded.format == "onnx":
+                shutil.copyfile(loaded.path, path)
+            else:
+                from aiopt.export.onnx import OnnxExportConfig
+                from aiopt.steps import run_step
+
+                run_step("export", self.model, path, OnnxExportConfig(seq_len=self.config.seq_len), self.on_step)
+        runner, _ = deployed_runner(path, self.config.threads)
+        return Reference(path, runner, run_batches(runner, data)[0], data, floor, reason)
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self) -> None:
+        repeats = 0
+        while not self._should_stop():
+            trial = self.session.ask()
+            chain = self.space.suggest(trial)
+            twin = self.session.finished_like(chain.params)
+            if twin is not None and twin.number != trial.number:
+                self._copy(trial, twin)
+                repeats += 1
+                if repeats >= MAX_REPEATS:
+                    self.say(f"the last {MAX_REPEATS} chains asked for were all tried before: the space is explored")
+                    return
+                continue
+            repeats = 0
+            if not self._run_trial(trial, chain):
+                return
+
+    def _should_stop(self) -> bool:
+        if self.config.trials is not None and self.session.counted() >= self.config.trials:
+            return True
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            self.stopped_by_time = self.stopped_by_time or "the first trial started"
+            return True
+        tried = {tuple(sorted(t.params.items())) for t in self.session.trials(("COMPLETE", "PRUNED", "FAIL")) if not t.user_attrs.get("interrupted")}
+        return len(tried) >= self.space.size()
+
+    def _run_trial(self, trial, chain) -> bool:
+        """Run one trial and tell Optuna; False when the time budget ended it."""
+        import optuna
+
+        from aiopt.optimize.study import heartbeat
+        from aiopt.optimize.trial import TimeBudgetSpent, TrialResult
+
+        started = time.monotonic()
+        trial.set_user_attr("chain", chain.label())
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+        result = TrialResult(chain, self.runner.folder(trial.number))
+        state, values = optuna.trial.TrialState.FAIL, None
+        try:
+            with heartbeat(self.session, trial):
+                self.runner.run(chain, trial.number, self.deadline, result)
+        except optuna.TrialPruned as exc:
+            state = optuna.trial.TrialState.PRUNED
+            trial.set_user_attr("pruned", str(exc))
+        except TimeBudgetSpent as exc:
+            trial.set_user_attr("interrupted", "time budget")
+            self.stopped_by_time = exc.step
+        except KeyboardInterrupt:
+            self._interrupted(trial, result, started)
+            raise
+        except Exception as exc:  # noqa: BLE001 -- a chain a library cannot build must not end the search
+            if self.sigint.hit:  # Ctrl-C that a library turned into its own error
+                self._interrupted(trial, result, started)
+                raise KeyboardInterrupt from exc
+            trial.set_user_attr("error", (str(exc) if isinstance(exc, AioptError) else f"unexpected {type(exc).__name__}: {exc}")[:500])
+        else:
+            state, values = optuna.trial.TrialState.COMPLETE, self._values(result.measured)
+            trial.set_user_attr("ships_as", f"{result.steps[-1].record.get('chosen')} on {result.measured.runtime}")
+        self._record(trial, result, started)
+        frozen = self.session.study.tell(trial, values=values, state=None if values else state)
+        self.ran += 1
+        self._report_trial(frozen)
+        return self.stopped_by_time is None
+
+    def _interrupted(self, trial, result, started: float) -> None:
+        import optuna
+
+        trial.set_user_attr("interrupted", "Ctrl-C")
+        self._record(trial, result, started)
+        self.session.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+
+    def _values(self, measured) -> list[float]:
+        from aiopt.optimize.front import objective_value
+
+        return [self.reference.floor.value(measured.quality), objective_value(measured, self.config.objective, self.config.batch_sizes)]
+
+    def _record(self, trial, result, started: float) -> None:
+        """What the report needs, in the study itself: workers on other machines write it too."""
+        result.folder.mkdir(parents=True, exist_ok=True)
+        trial.set_user_attr("steps", [s.to_dict() for s in result.steps])
+        trial.set_user_attr("seconds", round(time.monotonic() - started, 2))
+        if result.measured is not None:
+            trial.set_user_attr("measured", result.measured.to_dict())
+            trial.set_constraint("quality_budget", _shortfall(self.reference.floor, result.measured))
+        from aiopt.optimize.report import write_json
+
+        write_json(result.folder / "trial.json", {"trial": trial.number, **trial.user_attrs, "params": trial.params})
+
+    def _copy(self, trial, twin) -> None:
+        """A chain tried before: its result stands for this trial too, without running it again."""
+        for key, value in twin.user_attrs.items():
+            if key not in ("retry_of",):
+                trial.set_user_attr(key, value)
+        trial.set_user_attr("duplicate_of", twin.number)
+        for key, value in twin.constraints.items():
+            trial.set_constraint(key, value)
+        frozen = self.session.study.tell(trial, values=twin.values if twin.values else None, state=None if twin.values else twin.state)
+        self._report_trial(frozen)
+
+    def _report_trial(self, frozen) -> None:
+        rows = rows_from(self.session.trials())
+        row = next(r for r in rows if r.number == frozen.number)
+        best = (ranked(rows) or [None])[0]
+        self.on_trial({"trial": row.number, "chain": row.chain, "state": row.state, "line": _trial_line(row, self, best)})
+
+    # ------------------------------------------------------------ the end
+    def _finish(self, loaded) -> OptimizeResult:
+        from aiopt.optimize.report import write_reports
+
+        rows = rows_from(self.session.trials())
+        finished = [r for r in rows if r.state in ("COMPLETE", "PRUNED")]
+        if not finished and self.stopped_by_time:
+            raise InputError(f"--time-budget {describe_duration(self.config.time_budget)} is too small for one trial: none finished "
+                             f"(setup alone, the FP32 reference's export and measurement, took {describe_duration(self.setup_seconds)}; "
+                             f"the budget ran out before {self.stopped_by_time}); give more time, e.g. --time-budget 20m")
+        front = pareto(rows)
+        chosen, verified = self._choose(ranked(rows))
+        if self.config.keep == "pareto":
+            self._drop_off_front(rows, {r.number for r in front} | ({chosen.number} if chosen else set()))
+        problem = None
+        if chosen is None:
+            near = closest(rows)
+            listed = "; ".join(f"#{r.number} {r.chain}: {_clip(r.measured.get('problem') or r.reason)}" for r in near) or "no trial finished"
+            problem = (f"no candidate meets the budget ({self.reference.floor.describe()}) in {len(finished)} finished trial(s); "
+                       f"closest: {listed}. Relax the budget or run more trials")
+        document = write_reports(self, rows, front, chosen, verified, problem, loaded)
+        return OptimizeResult(document, self.outdir, verified["path"] if verified else None, problem)
+
+    def _choose(self, candidates: list[Row]):
+        """The best candidate within the budget, measured again as written to OUTDIR (rebuilt
+        here first when another worker ran it)."""
+        from aiopt.measure.deployed import measure_deployed
+
+        for row in candidates:
+            source = Path(row.artifact or "")
+            if not source.exists():
+                source = self._rebuild(row)
+            target = self.outdir / f"{_stem(self.model)}.optimized{source.suffix}"
+            shutil.copyfile(source, target)
+            again = measure_deployed(target, self.reference.runner, self.reference.outputs, self.reference.data, self.reference.floor,
+                                     self.config.batch_sizes, self.config.latency, self.config.threads)
+            if again.problem is None:
+                return row, {**again.to_dict(), "trial": row.number}
+            self.say(f"trial {row.number} misses the budget when measured again ({again.problem}); trying the next")
+            target.unlink()
+        return None, None
+
+    def _rebuild(self, row: Row) -> Path:
+        from aiopt.optimize.space import Chain
+
+        self.say(f"trial {row.number} ran on {row.worker}: rebuilding its chain here to verify it")
+        result = self.runner.run(Chain(**row.params), row.number, None)
+        return Path(result.artifact)
+
+    def _drop_off_front(self, rows: list[Row], keep: set[int]) -> None:
+        """--keep pareto: artifacts of trials off the front go (their trial.json stays)."""
+        for row in rows:
+            folder = self.runner.folder(row.number)
+            if row.number in keep or row.state not in ("COMPLETE", "PRUNED", "FAIL") or not folder.is_dir():
+                continue  # a trial still running (another worker sharing this folder) keeps its files
+            for path in folder.iterdir():
+                if path.name != "trial.json":
+                    path.unlink()
+
+
+class _SigintSeen:
+    """Notes a Ctrl-C while it passes on to the handler before it (a library may turn the
+    KeyboardInterrupt into an error of its own: that trial was interrupted, not failed)."""
+
+    hit = False
+
+    def __enter__(self) -> _SigintSeen:
+        self.previous = None
+        try:
+            self.previous = signal.getsignal(signal.SIGINT)
+            if self.previous not in (signal.SIG_IGN, None):
+                signal.signal(signal.SIGINT, self._handle)
+        except ValueError:  # not the main thread: signals are not ours to handle
+            self.previous = None
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.hit = True
+        (self.previous if callable(self.previous) else signal.default_int_handler)(signum, frame)
+
+    def __exit__(self, *exc) -> None:
+        if self.previous not in (signal.SIG_IGN, None):
+            signal.signal(signal.SIGINT, self.previous)
+
+
+def _clip(text: str | None, limit: int = 110) -> str:
+    text = text or ""
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _shortfall(floor, measured) -> float:
+    """How far a candidate is below the budget (0 when within it): Optuna's constraint value."""
+    if measured.problem is None:
+        return 0.0
+    quality = measured.quality
+    if floor.metric == "accuracy":
+        return max(1e-6, quality["accuracy_drop"] - floor.max_accuracy_drop)
+    needed = floor.min_cosine if floor.metric == "cosine" else 1 - floor.max_accuracy_drop
+    value = floor.value(quality)
+    return max(1e-6, needed - value) if value is not None and value == value else 1.0
+
+
+def _stem(model: Path) -> str:
+    name = model.name
+    return name[: -len(model.suffix)] if model.suffix and model.is_file() else name
+
+
+def _trial_line(row: Row, search: _Search, best: Row | None) -> str:
+    config = search.config
+    elapsed = describe_duration(time.monotonic() - search.start)
+    head = f"trial {row.number:>3} {row.chain}"
+    if row.duplicate_of is not None:
+        body = f"tried before as trial {row.duplicate_of}, its result stands"
+    elif row.interrupted:
+        body = f"stopped ({row.interrupted}); a re-run runs it again"
+    elif row.state == "COMPLETE":
+        floor = search.reference.floor
+        quality = row.measured.get("quality") or {}
+        figure = (f"acc {quality['accuracy']:.4f} ({-quality['accuracy_drop'] * 100:+.2f} pt)" if floor.metric == "accuracy"
+                  else f"{floor.metric} {row.quality:.4f}")
+        timing = " ".join(f"b{b} {row.measured['latency_ms'][str(b)]:.3f} ms ({row.speedup(b):.2f}x)" for b in config.batch_sizes)
+        verdict = "" if row.meets else f" [{row.measured.get('problem')}]"
+        body = f"{figure}{verdict}, {timing}"
+    else:
+        body = f"{row.state.lower()}: {row.reason or ''}"
+    return f"{head}: {body} | {elapsed} | best {best_text(best, config.objective, config.batch_sizes)}"

@@ -1,0 +1,276 @@
+"""Where the search lives: an Optuna study in a journal file in OUTDIR (the default, one search
+per folder, guarded by a lock file) or in any Optuna storage URL shared by several machines.
+
+The settings a study's results depend on (model, target, budget, objective, batch sizes, search
+space) are stored as a study user attribute by whoever creates it; a run with other settings is
+refused, since its trials would not be comparable.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from aiopt.errors import InputError
+
+JOURNAL = "study.journal"
+LOCK = ".optimize.lock"
+SETTINGS_ATTR = "aiopt_settings"
+HEARTBEAT_SECONDS = 30  # shared RDB storages: a worker that stops beating for GRACE_SECONDS lost its trial
+GRACE_SECONDS = 120
+FINISHED = ("COMPLETE", "PRUNED")
+
+
+class OutdirLock:
+    """One `aiopt optimize` per folder on the default storage: a lock file holding the pid,
+    taken over when that process is gone (a run killed with SIGKILL leaves it behind)."""
+
+    def __init__(self, outdir: Path):
+        self.path = outdir / LOCK
+
+    def __enter__(self) -> OutdirLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._owner()
+                if owner is not None and _alive(owner):
+                    raise InputError(f"another aiopt optimize (pid {owner}) is writing {self.path.parent}; wait for it, "
+                                     "choose another -o, or share one study with --storage URL") from None
+                self.path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise InputError(f"could not take the lock {self.path}; remove it if no aiopt optimize is running")
+
+    def __exit__(self, *exc) -> None:
+        if self._owner() == os.getpid():
+            self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text().strip() or 0) or None
+        except (OSError, ValueError):
+            return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def describe_storage(url: str | None, outdir: Path) -> str:
+    """The storage as shown to people: passwords hidden."""
+    if url is None:
+        return str(outdir / JOURNAL)
+    if "://" not in url:
+        return url
+    try:
+        from sqlalchemy.engine import make_url
+
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 -- a malformed URL is reported by open_storage
+        return url.split("@")[-1]
+
+
+def open_storage(url: str | None, outdir: Path):
+    """The Optuna storage: a journal file (default: OUTDIR/study.journal, or a path given as
+    --storage), or an RDB URL (sqlite:///..., postgresql://...). Unreachable -> InputError."""
+    import optuna
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        if url is None or "://" not in url:
+            return JournalStorage(JournalFileBackend(str(outdir / JOURNAL if url is None else url)))
+        return _rdb_storage(url)
+    except Exception as exc:  # noqa: BLE001 -- drivers raise their own types; all mean "cannot use this storage"
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise InputError(f"cannot open --storage {describe_storage(url, outdir)}: {first}; check the URL, the server and its driver "
+                         "(postgresql needs psycopg2)") from None
+
+
+def _rdb_storage(url: str, attempts: int = 5):
+    """Workers starting together race to create the tables ("table studies already exists"
+    for the loser): the loser tries again and finds them."""
+    import optuna
+
+    engine = {"connect_args": {"connect_timeout": 10}} if url.startswith(("postgresql", "mysql")) else None
+    for attempt in range(attempts):
+        try:
+            with no_optuna_warnings():
+                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
+                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
+                                                  grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
+        except Exception as exc:  # noqa: BLE001 -- the driver's own error type
+            if "already exists" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + attempt)
+
+
+@dataclass
+class Session:
+    study: object  # optuna.Study
+    storage: object  # what open_storage made (the study wraps it in a cache)
+    storage_label: str
+    created: bool
+    notes: list[str] = field(default_factory=list)
+
+    def trials(self, states: tuple[str, ...] | None = None) -> list:
+        import optuna
+
+        wanted = None if states is None else tuple(getattr(optuna.trial.TrialState, s) for s in states)
+        return self.study.get_trials(deepcopy=False, states=wanted)
+
+    def ask(self):
+        """The next trial (a queued one first); Optuna warns that heartbeats are meant for
+        Study.optimize, but ask/tell with our own beat is what lets a trial be interrupted cleanly."""
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Heartbeat of storage")
+            return self.study.ask()
+
+    def counted(self) -> int:
+        """Trials that count towards --trials: finished ones (failed by an error too), and those
+        running now (here or on another worker), so that workers together stop at N. Interrupted
+        trials do not count (they are run again), nor repeats of a chain tried before."""
+        return sum(1 for t in self.trials((*FINISHED, "RUNNING", "FAIL")) if not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs)
+
+    def finished_like(self, params: dict):
+        """A finished trial (or one that failed by error) with these params, if any."""
+        for trial in self.trials((*FINISHED, "FAIL")):
+            if trial.params == params and not trial.user_attrs.get("interrupted"):
+                return trial
+        return None
+
+
+def sampler_for(config, shared: bool, history: int):
+    """TPE (default) or NSGA-II; both read the quality budget from each trial's constraint
+    (Trial.set_constraint). The seed moves on with the study's `history` (a resumed run would
+    otherwise ask for the chains the first run began with), and workers sharing a study get
+    different seeds, or their first random trials would all be the same."""
+    import optuna
+
+    seed = config.seed + history + (os.getpid() if shared else 0)
+    if config.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=8)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=6)
+
+
+def open_session(config, outdir: Path, settings: dict, directions: list[str], first: list[dict] = ()) -> Session:
+    """Create the study or load it; refuse one made with other settings. The creator queues the
+    `first` chains (params) before it writes the settings, which workers wait for: every worker
+    then sees them queued."""
+    import optuna
+
+    storage = open_storage(config.storage, outdir)
+    label = describe_storage(config.storage, outdir)
+    silence_optuna()
+    try:
+        study = optuna.create_study(storage=storage, study_name=config.study_name, directions=directions)
+        created = True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(study_name=config.study_name, storage=storage)
+        created = False
+    study.sampler = sampler_for(config, config.storage is not None, len(study.trials))
+    if created:
+        for params in first:
+            study.enqueue_trial(params, skip_if_exists=True)
+        study.set_user_attr(SETTINGS_ATTR, settings)
+    else:
+        _check_settings(study, settings, config.study_name, label)
+    return Session(study, storage, label, created)
+
+
+def _check_settings(study, settings: dict, name: str, label: str) -> None:
+    stored = _wait_for_settings(study)
+    if stored is None:  # a study someone made by hand: adopt it
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    ours, theirs = json.loads(json.dumps(settings)), stored
+    for key in sorted(set(ours) | set(theirs)):
+        if ours.get(key) != theirs.get(key):
+            raise InputError(f"study {name!r} in {label} was made with other settings ({key}: {_short(theirs.get(key))}, "
+                             f"this run: {_short(ours.get(key))}); use the same flags, another --study, or another -o")
+
+
+def _wait_for_settings(study, seconds: float = 20.0):
+    """The creator writes the settings right after creating the study: a worker that loaded it
+    in between waits for them. A study with trials and no settings was made by hand."""
+    deadline = time.monotonic() + seconds
+    while (stored := study.user_attrs.get(SETTINGS_ATTR)) is None and not study.trials and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return stored
+
+
+def _short(value) -> str:
+    text = json.dumps(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def recover(session: Session, exclusive: bool) -> list[int]:
+    """Trials an earlier run left unfinished are tried again: those interrupted (Ctrl-C, the time
+    budget) and, when this run holds the folder's lock, those still marked RUNNING (their process
+    is gone). Returns the numbers re-queued."""
+    import optuna
+
+    study = session.study
+    if exclusive:
+        for trial in session.trials(("RUNNING",)):
+            study._storage.set_trial_user_attr(trial._trial_id, "interrupted", "its process ended")
+            study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+    else:
+        with no_optuna_warnings():
+            optuna.storages.fail_stale_trials(study)
+    queued = []
+    alive = session.trials((*FINISHED, "RUNNING", "WAITING"))
+    for trial in session.trials(("FAIL",)):
+        params = _params(trial)
+        if trial.user_attrs.get("interrupted") and params and not any(_params(t) == params for t in alive):
+            study.enqueue_trial(params, user_attrs={"retry_of": trial.number})
+            alive.append(trial)  # once per chain
+            queued.append(trial.number)
+    return queued
+
+
+def heartbeat(session: Session, trial):
+    """Context that beats while a trial runs on a shared RDB storage, so a worker that dies is
+    noticed (its trial failed and queued again by the storage's callback); elsewhere a no-op.
+    Optuna's own thread, as Study.optimize uses it."""
+    from optuna.storages._heartbeat import get_heartbeat_thread
+
+    return get_heartbeat_thread(trial._trial_id, session.storage)
+
+
+def _params(trial) -> dict:
+    """The chain a trial stands for: the params it was queued with (a trial stopped while Optuna
+    filled them in holds only some), else those it was given."""
+    return trial.system_attrs.get("fixed_params") or trial.params
+
+
+@contextlib.contextmanager
+def no_optuna_warnings():
+    """Heartbeats are "experimental" in Optuna 5: a warning a user can do nothing about."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def silence_optuna() -> None:
+    """Optuna logs every trial at INFO: the per-trial line is aiopt's own."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -1,0 +1,169 @@
+"""One contract for every transform: `run_step(name, source, output, config)`.
+
+A step reads one artifact, takes a frozen config (the dataclass its CLI command fills from
+flags) and writes one artifact; it returns a `StepOutcome` with the output's lineage entry, the
+record of what the step measured on what it wrote, and the `aiopt` command that runs the same
+step alone. `aiopt optimize` composes these, and the reproduce script it writes is the list of
+their commands, so a chain found by the search is rebuilt by the commands a user would type.
+
+This module sits above compress/ and export/ (it calls them) and below cli.py and optimize/.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiopt.errors import InputError
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    step: str
+    source: str
+    path: str
+    config: dict  # the frozen config, field by field
+    args: tuple[str, ...]  # the command's flags for this config (without source and -o)
+    lineage: dict  # the output's own lineage entry
+    record: dict  # what the step measured on what it wrote
+    seconds: float
+
+    def command(self, source: str | None = None, output: str | None = None) -> str:
+        """The `aiopt` command that runs this step alone (paths may be replaced, e.g. by shell
+        variables, which are left unquoted)."""
+        return command_line(self.step, source or self.source, output or self.path, self.args)
+
+    def to_dict(self) -> dict:
+        return {**dataclasses.asdict(self), "args": list(self.args), "command": self.command()}
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str
+    config_class: type
+    run: Callable[[str, str, Any, Callable[[str], None]], tuple[dict, dict]]  # -> (metadata, record)
+    flags: dict[str, str]  # config field -> CLI flag
+    always: tuple[str, ...] = ()  # fields written even at their dataclass default (the CLI's default differs)
+
+
+def command_line(step: str, source: str, output: str, args: tuple[str, ...] | list[str]) -> str:
+    return " ".join([_quote("aiopt"), step, _quote(source), *map(_quote, args), "-o", _quote(output)])
+
+
+def _quote(token: str) -> str:
+    return token if token.startswith('"$') else shlex.quote(str(token))
+
+
+def flags_for(step: Step, config: Any) -> tuple[str, ...]:
+    """The flags that set `config` on the step's command: every field that differs from its
+    default (or that the CLI defaults differently), in the dataclass's order."""
+    args: list[str] = []
+    for field in dataclasses.fields(config):
+        flag = step.flags.get(field.name)
+        value = getattr(config, field.name)
+        if flag is None or (value == field.default and field.name not in step.always) or value is None:
+            continue
+        if isinstance(value, bool):
+            on, _, off = flag.partition("/")
+            args.append(on if value else off)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                args += [flag, str(item)]
+        else:
+            args += [flag, f"{value:g}" if isinstance(value, float) else str(value)]
+    return tuple(args)
+
+
+# ---------------------------------------------------------------- the steps
+
+def _prune(source: str, output: str, config, say) -> tuple[dict, dict]:
+    from aiopt.compress.prune import prune_checkpoint
+
+    result = prune_checkpoint(source, output, config, force=True, on_progress=say)
+    report = result.report
+    accuracy = report["accuracy_after_finetune"] if report.get("accuracy_after_finetune") is not None else result.metadata["metrics"]["accuracy"]
+    return result.metadata, {"accuracy": accuracy, "split": "test", "accuracy_before": report["accuracy_before"],
+                             "params": report["params_after"], "macs": report["macs_after"], "finetune_seconds": report["finetune_seconds"]}
+
+
+def _distill(source: str, output: str, config, say) -> tuple[dict, dict]:
+    from aiopt.compress.distill import distill_checkpoint
+
+    result = distill_checkpoint(source, output, config, force=True,
+                                on_progress=lambda phase, stats: say(f"{phase} epoch {stats.epoch}/{stats.epochs}: loss {stats.loss:.4f}"))
+    report = result.report
+    return result.metadata, {"accuracy": report["student_accuracy"], "split": "test", "teacher_accuracy": report["teacher_accuracy"],
+                             "params": report["student_params"], "train_seconds": report["train_seconds"]}
+
+
+def _export(source: str, output: str, config, say) -> tuple[dict, dict]:
+    from aiopt.export.onnx import export_onnx
+
+    say(f"exporting {source} to ONNX")
+    result = export_onnx(source, output, config, force=True)
+    return result.metadata, {"accuracy": result.accuracy, "split": "test" if result.accuracy is not None else None,
+                             "validation": result.validation}
+
+
+def _quantize(source: str, output: str, config, say) -> tuple[dict, dict]:
+    from aiopt.compress.quantize import quantize_artifact
+
+    result = quantize_artifact(source, output, config, force=True, on_progress=say)
+    report = result.report
+    return result.metadata, {"runtime": result.metadata.get("runtime", "onnxruntime"), "chosen": report.get("chosen", result.method),
+                             "quality": report.get("quality") or report.get("agreement_with_parent"), "accuracy": report.get("accuracy"),
+                             "verdict": result.reason}
+
+
+def _registry() -> dict[str, Step]:
+    # The config classes are imported here: `import aiopt.steps` stays light.
+    from aiopt.compress.distill import DistillConfig
+    from aiopt.compress.prune import PruneConfig
+    from aiopt.compress.quantize import QuantizeConfig
+    from aiopt.export.onnx import OnnxExportConfig
+
+    return {
+        "prune": Step("prune", PruneConfig, _prune, {
+            "method": "--method", "sparsity": "--sparsity", "scope": "--scope", "finetune_epochs": "--finetune-epochs", "steps": "--steps",
+            "target_params": "--target-params", "lr": "--lr", "seed": "--seed", "dataset": "--dataset"},
+            always=("method", "sparsity", "finetune_epochs")),  # `aiopt prune` fine-tunes 10 epochs unless told
+        "distill": Step("distill", DistillConfig, _distill, {
+            "student": "--student", "width": "--width", "temperature": "--temperature", "alpha": "--alpha", "feature_weight": "--feature-weight",
+            "epochs": "--epochs", "lr": "--lr", "seed": "--seed", "dataset": "--dataset", "compare_alone": "--baseline/--no-baseline"}),
+        "export": Step("export", OnnxExportConfig, _export, {
+            "opset": "--opset", "dynamic_batch": "--dynamic-batch/--static-batch", "atol": "--atol", "rtol": "--rtol",
+            "simplify": "--simplify/--no-simplify", "seq_len": "--seq-len"}),
+        "quantize": Step("quantize", QuantizeConfig, _quantize, {
+            "method": "--method", "backend": "--backend", "calibration": "--calibration", "calib_method": "--calib-method",
+            "calib_samples": "--calib-samples", "per_channel": "--per-channel/--per-tensor", "exclude": "--exclude",
+            "max_accuracy_drop": "--max-accuracy-drop", "data": "--data", "seed": "--seed", "device": "--device", "metric": "--metric",
+            "min_cosine": "--min-cosine", "batch_sizes": "-b", "seq_len": "--seq-len", "candidates": "--candidate"}),
+    }
+
+
+
+
+def get_step(name: str) -> Step:
+    steps = _registry()
+    if name not in steps:
+        raise InputError(f"unknown step {name!r}; choose one of {', '.join(steps)}")
+    return steps[name]
+
+
+def run_step(name: str, source: str | os.PathLike, output: str | os.PathLike, config: Any,
+             say: Callable[[str], None] | None = None) -> StepOutcome:
+    """Run step `name` on `source` with `config`, writing `output` (replaced if present)."""
+    from aiopt.artifacts import lineage_entry
+
+    step = get_step(name)
+    if not isinstance(config, step.config_class):
+        raise TypeError(f"step {name} takes a {step.config_class.__name__}, not {type(config).__name__}")
+    start = time.perf_counter()
+    metadata, record = step.run(str(source), str(output), config, say or (lambda message: None))
+    return StepOutcome(name, str(source), str(output), dataclasses.asdict(config), flags_for(step, config),
+                       lineage_entry(metadata, Path(output)), record, round(time.perf_counter() - start, 3))
