@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="tiny models, short timing (smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (its compile takes minutes on 2 cores)")
     parser.add_argument("--padded", action="store_true", help="MiniLM only: also the padded-to-64 server case")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' sections of an existing results file")
     args = parser.parse_args(argv)
 
     import torch
@@ -70,11 +71,17 @@ def main(argv: list[str] | None = None) -> int:
             result = _measure(case, setting, rows, args)
             result["seconds"] = round(time.perf_counter() - started, 1)
             document["models"].append(result)
-            print(_markdown_model(result), file=sys.stderr)
+            print(_markdown_model(json.loads(json.dumps(result, default=str))), file=sys.stderr)
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     stem = f"peers-{machine_id(machine)}" + ("-quick" if args.quick else "")
-    (results / f"{stem}.json").write_text(json.dumps(document, indent=2, default=str) + "\n")
+    if args.merge and (results / f"{stem}.json").exists():  # one model re-measured: the others' sections stay, with their commands
+        earlier = json.loads((results / f"{stem}.json").read_text())
+        measured = {r["model"] for r in document["models"]}
+        kept = [dict(r, command=r.get("command", earlier["command"])) for r in earlier["models"] if r["model"] not in measured]
+        document["models"] = [dict(r, command=document["command"]) for r in document["models"]] + kept
+    document = json.loads(json.dumps(document, default=str))  # one shape for fresh and merged sections: string batch keys
+    (results / f"{stem}.json").write_text(json.dumps(document, indent=2) + "\n")
     (results / f"{stem}.md").write_text(markdown(document))
     print(f"wrote {results / stem}.json and .md", file=sys.stderr)
     return 0
@@ -201,10 +208,8 @@ def _rows(case: dict, setting: dict, args) -> list[Row]:
     from aiopt.runtime import load
 
     runner = load(case["aiopt"], threads=threads)
-    if setting.get("feed") == "padded" and not getattr(runner, "trims_padding", False):
-        note = "no padding trim in this artifact"
-    else:
-        note = ""
+    trims = bool(runner.describe().get("trim_padding"))
+    note = "padding trimmed" if trims else ("no padding trim in this artifact" if setting.get("feed") == "padded" else "")
     report = case["aiopt_report"]
     rows.append(Row(f"aiopt quantize default ({report.get('chosen')} on {report.get('runtime')})",
                     lambda feed, r=runner: next(iter(r(feed).values())), peer=False, size_bytes=_size(case["aiopt"]), note=note))
@@ -342,7 +347,8 @@ def _markdown_model(result: dict) -> str:
     batches = result["batch_sizes"]
     metric = result["metric"]
     key = "accuracy" if metric == "accuracy" else "mean_cosine"
-    lines = [f"### {result['model']}", "", f"aiopt's choice: {result['aiopt_choice']} (quantize took {result['aiopt_quantize_seconds']} s)", "",
+    command = f"Command: `{result['command']}`\n\n" if result.get("command") else ""
+    lines = [f"### {result['model']}", "", command + f"aiopt's choice: {result['aiopt_choice']} (quantize took {result['aiopt_quantize_seconds']} s)", "",
              f"| row | {metric} | size | " + " | ".join(f"p50 b{b} (ms)" for b in batches) + " | note |",
              "|---|---:|---:|" + "---:|" * len(batches) + "---|"]
     for row in result["rows"]:
@@ -350,7 +356,7 @@ def _markdown_model(result: dict) -> str:
         size = f"{row['size_bytes'] / 1024:.0f} KiB" if row["size_bytes"] else "-"
         name = row["name"] if row["peer"] else f"**{row['name']}**"
         lines.append(f"| {name} | {'-' if q is None else f'{q:.4f}'} | {size} | "
-                     + " | ".join(f"{row['p50_ms'][b]:.3f}" if b in row["p50_ms"] else "-" for b in batches) + f" | {row['note']} |")
+                     + " | ".join(f"{row['p50_ms'][str(b)]:.3f}" if str(b) in row["p50_ms"] else "-" for b in batches) + f" | {row['note']} |")
     lines.append("")
     for batch, v in result["vs_best_peer"].items():
         ratio = f"{v['ratio']:.2f}x" if v["ratio"] else "-"

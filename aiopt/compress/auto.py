@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, Selection, choose, confirm_fastest, dispatch_candidates, make_runner, measure_quality, measure_speed,
+from aiopt.compress.select import (TIE, Selection, bf16_on_openvino, choose, confirm_fastest, dispatch_candidates, make_runner, measure_quality, measure_speed,
                                   twins_on_other_runtime)
 from aiopt.errors import CheckFailedError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
@@ -93,11 +93,14 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     twins = twins_on_other_runtime([c for c in candidates if c.name in allowed or c in mixed]) if _has_openvino() and config.backend == "auto" else []
     runners.update(measure_quality(twins, reference_outputs, data, ctx.spec, floor, say))
     candidates += twins
+    bf16 = bf16_on_openvino([c for c in candidates if c.name in allowed or c in [*mixed, *twins]]) if config.backend in ("auto", "openvino") else []
+    runners.update(measure_quality(bf16, reference_outputs, data, ctx.spec, floor, say))
+    candidates += bf16
     measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
     confirm_fastest(candidates, reference, runners, data, ctx.spec, config.batch_sizes, set(allowed), say)
     by_batch = dispatch_candidates(candidates, config.batch_sizes, floor) if config.backend == "auto" else []
     candidates += by_batch
-    allowed += [c.name for c in [*mixed, *twins, *by_batch]]
+    allowed += [c.name for c in [*mixed, *twins, *bf16, *by_batch]]
     selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
     _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
@@ -148,13 +151,13 @@ def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_o
     from aiopt.compress.weight_only import quantize_weights_int8
 
     chosen = selection.chosen
-    if chosen is None or chosen.runtime == "dispatch" or chosen.precision == "int8-weights" or chosen.serving:
+    if chosen is None or chosen.runtime == "dispatch" or chosen.precision == "int8-weights":
         return
     target = ctx.work / f"{chosen.name}+int8-weights.onnx"
     touched = quantize_weights_int8(chosen.path, target)
     if touched:
         variant = Candidate(f"{chosen.name}+int8-weights", chosen.precision if chosen.precision != "fp32" else "int8-weights", chosen.runtime,
-                            target, {**chosen.recipe, "weights_int8": touched})
+                            target, {**chosen.recipe, "weights_int8": touched}, serving=dict(chosen.serving))
         _head_to_head(selection, variant, ctx, data, reference_outputs, floor, say,
                       f"{len(touched)} float tensor(s) stored in INT8 at no cost in speed or quality")
 

@@ -374,9 +374,10 @@ def measure_against_parent(reference_runner, runner, data, spec, latency_batch: 
 def _latency_ratio(reference_runner, runner, data, spec, batch: int) -> dict:
     from aiopt.measure.latency import LatencyConfig, measure_latency
 
-    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
-    batch = fixed.pop() if fixed else batch
-    feed = {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
+    from aiopt.measure.deployed import batch_feed
+
+    feed = batch_feed(data, spec, batch)
+    batch = len(next(iter(feed.values())))
     quick = LatencyConfig(warmup=5, min_runs=10, min_time=0.5)
     fp32 = measure_latency(lambda: reference_runner(feed), quick)
     quantized = measure_latency(lambda: runner(feed), quick)

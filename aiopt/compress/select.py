@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from aiopt.compress.candidates import Candidate
+from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import LatencyConfig
 from aiopt.measure.quality import QualityFloor, compare_outputs
 
@@ -50,19 +51,21 @@ def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=
     if candidate.serving.get("trim_padding"):
         from aiopt.runtime.trim_padding import PaddingTrimRunner
 
-        plain = Candidate(candidate.name, candidate.precision, candidate.runtime, candidate.path, candidate.recipe)
+        serving = {k: v for k, v in candidate.serving.items() if k != "trim_padding"}
+        plain = Candidate(candidate.name, candidate.precision, candidate.runtime, candidate.path, candidate.recipe, serving=serving)
         return PaddingTrimRunner(make_runner(plain, spec, threads), outputs)
     if candidate.runtime == "dispatch":
         from aiopt.runtime.dispatch import BatchDispatchRunner
 
         rule = candidate.recipe["dispatch"]
-        runners = {entry["runtime"]: make_runner(Candidate(candidate.name, candidate.precision, entry["runtime"], candidate.path), spec, threads)
+        runners = {entry["runtime"]: make_runner(Candidate(candidate.name, candidate.precision, entry["runtime"], candidate.path,
+                                                           serving=candidate.serving), spec, threads)
                    for entry in rule}
         return BatchDispatchRunner(runners, rule, str(candidate.path))
     if candidate.runtime == "openvino":
         from aiopt.runtime.openvino_backend import OpenVinoRunner
 
-        return OpenVinoRunner(str(candidate.path), spec, threads=threads)
+        return OpenVinoRunner(str(candidate.path), spec, threads=threads, precision=candidate.serving.get("inference_precision", "f32"))
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
     return OnnxRuntimeRunner(str(candidate.path), spec, threads=threads)
@@ -150,13 +153,6 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
     return selection
 
 
-def batch_feed(data, spec, batch: int) -> dict[str, np.ndarray]:
-    """`batch` samples from `data` (repeated when it holds fewer), in the model's dtypes."""
-    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
-    batch = fixed.pop() if fixed else batch
-    return {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
-
-
 def twins_on_other_runtime(candidates: list[Candidate]) -> list[Candidate]:
     """The same INT8 file on the other runtime (ONNX Runtime and OpenVINO both run QDQ graphs
     in INT8; OpenVINO keeps INT8-stored weights compressed), for the candidates that met the
@@ -182,15 +178,36 @@ def dispatch_candidates(candidates: list[Candidate], batch_sizes: tuple[int, ...
             groups.setdefault(str(c.path), []).append(c)
     made = []
     for group in groups.values():
-        if len({c.runtime for c in group}) < 2:
+        # one entry per runtime: the fastest way that runtime serves this file (f32 or bf16 on OpenVINO)
+        group = [min((c for c in group if c.runtime == r), key=lambda c: _geomean(c, batch_sizes)) for r in {c.runtime for c in group}]
+        if len(group) < 2:
             continue
         rule = dispatch_rule({c.runtime: c.latency_ms for c in group})
         if len({entry["runtime"] for entry in rule}) < 2:
             continue
         worst = min(group, key=lambda c: floor.value(c.quality))
         base = min(group, key=lambda c: len(c.name))
-        made.append(Candidate(f"{base.name.split('@')[0]}-by-batch", base.precision, "dispatch", base.path,
+        serving = next((c.serving for c in group if c.runtime == "openvino"), {})
+        made.append(Candidate(f"{base.name.split('@')[0].removesuffix('+bf16')}-by-batch", base.precision, "dispatch", base.path,
                               {**base.recipe, "dispatch": rule, "from": [c.name for c in group],
                                "latency": "per batch, the faster runtime's p50 in this run"},
-                              quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in group) for b in batch_sizes}))
+                              quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in group) for b in batch_sizes},
+                              serving=dict(serving)))
     return made
+
+
+def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:
+    """Each OpenVINO candidate that met the floor, run with OpenVINO's bfloat16 inference
+    precision as well, on CPUs with BF16 units (what OpenVINO does by default there; aiopt pins
+    FP32 unless a measured artifact asks for BF16)."""
+    from aiopt.compress.cpu import detect_cpu
+
+    if not {"avx512_bf16", "amx_bf16"} & detect_cpu().flags:
+        return []
+    return [Candidate(f"{c.name}+bf16", "bf16" if c.precision == "fp32" else c.precision, "openvino", c.path, dict(c.recipe),
+                      serving={**c.serving, "inference_precision": "bf16"})
+            for c in candidates if c.runtime == "openvino" and not c.problem and "inference_precision" not in c.serving]
+
+
+def _geomean(c: Candidate, batch_sizes: tuple[int, ...]) -> float:
+    return math.exp(sum(math.log(c.latency_ms[b]) for b in batch_sizes) / len(batch_sizes))

@@ -57,7 +57,8 @@ def _openvino_runner(loaded, spec, device, threads):
     from aiopt.runtime.openvino_backend import OpenVinoRunner
 
     _require_onnx(loaded)
-    return OpenVinoRunner(str(loaded.path), spec, device, str(loaded.path), threads)
+    precision = (loaded.metadata.get("serving") or {}).get("inference_precision", "f32")
+    return OpenVinoRunner(str(loaded.path), spec, device, str(loaded.path), threads, precision)
 
 
 def _default_backend(loaded) -> str:
