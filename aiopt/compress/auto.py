@@ -53,6 +53,9 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         fp32 = work / "fp32.onnx"
         source_export = None
         if loaded.format == FORMAT_ONNX:
+            from aiopt.runtime.onnxruntime_backend import make_session
+
+            make_session(str(loaded.path))  # an op ORT lacks fails here, in one line, not inside its pre-processing
             shutil.copyfile(loaded.path, fp32)
         else:
             say("exporting to ONNX (validated against PyTorch)")

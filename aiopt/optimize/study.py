@@ -99,8 +99,8 @@ def open_storage(url: str | None, outdir: Path):
 
 
 def _rdb_storage(url: str, attempts: int = 5):
-    """Workers starting together race to create the tables ("table studies already exists"
-    for the loser): the loser tries again and finds them."""
+    """Workers starting together race to create the tables ("table studies already exists",
+    or a UNIQUE failure on alembic_version for the loser): the loser tries again and finds them."""
     import optuna
 
     engine = {"connect_args": {"connect_timeout": 10}} if url.startswith(("postgresql", "mysql")) else None
@@ -111,7 +111,8 @@ def _rdb_storage(url: str, attempts: int = 5):
                 return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
                                                   grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
         except Exception as exc:  # noqa: BLE001 -- the driver's own error type
-            if "already exists" not in str(exc) or attempt == attempts - 1:
+            racing = "already exists" in str(exc) or "UNIQUE constraint failed" in str(exc) or "database is locked" in str(exc)
+            if not racing or attempt == attempts - 1:
                 raise
             time.sleep(0.5 + attempt)
 
