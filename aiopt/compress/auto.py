@@ -27,10 +27,10 @@ HELD_OUT_FRACTION = 0.25
 def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
     import onnx
 
-    from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs, output_spec, require_input_spec
+    from aiopt.artifacts import load_model, onnx_value_specs, output_spec, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.compress.cpu import detect_cpu, int8_kernel_for
-    from aiopt.compress.quantize import QuantizeResult, _export_fp32, evaluation_data
+    from aiopt.compress.quantize import QuantizeResult, evaluation_data, prepare_fp32
     from aiopt.fileio import check_output_path
 
     if output is not None:  # a bad -o fails before the work
@@ -50,18 +50,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     say(f"quality: {floor.describe()} ({metric_reason}), on {data.source} ({len(data)} samples)")
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
-        fp32 = work / "fp32.onnx"
-        source_export = None
-        if loaded.format == FORMAT_ONNX:
-            from aiopt.runtime.onnxruntime_backend import make_session
-
-            make_session(str(loaded.path))  # an op ORT lacks fails here, in one line, not inside its pre-processing
-            shutil.copyfile(loaded.path, fp32)
-        else:
-            say("exporting to ONNX (validated against PyTorch)")
-            source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
-        prepared = work / "prepared.onnx"
-        preprocessing = onnx_quant.preprocess(fp32, prepared)
+        prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)
         kernel = int8_kernel_for(detect_cpu())
         ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude),
                            outputs=onnx_value_specs(onnx.load(str(prepared), load_external_data=False).graph.output))
@@ -71,7 +60,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         chosen = selection.chosen
         out = Path(output) if output is not None else _default_output(source, chosen)
         check_output_path(out, source, config.calibration, config.data, force=force)
-        report = _report(selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32)
+        report = _report(selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, work / "fp32.onnx")
         _write_chosen(chosen, out, loaded, spec, report)
         say(selection.verdict)
     return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
@@ -90,30 +79,37 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     reference = candidates[0]
     reference_outputs = run_batches(make_runner(reference, ctx.spec), data)[0]
     runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
-    mixed = _mixed_precision(ctx, candidates, reference_outputs, data, floor, say)
-    runners.update(measure_quality(mixed, reference_outputs, data, ctx.spec, floor, lambda message: None))
+
+    def admit(new: list[Candidate]) -> list[Candidate]:
+        runners.update(measure_quality(new, reference_outputs, data, ctx.spec, floor, say, ctx.outputs))
+        candidates.extend(new)
+        allowed.extend(c.name for c in new)
+        return new
+
+    mixed, mixed_runners = _mixed_precision(ctx, candidates, reference_outputs, data, floor, say)
+    runners.update(mixed_runners)
     candidates += mixed
-    twins = twins_on_other_runtime([c for c in candidates if c.name in allowed or c in mixed]) if _has_openvino() and config.backend == "auto" else []
-    runners.update(measure_quality(twins, reference_outputs, data, ctx.spec, floor, say))
-    candidates += twins
-    bf16 = bf16_on_openvino([c for c in candidates if c.name in allowed or c in [*mixed, *twins]]) if config.backend in ("auto", "openvino") else []
-    runners.update(measure_quality(bf16, reference_outputs, data, ctx.spec, floor, say))
-    candidates += bf16
+    allowed += [c.name for c in mixed]
+    if _has_openvino() and config.backend == "auto":
+        admit(twins_on_other_runtime([c for c in candidates if c.name in allowed]))
+    if config.backend in ("auto", "openvino"):
+        admit(bf16_on_openvino([c for c in candidates if c.name in allowed]))
     measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
     confirm_fastest(candidates, reference, runners, data, ctx.spec, config.batch_sizes, set(allowed), say)
     by_batch = dispatch_candidates(candidates, config.batch_sizes, floor) if config.backend == "auto" else []
     candidates += by_batch
-    allowed += [c.name for c in [*mixed, *twins, *bf16, *by_batch]]
+    allowed += [c.name for c in by_batch]
     selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
     _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
     return selection
 
 
-def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_outputs, data, floor: QualityFloor, say) -> list[Candidate]:
+def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_outputs, data, floor: QualityFloor, say) -> tuple[list[Candidate], dict]:
     """For each INT8 recipe that misses the floor, keep its most sensitive layers in float
     (ranked by ONNX Runtime's SQNR on calibration data), a few more each time, until it meets
-    the floor; the first that does becomes a candidate. Tried only when no INT8 recipe met it."""
+    the floor; the first that does becomes a candidate (returned with the runner it was measured
+    with). Tried only when no INT8 recipe met it."""
     from dataclasses import replace
 
     from aiopt.compress.calibration import OrtCalibrationReader
@@ -123,10 +119,10 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
     static = by_name.get("int8-static-per-channel")
     if ctx.calibration is None or static is None or static.quality is None or any(
             c.precision == "int8" and c.quality is not None and not c.problem for c in candidates):
-        return []
+        return [], {}
     say("no INT8 recipe meets the floor: ranking layers by quantization noise (ONNX Runtime's QDQ debugger, calibration data)")
     ranked = rank_sensitive_nodes(ctx.prepared, static.path, OrtCalibrationReader(ctx.calibration, ctx.spec), ctx.work)
-    found = []
+    found, runners = [], {}
     for base in ("int8-static-per-channel", "int8-dynamic"):
         if by_name.get(base) is None or by_name[base].quality is None:
             continue
@@ -140,13 +136,14 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
             candidate = BUILDERS[base](replace(ctx, work=work, exclude=tuple(ctx.exclude) + kept))
             candidate.name = f"{base}-mixed"
             candidate.recipe = {**candidate.recipe, "kept_float": list(kept), "sqnr_db": {n: round(v, 2) for n, v in ranked[:count]}}
-            measure_quality([candidate], reference_outputs, data, ctx.spec, floor, lambda message: None)
+            measured = measure_quality([candidate], reference_outputs, data, ctx.spec, floor, lambda message: None, ctx.outputs)
             say(f"{base} with {count} layer(s) in float: {floor.metric} {floor.value(candidate.quality):.4f}")
             if not candidate.problem:
                 found.append(candidate)
+                runners.update(measured)
                 break
             count *= 2
-    return found
+    return found, runners
 
 
 def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
@@ -182,7 +179,8 @@ def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_o
     from aiopt.measure.quality import compare_outputs
 
     untrimmed = run_batches(make_runner(chosen, ctx.spec, outputs=ctx.outputs), data)[0]
-    trimmed = run_batches(make_runner(variant, ctx.spec, outputs=ctx.outputs), data)[0]
+    trim_runner = make_runner(variant, ctx.spec, outputs=ctx.outputs)
+    trimmed = run_batches(trim_runner, data)[0]
     check = compare_outputs(untrimmed, trimmed)
     # Exact on ONNX Runtime (difference 0); OpenVINO picks kernels by sequence length and moves
     # the last digits. Anything beyond rounding means the mask does not cover the padding.
@@ -191,15 +189,19 @@ def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_o
                                f"outputs {check['min_cosine']:.6f} < {MIN_TRIM_COSINE})")
         return
     variant.recipe["trim_padding_check"] = {"vs_untrimmed": check, "samples": len(data)}
+    variant.quality = compare_outputs(reference_outputs, trimmed, data.labels)
+    variant.problem = floor.problem(variant.quality)
     _head_to_head(selection, variant, ctx, data, reference_outputs, floor, say,
-                  f"padding columns trimmed per batch (min cosine to the untrimmed outputs {check['min_cosine']:.6f})")
+                  f"padding columns trimmed per batch (min cosine to the untrimmed outputs {check['min_cosine']:.6f})", trim_runner)
 
 
-def _head_to_head(selection: Selection, variant: Candidate, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say, why: str) -> None:
+def _head_to_head(selection: Selection, variant: Candidate, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say, why: str,
+                  runner=None) -> None:
     """Time `variant` against the current winner in one interleaved run; it replaces the winner
-    when it meets the floor and is not slower at any batch size."""
+    when it meets the floor and is not slower at any batch size. `runner`: the variant's, when
+    its quality was already measured with it."""
     chosen = selection.chosen
-    runners = measure_quality([variant], reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
+    runners = {variant.name: runner} if runner is not None else measure_quality([variant], reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
     selection.candidates.append(variant)
     if variant.problem:
         return

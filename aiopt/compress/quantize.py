@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from aiopt.compress import onnx_quant
 from aiopt.errors import InputError
 
@@ -109,7 +107,7 @@ def quantize_artifact(
     input_spec=None,
     on_progress: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
-    from aiopt.artifacts import FORMAT_ONNX, load_model, require_input_spec
+    from aiopt.artifacts import load_model, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.fileio import check_output_path
 
@@ -134,18 +132,7 @@ def quantize_artifact(
         return _quantize_torch(loaded, spec, config, method, reason, out)
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
-        fp32 = work / "fp32.onnx"
-        source_export = None
-        if loaded.format == FORMAT_ONNX:
-            from aiopt.runtime.onnxruntime_backend import make_session
-
-            make_session(str(loaded.path))  # an op ORT lacks fails here, in one line, not inside its pre-processing
-            shutil.copyfile(loaded.path, fp32)
-        else:
-            say("exporting to ONNX (validated against PyTorch)")
-            source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
-        prepared = work / "prepared.onnx"
-        preprocessing = onnx_quant.preprocess(fp32, prepared)
+        prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)
         job = _QuantizeJob(config, method, spec, loaded, prepared, work, calibration, say)
         report = job.run()
         report.update({"method": method, "reason": reason, "preprocessing": preprocessing, "source_export": source_export})
@@ -181,6 +168,26 @@ def _choose_method(config: QuantizeConfig, have_calibration: bool) -> tuple[str,
             return "static", "the model's training data is known: static INT8 calibrated on it"
         return "dynamic", "no calibration data (the model records no dataset; pass --calibration DATA.npz for static INT8): dynamic INT8"
     return config.method, "requested"
+
+
+def prepare_fp32(loaded, source, work: Path, trust_pickle: bool, input_spec, say) -> tuple[Path, str, dict | None]:
+    """The FP32 ONNX every recipe starts from, in `work`: the input itself when it is ONNX (after
+    checking ONNX Runtime loads it), else its validated export; then ORT's pre-processing.
+    Returns (pre-processed graph, the pre-processing path taken, the export record or None)."""
+    from aiopt.artifacts import FORMAT_ONNX
+
+    fp32 = work / "fp32.onnx"
+    source_export = None
+    if loaded.format == FORMAT_ONNX:
+        from aiopt.runtime.onnxruntime_backend import make_session
+
+        make_session(str(loaded.path))  # an op ORT lacks fails here, in one line, not inside its pre-processing
+        shutil.copyfile(loaded.path, fp32)
+    else:
+        say("exporting to ONNX (validated against PyTorch)")
+        source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
+    prepared = work / "prepared.onnx"
+    return prepared, onnx_quant.preprocess(fp32, prepared), source_export
 
 
 def _export_fp32(source, target: Path, trust_pickle: bool, input_spec) -> dict:

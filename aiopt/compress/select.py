@@ -31,7 +31,6 @@ class Selection:
     batch_sizes: tuple[int, ...]
     floor: QualityFloor
     verdict: str  # one line for the user
-    trims_padding: bool = False
     notes: list[str] = field(default_factory=list)
 
     def speedup(self, candidate: Candidate, batch: int) -> float | None:
@@ -115,7 +114,7 @@ def confirm_fastest(candidates: list[Candidate], reference: Candidate, runners: 
     replaced: a microsecond of noise must not decide "slower than FP32" at batch 1."""
     timed = [c for c in candidates if c.name in runners and c.name in eligible and c is not reference
              and all(b in c.latency_ms for b in batch_sizes)]
-    ranked = sorted(timed, key=lambda c: math.exp(sum(math.log(c.latency_ms[b]) for b in batch_sizes) / len(batch_sizes)))
+    ranked = sorted(timed, key=lambda c: _geomean(c, batch_sizes))
     finalists = [reference, *ranked[:keep]]
     if len(finalists) < 2:
         return
@@ -132,7 +131,7 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
         return Selection(None, candidates, reference, batch_sizes, floor, "no candidate meets the quality floor")
 
     def score(c: Candidate) -> float:
-        return math.exp(sum(math.log(c.latency_ms[b]) for b in batch_sizes) / len(batch_sizes))
+        return _geomean(c, batch_sizes)
 
     # Never slower than FP32 on ONNX Runtime at any asked batch size: a candidate that wins on
     # the mean but loses at batch 1 would make some user's service slower.
