@@ -99,6 +99,8 @@ def parse_duration(text: str) -> float:
 
 
 def describe_duration(seconds: float) -> str:
+    if seconds < 10:
+        return f"{seconds:.2g}s"
     seconds = round(seconds)
     if seconds < 120:
         return f"{seconds}s"

@@ -113,6 +113,9 @@ class _Search:
         from aiopt.optimize.trial import ChainRunner
 
         self.runner = ChainRunner(self.model, self.outdir, self.space, self.config, self.reference, self.on_step)
+        if self.deadline is not None and time.monotonic() >= self.deadline and not self._finished_before():
+            self.stopped_by_time = "the first trial started"
+            return self._finish(loaded)
         with _SigintSeen() as self.sigint:
             self._loop()
         return self._finish(loaded)
@@ -176,6 +179,10 @@ class _Search:
             repeats = 0
             if not self._run_trial(trial, chain):
                 return
+
+    def _finished_before(self) -> bool:
+        """Whether the study already holds a finished trial (a resumed or shared search)."""
+        return bool(self.session.trials(("COMPLETE", "PRUNED")))
 
     def _should_stop(self) -> bool:
         if self.config.trials is not None and self.session.counted() >= self.config.trials:
