@@ -102,9 +102,61 @@ def artifact_sha256(path: str | os.PathLike) -> str:
 
 
 def artifact_size(path: str | os.PathLike) -> int:
-    """Bytes on disk: the file, or every file of a model folder."""
+    """Bytes on disk: the file (with the companion files its by-batch routes name), or every
+    file of a model folder."""
     path = Path(path)
-    return sum(f.stat().st_size for f in _folder_files(path)) if path.is_dir() else path.stat().st_size
+    return sum(f.stat().st_size for f in (_folder_files(path) if path.is_dir() else artifact_files(path)))
+
+
+def route_path(main: str | os.PathLike, route: dict) -> Path:
+    """The file a by-batch route of the artifact `main` serves from: `main` itself, or the
+    companion file the route names beside it (checked: present, and the bytes it was made with)."""
+    main = Path(main)
+    name = route.get("file")
+    if not name:
+        return main
+    if Path(name).name != name or name.startswith("."):
+        raise InputError(f"{main} names a route file {name!r} outside its folder; re-create the artifact with aiopt quantize")
+    path = main.parent / name
+    if not path.is_file():
+        raise InputError(f"{main} serves batches up to {route.get('max_batch')} from {name}, which is not beside it; copy both files "
+                         f"together (or run {main.name} alone with --backend onnxruntime or --backend openvino)")
+    if route.get("sha256") and sha256_file(path) != route["sha256"]:
+        raise InputError(f"{path} is not the file {main.name} was written with (its sha256 differs); copy both files from one aiopt quantize run")
+    return path
+
+
+def artifact_files(path: str | os.PathLike) -> list[Path]:
+    """The files that make up an artifact: the file itself, then the companion files of its
+    by-batch routes (an ONNX artifact whose smaller batches are served by another graph)."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
+        return [path]
+    import onnx
+
+    try:
+        props = {p.key: p.value for p in onnx.load_model(str(path), load_external_data=False).metadata_props}
+    except Exception:  # noqa: BLE001 -- not readable as ONNX: the file alone (load_model says what is wrong)
+        return [path]
+    routes = _parse_metadata(props.get(METADATA_KEY), path).get("dispatch") or []
+    return [path, *[path.parent / r["file"] for r in routes if r.get("file")]]
+
+
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike, link: bool = False) -> None:
+    """Copy (or hard-link, where the filesystem allows) an artifact with its companion files;
+    companions keep their names, beside `target`."""
+    import shutil
+
+    source, target = Path(source), Path(target)
+    for file in artifact_files(source):
+        to = target if file == source else target.parent / file.name
+        if link:
+            try:
+                os.link(file, to)
+                continue
+            except OSError:  # another filesystem, or links not allowed
+                pass
+        shutil.copyfile(file, to)
 
 
 # What a derived artifact inherits from its parent; everything else describes the new step.

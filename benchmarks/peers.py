@@ -108,7 +108,7 @@ def _reference_case(name: str, work: Path, args) -> dict:
     if not onnx_path.exists():
         _aiopt("export", str(checkpoint), "-o", str(onnx_path))
     chosen = work / f"{name}-{size}.aiopt.onnx"
-    chosen.unlink(missing_ok=True)
+    _remove_artifact(chosen)
     started = time.perf_counter()
     report = _aiopt("quantize", str(checkpoint), "-o", str(chosen))
     dataset = load_dataset("mnist1d")
@@ -133,7 +133,7 @@ def _minilm_case(work: Path, args) -> dict:
     if not onnx_path.exists():
         _aiopt("export", str(folder), "-o", str(onnx_path), "--seq-len", "64")
     chosen = work / "minilm.aiopt.onnx"
-    chosen.unlink(missing_ok=True)
+    _remove_artifact(chosen)
     started = time.perf_counter()
     report = _aiopt("quantize", str(folder), "-o", str(chosen), "--calibration", str(texts), "--data", str(held_out),
                     "--seq-len", "64", "-b", "1", "-b", "32")
@@ -149,6 +149,13 @@ def _minilm_case(work: Path, args) -> dict:
     return {"name": "minilm", "checkpoint": folder, "onnx": onnx_path, "aiopt": chosen, "aiopt_report": report,
             "aiopt_seconds": round(time.perf_counter() - started, 1), "module": loaded.model, "eval": (eval_inputs, None),
             "calibration": calibration, "settings": settings, "metric": "cosine"}
+
+
+def _remove_artifact(path: Path) -> None:
+    """The previous run's artifact and its companion files (`NAME.upto-bN.onnx`)."""
+    for file in path.parent.glob(path.name.removesuffix(".onnx") + ".upto-b*.onnx"):
+        file.unlink()
+    path.unlink(missing_ok=True)
 
 
 def _sentences(count: int) -> list[str]:
@@ -276,10 +283,13 @@ class _Reader:
 
 
 def _size(path) -> int | None:
+    """Bytes of a model: a folder's weights, or a file with the companion files it routes batches to."""
+    from aiopt.artifacts import artifact_size
+
     path = Path(path)
     if path.is_dir():
         return sum(p.stat().st_size for p in path.rglob("*.safetensors"))
-    return path.stat().st_size if path.exists() else None
+    return artifact_size(path) if path.exists() else None
 
 
 # ------------------------------------------------------------------ measuring
@@ -298,7 +308,7 @@ def _measure(case: dict, setting: dict, rows: list[Row], args) -> dict:
             continue
         row.quality = compare_outputs(reference, outputs, labels)
         alive.append(row)
-    config = LatencyConfig(warmup=5, min_runs=10, min_time=0.2 if args.quick else args.min_time, rounds=3)
+    config = LatencyConfig(warmup=5, min_runs=10, min_time=0.2 if args.quick else args.min_time, rounds=5)
     for batch in setting["batch_sizes"]:
         feed = _feed(inputs, batch, setting.get("feed"))
         stats = measure_interleaved([(lambda r=row: r.run(feed), False) for row in alive], config)

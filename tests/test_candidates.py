@@ -60,21 +60,74 @@ def test_dispatch_rule_switches_between_measured_sizes():
     assert dispatch_rule({"onnxruntime": {1: 0.1, 64: 1.0}, "openvino": {1: 0.3, 64: 2.0}}) == [{"max_batch": None, "runtime": "onnxruntime"}]
 
 
-def test_batch_dispatch_runner_sends_each_batch_to_its_runtime(gru_onnx):
+def test_batch_dispatch_runner_sends_each_batch_to_its_route(gru_onnx):
     pytest.importorskip("openvino")
     from aiopt.runtime.dispatch import BatchDispatchRunner
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
     from aiopt.runtime.openvino_backend import OpenVinoRunner
 
     source, spec = gru_onnx
-    runners = {"onnxruntime": OnnxRuntimeRunner(str(source), spec), "openvino": OpenVinoRunner(str(source), spec)}
-    runner = BatchDispatchRunner(runners, [{"max_batch": 4, "runtime": "onnxruntime"}, {"max_batch": None, "runtime": "openvino"}])
-    assert runner.runtime_for(1) == "onnxruntime" and runner.runtime_for(5) == "openvino"
+    small, large = OnnxRuntimeRunner(str(source), spec), OpenVinoRunner(str(source), spec)
+    runner = BatchDispatchRunner([(4, small), (None, large)])
+    assert runner.runner_for(1) is small and runner.runner_for(5) is large
+    assert runner.backend == "onnxruntime+openvino"
     for batch in (1, 9):
         x = np.random.default_rng(batch).standard_normal((batch, 40)).astype(np.float32)
-        np.testing.assert_allclose(runner(x)["logits"], runners[runner.runtime_for(batch)](x)["logits"], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(runner(x)["logits"], runner.runner_for(batch)(x)["logits"], rtol=1e-5, atol=1e-5)
     with pytest.raises(Exception, match="expects"):  # one check, in Runner.__call__, as for every backend
         runner(np.zeros((2, 41), np.float32))
+
+
+def test_by_batch_artifact_serves_small_batches_from_a_companion_file(gru_onnx, tmp_path):
+    """Two graphs, each fastest at one batch size: one artifact (main file + companion), routed
+    by batch size when loaded, copied together, refused when the companion is missing or altered."""
+    from aiopt import runtime
+    from aiopt.artifacts import artifact_files, artifact_size, copy_artifact, load_model
+    from aiopt.compress import onnx_quant
+    from aiopt.compress.auto import _write_chosen
+    from aiopt.compress.candidates import Candidate
+    from aiopt.compress.select import by_batch
+    from aiopt.errors import InputError
+    from aiopt.measure.quality import QualityFloor
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+    source, spec = gru_onnx
+    dynamic = tmp_path / "dynamic.onnx"
+    onnx_quant.quantize_dynamic_int8(source, dynamic, False, False)
+    quality = {"mean_cosine": 0.999, "min_cosine": 0.99, "finite": True}
+    fp32 = Candidate("fp32", "fp32", "onnxruntime", source, quality=quality, latency_ms={1: 0.1, 64: 5.0})
+    int8 = Candidate("int8-dynamic", "int8", "onnxruntime", dynamic, quality=quality, latency_ms={1: 0.3, 64: 2.0})
+    (routed,) = by_batch([fp32, int8], (1, 64), QualityFloor("cosine"))
+    assert routed.latency_ms == {1: 0.1, 64: 2.0} and routed.precision == "int8"
+    assert routed.size_bytes == source.stat().st_size + dynamic.stat().st_size
+    assert by_batch([fp32, Candidate("slow", "int8", "onnxruntime", dynamic, quality=quality, latency_ms={1: 0.2, 64: 6.0})],
+                    (1, 64), QualityFloor("cosine")) == []  # one candidate fastest everywhere: nothing to route
+
+    out = tmp_path / "served" / "model.int8.onnx"
+    out.parent.mkdir()
+    report = {"quality": quality, "metric": "cosine", "recipe": routed.recipe, "selection": {"candidates": []}}
+    _write_chosen(routed, out, load_model(source), spec, report, (source,), force=False)
+    companion = out.with_name("model.int8.upto-b8.onnx")
+    assert artifact_files(out) == [out, companion] and artifact_size(out) == out.stat().st_size + companion.stat().st_size
+    meta = load_model(out).metadata
+    assert [r.get("file") for r in meta["dispatch"]] == ["model.int8.upto-b8.onnx", None]
+    assert "path" not in str(meta["dispatch"]) and load_model(companion).metadata["companion_of"] == out.name
+
+    runner = runtime.load(out)
+    for batch, expected in ((1, source), (9, dynamic)):  # each batch size on its own graph
+        x = np.random.default_rng(batch).standard_normal((batch, 40)).astype(np.float32)
+        np.testing.assert_allclose(runner(x)["logits"], OnnxRuntimeRunner(str(expected), spec)(x)["logits"], rtol=1e-5, atol=1e-6)
+    moved = tmp_path / "elsewhere" / "renamed.onnx"
+    moved.parent.mkdir()
+    copy_artifact(out, moved)
+    assert runtime.load(moved)(np.zeros((1, 40), np.float32))["logits"].shape == (1, 10)
+    companion.write_bytes(dynamic.read_bytes())
+    with pytest.raises(InputError, match="sha256 differs"):
+        runtime.load(out)
+    companion.unlink()
+    with pytest.raises(InputError, match="not beside it"):
+        runtime.load(out)
+    assert runtime.load(out, backend="onnxruntime").backend == "onnxruntime"  # the main file alone still runs
 
 
 @pytest.mark.parametrize(("metadata", "name", "shape", "labels", "expected"), [

@@ -13,8 +13,8 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, Selection, bf16_on_openvino, choose, confirm_fastest, dispatch_candidates, make_runner, measure_quality, measure_speed,
-                                  twins_on_other_runtime)
+from aiopt.compress.select import (TIE, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner, measure_quality, measure_speed,
+                                  single_threaded, twins_on_other_runtime)
 from aiopt.errors import CheckFailedError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
 
@@ -61,7 +61,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         out = Path(output) if output is not None else _default_output(source, chosen)
         check_output_path(out, source, config.calibration, config.data, force=force)
         report = _report(selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, work / "fp32.onnx")
-        _write_chosen(chosen, out, loaded, spec, report)
+        _write_chosen(chosen, out, loaded, spec, report, (source, config.calibration, config.data), force)
         say(selection.verdict)
     return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
 
@@ -95,10 +95,11 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     if config.backend in ("auto", "openvino"):
         admit(bf16_on_openvino([c for c in candidates if c.name in allowed]))
     measure_speed(candidates, runners, data, ctx.spec, config.batch_sizes, say)
-    confirm_fastest(candidates, reference, runners, data, ctx.spec, config.batch_sizes, set(allowed), say)
-    by_batch = dispatch_candidates(candidates, config.batch_sizes, floor) if config.backend == "auto" else []
-    candidates += by_batch
-    allowed += [c.name for c in by_batch]
+    one_thread = admit(single_threaded(candidates, config.batch_sizes, set(allowed)))
+    finalists = confirm_fastest(candidates, reference, runners, data, ctx.spec, config.batch_sizes, set(allowed), say, extra=one_thread)
+    routed = by_batch(finalists, config.batch_sizes, floor) if config.backend == "auto" else []
+    candidates += routed
+    allowed += [c.name for c in routed]
     selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
     _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
@@ -278,29 +279,56 @@ def _compact(selection: dict, metric: str) -> dict:
     return {**{k: v for k, v in selection.items() if k != "candidates"}, "candidates": rows}
 
 
-def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict) -> None:
+def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inputs: tuple, force: bool) -> None:
+    """The chosen file at `out`, its metadata embedded; a by-batch choice whose routes use other
+    graphs writes each as a companion file beside it first (`OUT-STEM.upto-bN.onnx`), named with
+    its sha256 in the main file's routes."""
     import onnx
 
     from aiopt.artifacts import child_metadata, onnx_value_specs, with_own_lineage
     from aiopt.export.onnx import check_onnx, embed_metadata
-    from aiopt.fileio import atomic_path
+    from aiopt.fileio import atomic_path, check_output_path, sha256_file
 
     model = check_onnx(chosen.path)
     quality = report["quality"]
     metrics = ({"accuracy": quality["accuracy"], "split": "test", "measured_on": chosen.runtime} if quality.get("accuracy") is not None
                else loaded.metadata.get("metrics"))
-    dispatch = chosen.recipe.get("dispatch")
-    # A by-batch artifact names the runtime of its smallest batches, for tools that read only that key
-    serving = {"runtime": dispatch[0]["runtime"], "dispatch": dispatch} if dispatch else {"runtime": chosen.runtime}
-    if chosen.serving:
-        serving["serving"] = chosen.serving
+    routes = chosen.recipe.get("dispatch")
+    companions = [(route, out.with_name(f"{out.name.removesuffix('.onnx')}.upto-b{route['max_batch']}.onnx"))
+                  for route in routes or [] if Path(route["path"]) != chosen.path]
+    for _, target in companions:  # all refused before any is written
+        check_output_path(target, *inputs, force=force)
+    common = dict(format="onnx", quality_metric=report["metric"], inputs=[s.to_dict() for s in spec],
+                  outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)])
+    files = {}
+    for route, target in companions:
+        companion = check_onnx(route["path"])
+        metadata = child_metadata(loaded, "quantize", runtime=route["runtime"], serving=route["serving"], companion_of=out.name,
+                                  serves_batches_up_to=route["max_batch"], recipe=route["candidate"], **common)
+        embed_metadata(companion, with_own_lineage(metadata, target))
+        with atomic_path(target) as tmp:
+            onnx.save_model(companion, str(tmp))
+        files[route["path"]] = {"file": target.name, "sha256": sha256_file(target)}
+    if routes:
+        # the routes as the artifact records them: companion file names, never this run's work paths
+        routes = [{**{k: v for k, v in route.items() if k != "path"}, **files.get(route["path"], {})} for route in routes]
+        report["recipe"] = {**report["recipe"], "dispatch": routes}
+        report["files"] = [out.name, *(f["file"] for f in files.values())]
+    main_serving = routes[-1]["serving"] if routes else chosen.serving
+    serving = {"runtime": routes[-1]["runtime"] if routes else chosen.runtime, **({"dispatch": routes} if routes else {})}
+    if main_serving or chosen.serving:
+        serving["serving"] = {**main_serving, **chosen.serving}
     metadata = child_metadata(
-        loaded, "quantize", format="onnx", **serving, quality_metric=report["metric"],
-        inputs=[s.to_dict() for s in spec], outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)],
+        loaded, "quantize", **serving, **common,
         quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
         selection=_compact(report["selection"], report["metric"]), metrics=metrics, agreement_with_parent=quality,
     )
     embed_metadata(model, with_own_lineage(metadata, out))
-    with atomic_path(out) as tmp:
-        onnx.save_model(model, str(tmp))
+    try:
+        with atomic_path(out) as tmp:
+            onnx.save_model(model, str(tmp))
+    except BaseException:  # no companion without its main file
+        for _, target in companions:
+            target.unlink(missing_ok=True)
+        raise
     report["_metadata"] = metadata

@@ -26,10 +26,11 @@ class Candidate:
     problem: str | None = None  # why it cannot ship (failed to build, or misses the floor)
     latency_ms: dict[int, float] = field(default_factory=dict)
     serving: dict = field(default_factory=dict)  # how the Runner serves it, e.g. {"trim_padding": True}
+    files: list[Path] = field(default_factory=list)  # a by-batch candidate's files (default: `path`)
 
     @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size if self.path.is_file() else 0
+        return sum(p.stat().st_size for p in (self.files or [self.path]) if p.is_file())
 
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision, "runtime": self.runtime, "recipe": self.recipe,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -47,6 +48,9 @@ class Selection:
 
 def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=None):
     """The Runner the candidate would ship with (its runtime; padding trimmed when it says so)."""
+    from aiopt.runtime.base import capped_threads
+
+    threads = capped_threads(threads, candidate.serving)
     if candidate.serving.get("trim_padding"):
         from aiopt.runtime.trim_padding import PaddingTrimRunner
 
@@ -56,11 +60,10 @@ def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=
     if candidate.runtime == "dispatch":
         from aiopt.runtime.dispatch import BatchDispatchRunner
 
-        rule = candidate.recipe["dispatch"]
-        runners = {entry["runtime"]: make_runner(Candidate(candidate.name, candidate.precision, entry["runtime"], candidate.path,
-                                                           serving=candidate.serving), spec, threads)
-                   for entry in rule}
-        return BatchDispatchRunner(runners, rule, str(candidate.path))
+        routes = [(route["max_batch"], make_runner(Candidate(route["candidate"], candidate.precision, route["runtime"], Path(route["path"]),
+                                                             serving=route["serving"]), spec, threads))
+                  for route in candidate.recipe["dispatch"]]
+        return BatchDispatchRunner(routes, str(candidate.path))
     if candidate.runtime == "openvino":
         from aiopt.runtime.openvino_backend import OpenVinoRunner
 
@@ -108,18 +111,25 @@ def measure_speed(candidates: list[Candidate], runners: dict, data, spec, batch_
 
 
 def confirm_fastest(candidates: list[Candidate], reference: Candidate, runners: dict, data, spec, batch_sizes: tuple[int, ...],
-                    eligible: set[str], say, keep: int = CONFIRM_TOP) -> None:
-    """The quick timing ranks; this decides. The best few candidates (by geometric mean) and the
-    FP32 reference are timed again, longer and in more interleaved rounds, and their times
-    replaced: a microsecond of noise must not decide "slower than FP32" at batch 1."""
+                    eligible: set[str], say, keep: int = CONFIRM_TOP, extra: list[Candidate] = ()) -> list[Candidate]:
+    """The quick timing ranks; this decides. The best few candidates (by geometric mean), the
+    fastest at each batch size, `extra` ones (not timed yet) and the FP32 reference are timed
+    again, longer and in more interleaved rounds, and their times replaced: a microsecond of
+    noise must not decide "slower than FP32" at batch 1. Returns the candidates of that run."""
     timed = [c for c in candidates if c.name in runners and c.name in eligible and c is not reference
              and all(b in c.latency_ms for b in batch_sizes)]
     ranked = sorted(timed, key=lambda c: _geomean(c, batch_sizes))
     finalists = [reference, *ranked[:keep]]
+    for batch in batch_sizes:
+        fastest = min(timed, key=lambda c: c.latency_ms[batch], default=None)
+        if fastest is not None and fastest not in finalists:
+            finalists.append(fastest)
+    finalists += [c for c in extra if c.name in runners and c not in finalists]
     if len(finalists) < 2:
-        return
+        return finalists
     say(f"confirming the fastest: {', '.join(c.name for c in finalists)}")
     measure_speed(finalists, runners, data, spec, batch_sizes, say, CONFIRM)
+    return finalists
 
 
 def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple[int, ...], floor: QualityFloor,
@@ -166,33 +176,51 @@ def twins_on_other_runtime(candidates: list[Candidate]) -> list[Candidate]:
     return twins
 
 
-def dispatch_candidates(candidates: list[Candidate], batch_sizes: tuple[int, ...], floor: QualityFloor) -> list[Candidate]:
-    """For each file timed on both runtimes, the artifact that sends every batch size to the
-    runtime measured faster for it (runtime/dispatch.py); only where the winner changes."""
+def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: QualityFloor) -> list[Candidate]:
+    """When the fastest candidate differs by batch size (timed in one run: `finalists`), the
+    artifact that routes every batch size to its fastest (runtime/dispatch.py): the same file on
+    two runtimes, or two files (e.g. dynamic INT8 on ONNX Runtime for batch 1, NNCF INT8 in BF16
+    on OpenVINO for batch 64). Its quality is its worst route's; its size, its files' sum."""
     from aiopt.runtime.dispatch import dispatch_rule
 
-    groups: dict[str, list[Candidate]] = {}
-    for c in candidates:
-        if not c.problem and all(b in c.latency_ms for b in batch_sizes):
-            groups.setdefault(str(c.path), []).append(c)
-    made = []
-    for group in groups.values():
-        # one entry per runtime: the fastest way that runtime serves this file (f32 or bf16 on OpenVINO)
-        group = [min((c for c in group if c.runtime == r), key=lambda c: _geomean(c, batch_sizes)) for r in {c.runtime for c in group}]
-        if len(group) < 2:
-            continue
-        rule = dispatch_rule({c.runtime: c.latency_ms for c in group})
-        if len({entry["runtime"] for entry in rule}) < 2:
-            continue
-        worst = min(group, key=lambda c: floor.value(c.quality))
-        base = min(group, key=lambda c: len(c.name))
-        serving = next((c.serving for c in group if c.runtime == "openvino"), {})
-        made.append(Candidate(f"{base.name.split('@')[0].removesuffix('+bf16')}-by-batch", base.precision, "dispatch", base.path,
-                              {**base.recipe, "dispatch": rule, "from": [c.name for c in group],
-                               "latency": "per batch, the faster runtime's p50 in this run"},
-                              quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in group) for b in batch_sizes},
-                              serving=dict(serving)))
-    return made
+    routable = [c for c in finalists if not c.problem and c.runtime != "dispatch" and all(b in c.latency_ms for b in batch_sizes)]
+    if len(batch_sizes) < 2 or len(routable) < 2:
+        return []
+    by_name = {c.name: c for c in routable}
+    rule = dispatch_rule({c.name: c.latency_ms for c in routable}, key="candidate")
+    if len(rule) < 2:
+        return []
+    members = [by_name[route["candidate"]] for route in rule]
+    routes = [{**route, "runtime": c.runtime, "path": str(c.path), "serving": dict(c.serving)} for route, c in zip(rule, members)]
+    worst = min(members, key=lambda c: floor.value(c.quality))
+    main = members[-1]  # the largest batches' file is the one a batching server (Triton) loads
+    files = {str(c.path) for c in members}
+    if len(files) == 1:
+        name = f"{min((c.name for c in members), key=len).split('@')[0].removesuffix('+bf16')}-by-batch"
+    else:
+        name = "by-batch:" + "/".join(c.name for c in members)
+    precision = next((c.precision for c in members if c.precision == "int8"), main.precision)
+    return [Candidate(name, precision, "dispatch", main.path,
+                      {"dispatch": routes, "from": [c.name for c in members], "latency": "per batch, the route's p50 in this run"},
+                      quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in members) for b in batch_sizes},
+                      files=sorted(Path(f) for f in files))]
+
+
+def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str]) -> list[Candidate]:
+    """The fastest candidate at the smallest batch size, run on one thread: a small model's
+    batch 1 often runs faster on one thread than on two, which spend more time handing work
+    over than doing it (measured here, not assumed; a route of a by-batch artifact may use it)."""
+    import os
+
+    smallest = min(batch_sizes)
+    timed = [c for c in candidates if not c.problem and c.name in eligible and c.runtime != "dispatch" and smallest in c.latency_ms]
+    if len(os.sched_getaffinity(0)) < 2 or not timed:
+        return []
+    fastest = min(timed, key=lambda c: c.latency_ms[smallest])
+    if fastest.serving.get("threads"):
+        return []
+    return [Candidate(f"{fastest.name}+1-thread", fastest.precision, fastest.runtime, fastest.path, dict(fastest.recipe),
+                      serving={**fastest.serving, "threads": 1})]
 
 
 def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:

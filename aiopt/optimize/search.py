@@ -298,6 +298,7 @@ class _Search:
     def _choose(self, candidates: list[Row]):
         """The best candidate within the budget, measured again as written to OUTDIR (rebuilt
         here first when another worker ran it)."""
+        from aiopt.artifacts import copy_artifact
         from aiopt.measure.deployed import measure_deployed
 
         for row in candidates:
@@ -305,7 +306,7 @@ class _Search:
             if not source.exists():
                 source = self._rebuild(row)
             target = self.outdir / f"{_stem(self.model)}.optimized{source.suffix}"
-            shutil.copyfile(source, target)
+            copy_artifact(source, target)
             again = measure_deployed(target, self.reference.runner, self.reference.outputs, self.reference.data, self.reference.floor,
                                      self.config.batch_sizes, self.config.latency, self.config.threads)
             if again.problem is None:

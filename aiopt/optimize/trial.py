@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable
@@ -147,6 +146,7 @@ class ChainRunner:
     def _step(self, name: str, source: str, output: Path, config):
         import optuna
 
+        from aiopt.artifacts import copy_artifact
         from aiopt.steps import StepOutcome, run_step
 
         if name not in CACHED_STEPS:
@@ -167,7 +167,7 @@ class ChainRunner:
         fields = json.loads(saved.read_text())
         if "broke" in fields:
             raise optuna.TrialPruned(fields["broke"])
-        _link(Path(fields["path"]), output)
+        copy_artifact(fields["path"], output, link=True)
         kept = {k: fields[k] for k in ("step", "config", "lineage", "record", "seconds")}
         return StepOutcome(source=source, path=str(output), args=tuple(fields["args"]), **kept)
 
@@ -185,13 +185,6 @@ def _cache_key(name: str, source: str, config) -> str:
 
     text = json.dumps({"step": name, "input": artifact_sha256(source), "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
-
-
-def _link(source: Path, target: Path) -> None:
-    try:
-        os.link(source, target)
-    except OSError:  # another filesystem, or links not allowed
-        shutil.copyfile(source, target)
 
 
 def _write_json(path: Path, document: dict) -> None:

@@ -81,6 +81,21 @@ def _has_all(rule: list[dict]) -> bool:
     return all(e["runtime"] in modules and importlib.util.find_spec(modules[e["runtime"]]) is not None for e in rule)
 
 
+def _route_runner(loaded, spec, route: dict, device, threads):
+    """The Runner of one by-batch route: its runtime, on the main file or on the companion file
+    it names, with its own serving settings (e.g. OpenVINO's inference precision)."""
+    import dataclasses
+
+    from aiopt.artifacts import route_path
+
+    if "serving" in route or route.get("file"):
+        metadata = {**loaded.metadata, "serving": route.get("serving", {})}
+        loaded = dataclasses.replace(loaded, path=route_path(loaded.path, route), metadata=metadata)
+    from aiopt.runtime.base import capped_threads
+
+    return _FACTORIES[route["runtime"]](loaded, spec, device, capped_threads(threads, route.get("serving") or {}))
+
+
 def _tensorrt_runner(path, backend, device):
     """Engines carry no aiopt metadata of their own: the sidecar describes them, and is checked first."""
     from aiopt.runtime.tensorrt_backend import TensorRTRunner
@@ -130,11 +145,13 @@ def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads:
     if backend is None and loaded.metadata.get("dispatch") and _has_all(loaded.metadata["dispatch"]):
         from aiopt.runtime.dispatch import BatchDispatchRunner
 
-        rule = loaded.metadata["dispatch"]
-        runner = BatchDispatchRunner({e["runtime"]: _FACTORIES[e["runtime"]](loaded, spec, device, threads) for e in rule}, rule, str(loaded.path))
+        routes = [(route["max_batch"], _route_runner(loaded, spec, route, device, threads)) for route in loaded.metadata["dispatch"]]
+        runner = BatchDispatchRunner(routes, str(loaded.path))
     else:
+        from aiopt.runtime.base import capped_threads
+
         backend = backend or _default_backend(loaded)
-        runner = _FACTORIES[backend](loaded, spec, device, threads)
+        runner = _FACTORIES[backend](loaded, spec, device, capped_threads(threads, loaded.metadata.get("serving") or {}))
     from aiopt.runtime.trim_padding import PaddingTrimRunner, wants_trimming
 
     if trim_padding or (trim_padding is None and wants_trimming(loaded.metadata)):

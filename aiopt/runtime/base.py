@@ -101,6 +101,14 @@ class Runner:
                 "inputs": [s.to_dict() for s in self.input_spec], "outputs": self.output_names}
 
 
+def capped_threads(requested: int | None, serving: dict) -> int | None:
+    """The threads a Runner uses: what the caller allows, capped by what the artifact measured
+    best (`serving["threads"]`: e.g. batch 1 of a small model runs faster on one thread than on
+    two, which spend more time handing work over than doing it)."""
+    best = serving.get("threads")
+    return best if best and (requested is None or requested > best) else requested
+
+
 def _to_numpy(value: Any) -> np.ndarray:
     if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor, without importing torch
         value = value.detach().cpu()
