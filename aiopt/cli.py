@@ -589,7 +589,8 @@ def deploy(
     from aiopt.export.triton import TritonConfig, deploy_triton
 
     result = deploy_triton(artifact, triton, TritonConfig(name=name, max_batch=max_batch, instances=instances), force=force)
-    _json_or_line(result, as_json, f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']})")
+    notes = "".join(f"\nnote: {escape(note)}" for note in result["notes"])
+    _json_or_line(result, as_json, f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']}){notes}")
 
 
 @_command(epilog="Example: aiopt prune cnn.pt --method channel --sparsity 0.5 --finetune-epochs 10 -o cnn.p50.pt")

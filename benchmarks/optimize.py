@@ -2,7 +2,7 @@
 
     python benchmarks/optimize.py                                  # cnn, lstm, transformer; 20 min each
     python benchmarks/optimize.py --models cnn --time-budget 6m    # one model, a shorter search
-    python benchmarks/optimize.py --models minilm                  # the MiniLM folder (cosine budget)
+    python benchmarks/optimize.py --models minilm --merge          # the MiniLM folder (cosine budget), other models' rows kept
 
 Per model: the reference checkpoint (benchmarks/.work/base/, trained when missing), `aiopt
 quantize MODEL` with the same quality budget as the search, and `aiopt optimize MODEL
@@ -32,6 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / ".work"), help="checkpoints (shared with run.py) and the runs' folders")
     parser.add_argument("--results", default=str(ROOT / "results"))
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per artifact and batch in the final measurement")
+    parser.add_argument("--merge", action="store_true", help="keep the other models' rows of an existing results file (with their commands)")
     args = parser.parse_args(argv)
 
     from aiopt.bench.machine import describe_machine
@@ -39,17 +40,23 @@ def main(argv: list[str] | None = None) -> int:
 
     work = Path(args.work) / "base"
     work.mkdir(parents=True, exist_ok=True)
+    command = " ".join(["python", *sys.argv])
     rows = []
     for name in args.models.split(","):
         case = _minilm(work) if name == "minilm" else _reference(name, work)
-        rows.append(_compare(name, case, work / "optimize-bench", args))
+        rows.append({**_compare(name, case, work / "optimize-bench", args), "command": command, "time_budget": args.time_budget,
+                     "date": time.strftime("%Y-%m-%d")})
         print(_line(rows[-1]), file=sys.stderr)
     machine = describe_machine()
-    document = {"machine": machine, "command": " ".join(["python", *sys.argv]), "time_budget": args.time_budget, "batch_sizes": list(BATCHES),
-                "models": rows}
     results = Path(args.results)
     results.mkdir(parents=True, exist_ok=True)
     stem = results / f"optimize-{machine['id']}"
+    if args.merge and stem.with_suffix(".json").exists():  # rows measured earlier keep their own command and budget
+        earlier = json.loads(stem.with_suffix(".json").read_text())
+        measured = {r["model"] for r in rows}
+        rows += [{"command": earlier.get("command"), "time_budget": earlier.get("time_budget"), **r}
+                 for r in earlier["models"] if r["model"] not in measured]
+    document = {"machine": machine, "command": command, "time_budget": args.time_budget, "batch_sizes": list(BATCHES), "models": rows}
     write_bytes_atomic(stem.with_suffix(".json"), (json.dumps(document, indent=2) + "\n").encode())
     write_bytes_atomic(stem.with_suffix(".md"), markdown(document).encode())
     print(markdown(document))
@@ -161,19 +168,20 @@ def _quality(measured: dict) -> str:
 
 def markdown(document: dict) -> str:
     lines = [f"## aiopt optimize vs aiopt quantize ({document['machine']['cpu']}, {document['machine'].get('cores', '?')} cores)", "",
-             f"Search budget {document['time_budget']} per model; quantize given the same quality budget. All three artifacts of a model "
+             "Per model: quantize given the same quality budget as the search. All three artifacts of a model "
              "(FP32 ONNX Runtime reference, quantize's, optimize's) timed in the same interleaved rounds, each on the runtime it ships for.", "",
-             "| model | quantize chose | acc | p50 b1 / b64 ms | optimize chose | acc | p50 b1 / b64 ms | trials | optimize vs quantize b64 | b1 |",
-             "|---|---|---:|---:|---|---:|---:|---|---:|---:|"]
+             "| model | search | quantize chose | quality | p50 b1 / b64 ms | optimize chose | quality | p50 b1 / b64 ms | trials | optimize vs quantize b64 | b1 |",
+             "|---|---|---|---:|---:|---|---:|---:|---|---:|---:|"]
     for row in document["models"]:
         q, o = row["quantize"], row["optimize"]
         trials = ", ".join(f"{n} {s}" for s, n in (o.get("trials") or {}).items())
         optimized = (f"{o['chain']} ({o.get('ships_on')}) | {_quality(o)} | {o['p50_ms']['1']:.3f} / {o['p50_ms']['64']:.3f}"
                      if row["ratio_b64"] else f"none within the budget | - | -")
         ratios = f"{row['ratio_b64']:.2f}x | {row['ratio_b1']:.2f}x" if row["ratio_b64"] else "- | -"
-        lines.append(f"| {row['model']} | {q['chosen']} ({q['ships_on']}) | {_quality(q)} | {q['p50_ms']['1']:.3f} / {q['p50_ms']['64']:.3f} | "
+        lines.append(f"| {row['model']} | {row.get('time_budget', document['time_budget'])} | {q['chosen']} ({q['ships_on']}) | {_quality(q)} | {q['p50_ms']['1']:.3f} / {q['p50_ms']['64']:.3f} | "
                      f"{optimized} | {trials} | {ratios} |")
-    lines += ["", f"Command: `{document['command']}`"]
+    commands = sorted({row.get("command") or document["command"] for row in document["models"]})
+    lines += ["", "Commands: " + "; ".join(f"`{c}`" for c in commands)]
     return "\n".join(lines) + "\n"
 
 

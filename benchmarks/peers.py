@@ -8,7 +8,9 @@ threads: FP32 PyTorch; FP32 ONNX Runtime (default session); ORT quantize_static 
 quantize_dynamic with their defaults; ORT dynamic INT8 per-channel; OpenVINO FP32
 (compile_model defaults); NNCF INT8 on OpenVINO (defaults); torch.compile (default mode,
 compile time not counted); and `aiopt quantize MODEL` (no flags) run as aiopt loads it.
-Peers are called through their own libraries, never through aiopt's runners. Quality: test
+Peers are called through their own libraries, never through aiopt's runners. Each batch size is
+measured `--repeats` times (default 3), each time starting the rotation at another row, and the
+median p50 is reported (a row right after one whose threads still spin is slowed). Quality: test
 accuracy for the reference models, mean cosine to FP32 PyTorch for MiniLM (sentences not
 used for calibration). "Best peer" is the fastest peer row of equal quality (accuracy within
 0.5 pt of FP32, or cosine >= 0.99) at that batch size.
@@ -48,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / ".work"))
     parser.add_argument("--results", default=str(ROOT / "results"))
     parser.add_argument("--min-time", type=float, default=1.0, help="seconds of timed runs per row and batch size")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved measurements per batch size, each in another row order; the median p50 is reported")
     parser.add_argument("--quick", action="store_true", help="tiny models, short timing (smoke run)")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile row (its compile takes minutes on 2 cores)")
     parser.add_argument("--padded", action="store_true", help="MiniLM only: also the padded-to-64 server case")
@@ -311,9 +314,16 @@ def _measure(case: dict, setting: dict, rows: list[Row], args) -> dict:
     config = LatencyConfig(warmup=5, min_runs=10, min_time=0.2 if args.quick else args.min_time, rounds=5)
     for batch in setting["batch_sizes"]:
         feed = _feed(inputs, batch, setting.get("feed"))
-        stats = measure_interleaved([(lambda r=row: r.run(feed), False) for row in alive], config)
-        for row, stat in zip(alive, stats):
-            row.p50[batch] = stat.p50
+        # Each repeat starts the rotation at another row: a row timed right after one whose
+        # threads are still spinning (torch, OpenVINO) is slowed, and no row may keep that place.
+        runs: dict[str, list[float]] = {row.name: [] for row in alive}
+        for repeat in range(args.repeats):
+            shift = repeat * len(alive) // args.repeats
+            order = alive[shift:] + alive[:shift]
+            for row, stat in zip(order, measure_interleaved([(lambda r=row: r.run(feed), False) for row in order], config)):
+                runs[row.name].append(stat.p50)
+        for row in alive:
+            row.p50[batch] = float(np.median(runs[row.name]))
     fp32 = rows[0].quality
     result = {"model": setting["label"], "metric": case["metric"], "batch_sizes": list(setting["batch_sizes"]),
               "aiopt_quantize_seconds": case["aiopt_seconds"], "aiopt_choice": case["aiopt_report"].get("reason"),

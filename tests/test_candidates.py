@@ -117,6 +117,10 @@ def test_by_batch_artifact_serves_small_batches_from_a_companion_file(gru_onnx, 
     for batch, expected in ((1, source), (9, dynamic)):  # each batch size on its own graph
         x = np.random.default_rng(batch).standard_normal((batch, 40)).astype(np.float32)
         np.testing.assert_allclose(runner(x)["logits"], OnnxRuntimeRunner(str(expected), spec)(x)["logits"], rtol=1e-5, atol=1e-6)
+    from aiopt.export.triton import deploy_triton
+
+    notes = deploy_triton(out, tmp_path / "repository")["notes"]  # Triton loads the main file only, and says so
+    assert "batches up to 8 on onnxruntime from model.int8.upto-b8.onnx" in notes[0]
     moved = tmp_path / "elsewhere" / "renamed.onnx"
     moved.parent.mkdir()
     copy_artifact(out, moved)

@@ -206,21 +206,19 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
                       files=sorted(Path(f) for f in files))]
 
 
-def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str]) -> list[Candidate]:
-    """The fastest candidate at the smallest batch size, run on one thread: a small model's
-    batch 1 often runs faster on one thread than on two, which spend more time handing work
-    over than doing it (measured here, not assumed; a route of a by-batch artifact may use it)."""
+def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str], count: int = 2) -> list[Candidate]:
+    """The `count` fastest candidates at the smallest batch size, run on one thread: a small
+    model's batch 1 often runs faster on one thread than on two, which spend more time handing
+    work over than doing it (measured here, not assumed; a route of a by-batch artifact may use it)."""
     import os
 
     smallest = min(batch_sizes)
-    timed = [c for c in candidates if not c.problem and c.name in eligible and c.runtime != "dispatch" and smallest in c.latency_ms]
-    if len(os.sched_getaffinity(0)) < 2 or not timed:
+    timed = [c for c in candidates if not c.problem and c.name in eligible and c.runtime != "dispatch" and smallest in c.latency_ms
+             and not c.serving.get("threads")]
+    if len(os.sched_getaffinity(0)) < 2:
         return []
-    fastest = min(timed, key=lambda c: c.latency_ms[smallest])
-    if fastest.serving.get("threads"):
-        return []
-    return [Candidate(f"{fastest.name}+1-thread", fastest.precision, fastest.runtime, fastest.path, dict(fastest.recipe),
-                      serving={**fastest.serving, "threads": 1})]
+    return [Candidate(f"{c.name}+1-thread", c.precision, c.runtime, c.path, dict(c.recipe), serving={**c.serving, "threads": 1})
+            for c in sorted(timed, key=lambda c: c.latency_ms[smallest])[:count]]
 
 
 def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:

@@ -123,7 +123,22 @@ def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, co
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"repository": str(repository), "model": name, "platform": model.platform, "config": str(target / "config.pbtxt"),
-            "file": str(target / "1" / model.file_name), "max_batch_size": config.max_batch if _batched(model) else 0}
+            "file": str(target / "1" / model.file_name), "max_batch_size": config.max_batch if _batched(model) else 0,
+            "notes": _serving_notes(model.metadata)}
+
+
+def _serving_notes(metadata: dict) -> list[str]:
+    """What of the artifact's measured serving plan Triton's config does not carry."""
+    notes = []
+    routes = metadata.get("dispatch") or []
+    if len(routes) > 1:
+        small = ", ".join(f"batches up to {r['max_batch']} on {r['runtime']}" + (f" from {r['file']}" if r.get("file") else "")
+                          for r in routes[:-1])
+        notes.append(f"Triton serves the main file on one runtime for every batch size; the artifact's faster routes for small batches "
+                     f"({small}) are not used there")
+    if metadata.get("runtime") == "openvino":
+        notes.append("the artifact was measured fastest on OpenVINO; this config uses ONNX Runtime (Triton's openvino backend can serve the same file)")
+    return notes
 
 
 def _swap_into_place(staging: Path, target: Path) -> None:
