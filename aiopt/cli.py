@@ -175,6 +175,11 @@ def _command(**settings: Any) -> Callable:
     return register
 
 
+def _say(message: str) -> None:
+    """A step's progress line, on stderr (stdout carries the result)."""
+    stderr.print(escape(message))
+
+
 def _input_spec(shapes: list[str] | None, dtypes: list[str] | None):
     if dtypes and not shapes:
         from aiopt.errors import InputError
@@ -320,12 +325,13 @@ def export(
         return
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
-    from aiopt.export.onnx import OnnxExportConfig, export_onnx
+    from aiopt.export.onnx import OnnxExportConfig
+    from aiopt.steps import StepHooks, run_step
 
     output = output or str(Path(model).with_suffix(".onnx"))
     config = OnnxExportConfig(opset=opset, dynamic_batch=dynamic_batch, atol=atol, rtol=rtol, simplify=simplify, seq_len=seq_len)
-    stderr.print(f"exporting {escape(model)} to ONNX (opset {opset})...")
-    result = export_onnx(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=spec)
+    hooks = StepHooks(say=_say, force=force, trust_pickle=trust_pickle, input_spec=spec)
+    result = run_step("export", model, output, config, hooks=hooks).result
     summary = {"path": result.path, "exporter": result.exporter, "opset": result.opset, "nodes_exported": result.nodes_before,
                "nodes_simplified": result.nodes_after, "validation": result.validation, "accuracy": result.accuracy}
     if as_json:
@@ -433,14 +439,15 @@ def quantize(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.compress.quantize import QuantizeConfig
+    from aiopt.steps import StepHooks, run_step
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
                             device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
                             candidates=tuple(candidate or ()))
-    result = quantize_artifact(model, output, config, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype),
-                               on_progress=lambda message: stderr.print(escape(message)))
+    hooks = StepHooks(say=_say, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    result = run_step("quantize", model, output, config, hooks=hooks).result
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
@@ -612,14 +619,15 @@ def prune(
     """Prune a model (structured channels/heads, unstructured, or 2:4), fine-tune it, and report what it cost."""
     from pathlib import Path
 
-    from aiopt.compress.prune import PruneConfig, prune_checkpoint
+    from aiopt.compress.prune import PruneConfig
+    from aiopt.steps import StepHooks, run_step
 
     config = PruneConfig(method=method, sparsity=sparsity, scope=scope, finetune_epochs=finetune_epochs, steps=steps,
                          target_params=target_params, lr=lr, seed=seed, dataset=dataset)
     output = output or str(Path(model).with_suffix(".pruned.pt"))
     with _progress("prune") as progress:
-        result = prune_checkpoint(model, output, config, force=force, on_progress=lambda message: stderr.print(escape(message)),
-                                  on_epoch=_epoch_bar(progress, "fine-tuning"))
+        hooks = StepHooks(say=_say, on_epoch=_epoch_bar(progress, "fine-tuning"), force=force)
+        result = run_step("prune", model, output, config, hooks=hooks).result
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
@@ -652,7 +660,8 @@ def distill(
     """Train a smaller student from a teacher (soft targets + labels) and compare it with the student trained alone."""
     from pathlib import Path
 
-    from aiopt.compress.distill import DistillConfig, distill_checkpoint
+    from aiopt.compress.distill import DistillConfig
+    from aiopt.steps import StepHooks, run_step
 
     # None (not given) leaves a loss setting to the student architecture's measured default.
     config = DistillConfig(student=student, width=width, temperature=temperature, alpha=alpha, feature_weight=feature_weight,
@@ -667,7 +676,7 @@ def distill(
                 bars[phase] = _epoch_bar(progress, {"distill": "student with the teacher", "alone": "student alone"}.get(phase, phase))
             bars[phase](stats)
 
-        result = distill_checkpoint(teacher, output, config, force=force, on_progress=on_epoch)
+        result = run_step("distill", teacher, output, config, hooks=StepHooks(say=_say, on_epoch=on_epoch, force=force)).result
     report = result.report
     if as_json:
         _emit_json({"path": result.path, **report})
