@@ -159,3 +159,18 @@ def test_cosine_floor_and_collapse_guard():
     assert "mean cosine" in QualityFloor("cosine", min_cosine=0.99999).problem(quality)
     with pytest.raises(UnsupportedModelError, match="cosine"):
         check_against_parent(reference, rng.standard_normal((32, 64)), "the candidate", "cosine")
+
+
+def test_sensitive_layers_are_ranked_by_ort_qdq_debugger(gru_onnx, tmp_path):
+    """Mixed precision's ranking: ORT's QDQ debugger (it iterates over the reader) on real files."""
+    from aiopt.compress import onnx_quant
+    from aiopt.compress.calibration import CalibrationSet, OrtCalibrationReader
+    from aiopt.compress.sensitivity import rank_sensitive_nodes
+
+    source, spec = gru_onnx
+    calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)}, "random", None)
+    qdq = tmp_path / "qdq.onnx"
+    onnx_quant.quantize_static_qdq(source, qdq, OrtCalibrationReader(calibration, spec), onnx_quant.StaticInt8Options(), tmp_path / "cache.json")
+    ranked = rank_sensitive_nodes(source, qdq, OrtCalibrationReader(calibration, spec), tmp_path)
+    assert ranked and all(isinstance(name, str) and isinstance(sqnr, float) for name, sqnr in ranked)
+    assert [s for _, s in ranked] == sorted(s for _, s in ranked)  # most sensitive (lowest SQNR) first

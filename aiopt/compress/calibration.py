@@ -95,6 +95,16 @@ class OrtCalibrationReader:
     def get_next(self) -> dict[str, np.ndarray] | None:
         return next(self._batches, None)
 
+    # ORT's own tools iterate over readers too (qdq_loss_debug.collect_activations: `for feed in reader`)
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        batch = self.get_next()
+        if batch is None:
+            raise StopIteration
+        return batch
+
     def rewind(self) -> None:
         total = len(self.calibration)
         end = total - total % self.batch_size if self.static_batch else total
