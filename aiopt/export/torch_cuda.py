@@ -25,13 +25,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiopt.errors import InputError
+# How an artifact's buckets are read lives with the runtime (below this layer); re-exported here
+from aiopt.runtime.buckets import REEXPORT_HINT, bucket_for, buckets_of  # noqa: F401
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_BUCKETS = (1, 256)
 # Above this accuracy cost (on the test split) the export says so and suggests --precision fp32.
 WARN_ACCURACY_DROP = 0.005
 # What a Runner of this artifact tells a user whose batch is outside its buckets.
-REEXPORT_HINT = "re-export it with aiopt export --format torch-cuda --batch-size N"
+
 
 
 @dataclass(frozen=True)
@@ -48,19 +50,10 @@ def validate(config: TorchCudaConfig) -> None:
         raise InputError(f"--batch-size values must be at least 1, got {list(config.batch_sizes)}")
 
 
-def buckets_of(metadata: dict) -> tuple[int, ...] | None:
-    """The batch buckets a torch-cuda artifact was built for; None for any other artifact."""
-    recorded = (metadata.get("torch_cuda") or {}).get("batch_sizes")
-    return tuple(sorted(int(b) for b in recorded)) if recorded else None
 
 
-def bucket_for(batch: int, buckets: tuple[int, ...]) -> int:
-    """The smallest bucket that holds `batch` (the batch is padded up to it)."""
-    for bucket in buckets:
-        if batch <= bucket:
-            return bucket
-    raise InputError(f"batch size {batch} is above this artifact's largest bucket ({buckets[-1]}); "
-                     f"re-export it with --batch-size {batch} (buckets: {', '.join(map(str, buckets))})")
+
+
 
 
 def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, config: TorchCudaConfig = TorchCudaConfig(),

@@ -26,7 +26,7 @@ def _torch_runner(loaded, spec, device, threads):
         import torch
 
         torch.set_num_threads(threads)
-    from aiopt.export.torch_cuda import REEXPORT_HINT, buckets_of
+    from aiopt.runtime.buckets import REEXPORT_HINT, buckets_of
 
     names = [o.name for o in output_spec(loaded)]
     buckets = buckets_of(loaded.metadata)

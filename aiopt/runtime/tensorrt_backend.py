@@ -19,7 +19,7 @@ class TensorRTRunner(Runner):
     def __init__(self, engine_path: str, device: str = "cuda"):
         import torch
 
-        from aiopt.export.tensorrt import check_sidecar, current_gpu, import_tensorrt
+        from aiopt.runtime.tensorrt_sidecar import check_sidecar, current_gpu, import_tensorrt
 
         trt = import_tensorrt()
         sidecar = check_sidecar(engine_path, trt.__version__, current_gpu())
