@@ -114,7 +114,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
     from dataclasses import replace
 
     from aiopt.compress.calibration import OrtCalibrationReader
-    from aiopt.compress.sensitivity import rank_sensitive_nodes
+    from aiopt.compress.sensitivity import RANKING_SAMPLES, rank_sensitive_nodes
 
     by_name = {c.name: c for c in candidates}
     static = by_name.get("int8-static-per-channel")
@@ -122,7 +122,8 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
             c.precision == "int8" and c.quality is not None and not c.problem for c in candidates):
         return [], {}
     say("no INT8 recipe meets the floor: ranking layers by quantization noise (ONNX Runtime's QDQ debugger, calibration data)")
-    ranked = rank_sensitive_nodes(ctx.prepared, static.path, OrtCalibrationReader(ctx.calibration, ctx.spec), ctx.work)
+    few = replace(ctx.calibration, inputs={k: v[:RANKING_SAMPLES] for k, v in ctx.calibration.inputs.items()})
+    ranked = rank_sensitive_nodes(ctx.prepared, static.path, OrtCalibrationReader(few, ctx.spec, RANKING_SAMPLES), ctx.work)
     found, runners = [], {}
     for base in ("int8-static-per-channel", "int8-dynamic"):
         if by_name.get(base) is None or by_name[base].quality is None:
