@@ -133,6 +133,21 @@ def test_by_batch_artifact_serves_small_batches_from_a_companion_file(gru_onnx, 
         runtime.load(out)
     assert runtime.load(out, backend="onnxruntime").backend == "onnxruntime"  # the main file alone still runs
 
+    # two routes on one graph (one thread at batch 1, two at 8): one companion file, named by both
+    one_thread = Candidate("fp32+1-thread", "fp32", "onnxruntime", source, quality=quality, latency_ms={1: 0.05, 8: 0.9, 64: 5.0},
+                           serving={"threads": 1})
+    fp32.latency_ms = {1: 0.1, 8: 0.5, 64: 5.0}
+    int8.latency_ms = {1: 0.3, 8: 0.8, 64: 2.0}
+    (three,) = by_batch([one_thread, fp32, int8], (1, 8, 64), QualityFloor("cosine"))
+    shared = tmp_path / "shared" / "model.int8.onnx"
+    shared.parent.mkdir()
+    report = {"quality": quality, "metric": "cosine", "recipe": three.recipe, "selection": {"candidates": []}}
+    _write_chosen(three, shared, load_model(source), spec, report, (source,), force=False)
+    routes = load_model(shared).metadata["dispatch"]
+    assert [r["max_batch"] for r in routes] == [2, 22, None] and routes[0]["file"] == routes[1]["file"] == "model.int8.upto-b2.onnx"
+    assert sorted(p.name for p in shared.parent.iterdir()) == ["model.int8.onnx", "model.int8.upto-b2.onnx"]
+    assert runtime.load(shared).runner_for(1).source.endswith("model.int8.upto-b2.onnx")
+
 
 @pytest.mark.parametrize(("metadata", "name", "shape", "labels", "expected"), [
     ({"dataset": {"name": "mnist1d"}}, "logits", ("batch", 10), True, "accuracy"),

@@ -15,6 +15,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,10 @@ from aiopt.measure.latency import LatencyConfig, measure_interleaved
 from aiopt.artifacts import artifact_size
 from aiopt.errors import AioptError, InputError, MissingDependencyError
 from aiopt.runtime.cuda_graph import PEER_BACKEND
+from aiopt.specs import TensorSpec
+
+if TYPE_CHECKING:
+    from aiopt.runtime.torch_backend import TorchRunner
 
 SCHEMA_VERSION = 1
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")

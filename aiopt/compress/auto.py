@@ -295,8 +295,12 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inpu
     metrics = ({"accuracy": quality["accuracy"], "split": "test", "measured_on": chosen.runtime} if quality.get("accuracy") is not None
                else loaded.metadata.get("metrics"))
     routes = chosen.recipe.get("dispatch")
-    companions = [(route, out.with_name(f"{out.name.removesuffix('.onnx')}.upto-b{route['max_batch']}.onnx"))
-                  for route in routes or [] if Path(route["path"]) != chosen.path]
+    # one companion per graph other than the main file's (two routes may share one: e.g. two thread counts)
+    first_route = {}
+    for route in routes or []:
+        if Path(route["path"]) != chosen.path:
+            first_route.setdefault(route["path"], route)
+    companions = [(route, out.with_name(f"{out.name.removesuffix('.onnx')}.upto-b{route['max_batch']}.onnx")) for route in first_route.values()]
     for _, target in companions:  # all refused before any is written
         check_output_path(target, *inputs, force=force)
     common = dict(format="onnx", quality_metric=report["metric"], inputs=[s.to_dict() for s in spec],
@@ -315,10 +319,11 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inpu
         routes = [{**{k: v for k, v in route.items() if k != "path"}, **files.get(route["path"], {})} for route in routes]
         report["recipe"] = {**report["recipe"], "dispatch": routes}
         report["files"] = [out.name, *(f["file"] for f in files.values())]
-    main_serving = routes[-1]["serving"] if routes else chosen.serving
+    # the main file alone serves as its own (last) route does; a by-batch choice's own serving (padding trim) applies to every route
+    main_serving = {**routes[-1]["serving"], **chosen.serving} if routes else chosen.serving
     serving = {"runtime": routes[-1]["runtime"] if routes else chosen.runtime, **({"dispatch": routes} if routes else {})}
-    if main_serving or chosen.serving:
-        serving["serving"] = {**main_serving, **chosen.serving}
+    if main_serving:
+        serving["serving"] = main_serving
     metadata = child_metadata(
         loaded, "quantize", **serving, **common,
         quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},

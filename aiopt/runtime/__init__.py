@@ -9,7 +9,7 @@ import os
 from typing import Callable
 
 from aiopt.errors import InputError
-from aiopt.runtime.base import Runner
+from aiopt.runtime.base import Runner, capped_threads
 from aiopt.specs import TensorSpec
 
 BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -91,8 +91,6 @@ def _route_runner(loaded, spec, route: dict, device, threads):
     if "serving" in route or route.get("file"):
         metadata = {**loaded.metadata, "serving": route.get("serving", {})}
         loaded = dataclasses.replace(loaded, path=route_path(loaded.path, route), metadata=metadata)
-    from aiopt.runtime.base import capped_threads
-
     return _FACTORIES[route["runtime"]](loaded, spec, device, capped_threads(threads, route.get("serving") or {}))
 
 
@@ -148,8 +146,6 @@ def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads:
         routes = [(route["max_batch"], _route_runner(loaded, spec, route, device, threads)) for route in loaded.metadata["dispatch"]]
         runner = BatchDispatchRunner(routes, str(loaded.path))
     else:
-        from aiopt.runtime.base import capped_threads
-
         backend = backend or _default_backend(loaded)
         runner = _FACTORIES[backend](loaded, spec, device, capped_threads(threads, loaded.metadata.get("serving") or {}))
     from aiopt.runtime.trim_padding import PaddingTrimRunner, wants_trimming
