@@ -124,6 +124,23 @@ def test_runner_rejects_wrong_inputs_in_one_place(tiny_models, tmp_path, kind):
     assert runner(torch.zeros(2, 40))["logits"].shape == (2, 10)  # torch tensors are accepted
 
 
+def test_onnxruntime_runner_fast_path_matches_the_public_call(tiny_models, tmp_path):
+    """The Runner calls ORT's C++ run directly on CPU (its Python wrapper re-checks what the
+    Runner checked): same outputs as `InferenceSession.run`, and bad input is still refused
+    by the Runner, in one line, before it reaches ORT (dict fed with a wrong shape)."""
+    path = tmp_path / "m.onnx"
+    export_onnx(tiny_models["transformer"], path)
+    runner = runtime.load(path, backend="onnxruntime")
+    feed = {runner.input_spec[0].name: np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)}
+    expected = runner.session.run(None, feed)
+    got = runner(feed)
+    assert list(got) == runner.output_names
+    for name, value in zip(runner.output_names, expected):
+        np.testing.assert_array_equal(got[name], value)
+    with pytest.raises(InputError, match=r"shape 3 x 39"):
+        runner({runner.input_spec[0].name: np.zeros((3, 39), np.float32)})
+
+
 def test_backend_mismatch_and_missing_cuda(tiny_models):
     with pytest.raises(InputError, match="export it first"):
         runtime.load(tiny_models["cnn"], backend="onnxruntime")

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from aiopt.errors import CheckFailedError, UnsupportedModelError
-from aiopt.optimize.space import Chain, SearchSpace
+from aiopt.optimize.space import AUTO, Chain, SearchSpace
 
 CACHED_STEPS = ("distill", "prune")  # training steps: worth keeping between trials
 
@@ -110,9 +110,11 @@ class ChainRunner:
         if chain.prune:
             steps.append(("prune", PruneConfig(method="channel", sparsity=chain.prune, finetune_epochs=self.space.finetune_epochs, seed=self.config.seed)))
         # An OpenVINO recipe is asked for with --backend openvino, so it ships on OpenVINO; an ONNX
-        # Runtime recipe leaves quantize free to ship it on either runtime, or both by batch size.
+        # Runtime recipe leaves quantize free to ship it on either runtime, or both by batch size;
+        # "auto" is quantize with no flags (every recipe, the fastest per batch size).
         backend = "openvino" if "openvino" in chain.quantize else "auto"
-        steps.append(("quantize", QuantizeConfig(candidates=(chain.quantize,), backend=backend, batch_sizes=tuple(self.config.batch_sizes),
+        candidates = () if chain.quantize == AUTO else (chain.quantize,)
+        steps.append(("quantize", QuantizeConfig(candidates=candidates, backend=backend, batch_sizes=tuple(self.config.batch_sizes),
                                                  data=self.config.data, calibration=self.config.calibration, seq_len=self.config.seq_len,
                                                  seed=self.config.seed)))
         return steps

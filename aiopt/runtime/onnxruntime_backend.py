@@ -69,10 +69,22 @@ class OnnxRuntimeRunner(Runner):
         self.session = make_session(model, device, threads)
         output_names = [o.name for o in self.session.get_outputs()]
         super().__init__(input_spec, output_names, device, source)
+        self._run = _direct_run(self.session, device)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:
-            outputs = self.session.run(self.output_names, feed)
+            outputs = self._run(self.output_names, feed, None)
         except Exception as exc:
             raise UnsupportedModelError(f"ONNX Runtime failed to run the model: {str(exc).splitlines()[0][:300]}") from exc
         return dict(zip(self.output_names, outputs))
+
+
+def _direct_run(session, device: str):
+    """`InferenceSession.run` re-checks in Python what Runner.__call__ has just checked (input
+    names and count) and wraps a fallback for GPU providers; on CPU its C++ `run` underneath
+    does the same work ~0.7 us sooner a call, a twentieth of a small model's batch-1 time.
+    Any other onnxruntime, or another device, takes the public call."""
+    inner = getattr(session, "_sess", None)
+    if device == "cpu" and callable(getattr(inner, "run", None)):
+        return inner.run
+    return session.run
