@@ -100,7 +100,9 @@ def _compare(name: str, case: dict, folder: Path, args) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     budget = list(case["budget"] or ("--max-accuracy-drop", str(args.max_accuracy_drop)))
     quantized = folder / f"{name}.quantize.onnx"
-    quantized.unlink(missing_ok=True)
+    from peers import _remove_artifact
+
+    _remove_artifact(quantized)  # with the companion files of its by-batch routes: quantize never overwrites
     start = time.perf_counter()
     quantize = _aiopt("quantize", str(case["model"]), "-o", str(quantized), *budget, *case["flags"])
     quantize_seconds = time.perf_counter() - start

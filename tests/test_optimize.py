@@ -85,6 +85,56 @@ def test_chain_reports_reproduce_script_and_chosen_artifact(first_run, tiny_cnn)
         assert "trial.json" in kept and (len(kept) > 1) == (trial["trial"] in document["front"] or trial["trial"] == best["trial"])
 
 
+def test_quantize_own_choice_is_in_the_space_and_tried_first(tiny_cnn, tmp_path):
+    """`auto` (quantize with no flags: every recipe measured, routes by batch size) comes first, so
+    the search starts from what `aiopt quantize` gives; its step forces no candidate."""
+    from aiopt.artifacts import load_model
+    from aiopt.optimize.config import OptimizeConfig
+    from aiopt.optimize.space import AUTO, first_guesses, space_for
+    from aiopt.optimize.trial import ChainRunner
+
+    space = space_for(load_model(tiny_cnn), OptimizeConfig())
+    assert space.quantize[0] == AUTO and len(space.quantize) > 1
+    assert [c.label() for c in first_guesses(space)] == ["prune 0.5 > auto", "prune 0.7 > auto", "auto"]
+    assert space.parse("prune=0.3").quantize == AUTO
+    runner = ChainRunner(tiny_cnn, tmp_path, space, OptimizeConfig(), reference=None, say=print)
+    (name, config), = runner.plan(space.parse("quantize=auto"))
+    assert name == "quantize" and config.candidates == () and config.by_measurement
+    (_, forced), = runner.plan(space.parse("quantize=int8-dynamic"))
+    assert forced.candidates == ("int8-dynamic",)
+
+
+def test_a_sampler_stuck_on_tried_chains_gets_an_untried_one_queued():
+    """TPE keeps asking for chains it has seen once it believes it knows the best: after
+    MAX_REPEATS of them the search queues a chain not tried yet instead of stopping with budget
+    left, and says the space is explored only when none is left (real Optuna study in memory)."""
+    import optuna
+
+    from aiopt.optimize.config import OptimizeConfig
+    from aiopt.optimize.search import _Search
+    from aiopt.optimize.space import SearchSpace
+    from aiopt.optimize.study import Session
+
+    space = SearchSpace((0.0,), (0.0, 0.5), ("auto", "int8-dynamic"), 1, 1)
+    study = optuna.create_study(directions=["maximize", "minimize"])
+
+    def run(expected=None):
+        trial = study.ask()
+        chain = space.suggest(trial)
+        assert expected is None or chain == expected
+        study.tell(trial, [1.0, 1.0])
+
+    for chain in space.chains()[:3]:
+        study.enqueue_trial(chain.params)
+        run(chain)
+    search = object.__new__(_Search)
+    search.session, search.space, search.config, messages = Session(study, None, "memory", True), space, OptimizeConfig(), []
+    search.say = messages.append
+    assert search._queue_untried() and "one of 1 not tried yet" in messages[-1]
+    run(space.chains()[3])
+    assert not search._queue_untried()
+
+
 def test_reproduce_script_rebuilds_the_chosen_artifact(first_run, tmp_path):
     outdir, document, _ = first_run
     result = subprocess.run(["bash", str(outdir / "reproduce.sh"), document["model_path"], str(tmp_path / "work")], capture_output=True,

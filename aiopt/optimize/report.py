@@ -7,6 +7,7 @@ import base64
 import html
 import json
 import os
+from collections import Counter
 from pathlib import Path
 
 from aiopt.optimize.front import OBJECTIVE_LABELS, Row
@@ -127,11 +128,11 @@ def _size_text(row: dict) -> str:
     return "-" if not size else f"{size / 1024:.1f} KiB" if size < 1 << 20 else f"{size / (1 << 20):.2f} MiB"
 
 
-def _mark(row: dict, document: dict) -> str:
+def _mark(row: dict, document: dict, repeats: int) -> str:
     best = document["best"]
     marks = (["**chosen**"] if best and best["trial"] == row["trial"] else []) + (["front"] if row["trial"] in document["front"] else [])
-    if row["duplicate_of"] is not None:
-        marks.append(f"as #{row['duplicate_of']}")
+    if repeats:
+        marks.append(f"asked for again {repeats}x")
     problem = (row.get("measured") or {}).get("problem") or row.get("reason")
     return ", ".join(marks + ([problem] if problem else []))
 
@@ -140,8 +141,12 @@ def _table_rows(document: dict) -> tuple[list[str], list[list[str]]]:
     metric = document["budget"]["metric"]
     batches = document["batch_sizes"]
     header = ["#", "chain", "ships as", "state", metric, *[f"p50 b{b} (vs FP32)" for b in batches], "size", "note"]
+    # A chain the sampler asked for again is not run again: one row per chain, with its repeat count
+    # (a search that explores a whole space asks for hundreds of repeats; report.json lists them all).
+    repeats = Counter(t["duplicate_of"] for t in document["trials"] if t["duplicate_of"] is not None)
     body = [[str(t["trial"]), t["chain"], t.get("ships_as") or "-", t["state"].lower(), _quality_text(t, metric),
-             *[_latency_text(t, b) for b in batches], _size_text(t), _mark(t, document)] for t in document["trials"]]
+             *[_latency_text(t, b) for b in batches], _size_text(t), _mark(t, document, repeats[t["trial"]])]
+            for t in document["trials"] if t["duplicate_of"] is None]
     return header, body
 
 

@@ -19,8 +19,9 @@ from aiopt.errors import AioptError, CheckFailedError, InputError, MissingDepend
 from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
 from aiopt.optimize.front import Row, best_text, closest, pareto, ranked, rows_from
 
-# After this many chains in a row that were already tried, the space is taken as explored.
-MAX_REPEATS = 12
+# After this many chains in a row that were already tried, the sampler is stuck on what it
+# knows: an untried chain is queued instead (the budget is spent exploring, not stopped early).
+MAX_REPEATS = 4
 DIRECTIONS = ["maximize", "minimize"]  # quality, objective
 
 
@@ -173,12 +174,30 @@ class _Search:
                 self._copy(trial, twin)
                 repeats += 1
                 if repeats >= MAX_REPEATS:
-                    self.say(f"the last {MAX_REPEATS} chains asked for were all tried before: the space is explored")
-                    return
+                    if not self._queue_untried():
+                        self.say("every chain of the space has been tried: the space is explored")
+                        return
+                    repeats = 0
                 continue
             repeats = 0
             if not self._run_trial(trial, chain):
                 return
+
+    def _queue_untried(self) -> bool:
+        """Queue one chain no trial has run or is running (drawn with the search's seed); False
+        when there is none left."""
+        import random
+
+        taken = {tuple(sorted(t.params.items())) for t in self.session.trials(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
+                 if not t.user_attrs.get("interrupted")}
+        untried = [chain for chain in self.space.chains() if tuple(sorted(chain.params.items())) not in taken]
+        if not untried:
+            return False
+        chain = random.Random(self.config.seed + len(taken)).choice(untried)
+        self.say(f"the sampler asked {MAX_REPEATS} times in a row for chains tried before; next: {chain.label()} "
+                 f"(one of {len(untried)} not tried yet)")
+        self.session.study.enqueue_trial(chain.params)
+        return True
 
     def _finished_before(self) -> bool:
         """Whether the study already holds a finished trial (a resumed or shared search)."""

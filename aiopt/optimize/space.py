@@ -57,6 +57,12 @@ class SearchSpace:
     def size(self) -> int:
         return len(self.distill) * len(self.prune) * len(self.quantize)
 
+    def chains(self) -> list[Chain]:
+        """Every chain of the space."""
+        import itertools
+
+        return [Chain(d, p, q) for d, p, q in itertools.product(self.distill, self.prune, self.quantize)]
+
     def suggest(self, trial) -> Chain:
         """The chain an Optuna trial (or a fixed trial) asks for."""
         return Chain(**{name: trial.suggest_categorical(name, list(getattr(self, name))) for name in PARAMS})
