@@ -275,9 +275,11 @@ class _Search:
         write_json(result.folder / "trial.json", {"trial": trial.number, **trial.user_attrs, "params": trial.params})
 
     def _copy(self, trial, twin) -> None:
-        """A chain tried before: its result stands for this trial too, without running it again."""
+        """A chain tried before: its result stands for this trial too, without running it again.
+        The repeat keeps the verdict (values, constraint) and points at the original for the rest:
+        copying every measurement made a study that explores a whole space ten times larger."""
         for key, value in twin.user_attrs.items():
-            if key not in ("retry_of",):
+            if key not in ("retry_of", "measured", "steps"):
                 trial.set_user_attr(key, value)
         trial.set_user_attr("duplicate_of", twin.number)
         for key, value in twin.constraints.items():
