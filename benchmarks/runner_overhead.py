@@ -3,7 +3,7 @@
     python benchmarks/runner_overhead.py                       # the base CNN, FP32 and static INT8 ONNX, batch 1
     python benchmarks/runner_overhead.py --model some.onnx -b 1 -b 8
 
-Per ONNX file: one ONNX Runtime session, called four ways in interleaved rounds on the same input:
+Per ONNX file: one ONNX Runtime session, called three ways in interleaved rounds on the same input:
 `InferenceSession.run(names, feed)` (what a user of ONNX Runtime writes), aiopt's OnnxRuntimeRunner
 through `runtime.load` (input check + call + dict of outputs), and the same Runner handed a list
 instead of a dict (the slower, converting check). Reports the median per-call time of each and the
@@ -59,16 +59,14 @@ def _input(spec, batch: int) -> np.ndarray:
 
 
 def _base_cnn_files(work: Path) -> list[str]:
-    """The base CNN (trained once, cached as run.py and peers.py cache it) as FP32 and static INT8 ONNX."""
+    """The base CNN (trained once, cached where optimize.py and peers.py keep it) as FP32 and static INT8 ONNX."""
     import subprocess
+
+    from optimize import _reference
 
     base = work / "base"
     base.mkdir(parents=True, exist_ok=True)
-    checkpoint = base / "cnn.pt"
-    if not checkpoint.exists():
-        from aiopt.reference_models.train import train_reference_model
-
-        train_reference_model("cnn:base", str(checkpoint))
+    checkpoint = _reference("cnn", base)["model"]
     files = [base / "overhead-cnn.fp32.onnx", base / "overhead-cnn.int8.onnx"]
     commands = [["export", str(checkpoint), "--format", "onnx"], ["quantize", str(checkpoint), "--method", "static", "--backend", "onnxruntime"]]
     for path, command in zip(files, commands):

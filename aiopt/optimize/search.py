@@ -188,9 +188,8 @@ class _Search:
         when there is none left."""
         import random
 
-        taken = {tuple(sorted(t.params.items())) for t in self.session.trials(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
-                 if not t.user_attrs.get("interrupted")}
-        untried = [chain for chain in self.space.chains() if tuple(sorted(chain.params.items())) not in taken]
+        taken = self._chains_taken(("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING"))
+        untried = [chain for chain in self.space.chains() if _chain_key(chain.params) not in taken]
         if not untried:
             return False
         chain = random.Random(self.config.seed + len(taken)).choice(untried)
@@ -209,8 +208,11 @@ class _Search:
         if self.deadline is not None and time.monotonic() >= self.deadline:
             self.stopped_by_time = self.stopped_by_time or "the first trial started"
             return True
-        tried = {tuple(sorted(t.params.items())) for t in self.session.trials(("COMPLETE", "PRUNED", "FAIL")) if not t.user_attrs.get("interrupted")}
-        return len(tried) >= self.space.size()
+        return len(self._chains_taken(("COMPLETE", "PRUNED", "FAIL"))) >= self.space.size()
+
+    def _chains_taken(self, states: tuple[str, ...]) -> set[tuple]:
+        """The chains of the study's trials in these states (an interrupted one is run again: not taken)."""
+        return {_chain_key(t.params) for t in self.session.trials(states) if not t.user_attrs.get("interrupted")}
 
     def _run_trial(self, trial, chain) -> bool:
         """Run one trial and tell Optuna; False when the time budget ended it."""
@@ -377,6 +379,10 @@ class _SigintSeen:
     def __exit__(self, *exc) -> None:
         if self.previous not in (signal.SIG_IGN, None):
             signal.signal(signal.SIGINT, self.previous)
+
+
+def _chain_key(params: dict) -> tuple:
+    return tuple(sorted(params.items()))
 
 
 def _clip(text: str | None, limit: int = 110) -> str:

@@ -26,11 +26,10 @@ class Runner:
         # numpy dtypes resolved once: `array.dtype.name` costs microseconds on every call
         self._dtypes = [_numpy_dtype(spec.dtype) for spec in self.input_spec]
         self._names = [spec.name for spec in self.input_spec]
-        self._fixed_axes = [[(axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int)] for spec in self.input_spec]
-        # what the per-call check reads, one tuple per input: a model of a few microseconds a call
-        # (a small CNN at batch 1) must not spend a tenth of it here
-        self._quick = [(name, dtype, len(spec.shape), tuple(fixed), bool(spec.shape) and spec.shape[0] == "batch")
-                       for spec, name, dtype, fixed in zip(self.input_spec, self._names, self._dtypes, self._fixed_axes)]
+        # what the per-call check reads, one tuple per input (name, dtype, rank, fixed axes, batched): a
+        # model of a few microseconds a call (a small CNN at batch 1) must not spend a tenth of it here
+        self._quick = [(spec.name, dtype, len(spec.shape), tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int)),
+                        bool(spec.shape) and spec.shape[0] == "batch") for spec, dtype in zip(self.input_spec, self._dtypes)]
         self.output_names = list(output_names)
         self.device = device
         self.source = source
