@@ -589,13 +589,14 @@ def deploy(
     name: Optional[str] = typer.Option(None, "--name", help="Model name in the repository (default: the file name)."),
     max_batch: int = typer.Option(64, "--max-batch", help="max_batch_size; dynamic batching fills batches up to it."),
     instances: int = typer.Option(1, "--instances", help="Model instances (instance_group count)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="ONNX: onnxruntime or openvino (default: the runtime the artifact was measured fastest on)."),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Write a Triton Inference Server model repository entry: config.pbtxt and the model file."""
     from aiopt.export.triton import TritonConfig, deploy_triton
 
-    result = deploy_triton(artifact, triton, TritonConfig(name=name, max_batch=max_batch, instances=instances), force=force)
+    result = deploy_triton(artifact, triton, TritonConfig(name=name, max_batch=max_batch, instances=instances, runtime=runtime), force=force)
     notes = "".join(f"\nnote: {escape(note)}" for note in result["notes"])
     _json_or_line(result, as_json, f"wrote {escape(result['config'])} and {escape(result['file'])} ({result['platform']}, max_batch_size {result['max_batch_size']}){notes}")
 

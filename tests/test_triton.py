@@ -61,3 +61,56 @@ def test_existing_model_needs_force_and_pytorch_needs_export(onnx_model, tiny_cn
     assert sorted(p.name for p in repo.iterdir()) == ["cnn"]  # no staging or old folders left
     torch_model = run_cli("deploy", str(tiny_cnn), "--triton", str(repo))
     assert torch_model.returncode == 2 and "aiopt export" in torch_model.stderr
+
+
+def _with_serving(source, target, **fields):
+    """`source` with the serving plan quantize records in its metadata (runtime, serving)."""
+    import onnx
+
+    from aiopt.artifacts import METADATA_KEY
+    from aiopt.export.onnx import embed_metadata
+
+    model = onnx.load(str(source))
+    metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    embed_metadata(model, {**metadata, **fields})
+    onnx.save(model, str(target))
+    return target
+
+
+def test_artifact_measured_on_openvino_is_served_by_the_openvino_backend_as_measured(onnx_model, tmp_path):
+    artifact = _with_serving(onnx_model, tmp_path / "enc.int8.onnx", runtime="openvino",
+                             serving={"inference_precision": "bf16", "threads": 1, "trim_padding": True})
+    repo = tmp_path / "repo"
+    result = run_cli("deploy", str(artifact), "--triton", str(repo), "--json")
+    assert result.returncode == 0, result.stderr
+    notes = json.loads(result.stdout)["notes"]
+    assert any("padding" in note for note in notes) and not any("FP32" in note for note in notes)
+    config = _parse(repo / "enc" / "config.pbtxt")
+    assert config.backend == "openvino" and not config.platform and config.default_model_filename == "model.onnx"
+    assert {k: v.string_value for k, v in config.parameters.items() if k != "aiopt_lineage"} == {
+        "PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": "1", "HINT_BF16": "YES"}
+    served = repo / "enc" / "1" / "model.onnx"
+    assert served.read_bytes() == artifact.read_bytes()
+    ov = pytest.importorskip("openvino", reason="OpenVINO is the optional aiopt[openvino] extra")
+    # the file and the properties the backend maps those keys to, on real OpenVINO
+    compiled = ov.Core().compile_model(str(served), "CPU", {"PERFORMANCE_HINT": "LATENCY", "INFERENCE_NUM_THREADS": 1})
+    import numpy as np
+
+    assert compiled.create_infer_request().infer({"x": np.zeros((3, 40), np.float32)})[0].shape == (3, 10)
+
+
+def test_runtime_flag_overrides_the_measured_one_and_says_so(onnx_model, tmp_path):
+    artifact = _with_serving(onnx_model, tmp_path / "ov.onnx", runtime="openvino", serving={"threads": 1})
+    on_ort = run_cli("deploy", str(artifact), "--triton", str(tmp_path / "a"), "--runtime", "onnxruntime", "--json")
+    assert on_ort.returncode == 0, on_ort.stderr
+    assert any("measured fastest on openvino" in note for note in json.loads(on_ort.stdout)["notes"])
+    config = _parse(tmp_path / "a" / "ov" / "config.pbtxt")
+    assert config.platform == "onnxruntime_onnx" and config.parameters["intra_op_thread_count"].string_value == "1"
+    # an FP32 file asked for on OpenVINO: no BF16 hint, and the note that Triton cannot pin FP32 there
+    on_ov = run_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "b"), "--runtime", "openvino", "--json")
+    assert on_ov.returncode == 0, on_ov.stderr
+    assert any("cannot pin FP32" in note for note in json.loads(on_ov.stdout)["notes"])
+    config = _parse(tmp_path / "b" / "cnn" / "config.pbtxt")
+    assert config.backend == "openvino" and "HINT_BF16" not in config.parameters
+    wrong = run_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "c"), "--runtime", "tensorflow")
+    assert wrong.returncode == 2 and "--runtime" in wrong.stderr and not (tmp_path / "c").exists()

@@ -1,7 +1,12 @@
 """`aiopt deploy ARTIFACT --triton REPO`: a Triton Inference Server model repository.
 
-    REPO/NAME/config.pbtxt       platform, inputs/outputs (types, dims), batching, instances
-    REPO/NAME/1/model.onnx       (onnxruntime_onnx)  or  model.plan (tensorrt_plan)
+    REPO/NAME/config.pbtxt       platform or backend, inputs/outputs (types, dims), batching, instances
+    REPO/NAME/1/model.onnx       (onnxruntime_onnx, or the openvino backend)  or  model.plan (tensorrt_plan)
+
+An ONNX artifact is served on the runtime its metadata says it was measured fastest on (the
+main route of a by-batch artifact), with the serving settings it was measured with that Triton's
+backend can express (OpenVINO: LATENCY hint, BF16, thread cap; ONNX Runtime: thread cap); what
+it cannot express is said in a note. `--runtime` overrides the runtime.
 
 The model folder is assembled beside its final place and renamed into it, so Triton (which
 may be polling the repository) never sees half a model.
@@ -31,20 +36,26 @@ class TritonConfig:
     max_batch: int = 64
     instances: int = 1
     queue_delay_us: int = 100  # dynamic batching waits at most this long to fill a batch
+    runtime: str | None = None  # ONNX: onnxruntime | openvino; default: the runtime the artifact was measured on
+
+
+RUNTIMES = ("onnxruntime", "openvino")
 
 
 @dataclass(frozen=True)
 class _Model:
-    platform: str
+    platform: str  # a Triton platform, or "openvino" (a backend: Triton has no openvino platform)
     file_name: str
     inputs: list  # TensorSpec
     outputs: list  # TensorSpec
     kind: str  # KIND_CPU | KIND_GPU
     batch_limit: int | None  # the largest batch the artifact takes (TensorRT profile), None: any
     metadata: dict
+    parameters: tuple = ()  # (key, value) for the backend
+    notes: tuple = ()
 
 
-def _describe(artifact: Path) -> _Model:
+def _describe(artifact: Path, runtime: str | None = None) -> _Model:
     from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs
     from aiopt.runtime import ENGINE_SUFFIXES
     from aiopt.specs import specs_from_json
@@ -66,7 +77,35 @@ def _describe(artifact: Path) -> _Model:
     if loaded.format != FORMAT_ONNX:
         raise InputError(f"Triton serves ONNX models and TensorRT engines; export {artifact} first (aiopt export {artifact} --format onnx)")
     outputs = onnx_value_specs(loaded.model.graph.output)
-    return _Model("onnxruntime_onnx", "model.onnx", loaded.input_spec, outputs, "KIND_CPU", None, loaded.metadata)
+    platform, parameters, notes = _onnx_serving(loaded.metadata, runtime)
+    return _Model(platform, "model.onnx", loaded.input_spec, outputs, "KIND_CPU", None, loaded.metadata, parameters, notes)
+
+
+def _onnx_serving(metadata: dict, runtime: str | None) -> tuple[str, tuple, tuple]:
+    """Platform (or backend), backend parameters and notes for an ONNX artifact, from the
+    serving plan its metadata records for its main file (quantize writes it: runtime, serving)."""
+    measured = metadata.get("runtime") if metadata.get("runtime") in RUNTIMES else "onnxruntime"
+    runtime = runtime or measured
+    serving = metadata.get("serving") or {}
+    threads = serving.get("threads")
+    notes = []
+    if runtime != measured:
+        notes.append(f"the artifact was measured fastest on {measured}; this config serves it on {runtime} as asked")
+    if serving.get("trim_padding"):
+        notes.append("aiopt's Runner trims the padding columns of a batch before running it; Triton runs every column it is sent")
+    if runtime == "onnxruntime":
+        # the ONNX Runtime backend's own keys (onnxruntime_backend README, "Model Config Options")
+        return "onnxruntime_onnx", ((("intra_op_thread_count", str(threads)),) if threads else ()), tuple(notes)
+    # the OpenVINO backend's keys (openvino_backend README, "Parameters"); aiopt's Runner runs with the LATENCY hint
+    parameters = [("PERFORMANCE_HINT", "LATENCY")]
+    if threads:
+        parameters.append(("INFERENCE_NUM_THREADS", str(threads)))
+    if runtime == measured and serving.get("inference_precision") == "bf16":
+        parameters.append(("HINT_BF16", "YES"))
+    else:
+        notes.append("Triton's openvino backend cannot pin FP32 inference: on CPUs with BF16 units OpenVINO runs in BF16, which aiopt "
+                     "measured for this artifact only if it chose BF16 (check it there with aiopt compare, or serve it with --runtime onnxruntime)")
+    return "openvino", tuple(parameters), tuple(notes)
 
 
 def _batched(model: _Model) -> bool:
@@ -87,14 +126,17 @@ def _tensor_block(spec, batched: bool) -> str:
 def render_config(name: str, model: _Model, config: TritonConfig) -> str:
     batched = _batched(model)
     max_batch = config.max_batch if batched else 0
-    lines = [f'name: "{name}"', f'platform: "{model.platform}"', f"max_batch_size: {max_batch}",
+    # Triton has no openvino platform: the backend is named, with the file it should load
+    runs_on = ['backend: "openvino"', 'default_model_filename: "model.onnx"'] if model.platform == "openvino" else [f'platform: "{model.platform}"']
+    lines = [f'name: "{name}"', *runs_on, f"max_batch_size: {max_batch}",
              "input [", ",\n".join(_tensor_block(s, batched) for s in model.inputs), "]",
              "output [", ",\n".join(_tensor_block(s, batched) for s in model.outputs), "]"]
     if batched:
         lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.queue_delay_us}\n}}")
     lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {model.kind}\n  }}\n]")
     lineage = json.dumps([entry.get("step") for entry in model.metadata.get("lineage") or []])
-    lines.append(f'parameters {{\n  key: "aiopt_lineage"\n  value: {{ string_value: {json.dumps(lineage)} }}\n}}')
+    for key, value in [*model.parameters, ("aiopt_lineage", lineage)]:
+        lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: {json.dumps(value)} }}\n}}')
     return "\n".join(lines) + "\n"
 
 
@@ -107,7 +149,11 @@ def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, co
     name = config.name or artifact.name.split(".")[0]
     if not name or "/" in name or name.startswith("."):
         raise InputError(f"--name {name!r} is not a usable Triton model name")
-    model = _describe(artifact)
+    if config.runtime is not None and config.runtime not in RUNTIMES:
+        raise InputError(f"--runtime {config.runtime!r} is not one Triton serves ONNX on here; use one of {', '.join(RUNTIMES)}")
+    model = _describe(artifact, config.runtime)
+    if config.runtime is not None and model.platform == "tensorrt_plan":
+        raise InputError(f"{artifact} is a TensorRT engine, which only Triton's tensorrt_plan platform runs; drop --runtime")
     if model.batch_limit is not None and config.max_batch > model.batch_limit:
         raise InputError(f"--max-batch {config.max_batch} exceeds the engine's profile ({model.batch_limit}); lower it or rebuild with --max-batch")
     target = repository / name
@@ -124,7 +170,7 @@ def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, co
         shutil.rmtree(staging, ignore_errors=True)
     return {"repository": str(repository), "model": name, "platform": model.platform, "config": str(target / "config.pbtxt"),
             "file": str(target / "1" / model.file_name), "max_batch_size": config.max_batch if _batched(model) else 0,
-            "notes": _serving_notes(model.metadata)}
+            "notes": [*model.notes, *_serving_notes(model.metadata)]}
 
 
 def _serving_notes(metadata: dict) -> list[str]:
@@ -136,8 +182,6 @@ def _serving_notes(metadata: dict) -> list[str]:
                           for r in routes[:-1])
         notes.append(f"Triton serves the main file on one runtime for every batch size; the artifact's faster routes for small batches "
                      f"({small}) are not used there")
-    if metadata.get("runtime") == "openvino":
-        notes.append("the artifact was measured fastest on OpenVINO; this config uses ONNX Runtime (Triton's openvino backend can serve the same file)")
     return notes
 
 
