@@ -189,3 +189,34 @@ def test_sensitive_layers_are_ranked_by_ort_qdq_debugger(gru_onnx, tmp_path):
     ranked = rank_sensitive_nodes(source, qdq, OrtCalibrationReader(calibration, spec), tmp_path)
     assert ranked and all(isinstance(name, str) and isinstance(sqnr, float) for name, sqnr in ranked)
     assert [s for _, s in ranked] == sorted(s for _, s in ranked)  # most sensitive (lowest SQNR) first
+
+
+def test_dispatch_rule_keeps_one_file_when_the_other_wins_only_by_noise():
+    from aiopt.runtime.dispatch import dispatch_rule
+
+    latency = {"dynamic+1-thread": {1: 0.06, 64: 3.0}, "dynamic": {1: 0.09, 64: 1.40}, "static@openvino": {1: 0.30, 64: 1.37}}
+    group = {"dynamic+1-thread": "a.onnx", "dynamic": "a.onnx", "static@openvino": "b.onnx"}
+    # 2% apart at batch 64: within a 3% tie the file batch 1 already runs serves batch 64 too
+    assert dispatch_rule(latency, key="candidate", tie=0.03, group=group) == [
+        {"max_batch": 8, "candidate": "dynamic+1-thread"}, {"max_batch": None, "candidate": "dynamic"}]
+    # 10% apart is a real difference: the second file ships
+    latency["static@openvino"][64] = 1.26
+    assert dispatch_rule(latency, key="candidate", tie=0.03, group=group)[-1] == {"max_batch": None, "candidate": "static@openvino"}
+    assert dispatch_rule(latency, key="candidate")[-1] == {"max_batch": None, "candidate": "static@openvino"}
+
+
+def test_by_batch_within_noise_ships_one_file_and_reports_the_route_it_takes(gru_onnx, tmp_path):
+    from aiopt.compress.candidates import Candidate
+    from aiopt.compress.select import by_batch
+    from aiopt.measure.quality import QualityFloor
+
+    source, _ = gru_onnx
+    other = tmp_path / "other.onnx"
+    other.write_bytes(source.read_bytes())
+    quality = {"mean_cosine": 0.999, "min_cosine": 0.99, "finite": True}
+    one_thread = Candidate("a+1-thread", "int8", "onnxruntime", source, quality=quality, latency_ms={1: 0.06, 64: 3.0}, serving={"threads": 1})
+    two_threads = Candidate("a", "int8", "onnxruntime", source, quality=quality, latency_ms={1: 0.09, 64: 1.40})
+    elsewhere = Candidate("b@openvino", "int8", "openvino", other, quality=quality, latency_ms={1: 0.30, 64: 1.37})
+    (routed,) = by_batch([one_thread, two_threads, elsewhere], (1, 64), QualityFloor("cosine"))
+    assert [r["candidate"] for r in routed.recipe["dispatch"]] == ["a+1-thread", "a"] and routed.files == [source]
+    assert routed.latency_ms == {1: 0.06, 64: 1.40}  # what its routes take, not the fastest of all

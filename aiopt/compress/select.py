@@ -187,7 +187,8 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     if len(batch_sizes) < 2 or len(routable) < 2:
         return []
     by_name = {c.name: c for c in routable}
-    rule = dispatch_rule({c.name: c.latency_ms for c in routable}, key="candidate")
+    # a route within TIE of the fastest that runs a file another batch size already runs wins: one file less to ship
+    rule = dispatch_rule({c.name: c.latency_ms for c in routable}, key="candidate", tie=TIE, group={c.name: str(c.path) for c in routable})
     if len(rule) < 2:
         return []
     members = [by_name[route["candidate"]] for route in rule]
@@ -202,8 +203,13 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     precision = next((c.precision for c in members if c.precision == "int8"), main.precision)
     return [Candidate(name, precision, "dispatch", main.path,
                       {"dispatch": routes, "from": [c.name for c in members], "latency": "per batch, the route's p50 in this run"},
-                      quality=worst.quality, latency_ms={b: min(c.latency_ms[b] for c in members) for b in batch_sizes},
+                      quality=worst.quality, latency_ms={b: _serving(rule, members, b).latency_ms[b] for b in batch_sizes},
                       files=sorted(Path(f) for f in files))]
+
+
+def _serving(rule: list[dict], members: list[Candidate], batch: int) -> Candidate:
+    """The member whose route serves `batch`."""
+    return next(c for route, c in zip(rule, members) if route["max_batch"] is None or batch <= route["max_batch"])
 
 
 def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str], count: int = 2) -> list[Candidate]:

@@ -14,17 +14,34 @@ import numpy as np
 from aiopt.runtime.base import Runner
 
 
-def dispatch_rule(latency_by_route: dict[str, dict[int, float]], key: str = "runtime") -> list[dict]:
+def dispatch_rule(latency_by_route: dict[str, dict[int, float]], key: str = "runtime", tie: float = 0.0,
+                  group: dict[str, str] | None = None) -> list[dict]:
     """[{"max_batch": N, key: R}, ..., {"max_batch": None, key: R}] from p50 per route per
     measured batch size. Between two measured sizes whose winners differ, the switch is at their
-    geometric mean (the measurements say nothing finer)."""
+    geometric mean (the measurements say nothing finer).
+
+    With `tie` and `group` (route -> the file it runs): at a batch size where a route within
+    `tie` of the fastest runs a file that another size's winner runs, it wins there instead: a
+    difference inside the run-to-run noise must not add a second file and runtime to ship."""
     batches = sorted(set.intersection(*(set(v) for v in latency_by_route.values())))
-    winners = [(b, min(latency_by_route, key=lambda r: latency_by_route[r][b])) for b in batches]
+
+    def fastest(batch: int, routes) -> str:
+        return min(routes, key=lambda r: latency_by_route[r][batch])
+
+    winners = {b: fastest(b, latency_by_route) for b in batches}
+    if tie and group:
+        for batch in batches:
+            best = latency_by_route[winners[batch]][batch]
+            files_elsewhere = {group[winners[b]] for b in batches if b != batch}
+            kin = [r for r in latency_by_route if group[r] in files_elsewhere and latency_by_route[r][batch] <= best * (1 + tie)]
+            if kin and group[winners[batch]] not in files_elsewhere:
+                winners[batch] = fastest(batch, kin)
+    ordered = [(b, winners[b]) for b in batches]
     rule: list[dict] = []
-    for (batch, route), (next_batch, next_route) in zip(winners, winners[1:]):
+    for (batch, route), (next_batch, next_route) in zip(ordered, ordered[1:]):
         if route != next_route:
             rule.append({"max_batch": int((batch * next_batch) ** 0.5), key: route})
-    rule.append({"max_batch": None, key: winners[-1][1]})
+    rule.append({"max_batch": None, key: ordered[-1][1]})
     return rule
 
 
