@@ -110,8 +110,13 @@ def main(argv: list[str] | None = None) -> int:
 def _prune_ffn(student, layers, texts, embed, keep: float) -> None:
     """Keep the FFN neurons with the largest mean |activation| x output-weight norm, in every layer alike."""
     totals = [torch.zeros(layer.intermediate.dense.out_features) for layer in layers]
-    hooks = [layer.intermediate.register_forward_hook(lambda _m, _i, out, t=total: t.add_(out.abs().sum(dim=(0, 1))))
-             for layer, total in zip(layers, totals)]
+
+    def accumulate(total):
+        def hook(_module, _inputs, output) -> None:  # returns None: a forward hook's return value would replace the output
+            total.add_(output.abs().sum(dim=(0, 1)))
+        return hook
+
+    hooks = [layer.intermediate.register_forward_hook(accumulate(total)) for layer, total in zip(layers, totals)]
     embed(student, texts)
     for hook in hooks:
         hook.remove()

@@ -30,6 +30,23 @@ def _cuda_available() -> bool:
         return False
 
 
+def with_metadata(source, target, **fields):
+    """A copy of ONNX file `source` at `target` with `fields` set in its aiopt metadata (e.g. the
+    serving plan quantize records: runtime, serving)."""
+    import json
+
+    import onnx
+
+    from aiopt.artifacts import METADATA_KEY
+    from aiopt.export.onnx import embed_metadata
+
+    model = onnx.load(str(source))
+    metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    embed_metadata(model, {**metadata, **fields})
+    onnx.save(model, str(target))
+    return target
+
+
 def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `aiopt` entry point in a fresh process, as a user would."""
     return subprocess.run(

@@ -9,12 +9,11 @@ pytest.importorskip("openvino", reason="needs OpenVINO (pip install 'aiopt[openv
 pytest.importorskip("nncf", reason="needs NNCF (pip install 'aiopt[openvino]')")
 
 from aiopt import runtime  # noqa: E402
-from aiopt.artifacts import METADATA_KEY  # noqa: E402
 from aiopt.compare import compare_artifacts  # noqa: E402
 from aiopt.data import load_dataset  # noqa: E402
 from aiopt.errors import InputError, MissingDependencyError  # noqa: E402
-from aiopt.export.onnx import embed_metadata, export_onnx  # noqa: E402
-from conftest import run_cli  # noqa: E402
+from aiopt.export.onnx import export_onnx  # noqa: E402
+from conftest import run_cli, with_metadata  # noqa: E402
 
 INSTALL_LINE = "pip install 'aiopt[openvino]'"
 
@@ -24,14 +23,6 @@ def cnn_onnx(tiny_cnn, tmp_path_factory):
     out = tmp_path_factory.mktemp("ov") / "cnn.onnx"
     export_onnx(tiny_cnn, out)
     return out
-
-
-def _with_metadata(source, target, **fields):
-    model = onnx.load(str(source))
-    metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-    embed_metadata(model, {**metadata, **fields})
-    onnx.save(model, str(target))
-    return target
 
 
 def test_runner_matches_onnxruntime_at_any_batch(cnn_onnx):
@@ -71,7 +62,7 @@ def test_multi_input_int64_with_dynamic_sequence(tmp_path):
 
 
 def test_metadata_picks_openvino_and_falls_back_without_it(cnn_onnx, tmp_path, monkeypatch):
-    tagged = _with_metadata(cnn_onnx, tmp_path / "tagged.onnx", runtime="openvino")
+    tagged = with_metadata(cnn_onnx, tmp_path / "tagged.onnx", runtime="openvino")
     assert runtime.load(tagged).backend == "openvino"
     assert runtime.load(cnn_onnx).backend == "onnxruntime"  # untagged ONNX stays on ONNX Runtime
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)  # OpenVINO absent
@@ -99,7 +90,7 @@ def test_bench_and_compare_on_openvino(cnn_onnx, tmp_path):
     assert accuracy["openvino"] == accuracy["onnxruntime"] is not None
     compared = compare_artifacts(cnn_onnx, cnn_onnx, backend_candidate="openvino")
     assert compared["candidate"]["backend"] == "openvino" and compared["outputs"]["logits"]["top1_agreement"] == 1.0
-    tagged = _with_metadata(cnn_onnx, tmp_path / "tagged.onnx", runtime="openvino")
+    tagged = with_metadata(cnn_onnx, tmp_path / "tagged.onnx", runtime="openvino")
     assert compare_artifacts(cnn_onnx, tagged)["candidate"]["backend"] == "openvino"  # what `aiopt compare` does
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, with_metadata
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is in the test extra")
 from google.protobuf import text_format  # noqa: E402
@@ -63,22 +63,8 @@ def test_existing_model_needs_force_and_pytorch_needs_export(onnx_model, tiny_cn
     assert torch_model.returncode == 2 and "aiopt export" in torch_model.stderr
 
 
-def _with_serving(source, target, **fields):
-    """`source` with the serving plan quantize records in its metadata (runtime, serving)."""
-    import onnx
-
-    from aiopt.artifacts import METADATA_KEY
-    from aiopt.export.onnx import embed_metadata
-
-    model = onnx.load(str(source))
-    metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
-    embed_metadata(model, {**metadata, **fields})
-    onnx.save(model, str(target))
-    return target
-
-
 def test_artifact_measured_on_openvino_is_served_by_the_openvino_backend_as_measured(onnx_model, tmp_path):
-    artifact = _with_serving(onnx_model, tmp_path / "enc.int8.onnx", runtime="openvino",
+    artifact = with_metadata(onnx_model, tmp_path / "enc.int8.onnx", runtime="openvino",
                              serving={"inference_precision": "bf16", "threads": 1, "trim_padding": True})
     repo = tmp_path / "repo"
     result = run_cli("deploy", str(artifact), "--triton", str(repo), "--json")
@@ -100,7 +86,7 @@ def test_artifact_measured_on_openvino_is_served_by_the_openvino_backend_as_meas
 
 
 def test_runtime_flag_overrides_the_measured_one_and_says_so(onnx_model, tmp_path):
-    artifact = _with_serving(onnx_model, tmp_path / "ov.onnx", runtime="openvino", serving={"threads": 1})
+    artifact = with_metadata(onnx_model, tmp_path / "ov.onnx", runtime="openvino", serving={"threads": 1})
     on_ort = run_cli("deploy", str(artifact), "--triton", str(tmp_path / "a"), "--runtime", "onnxruntime", "--json")
     assert on_ort.returncode == 0, on_ort.stderr
     assert any("measured fastest on openvino" in note for note in json.loads(on_ort.stdout)["notes"])
