@@ -181,7 +181,7 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     artifact that routes every batch size to its fastest (runtime/dispatch.py): the same file on
     two runtimes, or two files (e.g. dynamic INT8 on ONNX Runtime for batch 1, NNCF INT8 in BF16
     on OpenVINO for batch 64). Its quality is its worst route's; its size, its files' sum."""
-    from aiopt.runtime.dispatch import dispatch_rule
+    from aiopt.runtime.dispatch import dispatch_rule, route_for
 
     routable = [c for c in finalists if not c.problem and c.runtime != "dispatch" and all(b in c.latency_ms for b in batch_sizes)]
     if len(batch_sizes) < 2 or len(routable) < 2:
@@ -192,6 +192,7 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     if len(rule) < 2:
         return []
     members = [by_name[route["candidate"]] for route in rule]
+    served_by = [(route["max_batch"], c) for route, c in zip(rule, members)]
     routes = [{**route, "runtime": c.runtime, "path": str(c.path), "serving": dict(c.serving)} for route, c in zip(rule, members)]
     worst = min(members, key=lambda c: floor.value(c.quality))
     main = members[-1]  # the largest batches' file is the one a batching server (Triton) loads
@@ -203,13 +204,8 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     precision = next((c.precision for c in members if c.precision == "int8"), main.precision)
     return [Candidate(name, precision, "dispatch", main.path,
                       {"dispatch": routes, "from": [c.name for c in members], "latency": "per batch, the route's p50 in this run"},
-                      quality=worst.quality, latency_ms={b: _serving(rule, members, b).latency_ms[b] for b in batch_sizes},
+                      quality=worst.quality, latency_ms={b: route_for(served_by, b).latency_ms[b] for b in batch_sizes},
                       files=sorted(Path(f) for f in files))]
-
-
-def _serving(rule: list[dict], members: list[Candidate], batch: int) -> Candidate:
-    """The member whose route serves `batch`."""
-    return next(c for route, c in zip(rule, members) if route["max_batch"] is None or batch <= route["max_batch"])
 
 
 def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str], count: int = 2) -> list[Candidate]:

@@ -9,9 +9,13 @@ per route and sends each call to the one measured faster for its batch size.
 """
 from __future__ import annotations
 
+from typing import TypeVar
+
 import numpy as np
 
 from aiopt.runtime.base import Runner
+
+T = TypeVar("T")
 
 
 def dispatch_rule(latency_by_route: dict[str, dict[int, float]], key: str = "runtime", tie: float = 0.0,
@@ -45,6 +49,15 @@ def dispatch_rule(latency_by_route: dict[str, dict[int, float]], key: str = "run
     return rule
 
 
+def route_for(routes: list[tuple[int | None, T]], batch: int) -> T:
+    """What serves `batch` of (largest batch, what serves it) pairs, smallest first: the first
+    whose limit holds it (None: any), else the last. A plain loop: every dispatched call runs it."""
+    for max_batch, served_by in routes:
+        if max_batch is None or batch <= max_batch:
+            return served_by
+    return routes[-1][1]
+
+
 class BatchDispatchRunner(Runner):
     backend = "dispatch"
 
@@ -57,10 +70,7 @@ class BatchDispatchRunner(Runner):
         self._name = self.input_spec[0].name
 
     def runner_for(self, batch: int) -> Runner:
-        for max_batch, runner in self.routes:
-            if max_batch is None or batch <= max_batch:
-                return runner
-        return self.routes[-1][1]
+        return route_for(self.routes, batch)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # inputs were checked once, by this Runner's __call__: go straight to the backend
