@@ -623,12 +623,38 @@ def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:
 
 def count_parameters(loaded: LoadedModel) -> int:
     if loaded.format == FORMAT_ONNX:
-        from onnx import numpy_helper
-
-        return int(sum(numpy_helper.to_array(t).size for t in loaded.model.graph.initializer))
+        return count_onnx_parameters(loaded.model.graph)
     if "params_count" in loaded.metadata and loaded.format == FORMAT_EXPORT:
         return int(loaded.metadata["params_count"])
     return int(sum(p.numel() for p in loaded.model.parameters()))
+
+
+def count_onnx_parameters(graph) -> int:
+    """Elements of the constant tensors a graph holds: initializers, Constant nodes (exporters
+    that fold weights into the graph write them there) and both of these inside the subgraphs of
+    If/Loop/Scan nodes (a model whose network sits in If branches)."""
+    import onnx
+
+    count = sum(_elements(t.dims) for t in graph.initializer)
+    count += sum(_elements(t.values.dims) for t in graph.sparse_initializer)
+    for node in graph.node:
+        for attribute in node.attribute:
+            if node.op_type == "Constant" and attribute.type == onnx.AttributeProto.TENSOR:
+                count += _elements(attribute.t.dims)
+            elif node.op_type == "Constant" and attribute.type in (onnx.AttributeProto.FLOATS, onnx.AttributeProto.INTS):
+                count += len(attribute.floats) + len(attribute.ints)
+            elif attribute.type == onnx.AttributeProto.GRAPH:
+                count += count_onnx_parameters(attribute.g)
+            elif attribute.type == onnx.AttributeProto.GRAPHS:
+                count += sum(count_onnx_parameters(g) for g in attribute.graphs)
+    return count
+
+
+def _elements(dims) -> int:
+    count = 1
+    for dim in dims:
+        count *= int(dim)
+    return count
 
 
 def output_spec(loaded: LoadedModel) -> list[TensorSpec]:

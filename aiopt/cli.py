@@ -163,8 +163,10 @@ def _command(**settings: Any) -> Callable:
             except Exception as exc:
                 if _state["interrupted"]:  # Ctrl-C that a library turned into its own error
                     _interrupted()
-                if _state["debug"]:
-                    raise
+                if _state["debug"]:  # the traceback as well, never another exit code
+                    import traceback
+
+                    traceback.print_exc()
                 if isinstance(exc, AioptError):
                     _fail(str(exc), exc.exit_code)
                 # a bug or an unforeseen input: still one line unless --debug
@@ -428,6 +430,7 @@ def quantize(
     metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, agreement or cosine (default: from what the output is)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes the candidates are timed at (repeatable; default 1 and 64)."),
     candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Choose only among these recipes (repeatable; names as in the report, e.g. int8-dynamic)."),
+    objective: str = typer.Option("auto", "--objective", help="auto: the fastest within the floor that is no larger than the input; latency: the fastest within the floor, whatever its size (e.g. two graphs routed by batch size)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
     device: str = DEVICE_OPTION,
@@ -445,7 +448,7 @@ def quantize(
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
                             device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
-                            candidates=tuple(candidate or ()))
+                            candidates=tuple(candidate or ()), objective=objective, fit_batch_sizes=not batch_size)
     hooks = StepHooks(say=_say, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
     result = run_step("quantize", model, output, config, hooks=hooks).result
     report = result.report
@@ -485,7 +488,10 @@ def _selection_table(model: str, path: str, report: dict) -> None:
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],
                       escape(mark))
     stdout.print(table)
-    stdout.print(f"wrote {escape(path)}: {escape(report['reason'])}")
+    for note in selection.get("notes") or []:
+        stdout.print(f"note: {escape(note)}")
+    held = f" [{report['stored_precision'].upper()} graph, runs as {report['compute_precision']}]" if report.get("stored_precision") else ""
+    stdout.print(f"wrote {escape(path)}{escape(held)}: {escape(report['reason'])}")
 
 
 @_command(epilog="Example: aiopt bench cnn.pt cnn.int8.onnx --batch-size 1 --batch-size 64 --json r.json --markdown r.md --html r.html")

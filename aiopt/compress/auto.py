@@ -22,12 +22,14 @@ from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choos
 MIN_TRIM_COSINE = 0.9999
 # Held out of a user's calibration file for evaluation when no --data is given.
 HELD_OUT_FRACTION = 0.25
+# The shipped files may exceed the input by this factor (shape annotations, aiopt metadata), no more.
+SIZE_SLACK = 1.01
 
 
 def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
     import onnx
 
-    from aiopt.artifacts import load_model, onnx_value_specs, output_spec, require_input_spec
+    from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, output_spec, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.compress.cpu import detect_cpu, int8_kernel_for
     from aiopt.compress.quantize import QuantizeResult, evaluation_data, prepare_fp32
@@ -54,7 +56,10 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         kernel = int8_kernel_for(detect_cpu())
         ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude),
                            outputs=onnx_value_specs(onnx.load(str(prepared), load_external_data=False).graph.output))
-        selection = select(ctx, data, floor, config, say)
+        # never larger than what came in, unless asked for speed at any size (--objective latency)
+        # (1% for the shape annotations and aiopt metadata any written graph carries)
+        size_limit = None if config.objective == "latency" else int(max(artifact_size(source), prepared.stat().st_size) * SIZE_SLACK)
+        selection = select(ctx, data, floor, config, say, size_limit)
         if selection.chosen is None:
             raise CheckFailedError(_nothing_meets(selection))
         chosen = selection.chosen
@@ -66,9 +71,11 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
 
 
-def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selection:
+def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit: int | None = None) -> Selection:
     """Build, check and time every candidate; then try storing the winner's remaining float
-    weights in INT8, kept only when it costs neither quality nor speed."""
+    weights in INT8, kept only when it costs neither quality nor speed. `size_limit`: bytes the
+    shipped files may take at most."""
+    from aiopt.compress.precision import relabel
     from aiopt.evaluate import run_batches
 
     allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
@@ -76,6 +83,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
         allowed = ["int8-nncf-openvino"]
     # FP32 on ONNX Runtime is always built and timed: it is the yardstick of every ratio
     candidates = build_all(ctx, ["fp32", *[n for n in allowed if n != "fp32"]], say)
+    relabel(candidates, say)  # a recipe that quantized nothing is not INT8
     reference = candidates[0]
     reference_outputs = run_batches(make_runner(reference, ctx.spec), data)[0]
     runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
@@ -100,7 +108,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say) -> Selecti
     routed = by_batch(finalists, config.batch_sizes, floor) if config.backend == "auto" else []
     candidates += routed
     allowed += [c.name for c in routed]
-    selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed))
+    selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed), max_size_bytes=size_limit)
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
     _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
     return selection
@@ -242,9 +250,12 @@ def _hold_out(calibration, data: str | None):
 
 
 def _default_output(source, chosen: Candidate) -> Path:
+    """Named by what the written files hold (compress/precision.py), not by the recipe."""
+    from aiopt.compress.precision import output_suffix
+
     source = Path(source)
-    suffix = ".int8.onnx" if chosen.precision.startswith("int8") else ".fp32.onnx"
-    return source.with_name(source.name.removesuffix(source.suffix) + suffix)
+    files = [chosen.path, *[f for f in chosen.files if f != chosen.path]]
+    return source.with_name(source.name.removesuffix(source.suffix) + output_suffix(files))
 
 
 def _nothing_meets(selection: Selection) -> str:
@@ -255,10 +266,14 @@ def _nothing_meets(selection: Selection) -> str:
 
 
 def _report(selection: Selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32: Path) -> dict:
+    from aiopt.compress.precision import describe
+
     chosen = selection.chosen
     quality = chosen.quality or {}
+    held = describe(chosen)
     return {
         "method": "auto", "chosen": chosen.name, "precision": chosen.precision, "runtime": chosen.runtime, "recipe": chosen.recipe,
+        "stored_precision": held["stored"], "compute_precision": held["compute"],
         "reason": selection.verdict, "metric": floor.metric, "metric_reason": metric_reason, "floor": floor.to_dict(), "quality": quality,
         "accuracy": quality.get("accuracy"), "fp32_accuracy": quality.get("reference_accuracy"), "accuracy_drop": quality.get("accuracy_drop"),
         "eval_data": data.source, "samples": len(data),

@@ -20,6 +20,9 @@ from aiopt.errors import InputError
 METHODS = ("auto", "static", "dynamic", "fp16", "bf16")
 # auto: every candidate this machine can run (ONNX Runtime, OpenVINO), chosen by measurement.
 BACKENDS = ("auto", "onnxruntime", "openvino", "torch", "tensorrt")
+# auto: the fastest candidate within the quality floor that is no larger than the input (main
+# file and companions); latency: the fastest within the floor, whatever its size.
+OBJECTIVES = ("auto", "latency")
 # File suffix per method, beside the input: MODEL.int8.onnx, MODEL.fp16.onnx, ...
 _SUFFIX = {"static": ".int8", "dynamic": ".int8", "fp16": ".fp16", "bf16": ".bf16"}
 
@@ -44,6 +47,8 @@ class QuantizeConfig:
     batch_sizes: tuple[int, ...] = (1, 64)
     seq_len: int = 128  # text data: tokens per sample
     candidates: tuple[str, ...] = ()  # restrict the choice to these recipes (candidates.BUILDERS); empty: all
+    objective: str = "auto"  # OBJECTIVES
+    fit_batch_sizes: bool = False  # shrink the largest batch size when one run at it would take seconds (the CLI's default -b)
 
     @property
     def by_measurement(self) -> bool:
@@ -68,6 +73,8 @@ def default_output(source: str | os.PathLike, config: QuantizeConfig, method: st
 def _validate(config: QuantizeConfig) -> None:
     if config.method not in METHODS:
         raise InputError(f"unknown --method {config.method!r}; choose one of {', '.join(METHODS)}")
+    if config.objective not in OBJECTIVES:
+        raise InputError(f"unknown --objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
     if config.backend not in BACKENDS:
         raise InputError(f"unknown --backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
     if config.calib_method not in onnx_quant.CALIB_METHODS:
@@ -136,8 +143,28 @@ def quantize_artifact(
         job = _QuantizeJob(config, method, spec, loaded, prepared, work, calibration, say)
         report = job.run()
         report.update({"method": method, "reason": reason, "preprocessing": preprocessing, "source_export": source_export})
+        out = _honest_default(job.result_path, out, output, source, config, report, say, force)
         _write(job.result_path, out, loaded, spec, report)
     return QuantizeResult(str(out), method, reason, report.pop("_metadata"), report)
+
+
+def _honest_default(written: Path, out: Path, output, source, config: QuantizeConfig, report: dict, say, force: bool) -> Path:
+    """The default name says what the written graph holds: a forced INT8 recipe that quantized
+    nothing (ONNX Runtime's dynamic INT8 leaves Conv layers alone) is written as `.fp32`."""
+    from aiopt.compress.precision import graph_precision
+    from aiopt.fileio import check_output_path
+
+    stored = graph_precision(written)
+    report["stored_precision"] = stored
+    expected = "int8" if report["method"] in ("static", "dynamic") else report["method"]
+    if stored == expected:
+        return out
+    say(f"the {report['method']} recipe left this graph in {stored.upper()} (no op it quantizes or converts here): named for what it holds")
+    if output is not None or config.backend == "tensorrt":
+        return out
+    source = Path(source)
+    return check_output_path(source.with_name(source.name.removesuffix(source.suffix) + f".{stored}.onnx"), source, config.calibration,
+                             config.data, force=force)
 
 
 def _check_device(config: QuantizeConfig) -> None:

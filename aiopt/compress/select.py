@@ -133,8 +133,22 @@ def confirm_fastest(candidates: list[Candidate], reference: Candidate, runners: 
 
 
 def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple[int, ...], floor: QualityFloor,
-           eligible: set[str] | None = None) -> Selection:
-    """The fastest candidate that meets the floor (of the `eligible` names, when given)."""
+           eligible: set[str] | None = None, max_size_bytes: int | None = None) -> Selection:
+    """The fastest candidate that meets the floor (of the `eligible` names, when given) and,
+    with `max_size_bytes`, ships no more bytes than that (main file and companions); when a
+    faster but larger one is left out, a note says which and by how much."""
+    if max_size_bytes is not None:
+        unlimited = choose(candidates, reference, batch_sizes, floor, eligible)
+        for c in candidates:
+            if not c.problem and c is not reference and c.size_bytes > max_size_bytes:
+                c.problem = f"larger than the input ({_mib(c.size_bytes)} > {_mib(max_size_bytes)}; --objective latency allows it)"
+        selection = choose(candidates, reference, batch_sizes, floor, eligible)
+        faster = unlimited.chosen
+        if faster is not None and selection.chosen is not None and faster is not selection.chosen and faster.problem:
+            gain = ", ".join(f"{selection.chosen.latency_ms[b] / faster.latency_ms[b]:.2f}x at batch {b}" for b in batch_sizes)
+            selection.notes.append(f"not shipped: {faster.name} ({gain} vs the chosen {selection.chosen.name}) is {_mib(faster.size_bytes)}, "
+                                   f"larger than the input ({_mib(max_size_bytes)}); --objective latency ships it")
+        return selection
     timed = [c for c in candidates if not c.problem and all(b in c.latency_ms for b in batch_sizes)
              and (eligible is None or c.name in eligible)]
     if not timed:
@@ -234,6 +248,10 @@ def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:
     return [Candidate(f"{c.name}+bf16", "bf16" if c.precision == "fp32" else c.precision, "openvino", c.path, dict(c.recipe),
                       serving={**c.serving, "inference_precision": "bf16"})
             for c in candidates if c.runtime == "openvino" and not c.problem and "inference_precision" not in c.serving]
+
+
+def _mib(size_bytes: int) -> str:
+    return f"{size_bytes / (1 << 20):.2f} MiB" if size_bytes >= 1 << 20 else f"{size_bytes / 1024:.1f} KiB"
 
 
 def _geomean(c: Candidate, batch_sizes: tuple[int, ...]) -> float:

@@ -116,7 +116,7 @@ class ChainRunner:
         candidates = () if chain.quantize == AUTO else (chain.quantize,)
         steps.append(("quantize", QuantizeConfig(candidates=candidates, backend=backend, batch_sizes=tuple(self.config.batch_sizes),
                                                  data=self.config.data, calibration=self.config.calibration, seq_len=self.config.seq_len,
-                                                 seed=self.config.seed)))
+                                                 seed=self.config.seed, objective="latency")))  # size is weighed on the study's front
         return steps
 
     # ------------------------------------------------------------ the budget, step by step
