@@ -574,18 +574,22 @@ def bench(
 
 
 def _bench_table(document: dict) -> None:
+    from aiopt.bench.report import short_reason, speedup_text
+
     columns = ("artifact", "backend", "device", "batch", "p50 ms", "p99 ms", "samples/s", "accuracy", "agreement", "speedup", "size")
     table = _table(f"aiopt bench on {escape(document['machine']['cpu'])} ({document['settings']['threads']} threads)", columns, right=columns[3:])
     for r in document["records"]:
         name = (r.get("label") or r["artifact"]) + (" *" if r.get("is_baseline") else "")
-        if r["skipped"]:
-            table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), "skipped", escape(r["skipped"]), "", "", "", "", "")
+        if r["skipped"]:  # the whole reason is in --json and the reports
+            table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), "skipped", escape(short_reason(r["skipped"])), "", "", "", "", "")
             continue
-        table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]), f"{r['latency_ms']['p50']:.3f}", f"{r['latency_ms']['p99']:.3f}",
+        table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]),
+                      f"{r['latency_ms']['p50']:.3f}" + (" ⚠" if r.get("unsteady") else ""), f"{r['latency_ms']['p99']:.3f}",
                       f"{r['throughput']:,.0f}", "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
-                      "-" if r["agreement"] is None else f"{r['agreement']:.4f}",
-                      "-" if r["speedup_vs_baseline"] is None else f"{r['speedup_vs_baseline']:.2f}x", _size(r["size_bytes"]))
+                      "-" if r["agreement"] is None else f"{r['agreement']:.4f}", escape(speedup_text(r)), _size(r["size_bytes"]))
     stdout.print(table)
+    if document.get("unsteady"):
+        stdout.print(f"⚠ {escape(document['unsteady'])}")
 
 
 @_command(epilog="Example: aiopt deploy cnn.int8.onnx --triton model_repository/ --max-batch 64 --instances 2")

@@ -351,6 +351,8 @@ def _throughput(value) -> str:
 def _speedup(record: dict) -> str:
     value = record.get("speedup_vs_baseline")
     text = DASH if value is None else f"{value:.2f}\u00d7"
+    if value is None and record.get("speedup_vs_parent") is not None:
+        text = f"{record['speedup_vs_parent']:.2f}\u00d7 vs parent {Path(record['parent']).name}"
     return text + " (baseline)" if record.get("is_baseline") else text
 
 
@@ -394,10 +396,12 @@ def _row(record: dict) -> str:
              _percent(record.get("accuracy")), _percent(record.get("agreement")), _speedup(record), _bytes(record.get("size_bytes")),
              _count(record.get("params")), _count(record.get("flops")), _bytes(record.get("peak_memory_bytes"))]
     skipped = record.get("skipped")
-    return (f'<tr{" class=skipped" if skipped else ""}><td class=text>{artifact}</td>'
+    if record.get("unsteady"):
+        cells[0] += " \u26a0"
+    return (f'<tr{" class=skipped" if skipped else " class=unsteady" if record.get("unsteady") else ""}><td class=text>{artifact}</td>'
             f'<td class=text>{_e(record.get("backend") or DASH)}</td><td class=text>{_e(record.get("device") or DASH)}</td>'
             f'<td>{_e(record.get("batch_size", DASH))}</td>' + "".join(f"<td>{_e(c)}</td>" for c in cells)
-            + f'<td class=text>{_e(skipped or "")}</td></tr>')
+            + f'<td class=text>{_e(skipped or record.get("unsteady") or "")}</td></tr>')
 
 
 CSS = """
@@ -410,6 +414,7 @@ figure { margin: 1em 0; } img { max-width: 100%; height: auto; border: 1px solid
 table { border-collapse: collapse; font-size: 13px; font-variant-numeric: tabular-nums; }
 th, td { padding: 0.3em 0.55em; border-bottom: 1px solid #e5e5e5; text-align: right; white-space: nowrap; }
 th { background: #f7f7f7; position: sticky; top: 0; } td.text { text-align: left; } td.text small { color: #777; }
+tr.unsteady td { background: #fff6e0; }
 tr.skipped td { color: #999; font-style: italic; } tr.skipped td:last-child { white-space: normal; min-width: 20em; }
 .note { background: #fff6e0; border-left: 4px solid #e0a800; padding: 0.4em 0.8em; }
 """
@@ -439,7 +444,7 @@ def _summary(document: dict) -> str:
             (_e(b.model), "text"), (_e(b.device), "text"), (_e(b.batch_size), ""),
             (_e(_label(b.best)) + (" <small>(the baseline)</small>" if b.best is b.baseline else ""), "text"), (_e(b.best["backend"]), "text"),
             (f"{_ms(base.get('latency_ms', {}).get('p50'))} &rarr; {_ms(b.best['latency_ms']['p50'])}" if base else _ms(b.best["latency_ms"]["p50"]), ""),
-            (f"<b>{b.speedup:.2f}\u00d7</b>" if b.speedup is not None else DASH, ""),
+            ((f"<b>{b.speedup:.2f}\u00d7</b>" if b.speedup is not None else DASH) + (" \u26a0 unsteady" if b.unsteady else ""), ""),
             (f"{_percent(base.get('accuracy'))} &rarr; {_percent(b.best.get('accuracy'))}{change}" if base else _percent(b.best.get("accuracy")), ""),
             (f"{_bytes(base.get('size_bytes'))} &rarr; {_bytes(b.best.get('size_bytes'))}" if base else _bytes(b.best.get("size_bytes")), ""),
         ]
@@ -473,6 +478,8 @@ def render_html(document: dict) -> str:
     skipped = sum(1 for r in records if r.get("skipped"))
     if skipped:
         notes.append(f"{skipped} of {len(records)} records were skipped; the last column of the table says why.")
+    if document.get("unsteady"):
+        notes.append(f"\u26a0 {document['unsteady']}. The last column of the table names each.")
     machine = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in _machine_rows(document))
     units = {"min_time": " s"}
     setting = "".join(f"<dt>{_e(k.replace('_', ' '))}</dt><dd>{_e(_setting(v))}{units.get(k, '') if v is not None else ''}</dd>"

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aiopt.measure.latency import LatencyConfig, measure_interleaved
+from aiopt.measure.latency import LatencyConfig, measure_interleaved_steady
 from aiopt.artifacts import artifact_size
 from aiopt.errors import AioptError, InputError, MissingDependencyError
 from aiopt.runtime.cuda_graph import PEER_BACKEND
@@ -54,6 +54,7 @@ class _Target:
     label: str = ""
     baseline: str | None = None  # the baseline artifact this target is compared with
     is_peer: bool = False  # the baseline under torch.compile(mode="reduce-overhead") in FP16 (CUDA only)
+    parent: str | None = None  # the nearest ancestor (lineage) that this run measures too
 
 
 @dataclass
@@ -113,15 +114,21 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
         step("time", round_index * len(pending) + index, rounds * len(pending),
              f"round {round_index + 1}/{rounds}: {record['label']} [{record['backend']}/{record['device']}] batch {record['batch_size']}")
 
-    timed = measure_interleaved([(e.run, e.cuda) for e in pending], config.latency, on_slice=timing)
+    # a figure that says the machine was busy is taken again, all of them together (same-run ratios)
+    timed, remeasured = measure_interleaved_steady([(e.run, e.cuda) for e in pending], config.latency, on_slice=timing)
     step("time", rounds * len(pending), rounds * len(pending), "")
+    own_p50 = {}  # (artifact, device, batch) -> [(backend, p50)], for the speedup against a parent in the run
     for entry, stats in zip(pending, timed):
         entry.record["latency_ms"] = stats.to_dict()
+        entry.record["unsteady"] = stats.unsteady
+        entry.record["remeasured"] = remeasured
         entry.record["throughput"] = round(entry.record["batch_size"] * 1e3 / stats.mean, 2)
         if entry.target.is_baseline:
             measured.baseline_p50[entry.key] = stats.p50
         if entry.target.is_peer:
             measured.peer_p50[entry.key] = stats.p50
+        if not entry.target.is_peer:
+            own_p50.setdefault((entry.target.path, entry.target.device, entry.record["batch_size"]), []).append((entry.record["backend"], stats.p50))
     for entry in entries:
         record = entry  # a skipped record is final as it is
         if isinstance(entry, _Pending):
@@ -129,6 +136,8 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
             base, peer, p50 = measured.baseline_p50.get(entry.key), measured.peer_p50.get(entry.key), record["latency_ms"]["p50"]
             record["speedup_vs_baseline"] = round(base / p50, 4) if base else None
             record["speedup_vs_peer"] = round(peer / p50, 4) if peer else None
+            parent = _parent_p50(own_p50.get((entry.target.parent, entry.target.device, record["batch_size"]), []), record["backend"])
+            record["speedup_vs_parent"] = round(parent / p50, 4) if parent else None
         measured.records.append(record)
         if on_record:
             on_record(record)
@@ -143,7 +152,24 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
         "settings": {"warmup": config.latency.warmup, "min_runs": config.latency.min_runs, "min_time": config.latency.min_time, "rounds": config.latency.rounds,
                      "threads": threads, "batch_sizes": list(config.batch_sizes), "data": config.data},
         "records": measured.records,
+        "unsteady": _unsteady_summary(measured.records, remeasured),
     }
+
+
+def _parent_p50(measured: list[tuple[str, float]], backend: str) -> float | None:
+    """The parent's p50 on the same backend when the run has it, else on its own (first) one."""
+    same = [p50 for b, p50 in measured if b == backend]
+    return (same or [p50 for _, p50 in measured] or [None])[0]
+
+
+def _unsteady_summary(records: list[dict], remeasured: bool) -> str | None:
+    """One line for the reports when figures cannot be trusted, or None."""
+    flagged = [r for r in records if r.get("unsteady")]
+    if not flagged:
+        return None
+    again = "after one re-measurement of all figures" if remeasured else ""
+    return (f"{len(flagged)} of {len(records)} figures are unsteady {again}: the machine was busy while they were taken "
+            f"(flagged 'unsteady'); their ratios are not evidence, re-run on a quiet machine").replace("  ", " ")
 
 
 def _set_threads(threads: int) -> None:
@@ -157,6 +183,7 @@ def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
     from (added when it exists and was not given). Baselines come first: their predictions and
     latencies are what the others are compared with."""
     roots = {path: (_lineage_root(path) if config.baseline else None) for path in artifacts}
+    parents = {path: _parent_in_run(path, artifacts) for path in artifacts}
     baselines = list(dict.fromkeys(root for root in roots.values() if root))
     targets: list[_Target] = []
     for path in baselines + [p for p in artifacts if p not in baselines]:
@@ -166,10 +193,28 @@ def _targets(artifacts: list[str], config: BenchConfig) -> list[_Target]:
                 if is_baseline and backend not in (None, "torch"):
                     continue
                 targets.append(_Target(path, "torch" if is_baseline else backend, device, is_baseline, label=path,
-                                       baseline=path if is_baseline else roots.get(path)))
+                                       baseline=path if is_baseline else roots.get(path), parent=parents.get(path)))
             if is_baseline and device.startswith("cuda"):  # the peer a GPU user tries first, right after its baseline
                 targets.append(_Target(path, PEER_BACKEND, device, label=f"{path} [{PEER_BACKEND}]", baseline=path, is_peer=True))
     return targets
+
+
+def _parent_in_run(path: str, artifacts: list[str]) -> str | None:
+    """The nearest ancestor of `path` (its parent first, then up its lineage) that is one of
+    `artifacts`: matched by the recorded path, or by name beside `path` (files copied together)."""
+    try:
+        metadata = _describe(path).metadata
+    except (AioptError, OSError, ValueError):
+        return None
+    recorded = [(metadata.get("parent") or {}).get("path")] + [e.get("artifact") for e in reversed((metadata.get("lineage") or [])[:-1])]
+    here = Path(path).resolve()
+    run = {Path(a).resolve(): a for a in artifacts if Path(a).resolve() != here}
+    for ancestor in filter(None, recorded):
+        for candidate in (Path(ancestor), Path(path).parent / Path(ancestor).name):
+            found = run.get(candidate.resolve())
+            if found is not None:
+                return found
+    return None
 
 
 def _lineage_root(path: str) -> str | None:
@@ -197,8 +242,8 @@ def _skipped(target: _Target, batch: int, reason: str) -> dict:
     return {"artifact": target.path, "label": target.label, "backend": target.backend or "auto", "device": target.device, "batch_size": batch,
             "latency_ms": None, "throughput": None, "accuracy": None, "agreement": None, "cosine": None, "size_bytes": _size(target.path), "params": None,
             "flops": None, "peak_memory_bytes": None, "load_seconds": None, "compile_seconds": None, "speedup_vs_baseline": None,
-            "speedup_vs_peer": None, "is_baseline": target.is_baseline,
-            "baseline": target.baseline, "step": None, "format": None, "skipped": reason}
+            "speedup_vs_peer": None, "speedup_vs_parent": None, "is_baseline": target.is_baseline,
+            "baseline": target.baseline, "parent": target.parent, "unsteady": None, "step": None, "format": None, "skipped": reason}
 
 
 def _size(path: str) -> int | None:
@@ -278,8 +323,8 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
             **{k: v for k, v in facts.items() if not k.startswith("_")},
             "peak_memory_bytes": memory.peak_bytes(), "load_seconds": round(load_seconds, 4),
             "compile_seconds": _compile_seconds(runner),
-            "speedup_vs_baseline": None, "speedup_vs_peer": None, "is_baseline": target.is_baseline,
-            "baseline": target.baseline,
+            "speedup_vs_baseline": None, "speedup_vs_peer": None, "speedup_vs_parent": None, "is_baseline": target.is_baseline,
+            "baseline": target.baseline, "parent": target.parent,
             "threads": threads, "skipped": None,
         }, run, target.device.startswith("cuda")))
     return records

@@ -51,6 +51,7 @@ class Best:
     batch_size: int
     best: dict
     baseline: dict | None
+    flagged: tuple = ()  # records of the group whose timing is unsteady: any may have changed the verdict
 
     @property
     def speedup(self) -> float | None:
@@ -64,8 +65,19 @@ class Best:
         before, after = (self.baseline or {}).get("accuracy"), self.best.get("accuracy")
         return None if before is None or after is None else after - before
 
+    @property
+    def unsteady(self) -> str | None:
+        """Why the figures this line rests on cannot be trusted (best or baseline flagged), or None."""
+        flagged = [r for r in (self.best, self.baseline, *self.flagged) if r is not None and r.get("unsteady")]
+        flagged = list({id(r): r for r in flagged}.values())
+        return "; ".join(f"{r.get('label') or r['artifact']}: {r['unsteady']}" for r in flagged) or None
+
     def describe(self) -> str:
-        """One line: which artifact, how much faster, what it cost."""
+        """One line: which artifact, how much faster, what it cost (and whether to trust it)."""
+        text = self._describe()
+        return text if not self.unsteady else f"{text} [UNSTEADY timing, not evidence: {self.unsteady}]"
+
+    def _describe(self) -> str:
         name, where = self.best.get("label") or self.best["artifact"], f"batch {self.batch_size}" + ("" if self.device == "cpu" else f" on {self.device}")
         if self.baseline is None:
             return f"{name} [{self.best['backend']}] is the fastest at {where} (no baseline measured)"
@@ -93,7 +105,7 @@ def best_per_model(document: dict) -> list[Best]:
             candidates = [r for r in candidates if r.get("accuracy") is not None and r["accuracy"] >= baseline["accuracy"] - ACCURACY_BUDGET - 1e-9]
         best = min(candidates, key=lambda r: (r["latency_ms"]["p50"], r.get("size_bytes") or 0))
         model = (baseline.get("label") or baseline["artifact"]) if baseline else root or NO_BASELINE
-        found.append(Best(model, device, batch, best, baseline))
+        found.append(Best(model, device, batch, best, baseline, tuple(r for r in records if r.get("unsteady"))))
     return found
 
 
@@ -115,11 +127,12 @@ def _summary_markdown(document: dict) -> list[str]:
              "| model | device | batch | best | backend | p50 ms | speedup | accuracy | size |", "|---|---|---:|---|---|---:|---:|---:|---:|"]
     for b in bests:
         base = b.baseline or {}
+        flag = " ⚠" if b.unsteady else ""
         accuracy = _fmt(b.best.get("accuracy"), ".1%") if b.accuracy_change is None else \
             f"{base['accuracy']:.1%} -> {b.best['accuracy']:.1%} ({b.accuracy_change * 100:+.1f} pt)"
         size = _size(b.best.get("size_bytes")) if not base else f"{_size(base.get('size_bytes'))} -> {_size(b.best.get('size_bytes'))}"
         lines.append(f"| {b.model} | {b.device} | {b.batch_size} | {b.best.get('label') or b.best['artifact']} | {b.best['backend']} | "
-                     f"{b.best['latency_ms']['p50']:.3f} | {'-' if b.speedup is None else f'{b.speedup:.2f}x'} | {accuracy} | {size} |")
+                     f"{b.best['latency_ms']['p50']:.3f}{flag} | {'-' if b.speedup is None else f'{b.speedup:.2f}x'}{flag} | {accuracy} | {size} |")
     return lines + [""]
 
 
@@ -143,7 +156,7 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
         f"Machine: {machine['cpu']} ({machine['cores']} cores)" + (f", GPU {gpu['name']} (driver {gpu.get('driver')}, CUDA {gpu.get('cuda')})" if gpu else ", no GPU")
         + f"; python {machine['python']}, torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}, onnx {machine.get('onnx')}, tensorrt {machine.get('tensorrt')}.",
         f"Settings: {document['settings']['threads']} threads, warm-up {document['settings']['warmup']}, at least {document['settings']['min_runs']} runs "
-        f"and {document['settings']['min_time']} s per measurement. Speedup: same-run ratio of p50 latencies vs the baseline (marked *); on CUDA also vs the torch.compile reduce-overhead FP16 peer.",
+        f"and {document['settings']['min_time']} s per measurement. Speedup: same-run ratio of p50 latencies vs the baseline (marked *), or without one vs the lineage parent in the run; on CUDA also vs the torch.compile reduce-overhead FP16 peer.",
         "",
         "| artifact | backend | device | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | samples/s | accuracy | agreement | speedup | size | params | peak mem |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
@@ -152,15 +165,20 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
         name = r.get("label") or r["artifact"]
         name = f"{name} *" if r.get("is_baseline") else name
         if r.get("skipped"):
-            lines.append(f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | skipped: {r['skipped']} |||||||||||")
+            lines.append(f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | skipped: {short_reason(r['skipped'])} |||||||||||")
             continue
         lat = r["latency_ms"]
+        flag = " ⚠ unsteady" if r.get("unsteady") else ""
         lines.append(
-            f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | {lat['p50']:.3f} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
+            f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | {lat['p50']:.3f}{flag} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
             f"{lat['mean']:.3f} ± {lat['std']:.3f} | {_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.4f')} | {_fmt(r['agreement'], '.4f')} | "
             f"{_speedup(r)} | {_size(r['size_bytes'])} | "
             f"{_fmt(r['params'], ',d')} | {_size(r['peak_memory_bytes'])} |"
         )
+    flagged = [r for r in document["records"] if r.get("unsteady")]
+    if flagged or document.get("unsteady"):
+        lines += ["", f"**Unsteady figures** (⚠): {document.get('unsteady') or ''}", ""]
+        lines += [f"- {r.get('label') or r['artifact']} [{r['backend']}/{r['device']}] batch {r['batch_size']}: {r['unsteady']}" for r in flagged]
     lines += ["", f"Command: `{document.get('command', '')}`"]
     if violations is not None:
         lines += ["", "### Regression gate", ""]
@@ -169,11 +187,29 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
 
 
 def _speedup(record: dict) -> str:
-    """vs the baseline, and on CUDA vs the torch.compile reduce-overhead peer of the same run."""
-    text = f"{record['speedup_vs_baseline']:.2f}x" if record.get("speedup_vs_baseline") is not None else "-"
+    """vs the baseline, and on CUDA vs the torch.compile reduce-overhead peer of the same run;
+    without a baseline, vs the lineage parent measured in the same run."""
+    return speedup_text(record)
+
+
+def speedup_text(record: dict) -> str:
+    """The speedup cell of a record (shared by the CLI table and the Markdown report)."""
+    if record.get("speedup_vs_baseline") is not None:
+        text = f"{record['speedup_vs_baseline']:.2f}x"
+    elif record.get("speedup_vs_parent") is not None:
+        text = f"{record['speedup_vs_parent']:.2f}x vs parent {Path(record['parent']).name}"
+    else:
+        text = "-"
     if record.get("speedup_vs_peer") is not None:
         text += f" (peer {record['speedup_vs_peer']:.2f}x)"
-    return text
+    return text + (" ⚠" if record.get("unsteady") and text != "-" else "")
+
+
+def short_reason(text: str, limit: int = 80) -> str:
+    """A table cell's version of a long reason: its first clause, cut at `limit` characters
+    (the whole reason stays in the JSON)."""
+    first = text.split("; ")[0].split("\n")[0]
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 
 # ---------------------------------------------------------------- the CI gate

@@ -26,6 +26,14 @@ class LatencyConfig:
     rounds: int = 3
 
 
+# When a figure cannot be trusted: its runs spread too far (p90 over p50), or its interleaved
+# rounds disagree (slowest round's p50 over the fastest's). A quiet machine stays well inside
+# both (tiny models on 2 shared cores: p90/p50 about 1.1-1.5, rounds within 20%); a busy one
+# left p90 121 ms beside p50 0.30 ms.
+MAX_SPREAD = 2.0
+MAX_ROUND_DISAGREEMENT = 1.5
+
+
 @dataclass(frozen=True)
 class LatencyStats:
     mean: float
@@ -36,15 +44,38 @@ class LatencyStats:
     min: float
     max: float
     runs: int
+    round_p50: tuple[float, ...] = ()  # p50 of each interleaved round (measure_interleaved)
+
+    @property
+    def unsteady(self) -> str | None:
+        """Why this figure says the machine was busy while it was taken, or None."""
+        return unsteady(self.p50, self.p90, self.round_p50)
 
     def to_dict(self) -> dict:
-        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        data = {k: (round(v, 6) if isinstance(v, float) else v) for k, v in asdict(self).items()}
+        data["round_p50"] = [round(v, 6) for v in self.round_p50]
+        data["unsteady"] = self.unsteady
+        return data
 
 
-def summarize(times_ms: list[float] | np.ndarray) -> LatencyStats:
+def unsteady(p50: float, p90: float, round_p50=()) -> str | None:
+    """One short reason when a measurement's spread or its rounds' disagreement is beyond what
+    a quiet machine gives (MAX_SPREAD, MAX_ROUND_DISAGREEMENT), else None."""
+    reasons = []
+    if p50 > 0 and p90 / p50 > MAX_SPREAD:
+        reasons.append(f"p90 {p90 / p50:.1f}x p50")
+    rounds = [r for r in round_p50 if r > 0]
+    if len(rounds) > 1 and max(rounds) / min(rounds) > MAX_ROUND_DISAGREEMENT:
+        reasons.append(f"rounds' p50 differ {max(rounds) / min(rounds):.1f}x")
+    return ("machine busy? " + ", ".join(reasons)) if reasons else None
+
+
+def summarize(times_ms: list[float] | np.ndarray, rounds: list | None = None) -> LatencyStats:
+    """Statistics of all times; `rounds`: the same times split by interleaved round."""
     t = np.asarray(times_ms, dtype=np.float64)
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    return LatencyStats(float(t.mean()), float(t.std()), float(p50), float(p90), float(p99), float(t.min()), float(t.max()), len(t))
+    round_p50 = tuple(float(np.percentile(r, 50)) for r in rounds if len(r)) if rounds else ()
+    return LatencyStats(float(t.mean()), float(t.std()), float(p50), float(p90), float(p99), float(t.min()), float(t.max()), len(t), round_p50)
 
 
 def measure_latency(run: Callable[[], object], config: LatencyConfig = LatencyConfig(), cuda: bool = False) -> LatencyStats:
@@ -63,15 +94,26 @@ def measure_interleaved(runs: list[tuple[Callable[[], object], bool]], config: L
     for run, _ in runs:
         for _ in range(config.warmup):
             run()
-    times: list[list[float]] = [[] for _ in runs]
+    times: list[list[list[float]]] = [[] for _ in runs]
     for round_index in range(rounds):
         for index, (run, cuda) in enumerate(runs):
             if on_slice:
                 on_slice(round_index, index)
             for _ in range(min(2, config.warmup)):
                 run()
-            times[index] += timed_runs(run, config.min_time / rounds, -(-config.min_runs // rounds), config.max_runs // rounds, cuda)
-    return [summarize(t) for t in times]
+            times[index].append(timed_runs(run, config.min_time / rounds, -(-config.min_runs // rounds), config.max_runs // rounds, cuda))
+    return [summarize([x for part in t for x in part], t) for t in times]
+
+
+def measure_interleaved_steady(runs: list[tuple[Callable[[], object], bool]], config: LatencyConfig = LatencyConfig(),
+                               on_slice: Callable[[int, int], None] | None = None) -> tuple[list[LatencyStats], bool]:
+    """measure_interleaved, and once more, all of them again, when any figure is unsteady: the
+    ratios between them stay same-run ones. Returns (stats, whether it re-measured); a figure
+    still unsteady after that carries its flag (LatencyStats.unsteady) for the reports."""
+    stats = measure_interleaved(runs, config, on_slice)
+    if not any(s.unsteady for s in stats):
+        return stats, False
+    return measure_interleaved(runs, config, on_slice), True
 
 
 def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, max_runs: int, cuda: bool = False) -> list[float]:
