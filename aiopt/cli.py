@@ -474,6 +474,8 @@ def quantize(
 
 def _selection_table(model: str, path: str, report: dict) -> None:
     """Every candidate quantize weighed: quality, size, p50 per batch; the chosen one marked."""
+    from aiopt.bench.report import short_reason
+
     selection = report["selection"]
     batches = selection["batch_sizes"]
     metric = report["metric"]
@@ -482,9 +484,10 @@ def _selection_table(model: str, path: str, report: dict) -> None:
                    ("candidate", "runtime", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
     for c in selection["candidates"]:
         quality = (c["quality"] or {}).get(quality_key)
-        mark = "chosen" if c["name"] == selection["chosen"] else (c["problem"] or "")
+        mark = "chosen" if c["name"] == selection["chosen"] else short_reason(c["problem"] or "")  # the whole reason: --json
         table.add_row(escape(c["name"]), c["runtime"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
-                      *[f"{c['latency_ms'][str(b)]:.3f} ms" if str(b) in c["latency_ms"] else "-" for b in batches],
+                      *[f"{c['latency_ms'][str(b)]:.3f} ms" + (" ⚠" if str(b) in (c.get("unsteady") or {}) else "") if str(b) in c["latency_ms"] else "-"
+                        for b in batches],
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],
                       escape(mark))
     stdout.print(table)

@@ -133,3 +133,28 @@ def test_debug_keeps_the_exit_code(tmp_path):
     plain, debug = run_cli("inspect", missing), run_cli("--debug", "inspect", missing)
     assert plain.returncode == debug.returncode == 2
     assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
+
+
+def test_a_candidate_below_the_floor_names_its_noisiest_layers(detector, tmp_path):
+    """ORT's QDQ debugger on calibration data (no labels): one short line per candidate, the
+    layers in the recipe; a zero bias (0 dB by construction) never hides the real culprit."""
+    from aiopt.artifacts import load_model
+    from aiopt.compress import onnx_quant
+    from aiopt.compress.calibration import CalibrationSet
+    from aiopt.compress.candidates import Candidate, static_int8
+    from aiopt.compress.sensitivity import diagnose
+
+    spec = load_model(detector).input_spec
+    prepared = tmp_path / "prepared.onnx"
+    onnx_quant.preprocess(detector, prepared)
+    calibration = CalibrationSet({"image": np.load(detector.parent / "images.npz")["image"]}, "images", None)
+    target = tmp_path / "static.onnx"
+    static_int8(prepared, target, calibration, spec, onnx_quant.StaticInt8Options(per_channel=False), [], tmp_path / "cache.json")
+    missed = Candidate("int8-static-per-tensor", "int8", "onnxruntime", target, {"method": "static"}, quality={"mean_cosine": 0.98},
+                       problem="mean cosine 0.9800 < 0.9900")
+    passed = Candidate("int8-static-per-channel", "int8", "onnxruntime", target, {"method": "static"}, quality={"mean_cosine": 1.0})
+    lines = diagnose([passed, missed], prepared, calibration, spec, tmp_path)
+    assert len(lines) == 1 and lines[0].startswith("int8-static-per-tensor misses the floor") and len(lines[0]) < 200
+    layers = missed.recipe["noisiest_layers"]
+    assert set(layers) <= {"conv0", "conv1", "conv2", "head"} and len(layers) >= 3 and min(layers.values()) > 0
+    assert "noisiest_layers" not in passed.recipe

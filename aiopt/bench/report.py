@@ -205,10 +205,10 @@ def speedup_text(record: dict) -> str:
     return text + (" ⚠" if record.get("unsteady") and text != "-" else "")
 
 
-def short_reason(text: str, limit: int = 80) -> str:
-    """A table cell's version of a long reason: its first clause, cut at `limit` characters
-    (the whole reason stays in the JSON)."""
-    first = text.split("; ")[0].split("\n")[0]
+def short_reason(text: str, limit: int = 90) -> str:
+    """A table cell's version of a long reason: its first line, cut at `limit` characters (the
+    whole reason stays in the JSON)."""
+    first = text.strip().split("\n")[0]
     return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
 
 

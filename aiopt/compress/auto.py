@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner, measure_quality, measure_speed,
+from aiopt.compress.select import (TIE, UNSTEADY_VERDICT, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner, measure_quality, measure_speed,
                                   single_threaded, twins_on_other_runtime)
 from aiopt.errors import CheckFailedError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
@@ -76,6 +76,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit
     weights in INT8, kept only when it costs neither quality nor speed. `size_limit`: bytes the
     shipped files may take at most."""
     from aiopt.compress.precision import relabel
+    from aiopt.compress.sensitivity import diagnose
     from aiopt.evaluate import run_batches
 
     allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
@@ -94,6 +95,9 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit
         allowed.extend(c.name for c in new)
         return new
 
+    diagnosis = diagnose(candidates, ctx.prepared, ctx.calibration, ctx.spec, ctx.work)  # which layers cost the floor
+    for line in diagnosis:
+        say(line)
     mixed, mixed_runners = _mixed_precision(ctx, candidates, reference_outputs, data, floor, say)
     runners.update(mixed_runners)
     candidates += mixed
@@ -109,6 +113,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit
     candidates += routed
     allowed += [c.name for c in routed]
     selection = choose(candidates, reference, config.batch_sizes, floor, eligible=set(allowed), max_size_bytes=size_limit)
+    selection.notes += diagnosis
     _try_int8_weights(selection, ctx, data, reference_outputs, floor, say)
     _try_trim_padding(selection, ctx, data, reference_outputs, floor, say)
     return selection
@@ -121,8 +126,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
     with). Tried only when no INT8 recipe met it."""
     from dataclasses import replace
 
-    from aiopt.compress.calibration import OrtCalibrationReader
-    from aiopt.compress.sensitivity import RANKING_SAMPLES, rank_sensitive_nodes
+    from aiopt.compress.sensitivity import rank_on_calibration
 
     by_name = {c.name: c for c in candidates}
     static = by_name.get("int8-static-per-channel")
@@ -130,8 +134,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
             c.precision == "int8" and c.quality is not None and not c.problem for c in candidates):
         return [], {}
     say("no INT8 recipe meets the floor: ranking layers by quantization noise (ONNX Runtime's QDQ debugger, calibration data)")
-    few = replace(ctx.calibration, inputs={k: v[:RANKING_SAMPLES] for k, v in ctx.calibration.inputs.items()})
-    ranked = rank_sensitive_nodes(ctx.prepared, static.path, OrtCalibrationReader(few, ctx.spec, RANKING_SAMPLES), ctx.work)
+    ranked = rank_on_calibration(ctx.prepared, static.path, ctx.calibration, ctx.spec, ctx.work)
     found, runners = [], {}
     for base in ("int8-static-per-channel", "int8-dynamic"):
         if by_name.get(base) is None or by_name[base].quality is None:
@@ -226,6 +229,8 @@ def _head_to_head(selection: Selection, variant: Candidate, ctx: BuildContext, d
         selection.notes.append(f"{variant.name}: {why} ({', '.join(f'{1 / r:.2f}x at batch {b}' for b, r in ratio.items())} vs {chosen.name})")
         speed = ", ".join(f"{selection.speedup(variant, b):.2f}x at batch {b}" for b in selection.batch_sizes)
         selection.verdict = f"{variant.name} on {variant.runtime}: {speed} vs FP32 ONNX Runtime, within the floor ({floor.describe()})"
+        if variant.unsteady or rerun.unsteady or chosen.unsteady:
+            selection.verdict += UNSTEADY_VERDICT
 
 
 def _has_openvino() -> bool:

@@ -27,6 +27,7 @@ class Candidate:
     latency_ms: dict[int, float] = field(default_factory=dict)
     serving: dict = field(default_factory=dict)  # how the Runner serves it, e.g. {"trim_padding": True}
     files: list[Path] = field(default_factory=list)  # a by-batch candidate's files (default: `path`)
+    unsteady: dict[int, str] = field(default_factory=dict)  # batch -> why its figure cannot be trusted (measure.latency)
 
     @property
     def size_bytes(self) -> int:
@@ -35,7 +36,8 @@ class Candidate:
     def to_dict(self) -> dict:
         return {"name": self.name, "precision": self.precision, "runtime": self.runtime, "recipe": self.recipe,
                 "size_bytes": self.size_bytes, "quality": self.quality, "problem": self.problem, "serving": self.serving,
-                "latency_ms": {str(b): round(v, 4) for b, v in self.latency_ms.items()}}
+                "latency_ms": {str(b): round(v, 4) for b, v in self.latency_ms.items()},
+                "unsteady": {str(b): why for b, why in self.unsteady.items()}}
 
 
 @dataclass

@@ -22,6 +22,7 @@ TIE = 0.03
 QUICK = LatencyConfig(warmup=3, min_runs=5, min_time=0.25, rounds=3)
 CONFIRM = LatencyConfig(warmup=5, min_runs=10, min_time=1.0, rounds=5)
 CONFIRM_TOP = 3
+UNSTEADY_VERDICT = " [timing unsteady, the choice may be wrong: re-run on a quiet machine]"
 
 
 @dataclass
@@ -98,16 +99,21 @@ def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, sp
 
 
 def measure_speed(candidates: list[Candidate], runners: dict, data, spec, batch_sizes: tuple[int, ...], say, config: LatencyConfig = QUICK) -> None:
-    """p50 of every runnable candidate at each batch size, all candidates interleaved."""
-    from aiopt.measure.latency import measure_interleaved
+    """p50 of every runnable candidate at each batch size, all candidates interleaved (all again,
+    once, when a figure says the machine was busy; one still unsteady is flagged on its candidate)."""
+    from aiopt.measure.latency import measure_interleaved_steady
 
     timed = [c for c in candidates if c.name in runners]
     for batch in batch_sizes:
         feed = batch_feed(data, spec, batch)
-        stats = measure_interleaved([(lambda r=runners[c.name]: r(feed), False) for c in timed], config)
+        stats, again = measure_interleaved_steady([(lambda r=runners[c.name]: r(feed), False) for c in timed], config)
         for candidate, stat in zip(timed, stats):
             candidate.latency_ms[batch] = stat.p50
-        say(f"batch {batch}: " + ", ".join(f"{c.name} {c.latency_ms[batch]:.3f} ms" for c in timed))
+            candidate.unsteady.pop(batch, None)
+            if stat.unsteady:
+                candidate.unsteady[batch] = stat.unsteady
+        say(f"batch {batch}{' (measured twice: the machine was busy)' if again else ''}: "
+            + ", ".join(f"{c.name} {c.latency_ms[batch]:.3f} ms" + (" (unsteady)" if batch in c.unsteady else "") for c in timed))
 
 
 def confirm_fastest(candidates: list[Candidate], reference: Candidate, runners: dict, data, spec, batch_sizes: tuple[int, ...],
@@ -141,7 +147,7 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
         unlimited = choose(candidates, reference, batch_sizes, floor, eligible)
         for c in candidates:
             if not c.problem and c is not reference and c.size_bytes > max_size_bytes:
-                c.problem = f"larger than the input ({_mib(c.size_bytes)} > {_mib(max_size_bytes)}; --objective latency allows it)"
+                c.problem = f"larger than the input: {_mib(c.size_bytes)} > {_mib(max_size_bytes)} (--objective latency allows it)"
         selection = choose(candidates, reference, batch_sizes, floor, eligible)
         faster = unlimited.chosen
         if faster is not None and selection.chosen is not None and faster is not selection.chosen and faster.problem:
@@ -173,6 +179,11 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
         selection.verdict = f"{chosen.name} on {chosen.runtime}: {ratios} vs FP32 ONNX Runtime, within the floor ({floor.describe()})"
     if chosen is not fastest:
         selection.notes.append(f"{chosen.name} is within {TIE:.0%} of the fastest ({fastest.name}) and smaller: chosen")
+    behind = {id(c): c for c in (chosen, reference, fastest)}.values()
+    flagged = {f"{c.name} batch {b}": why for c in behind for b, why in c.unsteady.items()}
+    if flagged:  # a choice made from a figure the machine disturbed says so
+        selection.verdict += UNSTEADY_VERDICT
+        selection.notes.append("unsteady timing behind this choice: " + "; ".join(f"{k}: {v}" for k, v in flagged.items()))
     return selection
 
 
@@ -219,7 +230,8 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     return [Candidate(name, precision, "dispatch", main.path,
                       {"dispatch": routes, "from": [c.name for c in members], "latency": "per batch, the route's p50 in this run"},
                       quality=worst.quality, latency_ms={b: route_for(served_by, b).latency_ms[b] for b in batch_sizes},
-                      files=sorted(Path(f) for f in files))]
+                      files=sorted(Path(f) for f in files),
+                      unsteady={b: route_for(served_by, b).unsteady[b] for b in batch_sizes if b in route_for(served_by, b).unsteady})]
 
 
 def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], eligible: set[str], count: int = 2) -> list[Candidate]:
