@@ -534,7 +534,8 @@ def bench(
     previous = reports.load_report(baseline) if baseline else None
     config = BenchConfig(backends=tuple(backend or ()), devices=tuple(device or ("cpu",)), batch_sizes=tuple(batch_size or (1, 64)),
                          latency=LatencyConfig(warmup=warmup, min_runs=min_runs, min_time=min_time, rounds=rounds), threads=threads, data=data,
-                         baseline=not no_baseline, input_spec=tuple(_input_spec(input_shape, input_dtype) or ()), seq_len=seq_len)
+                         baseline=not no_baseline, input_spec=tuple(_input_spec(input_shape, input_dtype) or ()), seq_len=seq_len,
+                         fit_batch_sizes=not batch_size)
 
     def progress(record: dict) -> None:
         label = record.get("label") or record["artifact"]
@@ -552,7 +553,7 @@ def bench(
         def step(phase: str, done: int, total: int, what: str) -> None:
             bar.update(task, description=phase, total=total, completed=done, status=escape(what))
 
-        document = run_bench(list(artifacts), config, command=command_line(), on_record=progress, on_progress=step)
+        document = run_bench(list(artifacts), config, command=command_line(), on_record=progress, on_progress=step, say=_say)
     violations = reports.compare(document, previous, max_regression, max_accuracy_drop) if previous else None
     text = reports.markdown(document, violations)
     if "json" in outputs:

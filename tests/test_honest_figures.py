@@ -88,3 +88,14 @@ def test_reports_flag_unsteady_records_and_headlines():
     assert "⚠ unsteady" in markdown(document) and "rounds' p50 differ" in markdown(document)
     page = render_html(document)
     assert "class=unsteady" in page and "rounds&#x27; p50 differ" in page or "rounds' p50 differ" in page
+
+
+def test_default_batch_sizes_shrink_when_one_run_would_take_seconds():
+    from aiopt.measure.latency import affordable_batch_sizes
+
+    def slow(batch: int) -> None:  # 10 ms per sample: batch 64 would take 0.64 s against a budget of 0.2 s
+        time.sleep(0.01 * batch)
+
+    sizes, note = affordable_batch_sizes(slow, (1, 64), seconds=0.2)
+    assert sizes[0] == 1 and 1 < max(sizes) < 64 and "pass -b" in note and "batch 64" in note
+    assert affordable_batch_sizes(lambda batch: None, (1, 64), seconds=0.2) == ((1, 64), None)

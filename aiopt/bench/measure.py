@@ -43,6 +43,7 @@ class BenchConfig:
     baseline: bool = True  # add the FP32 PyTorch model the lineage names
     input_spec: tuple = ()  # TensorSpecs for artifacts without metadata (--input-shape)
     seq_len: int = 128  # token length of .txt data, and of sequence axes without data
+    fit_batch_sizes: bool = False  # shrink the largest batch size when one run would take seconds (the CLI's default -b)
 
 
 @dataclass
@@ -80,7 +81,8 @@ def validate(config: BenchConfig) -> None:
         raise InputError("--min-runs and --rounds must be at least 1, and --min-time and --warmup not negative")
 
 
-def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None, on_progress=None) -> dict:
+def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command: str = "", on_record=None, on_progress=None,
+              say=lambda message: None) -> dict:
     """Benchmark `artifacts`; returns the report document (schema in README, "Benchmark reports").
 
     `on_record(record)` is called with each finished record; `on_progress(phase, done, total, what)`
@@ -101,6 +103,11 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
     # so drift on a shared machine hits every record alike and each ratio is a fair one.
     step = on_progress or (lambda phase, done, total, what: None)
     targets = _targets(artifacts, config)
+    batch_note = None
+    if config.fit_batch_sizes:
+        config, batch_note = _fit_batch_sizes(targets[0], config, threads)
+        if batch_note:
+            say(f"note: {batch_note}")
     entries: list = []
     for index, target in enumerate(targets):
         step("prepare", index, len(targets), f"{target.label} [{target.backend or 'auto'}/{target.device}]")
@@ -150,7 +157,7 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
         "machine": describe_machine(),
         "command": command,
         "settings": {"warmup": config.latency.warmup, "min_runs": config.latency.min_runs, "min_time": config.latency.min_time, "rounds": config.latency.rounds,
-                     "threads": threads, "batch_sizes": list(config.batch_sizes), "data": config.data},
+                     "threads": threads, "batch_sizes": list(config.batch_sizes), "data": config.data, "batch_note": batch_note},
         "records": measured.records,
         "unsteady": _unsteady_summary(measured.records, remeasured),
     }
@@ -170,6 +177,26 @@ def _unsteady_summary(records: list[dict], remeasured: bool) -> str | None:
     again = "after one re-measurement of all figures" if remeasured else ""
     return (f"{len(flagged)} of {len(records)} figures are unsteady {again}: the machine was busy while they were taken "
             f"(flagged 'unsteady'); their ratios are not evidence, re-run on a quiet machine").replace("  ", " ")
+
+
+def _fit_batch_sizes(target: _Target, config: BenchConfig, threads: int) -> tuple[BenchConfig, str | None]:
+    """The default batch sizes shrunk by one timed run of the first target (the baseline when
+    there is one: the slowest) at the smallest size (measure.latency.affordable_batch_sizes)."""
+    from dataclasses import replace
+
+    from aiopt import runtime
+    from aiopt.artifacts import load_model
+    from aiopt.measure.latency import affordable_batch_sizes
+
+    if _is_engine(target.path) or target.backend == "tensorrt" or target.is_peer:
+        return config, None
+    try:
+        loaded = load_model(target.path, input_spec=list(config.input_spec) or None)
+        runner = runtime.runner_for(loaded, device=target.device, backend=target.backend, threads=threads)
+        sizes, note = affordable_batch_sizes(lambda batch: runner(_feed(runner.input_spec, None, batch, config.seq_len)), config.batch_sizes)
+    except AioptError:  # the target's own error comes, whole, when it is prepared
+        return config, None
+    return (replace(config, batch_sizes=sizes), note) if note else (config, None)
 
 
 def _set_threads(threads: int) -> None:

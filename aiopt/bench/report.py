@@ -157,6 +157,7 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
         + f"; python {machine['python']}, torch {machine.get('torch')}, onnxruntime {machine.get('onnxruntime')}, onnx {machine.get('onnx')}, tensorrt {machine.get('tensorrt')}.",
         f"Settings: {document['settings']['threads']} threads, warm-up {document['settings']['warmup']}, at least {document['settings']['min_runs']} runs "
         f"and {document['settings']['min_time']} s per measurement. Speedup: same-run ratio of p50 latencies vs the baseline (marked *), or without one vs the lineage parent in the run; on CUDA also vs the torch.compile reduce-overhead FP16 peer.",
+        *([f"Batch sizes: {document['settings']['batch_note']}."] if document["settings"].get("batch_note") else []),
         "",
         "| artifact | backend | device | batch | p50 ms | p90 ms | p99 ms | mean ± std ms | samples/s | accuracy | agreement | speedup | size | params | peak mem |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",

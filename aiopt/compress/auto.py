@@ -32,7 +32,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, output_spec, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.compress.cpu import detect_cpu, int8_kernel_for
-    from aiopt.compress.quantize import QuantizeResult, evaluation_data, prepare_fp32
+    from aiopt.compress.quantize import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
     from aiopt.fileio import check_output_path
 
     if output is not None:  # a bad -o fails before the work
@@ -53,6 +53,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
         prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)
+        config = fit_batch_sizes(prepared, spec, data, config, say)  # a 640x640 detector is not timed at batch 64
         kernel = int8_kernel_for(detect_cpu())
         ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude),
                            outputs=onnx_value_specs(onnx.load(str(prepared), load_external_data=False).graph.output))

@@ -140,12 +140,38 @@ def quantize_artifact(
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
         prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)
+        if config.fit_batch_sizes and config.device == "cpu":
+            data = evaluation_data(spec, loaded.metadata, config.data, calibration, lambda message: None, config.seq_len)
+            config = fit_batch_sizes(prepared, spec, data, config, say)
         job = _QuantizeJob(config, method, spec, loaded, prepared, work, calibration, say)
         report = job.run()
         report.update({"method": method, "reason": reason, "preprocessing": preprocessing, "source_export": source_export})
         out = _honest_default(job.result_path, out, output, source, config, report, say, force)
         _write(job.result_path, out, loaded, spec, report)
     return QuantizeResult(str(out), method, reason, report.pop("_metadata"), report)
+
+
+def fit_batch_sizes(prepared: Path, spec, data, config: QuantizeConfig, say) -> QuantizeConfig:
+    """The default batch sizes (and the forced recipe's quick latency batch) shrunk when one
+    FP32 run at the largest would take seconds (measure.latency.affordable_batch_sizes), said up
+    front. Sizes the user passed (-b) are kept."""
+    from aiopt.errors import AioptError
+    from aiopt.measure.deployed import batch_feed
+    from aiopt.measure.latency import affordable_batch_sizes
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+    if not config.fit_batch_sizes:
+        return config
+    try:
+        runner = OnnxRuntimeRunner(str(prepared), spec)
+        asked = config.batch_sizes if config.by_measurement else (1, config.latency_batch)
+        sizes, note = affordable_batch_sizes(lambda batch: runner(batch_feed(data, spec, batch)), asked)
+    except AioptError:  # the model's own error comes, whole, from the step that needs it
+        return config
+    if note is None:
+        return config
+    say(f"note: {note}")
+    return replace(config, batch_sizes=sizes, latency_batch=max(sizes)) if config.by_measurement else replace(config, latency_batch=max(sizes))
 
 
 def _honest_default(written: Path, out: Path, output, source, config: QuantizeConfig, report: dict, say, force: bool) -> Path:

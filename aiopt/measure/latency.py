@@ -116,6 +116,34 @@ def measure_interleaved_steady(runs: list[tuple[Callable[[], object], bool]], co
     return measure_interleaved(runs, config, on_slice), True
 
 
+# "A few seconds": one timed run of the largest default batch size should not take longer.
+SLOW_RUN_SECONDS = 2.0
+
+
+def affordable_batch_sizes(run_at: Callable[[int], object], batch_sizes: tuple[int, ...],
+                           seconds: float = SLOW_RUN_SECONDS) -> tuple[tuple[int, ...], str | None]:
+    """The default batch sizes, the largest shrunk to what one run can do in `seconds`: runs at
+    the smallest (the faster of two, after an untimed one) are extrapolated linearly, so a
+    640x640 detector is not timed at batch 64 for an hour. Returns (sizes, a note for the user
+    or None). Only for defaults: sizes a user asked for are theirs."""
+    smallest, largest = min(batch_sizes), max(batch_sizes)
+    run_at(smallest)
+    times = []
+    for _ in range(2):  # the faster of two: a second run can still pay for lazy initialisation
+        start = time.perf_counter()
+        run_at(smallest)
+        times.append(time.perf_counter() - start)
+    per_sample = min(times) / smallest
+    if per_sample * largest <= seconds:
+        return tuple(batch_sizes), None
+    fit = smallest
+    while fit * 2 <= largest and per_sample * fit * 2 <= seconds:
+        fit *= 2
+    sizes = tuple(sorted({b for b in batch_sizes if b <= fit} | {fit}))
+    return sizes, (f"one batch-{smallest} run takes {per_sample * smallest * 1e3:.0f} ms, so one at batch {largest} would take about "
+                   f"{per_sample * largest:.0f} s: timing batch size(s) {', '.join(map(str, sizes))} instead (pass -b to choose)")
+
+
 def timed_runs(run: Callable[[], object], seconds: float, min_runs: int, max_runs: int, cuda: bool = False) -> list[float]:
     """Times of runs until both `seconds` and `min_runs` are reached (or `max_runs`)."""
     if cuda:
