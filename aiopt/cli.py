@@ -459,7 +459,7 @@ def quantize(
         _selection_table(model, result.path, report)
         return
     latency = report["latency"]
-    table = _table(f"quantized {escape(model)} -> {escape(result.path)} ({result.method})", ("", "FP32", result.method.upper() if result.method == "fp16" else "INT8"))
+    table = _table(f"quantized {escape(model)} -> {escape(result.path)} ({result.method})", ("", "FP32", (report.get("stored_precision") or ("fp16" if result.method == "fp16" else "int8")).upper()))
     if report["accuracy"] is not None:
         table.add_row(f"accuracy ({report['eval_data']})", f"{report['fp32_accuracy']:.4f}", f"{report['accuracy']:.4f}")
     table.add_row("size", _size(report["fp32_size_bytes"]), _size(report["size_bytes"]))
