@@ -543,7 +543,8 @@ def bench(
         if record["skipped"]:
             stderr.print(escape(f"{where} skipped: {record['skipped']}"))
         else:
-            stderr.print(escape(f"{where} batch {record['batch_size']}: p50 {record['latency_ms']['p50']:.3f} ms"))
+            stderr.print(escape(f"{where} batch {record['batch_size']}: p50 {record['latency_ms']['p50']:.3f} ms"
+                                + (f" (unsteady: {record['unsteady']})" if record.get("unsteady") else "")))
 
     from aiopt.artifacts import command_line
 

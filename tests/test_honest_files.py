@@ -158,3 +158,12 @@ def test_a_candidate_below_the_floor_names_its_noisiest_layers(detector, tmp_pat
     layers = missed.recipe["noisiest_layers"]
     assert set(layers) <= {"conv0", "conv1", "conv2", "head"} and len(layers) >= 3 and min(layers.values()) > 0
     assert "noisiest_layers" not in passed.recipe
+
+
+def test_the_runtime_precision_is_reported_beside_the_stored_one():
+    from aiopt.compress.precision import compute_precision
+
+    assert compute_precision("fp32", "openvino", {"inference_precision": "bf16"}) == "BF16 (OpenVINO inference precision)"
+    assert compute_precision("fp32", "onnxruntime", {}) == "FP32"
+    assert compute_precision("int8", "openvino", {"inference_precision": "bf16"}).startswith("INT8, float parts in BF16")
+    assert compute_precision("int8", "onnxruntime", {}, float_compute=True) == "FP32, weights stored in INT8"
