@@ -87,7 +87,7 @@ def test_reports_flag_unsteady_records_and_headlines():
     assert "UNSTEADY" in headline(document)
     assert "⚠ unsteady" in markdown(document) and "rounds' p50 differ" in markdown(document)
     page = render_html(document)
-    assert "class=unsteady" in page and "rounds&#x27; p50 differ" in page or "rounds' p50 differ" in page
+    assert "class=unsteady" in page and ("rounds&#x27; p50 differ" in page or "rounds' p50 differ" in page)
 
 
 def test_default_batch_sizes_shrink_when_one_run_would_take_seconds():
