@@ -167,3 +167,8 @@ def test_the_runtime_precision_is_reported_beside_the_stored_one():
     assert compute_precision("fp32", "onnxruntime", {}) == "FP32"
     assert compute_precision("int8", "openvino", {"inference_precision": "bf16"}).startswith("INT8, float parts in BF16")
     assert compute_precision("int8", "onnxruntime", {}, float_compute=True) == "FP32, weights stored in INT8"
+
+
+def test_an_unknown_objective_is_refused_before_any_work(detector):
+    result = run_cli("quantize", str(detector), "--objective", "size")
+    assert result.returncode == 2 and "unknown --objective 'size'" in result.stderr and "auto, latency" in result.stderr
