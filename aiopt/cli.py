@@ -481,11 +481,11 @@ def _selection_table(model: str, path: str, report: dict) -> None:
     metric = report["metric"]
     quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
     table = _table(f"quantize {escape(model)}: candidates measured here ({escape(selection['floor']['rule'])})",
-                   ("candidate", "runtime", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
+                   ("candidate", "runtime", "holds", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
     for c in selection["candidates"]:
         quality = (c["quality"] or {}).get(quality_key)
         mark = "chosen" if c["name"] == selection["chosen"] else short_reason(c["problem"] or "")  # the whole reason: --json
-        table.add_row(escape(c["name"]), c["runtime"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
+        table.add_row(escape(c["name"]), c["runtime"], c["precision"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
                       *[f"{c['latency_ms'][str(b)]:.3f} ms" + (" ⚠" if str(b) in (c.get("unsteady") or {}) else "") if str(b) in c["latency_ms"] else "-"
                         for b in batches],
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],

@@ -118,7 +118,7 @@ def compute_precision(stored: str, runtime: str, serving: dict, float_compute: b
         return f"{floats}{where}" if floats != "FP32" else stored.upper()
     if float_compute:
         return f"{floats}{where}, weights stored in INT8"
-    return f"INT8, float parts in {floats}{where}"
+    return f"INT8, float parts in {floats}{where}" if where else "INT8"
 
 
 def relabel(candidates, say=lambda message: None) -> None:
