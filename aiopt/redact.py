@@ -13,7 +13,7 @@ MASK = "***"
 # scheme://user:password@host -- the password is greedy up to the last "@" of the authority
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.\-]*://[^\s:/@]*:)(?P<secret>\S*)@(?=[^\s@/]*(?:[/?#\s]|$))")
 # ?password=...&token=... in a URL's query, or password=... in a driver's connection string
-_KEY_VALUE = re.compile(r"(?i)(?P<head>\b(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)=)(?P<secret>[^\s&;]+)")
+_KEY_VALUE = re.compile(r"(?i)(?P<head>\b[\w-]*(?:password|passwd|pwd|token|secret|api[_-]?key|access[_-]?key)=)(?P<secret>[^\s&;'\"]+)")
 # --password VALUE, --hf-token=VALUE, ...
 _SECRET_FLAG = re.compile(r"(?i)^--?[\w-]*(?:password|passwd|token|secret|api[_-]?key|access[_-]?key)$")
 
