@@ -75,6 +75,36 @@ def test_unreachable_server_at_start_is_one_line_exit_2_without_the_password(tmp
     assert line.startswith("error: cannot open --storage postgresql://me:***@127.0.0.1:1/d") and "Secret" not in line
 
 
+def test_a_trial_whose_worker_stopped_beating_is_queued_again_and_not_taken_as_tried(tmp_path):
+    """A worker that beats once and goes silent (killed): after the grace period the next reap
+    fails its trial, Optuna's callback queues its chain again, and the trial neither counts
+    toward --trials nor answers for its chain (real Optuna study, SQLite, heartbeats on)."""
+    import optuna
+
+    from aiopt.optimize.front import rows_from
+    from aiopt.optimize.storage import GRACE_BEATS, open_rdb
+    from aiopt.optimize.study import Session
+
+    storage = open_rdb(f"sqlite:///{tmp_path / 's.db'}", timeout=5, heartbeat=1)
+    study = optuna.create_study(storage=storage, study_name="s", directions=["maximize", "minimize"])
+    session = Session(study, storage, "sqlite", True)
+    study.enqueue_trial({"quantize": "fp32"})
+    trial = session.ask()
+    trial.suggest_categorical("quantize", ["fp32", "int8-dynamic"])
+    trial.set_user_attr("chain", "fp32")
+    with session.heartbeat(trial):
+        time.sleep(0.2)  # one beat, then silence
+    assert session.counted() == 1 and session.reap() == []
+    time.sleep(GRACE_BEATS + 1.5)
+    lost = session.reap()
+    assert [t.number for t in lost] == [trial.number]
+    assert session.counted() == 0 and session.finished_like({"quantize": "fp32"}) is None
+    retry = session.ask()
+    assert retry.params == {"quantize": "fp32"} and retry.number > trial.number
+    row = next(r for r in rows_from(session.trials()) if r.number == trial.number)
+    assert row.lost and row.retried_as == retry.number and f"run again as trial {retry.number}" in row.reason
+
+
 # ---------------------------------------------------------------- a real server
 
 needs_server = pytest.mark.skipif(URL is None, reason=NO_SERVER)

@@ -173,7 +173,7 @@ class _Search:
             trial = self.session.ask()
             with self.session.heartbeat(trial):  # from the start: a worker killed at any point leaves a trial that goes stale
                 chain = self.space.suggest(trial)
-                twin = self.session.finished_like(chain.params)
+                twin = self.session.finished_like(chain.params) or self.session.running_like(chain.params, trial.number)
                 if twin is not None and twin.number != trial.number:
                     self._copy(trial, twin)
                     repeats += 1
@@ -331,7 +331,16 @@ class _Search:
     def _copy(self, trial, twin) -> None:
         """A chain tried before: its result stands for this trial too, without running it again.
         The repeat keeps the verdict (values, constraint) and points at the original for the rest:
-        copying every measurement made a study that explores a whole space ten times larger."""
+        copying every measurement made a study that explores a whole space ten times larger.
+        A chain another worker is running now: this trial ends as a repeat of that one (failed,
+        so it counts for nothing); if that worker dies, its trial is queued again."""
+        import optuna
+
+        if twin.state.name == "RUNNING":
+            trial.set_user_attr("chain", twin.user_attrs.get("chain", ""))
+            trial.set_user_attr("duplicate_of", twin.number)
+            self._report_trial(self.session.study.tell(trial, state=optuna.trial.TrialState.FAIL))
+            return
         for key, value in twin.user_attrs.items():
             if key not in ("retry_of", "measured", "steps"):
                 trial.set_user_attr(key, value)
@@ -471,7 +480,8 @@ def _trial_line(row: Row, search: _Search, best: Row | None) -> str:
     elapsed = describe_duration(time.monotonic() - search.start)
     head = f"trial {row.number:>3} {row.chain}"
     if row.duplicate_of is not None:
-        body = f"tried before as trial {row.duplicate_of}, its result stands"
+        body = (f"running as trial {row.duplicate_of} on another worker" if row.state == "FAIL"
+                else f"tried before as trial {row.duplicate_of}, its result stands")
     elif row.interrupted:
         body = f"stopped ({row.interrupted}); a re-run runs it again"
     elif row.state == "COMPLETE":

@@ -142,6 +142,7 @@ class Outage:
     def __init__(self, timeout: float, server: str, secrets: list[str | None]):
         self.timeout, self.server, self.secrets = timeout, server, secrets
         self.since: float | None = None
+        self.recovered_at: float | None = None
         self.error = ""
         self.say = lambda message: None  # set by the search: messages while waiting
         self._lock = threading.Lock()
@@ -181,8 +182,13 @@ class Outage:
     def _recovered(self) -> None:
         with self._lock:
             since, self.since = self.since, None
+            self.recovered_at = time.monotonic()
         if since is not None:
             self.say(f"storage {self.server} answers again after {time.monotonic() - since:.0f} s")
+
+    def recent(self, seconds: float) -> bool:
+        """Whether the server was unreachable within the last `seconds` (or is now)."""
+        return self.since is not None or (self.recovered_at is not None and time.monotonic() - self.recovered_at < seconds)
 
     def message(self) -> str:
         from aiopt.optimize.config import describe_duration

@@ -138,6 +138,10 @@ class Session:
         """A trial that tried these params, if any (see `tried`)."""
         return next((trial for trial in self.trials((*FINISHED, "FAIL")) if trial.params == params and tried(trial)), None)
 
+    def running_like(self, params: dict, other_than: int):
+        """A trial running these params now (on another worker), if any."""
+        return next((t for t in self.trials(("RUNNING",)) if t.params == params and t.number != other_than), None)
+
     @property
     def beating(self) -> int | None:
         """The heartbeat interval when workers beat (a shared RDB storage), else None."""
@@ -157,8 +161,10 @@ class Session:
         callback queues each again); the trials newly seen lost (by this call or another
         worker's). Optuna does this only in Study.optimize: a worker of ours does it before
         every trial and while it waits for others."""
-        if not self.beating:
-            return []
+        interval = self.beating
+        outage = getattr(self.storage, "outage", None)
+        if not interval or (outage is not None and outage.recent(interval + 10)):
+            return []  # after an outage every worker missed its beats: wait until they beat again
         import optuna
 
         with no_optuna_warnings():
