@@ -73,6 +73,10 @@ def test_unreachable_server_at_start_is_one_line_exit_2_without_the_password(tmp
     assert result.returncode == 2, result.stderr
     line, = result.stderr.strip().splitlines()
     assert line.startswith("error: cannot open --storage postgresql://me:***@127.0.0.1:1/d") and "Secret" not in line
+    if postgres_driver() != "psycopg2":  # a driver named in the URL and missing: exit 4 naming its package
+        result = run_cli("optimize", str(tiny_cnn), "-o", str(tmp_path / "out"), "--study", "s", "--trials", "1",
+                         "--storage", "postgresql+psycopg2://me:Secret@127.0.0.1:1/d")
+        assert result.returncode == 4 and "pip install psycopg2-binary" in result.stderr and "Secret" not in result.stderr
 
 
 def test_a_trial_whose_worker_stopped_beating_is_queued_again_and_not_taken_as_tried(tmp_path):

@@ -127,12 +127,17 @@ def open_rdb(url: str, timeout: float = DEFAULT_STORAGE_TIMEOUT, heartbeat: int 
 
 
 def missing_driver(exc: BaseException) -> str | None:
-    """The install hint when `exc` says a database driver module is missing."""
-    name = getattr(exc, "name", None) if isinstance(exc, ModuleNotFoundError) else None
-    if name is None:
-        match = re.search(r"No module named '([\w.]+)'", str(exc))
-        name = match.group(1) if match else None
-    return _DRIVER_PACKAGES.get((name or "").split(".")[0]) if name else None
+    """The install hint when `exc` (or what it wraps: Optuna's "Failed to import DB access
+    module") says a database driver module is missing."""
+    current: BaseException | None = exc
+    while current is not None:
+        name = getattr(current, "name", None) if isinstance(current, ImportError) else None
+        match = re.search(r"No module named '([\w.]+)'", str(current))
+        name = name or (match.group(1) if match else None)
+        if name and name.split(".")[0] in _DRIVER_PACKAGES:
+            return _DRIVER_PACKAGES[name.split(".")[0]]
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class Outage:
