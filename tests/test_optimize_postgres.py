@@ -235,3 +235,53 @@ def test_server_stopped_mid_trial_then_started_is_survived_and_stopped_for_good_
     assert states[0] == "COMPLETE"  # measured across the first outage
     assert states[1] in ("RUNNING", "FAIL")  # left to go stale, or failed if the server answered in time
     assert _files_holding(tmp_path, _password()) == []
+
+
+@needs_server
+@pytest.mark.skipif(CTL is None, reason="AIOPT_TEST_POSTGRES_CTL (pg_ctl for the test server) is not set: " + NO_SERVER)
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")
+def test_every_storage_call_of_a_study_lives_through_server_restarts():
+    """Threads ask, beat, set attributes, tell and read while the server is stopped and started
+    twice: no call fails (every path Optuna's study takes to the storage is patient)."""
+    import threading
+
+    import optuna
+
+    from aiopt.optimize.storage import open_rdb
+    from aiopt.optimize.study import silence_optuna
+
+    silence_optuna()
+    storage = open_rdb(URL, timeout=60, heartbeat=5)
+    study = optuna.create_study(storage=storage, study_name=f"restarts-{uuid.uuid4().hex[:8]}", directions=["maximize", "minimize"])
+    stop, errors = threading.Event(), []
+
+    def work() -> None:
+        while not stop.is_set():
+            try:
+                trial = study.ask()
+                storage.record_heartbeat(trial._trial_id)
+                trial.suggest_categorical("quantize", ["fp32", "int8-dynamic"])
+                trial.set_user_attr("chain", "x" * 100)
+                study.tell(trial, [1.0, 2.0])
+                study.get_trials(deepcopy=False)
+            except Exception as exc:  # noqa: BLE001 -- what the test is looking for
+                errors.append(repr(exc))
+                return
+
+    threads = [threading.Thread(target=work) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    ctl = shlex.split(CTL)
+    try:
+        for _ in range(2):
+            time.sleep(1.5)
+            subprocess.run([*ctl, "-m", "fast", "-w", "stop"], check=True, capture_output=True)
+            time.sleep(2)
+            subprocess.run([*ctl, "-w", "start"], check=True, capture_output=True)
+        time.sleep(2)
+    finally:
+        stop.set()
+        subprocess.run([*ctl, "-w", "start"], capture_output=True)  # already running: a no-op
+        for thread in threads:
+            thread.join(timeout=90)
+    assert errors == [] and len(study.get_trials()) > 2

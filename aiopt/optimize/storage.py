@@ -257,7 +257,10 @@ def _patient_storage_class():
         return call
 
     calls = {name for name in dir(BaseStorage) if not name.startswith("_") and name != "remove_session"}
-    for name in calls | {"record_heartbeat", "_get_stale_trial_ids"}:
+    # and what Optuna's _CachedStorage (the study's wrapper) and heartbeat call beside them, each
+    # in a session of its own (Optuna 5.1)
+    calls |= {"record_heartbeat", "_get_stale_trial_ids", "_create_new_trial", "_get_trials", "_set_trial_param", "_get_best_trial_id"}
+    for name in calls:
         setattr(PatientRDBStorage, name, patient(name))
     _PATIENT_CLASS = PatientRDBStorage
     return PatientRDBStorage
