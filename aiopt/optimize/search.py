@@ -18,6 +18,7 @@ from pathlib import Path
 from aiopt.errors import AioptError, CheckFailedError, InputError, MissingDependencyError
 from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
 from aiopt.optimize.front import Row, best_text, closest, pareto, ranked, rows_from
+from aiopt.redact import mask_secrets
 
 # After this many chains in a row that were already tried, the sampler is stuck on what it
 # knows: an untried chain is queued instead (the budget is spent exploring, not stopped early).
@@ -258,13 +259,14 @@ class _Search:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         result = TrialResult(chain, self.runner.folder(trial.number))
         state, values = optuna.trial.TrialState.FAIL, None
+        verdict: dict[str, str] = {}  # written with the record below, where a trial taken as lost is handled
         try:
             self.runner.run(chain, trial.number, self.deadline, result)
         except optuna.TrialPruned as exc:
             state = optuna.trial.TrialState.PRUNED
-            trial.set_user_attr("pruned", str(exc))
+            verdict["pruned"] = str(exc)
         except TimeBudgetSpent as exc:
-            trial.set_user_attr("interrupted", "time budget")
+            verdict["interrupted"] = "time budget"
             self.stopped_by_time = exc.step
         except KeyboardInterrupt:
             self._interrupted(trial, result, started)
@@ -273,11 +275,13 @@ class _Search:
             if self.sigint.hit:  # Ctrl-C that a library turned into its own error
                 self._interrupted(trial, result, started)
                 raise KeyboardInterrupt from exc
-            trial.set_user_attr("error", (str(exc) if isinstance(exc, AioptError) else f"unexpected {type(exc).__name__}: {exc}")[:500])
+            verdict["error"] = mask_secrets(str(exc) if isinstance(exc, AioptError) else f"unexpected {type(exc).__name__}: {exc}")[:500]
         else:
             state, values = optuna.trial.TrialState.COMPLETE, self._values(result.measured)
-            trial.set_user_attr("ships_as", f"{result.steps[-1].record.get('chosen')} on {result.measured.runtime}")
+            verdict["ships_as"] = f"{result.steps[-1].record.get('chosen')} on {result.measured.runtime}"
         try:
+            for key, value in verdict.items():
+                trial.set_user_attr(key, value)
             self._record(trial, result, started)
             frozen = self.session.study.tell(trial, values=values, state=None if values else state)
         except optuna.exceptions.UpdateFinishedTrialError:
