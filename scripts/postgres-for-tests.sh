@@ -15,7 +15,9 @@ _aiopt_pg_start() {
     # the package's own cluster and service are not wanted: only its binaries
     mkdir -p /etc/postgresql-common && echo "create_main_cluster = false" > /etc/postgresql-common/createcluster.conf
     echo "postgres-for-tests: installing PostgreSQL (apt-get)" >&2
-    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; } > /tmp/aiopt-pg-apt.log 2>&1 \
+    # (UCF_FORCE_CONFFOLD: the package keeps that file instead of asking)
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive UCF_FORCE_CONFFOLD=1 apt-get install -y -qq --no-install-recommends \
+        -o Dpkg::Options::=--force-confold postgresql; } > /tmp/aiopt-pg-apt.log 2>&1 \
       || { cat /tmp/aiopt-pg-apt.log >&2; echo "postgres-for-tests: apt-get install postgresql failed" >&2; return 0; }
     bin=$(_aiopt_pg_bin)
   fi
