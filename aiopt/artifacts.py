@@ -61,8 +61,11 @@ class LoadedModel:
 # ---------------------------------------------------------------- metadata helpers
 
 def command_line() -> str:
-    """The command that is running, as a user would retype it."""
-    return " ".join(["aiopt" if Path(sys.argv[0]).stem in ("aiopt", "__main__", "cli") else Path(sys.argv[0]).name, *sys.argv[1:]])
+    """The command that is running, as a user would retype it, passwords and tokens masked (it is
+    recorded in every artifact's metadata and in reports, which travel further than the shell)."""
+    from aiopt.redact import mask_argv
+
+    return " ".join(["aiopt" if Path(sys.argv[0]).stem in ("aiopt", "__main__", "cli") else Path(sys.argv[0]).name, *mask_argv(sys.argv[1:])])
 
 
 def now_iso() -> str:

@@ -141,6 +141,9 @@ def _table(title: str, columns: tuple[str, ...], right: tuple[str, ...] = ()) ->
 
 
 def _fail(message: str, code: int) -> None:
+    from aiopt.redact import mask_secrets
+
+    message = mask_secrets(message)  # a driver's error may quote the URL it was given, password and all
     if os.environ.get("NO_COLOR") or not stderr.is_terminal:
         print(f"error: {message}", file=sys.stderr)
     else:
@@ -716,7 +719,10 @@ def optimize(
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes timed (repeatable; default 1 and 64)."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget: 90s, 20m, 1h (default 20m unless --trials is given)."),
     trials: Optional[int] = typer.Option(None, "--trials", help="Finished trials the study should hold; a re-run adds only the missing ones."),
-    storage: Optional[str] = typer.Option(None, "--storage", help="Optuna storage URL shared by several workers (sqlite:///s.db, postgresql://...); default: a journal file in OUTDIR."),
+    storage: Optional[str] = typer.Option(None, "--storage", envvar="AIOPT_STORAGE", show_envvar=True,
+                                          help="Optuna storage URL shared by several workers (sqlite:///s.db, postgresql://user:pass@host/db); default: a journal file in OUTDIR. Read from AIOPT_STORAGE when not given, so the password stays off the command line."),
+    storage_timeout: str = typer.Option("5m", "--storage-timeout", help="How long a worker waits for an unreachable --storage server before it ends (exit 2): 90s, 5m."),
+    heartbeat: int = typer.Option(30, "--heartbeat", help="Seconds between a worker's heartbeats in --storage; a worker silent for 4 of them is taken as dead and its trial is run again by another."),
     study: Optional[str] = typer.Option(None, "--study", help="Study name in --storage."),
     keep: str = typer.Option("pareto", "--keep", help="Candidate artifacts kept: pareto (the front) or all."),
     try_chain: Optional[List[str]] = typer.Option(None, "--try", help="A chain to try first, e.g. prune=0.5,distill=0.45,quantize=int8-dynamic (repeatable)."),
@@ -734,12 +740,13 @@ def optimize(
     """Search chains of steps (distill, prune, quantize recipe and runtime) with Optuna for the fastest artifact within a quality budget."""
     from dataclasses import replace
 
-    from aiopt.optimize.config import TRIAL_LATENCY, OptimizeConfig, time_budget_from
+    from aiopt.optimize.config import TRIAL_LATENCY, OptimizeConfig, parse_duration, time_budget_from
     from aiopt.optimize.search import optimize as run_optimize
 
     config = OptimizeConfig(target=target, max_accuracy_drop=max_accuracy_drop, min_cosine=min_cosine, objective=objective,
                             batch_sizes=tuple(batch_size or (1, 64)), time_budget=time_budget_from(time_budget, trials), trials=trials,
-                            storage=storage, study=study, keep=keep, sampler=sampler, seed=seed, finetune_epochs=finetune_epochs,
+                            storage=storage, storage_timeout=parse_duration(storage_timeout, "--storage-timeout"), heartbeat=heartbeat,
+                            study=study, keep=keep, sampler=sampler, seed=seed, finetune_epochs=finetune_epochs,
                             distill_epochs=distill_epochs, data=data, calibration=calibration, seq_len=seq_len, tries=tuple(try_chain or ()), threads=threads,
                             latency=replace(TRIAL_LATENCY, min_time=min_time))
     with stderr.status("optimize: starting") as status:  # the steps' progress, replaced as it goes; one kept line per trial

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from aiopt.errors import InputError
 from aiopt.measure.latency import LatencyConfig
+from aiopt.optimize.storage import DEFAULT_HEARTBEAT, DEFAULT_STORAGE_TIMEOUT
 
 TARGETS = ("cpu", "cuda")
 OBJECTIVES = ("latency", "throughput", "size")
@@ -27,6 +28,8 @@ class OptimizeConfig:
     time_budget: float | None = 20 * 60.0  # seconds; None: no limit (then trials is required)
     trials: int | None = None  # finished trials the study should hold (this run adds the missing ones)
     storage: str | None = None  # an Optuna storage URL; default: a journal file in the output folder
+    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT  # seconds a worker waits for an unreachable RDB storage before it ends (exit 2)
+    heartbeat: int = DEFAULT_HEARTBEAT  # seconds between a worker's heartbeats in an RDB storage; 4 missed: its trial is run again
     study: str | None = None
     keep: str = "pareto"
     sampler: str = "tpe"
@@ -80,6 +83,10 @@ def validate(config: OptimizeConfig) -> None:
     for name, value in (("--finetune-epochs", config.finetune_epochs), ("--distill-epochs", config.distill_epochs)):
         if value is not None and value < 1:
             raise InputError(f"{name} must be at least 1, got {value}")
+    if config.storage_timeout <= 0:
+        raise InputError(f"--storage-timeout must be positive, got {config.storage_timeout:g} s")
+    if config.heartbeat < 1:
+        raise InputError(f"--heartbeat is whole seconds, at least 1, got {config.heartbeat}")
     if config.study is not None and config.storage is None:
         raise InputError("--study names a study in a shared --storage; pass --storage URL as well (the default storage is one study per folder)")
 
@@ -87,14 +94,14 @@ def validate(config: OptimizeConfig) -> None:
 _UNITS = {"s": 1, "m": 60, "h": 3600}
 
 
-def parse_duration(text: str) -> float:
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
     """"20m", "90s", "1h30m" or a number of seconds -> seconds."""
     text = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", text):
         return float(text)
     parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
     if not parts or "".join(n + u for n, u in parts) != text:
-        raise InputError(f"--time-budget {text!r} is not a duration; write e.g. 90s, 20m or 1h30m")
+        raise InputError(f"{flag} {text!r} is not a duration; write e.g. 90s, 20m or 1h30m")
     return sum(float(n) * _UNITS[u] for n, u in parts)
 
 

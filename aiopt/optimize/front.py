@@ -24,6 +24,8 @@ class Row:
     duplicate_of: int | None = None
     interrupted: str | None = None  # "Ctrl-C" or "time budget": run again by the next run
     ships_as: str | None = None  # what the quantize step chose for the recipe (a twin on another runtime, ...) and where it runs
+    lost: bool = False  # failed because its worker stopped beating (killed, cut off): run again as `retried_as`
+    retried_as: int | None = None
 
     @property
     def meets(self) -> bool:
@@ -40,19 +42,29 @@ class Row:
         return {"trial": self.number, "state": self.state, "chain": self.chain, "params": self.params, "quality": self.quality,
                 "objective": self.objective, "meets_budget": self.meets, "measured": self.measured, "steps": self.steps,
                 "reason": self.reason, "seconds": self.seconds, "worker": self.worker, "duplicate_of": self.duplicate_of,
-                "interrupted": self.interrupted, "ships_as": self.ships_as}
+                "interrupted": self.interrupted, "ships_as": self.ships_as, "lost": self.lost, "retried_as": self.retried_as}
 
 
 def rows_from(trials) -> list[Row]:
     """Rows from Optuna's FrozenTrials (their user attributes hold what aiopt recorded)."""
+    from aiopt.optimize.study import is_lost
+
+    # Optuna's stale-trial callback records on each retry the trials it retries (retry_history)
+    retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         attrs = trial.user_attrs
         values = trial.values or [None, None]
+        lost = is_lost(trial)
+        reason = attrs.get("pruned") or attrs.get("error")
+        if lost:
+            retry = retried_as.get(trial.number)
+            reason = "lost: its worker stopped beating (killed, or cut off from the storage); " + (
+                f"run again as trial {retry}" if retry is not None else "not queued again (retried too often)")
         rows.append(Row(trial.number, trial.state.name, attrs.get("chain", ""), dict(trial.params), values[0], values[1],
-                        attrs.get("measured") or {}, attrs.get("steps") or [], attrs.get("pruned") or attrs.get("error"),
+                        attrs.get("measured") or {}, attrs.get("steps") or [], reason,
                         attrs.get("seconds"), attrs.get("worker"), attrs.get("duplicate_of"), attrs.get("interrupted"),
-                        attrs.get("ships_as")))
+                        attrs.get("ships_as"), lost, retried_as.get(trial.number)))
     return rows
 
 

@@ -48,7 +48,8 @@ def _document(search, rows, front, chosen, verified, problem) -> dict:
     reference = search.reference
     states: dict[str, int] = {}
     for row in rows:  # a chain asked for again is a repeat, not a trial of its own
-        state = "repeated" if row.duplicate_of is not None else "interrupted" if row.interrupted else row.state.lower()
+        state = ("repeated" if row.duplicate_of is not None else "interrupted" if row.interrupted else "lost" if row.lost
+                 else row.state.lower())
         states[state] = states.get(state, 0) + 1
     best = None
     if chosen is not None:
@@ -64,7 +65,8 @@ def _document(search, rows, front, chosen, verified, problem) -> dict:
         "budget": {**reference.floor.to_dict(), "why": reference.metric_reason}, "batch_sizes": list(search.config.batch_sizes),
         "data": {"source": reference.data.source, "samples": len(reference.data)},
         "reference": {"path": str(reference.path), "what": "MODEL as FP32 ONNX on ONNX Runtime", "accuracy": reference.accuracy},
-        "study": {"name": search.config.study_name, "storage": search.session.storage_label, "trials": states, "run_by_this_process": search.ran},
+        "study": {"name": search.config.study_name, "storage": search.session.storage_label, "trials": states, "run_by_this_process": search.ran,
+                  "lost": [{"trial": r.number, "chain": r.chain, "worker": r.worker, "retried_as": r.retried_as} for r in rows if r.lost]},
         "space": search.space.to_dict(), "machine": describe_machine(), "elapsed_seconds": round(time.monotonic() - search.start, 1),
         "best": best, "problem": problem, "front": [r.number for r in front],
         "closest": [r.number for r in _closest(rows)] if chosen is None else [],

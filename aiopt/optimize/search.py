@@ -18,6 +18,7 @@ from pathlib import Path
 from aiopt.errors import AioptError, CheckFailedError, InputError, MissingDependencyError
 from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
 from aiopt.optimize.front import Row, best_text, closest, pareto, ranked, rows_from
+from aiopt.redact import mask_secrets
 
 # After this many chains in a row that were already tried, the sampler is stuck on what it
 # knows: an untried chain is queued instead (the budget is spent exploring, not stopped early).
@@ -101,6 +102,9 @@ class _Search:
 
         tries = [self.space.parse(text).params for text in self.config.tries] or [c.params for c in first_guesses(self.space)]
         self.session = open_session(self.config, self.outdir, settings, DIRECTIONS, tries)
+        outage = getattr(self.session.storage, "outage", None)
+        if outage is not None:  # a shared RDB storage says when it goes away and comes back
+            outage.say = self.say
         requeued = recover(self.session, self.exclusive)
         if requeued:
             self.say(f"resuming: trial(s) {', '.join(map(str, requeued))} were interrupted and run again")
@@ -168,20 +172,21 @@ class _Search:
         repeats = 0
         while not self._should_stop():
             trial = self.session.ask()
-            chain = self.space.suggest(trial)
-            twin = self.session.finished_like(chain.params)
-            if twin is not None and twin.number != trial.number:
-                self._copy(trial, twin)
-                repeats += 1
-                if repeats >= MAX_REPEATS:
-                    if not self._queue_untried():
-                        self.say("every chain of the space has been tried: the space is explored")
-                        return
-                    repeats = 0
-                continue
-            repeats = 0
-            if not self._run_trial(trial, chain):
-                return
+            with self.session.heartbeat(trial):  # from the start: a worker killed at any point leaves a trial that goes stale
+                chain = self.space.suggest(trial)
+                twin = self.session.finished_like(chain.params) or self.session.running_like(chain.params, trial.number)
+                if twin is not None and twin.number != trial.number:
+                    self._copy(trial, twin)
+                    repeats += 1
+                    if repeats >= MAX_REPEATS:
+                        if not self._queue_untried():
+                            self.say("every chain of the space has been tried: the space is explored")
+                            return
+                        repeats = 0
+                    continue
+                repeats = 0
+                if not self._run_trial(trial, chain):
+                    return
 
     def _queue_untried(self) -> bool:
         """Queue one chain no trial has run or is running (drawn with the search's seed); False
@@ -203,22 +208,50 @@ class _Search:
         return bool(self.session.trials(("COMPLETE", "PRUNED")))
 
     def _should_stop(self) -> bool:
-        if self.config.trials is not None and self.session.counted() >= self.config.trials:
-            return True
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            self.stopped_by_time = self.stopped_by_time or "the first trial started"
-            return True
-        return len(self._chains_taken(("COMPLETE", "PRUNED", "FAIL"))) >= self.space.size()
+        """Whether this worker is done. With workers that beat (a shared RDB storage), one that
+        has reached --trials while others still run trials waits for them: a trial whose worker
+        dies is then failed and queued again, and run here; and every worker reports the same
+        trials."""
+        waiting_said = False
+        while True:
+            self._reap()
+            if self.deadline is not None and time.monotonic() >= self.deadline:
+                self.stopped_by_time = self.stopped_by_time or "the first trial started"
+                return True
+            if len(self._chains_taken(("COMPLETE", "PRUNED", "FAIL"))) >= self.space.size():
+                return True
+            if self.config.trials is None or self.session.counted() < self.config.trials:
+                return False
+            running = self.session.trials(("RUNNING",))
+            interval = self.session.beating
+            if not running or not interval:
+                return True
+            if not waiting_said:
+                self.say(f"--trials {self.config.trials} reached; waiting for trial(s) {', '.join(str(t.number) for t in running)} "
+                         "running on other workers (one whose worker dies is run again here)")
+                waiting_said = True
+            time.sleep(min(interval, 5))
+
+    def _reap(self) -> None:
+        """Trials whose worker stopped beating are failed and queued again (Optuna's stale-trial
+        callback); say so once per trial."""
+        for trial in self.session.reap():
+            attrs = trial.user_attrs
+            self.say(f"trial {trial.number} ({attrs.get('chain', 'chain not chosen yet')}, on {attrs.get('worker', 'a worker')}) is lost: "
+                     f"its worker stopped beating for {_grace_text(self.session.beating)}; it is queued to run again")
 
     def _chains_taken(self, states: tuple[str, ...]) -> set[tuple]:
-        """The chains of the study's trials in these states (an interrupted one is run again: not taken)."""
-        return {_chain_key(t.params) for t in self.session.trials(states) if not t.user_attrs.get("interrupted")}
+        """The chains of the study's trials in these states: a trial interrupted, or lost with its
+        worker, does not take its chain (it is run again)."""
+        from aiopt.optimize.study import tried
+
+        return {_chain_key(t.params) for t in self.session.trials(states) if t.state.name in ("RUNNING", "WAITING") or tried(t)}
 
     def _run_trial(self, trial, chain) -> bool:
         """Run one trial and tell Optuna; False when the time budget ended it."""
         import optuna
 
-        from aiopt.optimize.study import heartbeat
+        from aiopt.optimize.storage import StorageUnreachable
         from aiopt.optimize.trial import TimeBudgetSpent, TrialResult
 
         started = time.monotonic()
@@ -226,14 +259,14 @@ class _Search:
         trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
         result = TrialResult(chain, self.runner.folder(trial.number))
         state, values = optuna.trial.TrialState.FAIL, None
+        verdict: dict[str, str] = {}  # written with the record below, where a trial taken as lost is handled
         try:
-            with heartbeat(self.session, trial):
-                self.runner.run(chain, trial.number, self.deadline, result)
+            self.runner.run(chain, trial.number, self.deadline, result)
         except optuna.TrialPruned as exc:
             state = optuna.trial.TrialState.PRUNED
-            trial.set_user_attr("pruned", str(exc))
+            verdict["pruned"] = str(exc)
         except TimeBudgetSpent as exc:
-            trial.set_user_attr("interrupted", "time budget")
+            verdict["interrupted"] = "time budget"
             self.stopped_by_time = exc.step
         except KeyboardInterrupt:
             self._interrupted(trial, result, started)
@@ -242,15 +275,38 @@ class _Search:
             if self.sigint.hit:  # Ctrl-C that a library turned into its own error
                 self._interrupted(trial, result, started)
                 raise KeyboardInterrupt from exc
-            trial.set_user_attr("error", (str(exc) if isinstance(exc, AioptError) else f"unexpected {type(exc).__name__}: {exc}")[:500])
+            verdict["error"] = mask_secrets(str(exc) if isinstance(exc, AioptError) else f"unexpected {type(exc).__name__}: {exc}")[:500]
         else:
             state, values = optuna.trial.TrialState.COMPLETE, self._values(result.measured)
-            trial.set_user_attr("ships_as", f"{result.steps[-1].record.get('chosen')} on {result.measured.runtime}")
-        self._record(trial, result, started)
-        frozen = self.session.study.tell(trial, values=values, state=None if values else state)
+            verdict["ships_as"] = f"{result.steps[-1].record.get('chosen')} on {result.measured.runtime}"
+        try:
+            for key, value in verdict.items():
+                trial.set_user_attr(key, value)
+            self._record(trial, result, started)
+            frozen = self.session.study.tell(trial, values=values, state=None if values else state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # another worker took this one for dead (no heartbeat for the grace period: an outage,
+            # a machine stalled) and queued it again: the retry measures it
+            self.say(f"trial {trial.number} ({chain.label()}) was taken as lost by another worker while it ran (no heartbeat for "
+                     f"{_grace_text(self.session.beating)}); its retry measures it again")
+            return self.stopped_by_time is None
+        except StorageUnreachable:
+            self._leave_failed(trial, "its worker lost the storage")
+            raise
         self.ran += 1
         self._report_trial(frozen)
         return self.stopped_by_time is None
+
+    def _leave_failed(self, trial, why: str) -> None:
+        """The storage has been unreachable too long: mark the trial failed if the server
+        answers at once (a re-run then runs it again), else leave it to go stale."""
+        import optuna
+
+        try:
+            trial.set_user_attr("interrupted", why)
+            self.session.study.tell(trial, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
+        except Exception:  # noqa: BLE001 -- still unreachable: its heartbeat stops, the others queue it again
+            pass
 
     def _interrupted(self, trial, result, started: float) -> None:
         import optuna
@@ -279,7 +335,16 @@ class _Search:
     def _copy(self, trial, twin) -> None:
         """A chain tried before: its result stands for this trial too, without running it again.
         The repeat keeps the verdict (values, constraint) and points at the original for the rest:
-        copying every measurement made a study that explores a whole space ten times larger."""
+        copying every measurement made a study that explores a whole space ten times larger.
+        A chain another worker is running now: this trial ends as a repeat of that one (failed,
+        so it counts for nothing); if that worker dies, its trial is queued again."""
+        import optuna
+
+        if twin.state.name == "RUNNING":
+            trial.set_user_attr("chain", twin.user_attrs.get("chain", ""))
+            trial.set_user_attr("duplicate_of", twin.number)
+            self._report_trial(self.session.study.tell(trial, state=optuna.trial.TrialState.FAIL))
+            return
         for key, value in twin.user_attrs.items():
             if key not in ("retry_of", "measured", "steps"):
                 trial.set_user_attr(key, value)
@@ -385,6 +450,13 @@ def _chain_key(params: dict) -> tuple:
     return tuple(sorted(params.items()))
 
 
+def _grace_text(interval: int | None) -> str:
+    """How long a worker may be silent before its trial is taken as lost."""
+    from aiopt.optimize.storage import GRACE_BEATS
+
+    return f"{GRACE_BEATS * (interval or 0)} s"
+
+
 def _clip(text: str | None, limit: int = 110) -> str:
     text = text or ""
     return text if len(text) <= limit else text[:limit - 3] + "..."
@@ -412,7 +484,8 @@ def _trial_line(row: Row, search: _Search, best: Row | None) -> str:
     elapsed = describe_duration(time.monotonic() - search.start)
     head = f"trial {row.number:>3} {row.chain}"
     if row.duplicate_of is not None:
-        body = f"tried before as trial {row.duplicate_of}, its result stands"
+        body = (f"running as trial {row.duplicate_of} on another worker" if row.state == "FAIL"
+                else f"tried before as trial {row.duplicate_of}, its result stands")
     elif row.interrupted:
         body = f"stopped ({row.interrupted}); a re-run runs it again"
     elif row.state == "COMPLETE":

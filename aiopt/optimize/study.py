@@ -14,13 +14,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiopt.errors import InputError
+from aiopt.errors import InputError, MissingDependencyError
+from aiopt.redact import mask_known
 
 JOURNAL = "study.journal"
 LOCK = ".optimize.lock"
 SETTINGS_ATTR = "aiopt_settings"
-HEARTBEAT_SECONDS = 30  # shared RDB storages: a worker that stops beating for GRACE_SECONDS lost its trial
-GRACE_SECONDS = 120
 FINISHED = ("COMPLETE", "PRUNED")
 
 
@@ -74,47 +73,34 @@ def describe_storage(url: str | None, outdir: Path) -> str:
         return str(outdir / JOURNAL)
     if "://" not in url:
         return url
-    try:
-        from sqlalchemy.engine import make_url
+    from aiopt.optimize.storage import describe_url
 
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # noqa: BLE001 -- a malformed URL is reported by open_storage
-        return url.split("@")[-1]
+    return describe_url(url)
 
 
-def open_storage(url: str | None, outdir: Path):
+def open_storage(url: str | None, outdir: Path, timeout: float | None = None, heartbeat: int | None = None):
     """The Optuna storage: a journal file (default: OUTDIR/study.journal, or a path given as
-    --storage), or an RDB URL (sqlite:///..., postgresql://...). Unreachable -> InputError."""
+    --storage), or an RDB URL (sqlite:///..., postgresql://...; aiopt.optimize.storage).
+    Unreachable -> InputError; no driver -> MissingDependencyError."""
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    from aiopt.optimize import storage as rdb
 
     try:
         if url is None or "://" not in url:
             return JournalStorage(JournalFileBackend(str(outdir / JOURNAL if url is None else url)))
-        return _rdb_storage(url)
+        return rdb.open_rdb(url, timeout or rdb.DEFAULT_STORAGE_TIMEOUT, heartbeat or rdb.DEFAULT_HEARTBEAT)
+    except MissingDependencyError:
+        raise
     except Exception as exc:  # noqa: BLE001 -- drivers raise their own types; all mean "cannot use this storage"
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise InputError(f"cannot open --storage {describe_storage(url, outdir)}: {first}; check the URL, the server and its driver "
-                         "(postgresql needs psycopg2)") from None
-
-
-def _rdb_storage(url: str, attempts: int = 5):
-    """Workers starting together race to create the tables ("table studies already exists",
-    or a UNIQUE failure on alembic_version for the loser): the loser tries again and finds them."""
-    import optuna
-
-    engine = {"connect_args": {"connect_timeout": 10}} if url.startswith(("postgresql", "mysql")) else None
-    for attempt in range(attempts):
-        try:
-            with no_optuna_warnings():
-                retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2)
-                return optuna.storages.RDBStorage(url, engine_kwargs=engine, heartbeat_interval=HEARTBEAT_SECONDS,
-                                                  grace_period=GRACE_SECONDS, heartbeat_stale_trial_callback=retry)
-        except Exception as exc:  # noqa: BLE001 -- the driver's own error type
-            racing = "already exists" in str(exc) or "UNIQUE constraint failed" in str(exc) or "database is locked" in str(exc)
-            if not racing or attempt == attempts - 1:
-                raise
-            time.sleep(0.5 + attempt)
+        label = describe_storage(url, outdir)
+        hint = rdb.missing_driver(exc)
+        if hint is not None:
+            raise MissingDependencyError(f"--storage {label}: its database driver is not installed; {hint}") from None
+        first = mask_known((str(exc).strip().splitlines() or [type(exc).__name__])[0][:200], [rdb.password_of(url or "")])
+        raise InputError(f"cannot open --storage {label}: {first}; check the URL (user, password, database), that the server "
+                         "runs and is reachable from here") from None
 
 
 @dataclass
@@ -124,6 +110,7 @@ class Session:
     storage_label: str
     created: bool
     notes: list[str] = field(default_factory=list)
+    known_lost: set[int] = field(default_factory=set)
 
     def trials(self, states: tuple[str, ...] | None = None) -> list:
         import optuna
@@ -141,17 +128,65 @@ class Session:
             return self.study.ask()
 
     def counted(self) -> int:
-        """Trials that count towards --trials: finished ones (failed by an error too), and those
-        running now (here or on another worker), so that workers together stop at N. Interrupted
-        trials do not count (they are run again), nor repeats of a chain tried before."""
-        return sum(1 for t in self.trials((*FINISHED, "RUNNING", "FAIL")) if not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs)
+        """Trials that count towards --trials: measured ones (complete or pruned), and those
+        running now (here or on another worker), so that workers together stop at N. Failed
+        trials do not count (an error, a lost worker, an interruption), nor repeats of a chain
+        tried before."""
+        return sum(1 for t in self.trials((*FINISHED, "RUNNING")) if not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs)
 
     def finished_like(self, params: dict):
-        """A finished trial (or one that failed by error) with these params, if any."""
-        for trial in self.trials((*FINISHED, "FAIL")):
-            if trial.params == params and not trial.user_attrs.get("interrupted"):
-                return trial
-        return None
+        """A trial that tried these params, if any (see `tried`)."""
+        return next((trial for trial in self.trials((*FINISHED, "FAIL")) if trial.params == params and tried(trial)), None)
+
+    def running_like(self, params: dict, other_than: int):
+        """A trial running these params now (on another worker), if any."""
+        return next((t for t in self.trials(("RUNNING",)) if t.params == params and t.number != other_than), None)
+
+    @property
+    def beating(self) -> int | None:
+        """The heartbeat interval when workers beat (a shared RDB storage), else None."""
+        from aiopt.optimize.storage import beating
+
+        return beating(self.storage)
+
+    def heartbeat(self, trial):
+        """Context that beats while `trial` runs, so that a worker that dies is noticed by the
+        others (its trial failed and queued again); a no-op without heartbeats."""
+        from aiopt.optimize.storage import Heartbeat
+
+        return Heartbeat(self.storage, trial._trial_id)
+
+    def reap(self) -> list:
+        """Fail the trials whose worker stopped beating (Optuna's fail_stale_trials, whose
+        callback queues each again); the trials newly seen lost (by this call or another
+        worker's). Optuna does this only in Study.optimize: a worker of ours does it before
+        every trial and while it waits for others."""
+        interval = self.beating
+        outage = getattr(self.storage, "outage", None)
+        if not interval or (outage is not None and outage.recent(interval + 10)):
+            return []  # after an outage every worker missed its beats: wait until they beat again
+        import optuna
+
+        with no_optuna_warnings():
+            optuna.storages.fail_stale_trials(self.study)
+        lost = [t for t in self.trials(("FAIL",)) if is_lost(t) and t.number not in self.known_lost]
+        self.known_lost.update(t.number for t in lost)
+        return lost
+
+
+def tried(trial) -> bool:
+    """Whether a trial's chain has been tried: measured (complete, pruned) or failed by an
+    error of its own. A trial interrupted (Ctrl-C, time budget) or lost with its worker was not:
+    its chain is run again, never answered from it."""
+    state = trial.state.name
+    return state in FINISHED or (state == "FAIL" and "error" in trial.user_attrs and not trial.user_attrs.get("interrupted"))
+
+
+def is_lost(trial) -> bool:
+    """A trial failed because its worker stopped beating (killed, or cut off from the storage):
+    failed with nothing of aiopt's saying why."""
+    attrs = trial.user_attrs
+    return trial.state.name == "FAIL" and not any(key in attrs for key in ("error", "interrupted", "pruned", "duplicate_of"))
 
 
 def sampler_for(config, shared: bool, history: int):
@@ -173,7 +208,7 @@ def open_session(config, outdir: Path, settings: dict, directions: list[str], fi
     then sees them queued."""
     import optuna
 
-    storage = open_storage(config.storage, outdir)
+    storage = open_storage(config.storage, outdir, config.storage_timeout, config.heartbeat)
     label = describe_storage(config.storage, outdir)
     silence_optuna()
     try:
@@ -230,8 +265,7 @@ def recover(session: Session, exclusive: bool) -> list[int]:
             study._storage.set_trial_user_attr(trial._trial_id, "interrupted", "its process ended")
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL, skip_if_finished=True)
     else:
-        with no_optuna_warnings():
-            optuna.storages.fail_stale_trials(study)
+        session.reap()
     queued = []
     alive = session.trials((*FINISHED, "RUNNING", "WAITING"))
     for trial in session.trials(("FAIL",)):
@@ -241,15 +275,6 @@ def recover(session: Session, exclusive: bool) -> list[int]:
             alive.append(trial)  # once per chain
             queued.append(trial.number)
     return queued
-
-
-def heartbeat(session: Session, trial):
-    """Context that beats while a trial runs on a shared RDB storage, so a worker that dies is
-    noticed (its trial failed and queued again by the storage's callback); elsewhere a no-op.
-    Optuna's own thread, as Study.optimize uses it."""
-    from optuna.storages._heartbeat import get_heartbeat_thread
-
-    return get_heartbeat_thread(trial._trial_id, session.storage)
 
 
 def _params(trial) -> dict:
