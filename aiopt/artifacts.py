@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, companion_path
 from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
 from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
@@ -110,53 +111,72 @@ def artifact_size(path: str | os.PathLike) -> int:
 
 def route_path(main: str | os.PathLike, route: dict) -> Path:
     """The file a by-batch route of the artifact `main` serves from: `main` itself, or the
-    companion file the route names beside it (checked: present, and the bytes it was made with)."""
-    main = Path(main)
-    name = route.get("file")
-    if not name:
-        return main
-    if Path(name).name != name or name.startswith("."):
-        raise InputError(f"{main} names a route file {name!r} outside its folder; re-create the artifact with aiopt quantize")
-    path = main.parent / name
-    if not path.is_file():
-        raise InputError(f"{main} serves batches up to {route.get('max_batch')} from {name}, which is not beside it; copy both files "
-                         f"together (or run {main.name} alone with --backend onnxruntime or --backend openvino)")
-    if route.get("sha256") and sha256_file(path) != route["sha256"]:
-        raise InputError(f"{path} is not the file {main.name} was written with (its sha256 differs); copy both files from one aiopt quantize run")
-    return path
+    companion file the route names beside it (checked by artifact_checks.companion_path: a plain
+    file in the main file's folder with the sha256 recorded)."""
+    if not route.get("file"):
+        return Path(main)
+    return companion_path(main, route)
 
 
-def artifact_files(path: str | os.PathLike) -> list[Path]:
-    """The files that make up an artifact: the file itself, then the companion files of its
-    by-batch routes (an ONNX artifact whose smaller batches are served by another graph)."""
-    path = Path(path)
-    if path.suffix != ".onnx" or not path.is_file():
-        return [path]
+def _routes_in_file(path: Path) -> list[dict]:
     import onnx
 
     try:
         props = {p.key: p.value for p in onnx.load_model(str(path), load_external_data=False).metadata_props}
     except Exception:  # noqa: BLE001 -- not readable as ONNX: the file alone (load_model says what is wrong)
+        return []
+    return _parse_metadata(props.get(METADATA_KEY), path).get("dispatch") or []
+
+
+def artifact_files(path: str | os.PathLike, missing_ok: bool = True) -> list[Path]:
+    """The files that make up an artifact: the file itself, then the companion files of its
+    by-batch routes (an ONNX artifact whose smaller batches are served by another graph), each
+    checked (artifact_checks.companion_path). A companion that is absent is left out (the main
+    file runs alone) unless `missing_ok` is False; any other problem is an InputError."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
         return [path]
-    routes = _parse_metadata(props.get(METADATA_KEY), path).get("dispatch") or []
-    return [path, *[path.parent / r["file"] for r in routes if r.get("file")]]
+    files = [path]
+    for route in _routes_in_file(path):
+        if not route.get("file"):
+            continue
+        try:
+            companion = companion_path(path, route)
+        except MissingCompanionError:
+            if missing_ok:
+                continue
+            raise
+        if companion not in files:
+            files.append(companion)
+    return files
 
 
-def copy_artifact(source: str | os.PathLike, target: str | os.PathLike, link: bool = False) -> None:
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike, link: bool = False, force: bool = False) -> None:
     """Copy (or hard-link, where the filesystem allows) an artifact with its companion files;
-    companions keep their names, beside `target`."""
+    companions keep their names, beside `target`. Only the artifact's own checked files are
+    copied, all of them (a missing companion is an InputError), and an existing file at the
+    destination is replaced only with `force`."""
     import shutil
 
     source, target = Path(source), Path(target)
-    for file in artifact_files(source):
-        to = target if file == source else target.parent / file.name
+    files = artifact_files(source, missing_ok=False)
+    destinations = [target if file == source else target.parent / file.name for file in files]
+    for file, to in zip(files, destinations):
+        if os.path.lexists(to) and not force:
+            raise InputError(f"{to} already exists; copying {source} would replace it: remove it, choose another target or pass force=True")
+        if to.exists() and to.resolve() == file.resolve():
+            raise InputError(f"{to} is {file} itself; choose another target")
+    for file, to in zip(files, destinations):
         if link:
             try:
+                if force:
+                    Path(to).unlink(missing_ok=True)
                 os.link(file, to)
                 continue
             except OSError:  # another filesystem, or links not allowed
                 pass
-        shutil.copyfile(file, to)
+        with atomic_path(to) as tmp:
+            shutil.copyfile(file, tmp)
 
 
 # What a derived artifact inherits from its parent; everything else describes the new step.
@@ -596,6 +616,7 @@ def _parse_metadata(text: str | None, path: Path) -> dict:
             raise ValueError("lineage is not a list of records")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(f"{path}: its aiopt metadata is damaged ({exc}); re-create the file") from exc
+    check_artifact_metadata(data, path)  # routes, serving, companions, hf: one check for every reader
     return data
 
 
