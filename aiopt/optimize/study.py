@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.errors import InputError
+from aiopt.optimize.journal_repair import repair_journal
 
 JOURNAL = "study.journal"
 LOCK = ".optimize.lock"
@@ -39,7 +40,8 @@ class OutdirLock:
                 owner = self._owner()
                 if owner is not None and _alive(owner):
                     raise InputError(f"another aiopt optimize (pid {owner}) is writing {self.path.parent}; wait for it, "
-                                     "choose another -o, or share one study with --storage URL") from None
+                                     "choose another -o, or share one study with --storage URL; if no aiopt optimize is running "
+                                     f"(process {owner} is another program), remove the lock file {self.path}") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as fh:
@@ -88,6 +90,8 @@ def open_storage(url: str | None, outdir: Path):
     import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    if url is None or "://" not in url:
+        repair_journal(outdir / JOURNAL if url is None else url)  # a write cut short (journal_repair.py)
     try:
         if url is None or "://" not in url:
             return JournalStorage(JournalFileBackend(str(outdir / JOURNAL if url is None else url)))
