@@ -286,3 +286,69 @@ def _check_safetensors_file(path: Path, folder: Path) -> None:
     if not isinstance(end, int) or 8 + length + end > size:
         raise InputError(f"{damaged} (its tensors need {8 + length + end} bytes, the file has {size}: truncated?); "
                          "re-copy it or re-save the folder with save_pretrained")
+
+
+# ---------------------------------------------------------------- integrity of aiopt's ONNX files
+
+INTEGRITY_OVER = "the ONNX model serialized without its aiopt.json metadata entry"
+
+
+def onnx_checksum(model, metadata_key: str = "aiopt.json") -> str:
+    """sha256 of the model's graph, weights and other properties: the model serialized (protobuf's
+    deterministic form) without the aiopt metadata entry, so recording it there does not change it."""
+    import hashlib
+
+    entries = [(p.key, p.value) for p in model.metadata_props]
+    del model.metadata_props[:]
+    try:
+        for key, value in entries:
+            if key != metadata_key:
+                model.metadata_props.add(key=key, value=value)
+        data = model.SerializeToString(deterministic=True)
+    finally:
+        del model.metadata_props[:]
+        for key, value in entries:
+            model.metadata_props.add(key=key, value=value)
+    return hashlib.sha256(data).hexdigest()
+
+
+def integrity_record(model, metadata_key: str = "aiopt.json") -> dict:
+    return {"sha256": onnx_checksum(model, metadata_key), "over": INTEGRITY_OVER}
+
+
+def integrity_status(model, metadata: dict, path, metadata_key: str = "aiopt.json") -> str:
+    """"ok", "mismatch" (changed since aiopt wrote it) or "absent" (an older or foreign file)."""
+    record = metadata.get("integrity")
+    if record is None:
+        return "absent"
+    if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or not _SHA256.fullmatch(record["sha256"]):
+        raise InputError(f"{path}: its aiopt metadata is damaged (integrity is {_show(record)}); re-create the file with aiopt")
+    return "ok" if onnx_checksum(model, metadata_key) == record["sha256"] else "mismatch"
+
+
+def check_integrity(model, metadata: dict, path, metadata_key: str = "aiopt.json") -> str:
+    status = integrity_status(model, metadata, path, metadata_key)
+    if status == "mismatch":
+        raise UnsupportedModelError(f"{path} was changed since aiopt wrote it (the checksum of its graph and weights differs from the one "
+                                    "in its metadata); re-create it with aiopt, or re-copy the original")
+    return status
+
+
+# ---------------------------------------------------------------- input shapes a user gives
+
+_ITEMSIZE = {"float64": 8, "int64": 8, "float32": 4, "int32": 4, "float16": 2, "bfloat16": 2, "int16": 2}
+
+
+def check_input_sizes(specs, what: str = "--input-shape") -> None:
+    """One sample of every input must fit the memory limit (max_model_memory): a shape such as
+    batchx1000000000000 is refused in one line instead of failing to allocate, or being ignored."""
+    limit = max_model_memory()
+    for spec in specs:
+        elements = 1
+        for dim in spec.shape[1:]:
+            if isinstance(dim, int):
+                elements *= dim
+        needed = elements * _ITEMSIZE.get(str(spec.dtype), 1)
+        if needed > limit:
+            raise InputError(f"{what} {spec}: one sample of {spec.name} takes {needed / 2**30:.3g} GiB, more than the "
+                             f"{limit / 2**30:.3g} GiB allowed (half the free memory); check the shape, or raise the limit with aiopt --max-model-memory")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, companion_path
+from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, check_input_sizes, check_integrity, companion_path, integrity_status
 from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
 from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
@@ -53,6 +53,7 @@ class LoadedModel:
     model: Any  # nn.Module, or onnx.ModelProto for ONNX files
     metadata: dict = field(default_factory=dict)
     input_spec: list[TensorSpec] = field(default_factory=list)
+    integrity: str | None = None  # ONNX: "ok", "mismatch" or "absent" (artifact_checks.integrity_status)
 
     @property
     def is_torch(self) -> bool:
@@ -232,8 +233,11 @@ def load_model(
     path: str | os.PathLike,
     trust_pickle: bool = False,
     input_spec: list[TensorSpec] | None = None,
+    verify_integrity: bool = True,
 ) -> LoadedModel:
-    """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata."""
+    """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata.
+    An ONNX file aiopt wrote that was changed since is refused unless `verify_integrity` is False
+    (inspect reports it instead)."""
     path = _check_readable(path)
     kind, members = ("folder", []) if path.is_dir() else _sniff(path)
     if kind == "folder":
@@ -245,8 +249,9 @@ def load_model(
     elif kind == "pickle":
         loaded = _load_pickle(path, trust_pickle)
     else:
-        loaded = _load_onnx(path)
+        loaded = _load_onnx(path, verify_integrity)
     if input_spec:
+        check_input_sizes(input_spec)
         loaded.input_spec = _merge_input_spec(loaded, input_spec)
     return loaded
 
@@ -536,7 +541,7 @@ def _trusted_module(path: Path, obj: Any) -> LoadedModel:
     return LoadedModel(path, FORMAT_PICKLE, obj, {}, [])
 
 
-def _load_onnx(path: Path) -> LoadedModel:
+def _load_onnx(path: Path, verify_integrity: bool = True) -> LoadedModel:
     import onnx
 
     try:
@@ -551,12 +556,14 @@ def _load_onnx(path: Path) -> LoadedModel:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, OSError) as exc:
         raise InputError(f"{path} is not a valid ONNX model ({_first_line(exc)})") from exc
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
-        onnx.load_external_data_for_model(model, str(path.parent))
     props = {p.key: p.value for p in model.metadata_props}
     metadata = _parse_metadata(props.get(METADATA_KEY), path)
+    # before external data is read in: the checksum was taken over the model as saved
+    integrity = (check_integrity if verify_integrity else integrity_status)(model, metadata, path, METADATA_KEY)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
+        onnx.load_external_data_for_model(model, str(path.parent))
     spec = specs_from_json(metadata.get("inputs")) or _onnx_input_spec(model)
-    return LoadedModel(path, FORMAT_ONNX, model, metadata, spec)
+    return LoadedModel(path, FORMAT_ONNX, model, metadata, spec, integrity)
 
 
 def _check_external_data(model, path: Path) -> None:
@@ -633,7 +640,9 @@ def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[Tens
         raise InputError(
             f"--input-shape does not match the model: expected {'; '.join(map(str, known))}, got {'; '.join(map(str, given))}"
         )
-    return known
+    # A size the user gives for one of the model's symbolic axes is honoured, not silently replaced
+    return [TensorSpec(k.name, (k.shape[0], *(g if isinstance(g, int) and not isinstance(d, int) else d for d, g in zip(k.shape[1:], s.shape[1:]))),
+                       k.dtype) for k, s in zip(known, given)]
 
 
 def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:

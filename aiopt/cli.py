@@ -262,7 +262,7 @@ def inspect(
         _emit_json(info)
         return
     table = _table(escape(info["path"]), ("field", "value"))
-    for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256"):
+    for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256", "integrity"):
         value = info[key]
         table.add_row(key, "-" if value is None else f"{value:.4f}" if key == "accuracy" else escape(str(value)))
     table.add_row("inputs", "\n".join(_spec_text(s) for s in info["inputs"]) or "unknown (pass --input-shape)")
