@@ -28,9 +28,9 @@ class MissingCompanionError(InputError):
 
 # ---------------------------------------------------------------- artifact metadata
 
-def _positive_int(value, what: str, where) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"{where}: its aiopt metadata is damaged ({what} is {_show(value)}, not a positive whole number); "
+def _positive_int(value, what: str, where, most: int = 2**31 - 1) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise InputError(f"{where}: its aiopt metadata is damaged ({what} is {_show(value)}, not a whole number from 1 to {most}); "
                          "re-create the file with aiopt")
 
 
@@ -48,7 +48,7 @@ def check_serving(serving, where, what: str = "serving") -> dict:
     if not isinstance(serving, dict):
         raise InputError(f"{where}: its aiopt metadata is damaged ({what} is {_show(serving)}, not an object); re-create the file with aiopt")
     if serving.get("threads") is not None:
-        _positive_int(serving["threads"], f"{what}.threads", where)
+        _positive_int(serving["threads"], f"{what}.threads", where, most=4096)
     if "inference_precision" in serving and serving["inference_precision"] not in PRECISIONS:
         raise InputError(f"{where}: its aiopt metadata is damaged ({what}.inference_precision is {_show(serving['inference_precision'])}, "
                          f"not one of {', '.join(PRECISIONS)}); re-create the file with aiopt")
@@ -211,6 +211,9 @@ def check_hf_config(folder: Path, config: dict, known_model_types) -> None:
         custom = " and names Python code in the folder to build it (auto_map)" if config.get("auto_map") else ""
         raise UnsupportedModelError(f"{path}: model_type {_show(model_type)} is not one transformers knows{custom}; aiopt never runs code "
                                     "shipped in a folder (trust_remote_code): use a folder of a standard architecture, or upgrade transformers")
+    architectures = config.get("architectures")
+    if architectures is not None and (not isinstance(architectures, list) or not all(isinstance(a, str) for a in architectures)):
+        raise InputError(f"{path}: architectures is {_show(architectures)}, not a list of class names; fix config.json or re-save the folder")
     params, needed = estimate_model_bytes(config, path)
     limit = max_model_memory()
     if needed > limit:

@@ -221,6 +221,8 @@ def _sentence_head(folder: Path) -> tuple[str, bool] | None:
         raise UnsupportedModelError(f"{folder}: modules.json lists {', '.join(map(str, unknown))}; aiopt rebuilds only the "
                                     f"{', '.join(_SENTENCE_MODULES)} modules of a sentence-transformers folder")
     pooling_dir = folder / str(modules[kinds.index("Pooling")].get("path", ""))
+    if not pooling_dir.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"{folder / 'modules.json'} names a Pooling folder outside the model folder; re-save the folder with sentence-transformers")
     config = _read_json(pooling_dir / "config.json")
     modes = [mode for key, mode in _POOLING_MODES.items() if config.get(f"pooling_mode_{key}")]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k.removeprefix("pooling_mode_") not in _POOLING_MODES]
@@ -235,7 +237,7 @@ def _load_transformer(transformers, folder: Path, task: str, use_safetensors: bo
     try:
         model, info = auto.from_pretrained(str(folder), local_files_only=True, use_safetensors=use_safetensors, trust_remote_code=False,
                                            output_loading_info=True, **_float32(transformers))
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- config validation, model construction: any failure means this folder cannot be built
         text = str(exc)
         if "trust_remote_code" in text or "custom code" in text:
             raise UnsupportedModelError(f"{folder} needs Python code shipped with it (trust_remote_code), which aiopt does not run") from exc
