@@ -61,7 +61,7 @@ def check_serving(serving, where, what: str = "serving") -> dict:
 def check_companion_name(name, where) -> None:
     """A companion is named by a plain file name beside the main file: no folder, no `..`, no hidden file."""
     if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name
-            or "\0" in name or os.path.basename(name) != name or len(name) > 255):
+            or not name.isprintable() or os.path.basename(name) != name or len(name) > 255):
         raise InputError(f"{where} names a route file {_show(name)} outside its folder (a companion must be a file name beside it); "
                          "re-create the artifact with aiopt quantize")
 
@@ -80,7 +80,9 @@ def check_routes(dispatch, where) -> list[dict]:
         if route.get("runtime") not in ROUTE_RUNTIMES:
             raise InputError(f"{where}: its aiopt metadata is damaged ({label}.runtime is {_show(route.get('runtime'))}, not one of "
                              f"{', '.join(ROUTE_RUNTIMES)}); re-create the file with aiopt quantize")
-        limit = route.get("max_batch")
+        if "max_batch" not in route:
+            raise InputError(f"{where}: its aiopt metadata is damaged ({label} has no max_batch); re-create the file with aiopt quantize")
+        limit = route["max_batch"]
         last = index == len(dispatch) - 1
         if limit is None and not last:
             raise InputError(f"{where}: its aiopt metadata is damaged ({label} serves any batch but is not the last route); "
@@ -111,7 +113,7 @@ def check_artifact_metadata(data: dict, where) -> None:
     if hf is not None:
         if not isinstance(hf, dict):
             raise InputError(f"{where}: its aiopt metadata is damaged (hf is {_show(hf)}, not an object); re-create the file with aiopt")
-        if hf.get("folder") is not None and (not isinstance(hf["folder"], str) or "\0" in hf["folder"]):
+        if hf.get("folder") is not None and (not isinstance(hf["folder"], str) or not hf["folder"].isprintable()):
             raise InputError(f"{where}: its aiopt metadata is damaged (hf.folder is {_show(hf['folder'])}); re-create the file with aiopt")
         for key in ("vocab_size", "max_length"):
             if hf.get(key) is not None:

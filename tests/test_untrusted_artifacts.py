@@ -62,7 +62,7 @@ def by_batch(folder, file=None, sha256=None, **extra):
     return matmul_onnx(folder / "main.onnx", metadata={"dispatch": [route, {"max_batch": None, "runtime": "onnxruntime"}], **extra})
 
 
-@pytest.mark.parametrize("name", ["/etc/passwd", "../secret.onnx", "sub/x.onnx", ".hidden.onnx", "..", 5, ["a"]])
+@pytest.mark.parametrize("name", ["/etc/passwd", "../secret.onnx", "sub/x.onnx", ".hidden.onnx", "..", 5, ["a"], 'x"\nbackend: "python'])
 def test_route_files_outside_the_folder_are_refused_by_every_reader(tmp_path, name):
     from aiopt.artifacts import artifact_files, artifact_size, copy_artifact, load_model
 
@@ -146,6 +146,9 @@ def test_a_missing_companion_runs_the_main_file_alone(tmp_path):
     ({"dispatch": [{"max_batch": "eight", "runtime": "onnxruntime"}, {"max_batch": None, "runtime": "onnxruntime"}]}, "max_batch"),
     ({"dispatch": [{"max_batch": None, "runtime": "onnxruntime"}, {"max_batch": 8, "runtime": "onnxruntime"}]}, "not the last"),
     ({"dispatch": [{"max_batch": None, "runtime": "python"}]}, "runtime"),
+    ({"dispatch": [{"runtime": "onnxruntime"}]}, "no max_batch"),
+    ({"serving": {"threads": 2**70}}, "serving.threads"),
+    ({"hf": {"folder": "a\nb"}}, "hf.folder"),
     ({"dispatch": [{"max_batch": None, "runtime": "onnxruntime", "serving": {"threads": "many"}}]}, "threads"),
     ({"hf": "folder"}, "hf is"),
 ])
