@@ -389,6 +389,7 @@ def _from_checkpoint(path: Path, payload: dict) -> LoadedModel:
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path} is a damaged aiopt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
     model.eval()
+    check_artifact_metadata(metadata, path)  # the same checks as every other format's metadata
     return LoadedModel(path, FORMAT_AIOPT, model, metadata, specs_from_json(metadata.get("inputs")))
 
 
