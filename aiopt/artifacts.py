@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, check_input_sizes, check_integrity, companion_path, integrity_status
 from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
 from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
@@ -52,6 +53,7 @@ class LoadedModel:
     model: Any  # nn.Module, or onnx.ModelProto for ONNX files
     metadata: dict = field(default_factory=dict)
     input_spec: list[TensorSpec] = field(default_factory=list)
+    integrity: str | None = None  # ONNX: "ok", "mismatch" or "absent" (artifact_checks.integrity_status)
 
     @property
     def is_torch(self) -> bool:
@@ -113,53 +115,72 @@ def artifact_size(path: str | os.PathLike) -> int:
 
 def route_path(main: str | os.PathLike, route: dict) -> Path:
     """The file a by-batch route of the artifact `main` serves from: `main` itself, or the
-    companion file the route names beside it (checked: present, and the bytes it was made with)."""
-    main = Path(main)
-    name = route.get("file")
-    if not name:
-        return main
-    if Path(name).name != name or name.startswith("."):
-        raise InputError(f"{main} names a route file {name!r} outside its folder; re-create the artifact with aiopt quantize")
-    path = main.parent / name
-    if not path.is_file():
-        raise InputError(f"{main} serves batches up to {route.get('max_batch')} from {name}, which is not beside it; copy both files "
-                         f"together (or run {main.name} alone with --backend onnxruntime or --backend openvino)")
-    if route.get("sha256") and sha256_file(path) != route["sha256"]:
-        raise InputError(f"{path} is not the file {main.name} was written with (its sha256 differs); copy both files from one aiopt quantize run")
-    return path
+    companion file the route names beside it (checked by artifact_checks.companion_path: a plain
+    file in the main file's folder with the sha256 recorded)."""
+    if not route.get("file"):
+        return Path(main)
+    return companion_path(main, route)
 
 
-def artifact_files(path: str | os.PathLike) -> list[Path]:
-    """The files that make up an artifact: the file itself, then the companion files of its
-    by-batch routes (an ONNX artifact whose smaller batches are served by another graph)."""
-    path = Path(path)
-    if path.suffix != ".onnx" or not path.is_file():
-        return [path]
+def _routes_in_file(path: Path) -> list[dict]:
     import onnx
 
     try:
         props = {p.key: p.value for p in onnx.load_model(str(path), load_external_data=False).metadata_props}
     except Exception:  # noqa: BLE001 -- not readable as ONNX: the file alone (load_model says what is wrong)
+        return []
+    return _parse_metadata(props.get(METADATA_KEY), path).get("dispatch") or []
+
+
+def artifact_files(path: str | os.PathLike, missing_ok: bool = True) -> list[Path]:
+    """The files that make up an artifact: the file itself, then the companion files of its
+    by-batch routes (an ONNX artifact whose smaller batches are served by another graph), each
+    checked (artifact_checks.companion_path). A companion that is absent is left out (the main
+    file runs alone) unless `missing_ok` is False; any other problem is an InputError."""
+    path = Path(path)
+    if path.suffix != ".onnx" or not path.is_file():
         return [path]
-    routes = _parse_metadata(props.get(METADATA_KEY), path).get("dispatch") or []
-    return [path, *[path.parent / r["file"] for r in routes if r.get("file")]]
+    files = [path]
+    for route in _routes_in_file(path):
+        if not route.get("file"):
+            continue
+        try:
+            companion = companion_path(path, route)
+        except MissingCompanionError:
+            if missing_ok:
+                continue
+            raise
+        if companion not in files:
+            files.append(companion)
+    return files
 
 
-def copy_artifact(source: str | os.PathLike, target: str | os.PathLike, link: bool = False) -> None:
+def copy_artifact(source: str | os.PathLike, target: str | os.PathLike, link: bool = False, force: bool = False) -> None:
     """Copy (or hard-link, where the filesystem allows) an artifact with its companion files;
-    companions keep their names, beside `target`."""
+    companions keep their names, beside `target`. Only the artifact's own checked files are
+    copied, all of them (a missing companion is an InputError), and an existing file at the
+    destination is replaced only with `force`."""
     import shutil
 
     source, target = Path(source), Path(target)
-    for file in artifact_files(source):
-        to = target if file == source else target.parent / file.name
+    files = artifact_files(source, missing_ok=False)
+    destinations = [target if file == source else target.parent / file.name for file in files]
+    for file, to in zip(files, destinations):
+        if os.path.lexists(to) and not force:
+            raise InputError(f"{to} already exists; copying {source} would replace it: remove it, choose another target or pass force=True")
+        if to.exists() and to.resolve() == file.resolve():
+            raise InputError(f"{to} is {file} itself; choose another target")
+    for file, to in zip(files, destinations):
         if link:
             try:
+                if force:
+                    Path(to).unlink(missing_ok=True)
                 os.link(file, to)
                 continue
             except OSError:  # another filesystem, or links not allowed
                 pass
-        shutil.copyfile(file, to)
+        with atomic_path(to) as tmp:
+            shutil.copyfile(file, tmp)
 
 
 # What a derived artifact inherits from its parent; everything else describes the new step.
@@ -215,8 +236,11 @@ def load_model(
     path: str | os.PathLike,
     trust_pickle: bool = False,
     input_spec: list[TensorSpec] | None = None,
+    verify_integrity: bool = True,
 ) -> LoadedModel:
-    """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata."""
+    """Load any supported artifact. `input_spec` supplies the inputs of a model without metadata.
+    An ONNX file aiopt wrote that was changed since is refused unless `verify_integrity` is False
+    (inspect reports it instead)."""
     path = _check_readable(path)
     kind, members = ("folder", []) if path.is_dir() else _sniff(path)
     if kind == "folder":
@@ -228,8 +252,9 @@ def load_model(
     elif kind == "pickle":
         loaded = _load_pickle(path, trust_pickle)
     else:
-        loaded = _load_onnx(path)
+        loaded = _load_onnx(path, verify_integrity)
     if input_spec:
+        check_input_sizes(input_spec)
         loaded.input_spec = _merge_input_spec(loaded, input_spec)
     return loaded
 
@@ -367,6 +392,7 @@ def _from_checkpoint(path: Path, payload: dict) -> LoadedModel:
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise InputError(f"{path} is a damaged aiopt checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
     model.eval()
+    check_artifact_metadata(metadata, path)  # the same checks as every other format's metadata
     return LoadedModel(path, FORMAT_AIOPT, model, metadata, specs_from_json(metadata.get("inputs")))
 
 
@@ -519,7 +545,7 @@ def _trusted_module(path: Path, obj: Any) -> LoadedModel:
     return LoadedModel(path, FORMAT_PICKLE, obj, {}, [])
 
 
-def _load_onnx(path: Path) -> LoadedModel:
+def _load_onnx(path: Path, verify_integrity: bool = True) -> LoadedModel:
     import onnx
 
     try:
@@ -534,12 +560,14 @@ def _load_onnx(path: Path) -> LoadedModel:
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, OSError) as exc:
         raise InputError(f"{path} is not a valid ONNX model ({_first_line(exc)})") from exc
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
-        onnx.load_external_data_for_model(model, str(path.parent))
     props = {p.key: p.value for p in model.metadata_props}
     metadata = _parse_metadata(props.get(METADATA_KEY), path)
+    # before external data is read in: the checksum was taken over the model as saved
+    integrity = (check_integrity if verify_integrity else integrity_status)(model, metadata, path, METADATA_KEY)
+    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in _all_tensors(model)):
+        onnx.load_external_data_for_model(model, str(path.parent))
     spec = specs_from_json(metadata.get("inputs")) or _onnx_input_spec(model)
-    return LoadedModel(path, FORMAT_ONNX, model, metadata, spec)
+    return LoadedModel(path, FORMAT_ONNX, model, metadata, spec, integrity)
 
 
 def _check_external_data(model, path: Path) -> None:
@@ -599,6 +627,7 @@ def _parse_metadata(text: str | None, path: Path) -> dict:
             raise ValueError("lineage is not a list of records")
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise InputError(f"{path}: its aiopt metadata is damaged ({exc}); re-create the file") from exc
+    check_artifact_metadata(data, path)  # routes, serving, companions, hf: one check for every reader
     return data
 
 
@@ -615,7 +644,9 @@ def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[Tens
         raise InputError(
             f"--input-shape does not match the model: expected {'; '.join(map(str, known))}, got {'; '.join(map(str, given))}"
         )
-    return known
+    # A size the user gives for one of the model's symbolic axes is honoured, not silently replaced
+    return [TensorSpec(k.name, (k.shape[0], *(g if isinstance(g, int) and not isinstance(d, int) else d for d, g in zip(k.shape[1:], s.shape[1:]))),
+                       k.dtype) for k, s in zip(known, given)]
 
 
 def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:

@@ -70,12 +70,16 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version and exit."),
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    max_model_memory: Optional[str] = typer.Option(None, "--max-model-memory", help="Most memory a Hugging Face model folder may need "
+                                                   "(estimated from its config.json), e.g. 40GB; default: half the free memory."),
 ) -> None:
     """Make neural networks smaller and faster, and prove it.
 
     Every command reads an artifact and writes a new one; metadata and lineage travel with it.
     """
     _state["debug"] = _state["debug"] or debug
+    if max_model_memory is not None:  # read where a folder is loaded (aiopt.artifact_checks), by the API too
+        os.environ["AIOPT_MAX_MODEL_MEMORY"] = max_model_memory
     signal.signal(signal.SIGINT, _remember_interrupt)
 
 
@@ -263,7 +267,7 @@ def inspect(
         _emit_json(info)
         return
     table = _table(escape(info["path"]), ("field", "value"))
-    for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256"):
+    for key in ("format", "architecture", "dataset", "params", "size_bytes", "accuracy", "sha256", "integrity"):
         value = info[key]
         table.add_row(key, "-" if value is None else f"{value:.4f}" if key == "accuracy" else escape(str(value)))
     table.add_row("inputs", "\n".join(_spec_text(s) for s in info["inputs"]) or "unknown (pass --input-shape)")

@@ -19,12 +19,14 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from aiopt.artifact_checks import check_hf_config, check_safetensors
 from aiopt.artifacts import FORMAT_HF, LoadedModel, _first_line
 from aiopt.errors import InputError, MissingDependencyError, UnsafeFileError, UnsupportedModelError
 from aiopt.specs import TensorSpec, specs_to_json
@@ -55,6 +57,13 @@ def import_transformers():
     return transformers
 
 
+def known_model_types(transformers) -> set[str]:
+    """The model types transformers builds from its own code (any other needs the folder's code)."""
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    return set(CONFIG_MAPPING_NAMES)
+
+
 def has_tokenizer(folder) -> bool:
     return any((Path(folder) / name).is_file() for name in TOKENIZER_FILES)
 
@@ -70,7 +79,8 @@ def load_tokenizer(folder):
                          "save one into the folder (tokenizer.save_pretrained) or pass token ids as .npz")
     transformers = import_transformers()
     try:
-        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
+        # trust_remote_code=False: never the code of a tokenizer_config.json's auto_map, and no prompt on the terminal
+        return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
         raise InputError(f"{folder}: its tokenizer files cannot be loaded ({_first_line(exc)}); re-save the tokenizer") from exc
 
@@ -83,6 +93,7 @@ def load_hf_folder(path, trust_pickle: bool = False) -> LoadedModel:
         raise InputError(f"{folder / 'config.json'} is not a JSON object; re-save the folder with save_pretrained")
     use_safetensors = _check_weights(folder, trust_pickle)
     transformers = import_transformers()
+    check_hf_config(folder, config_json, known_model_types(transformers))
     head = _sentence_head(folder)
     architecture = (config_json.get("architectures") or [None])[0]
     task = "embedding" if head else "classification" if str(architecture).endswith("ForSequenceClassification") else "features"
@@ -181,7 +192,8 @@ def _read_json(path: Path) -> Any:
 
 def _check_weights(folder: Path, trust_pickle: bool) -> bool:
     """True for safetensors weights; pickled weights only with the opt-in (they can run code)."""
-    if any((folder / name).is_file() for name in SAFE_WEIGHTS):
+    if any(os.path.lexists(folder / name) for name in SAFE_WEIGHTS):
+        check_safetensors(folder)
         return True
     pickled = next((name for name in PICKLED_WEIGHTS if (folder / name).is_file()), None)
     if pickled is None:
@@ -209,6 +221,8 @@ def _sentence_head(folder: Path) -> tuple[str, bool] | None:
         raise UnsupportedModelError(f"{folder}: modules.json lists {', '.join(map(str, unknown))}; aiopt rebuilds only the "
                                     f"{', '.join(_SENTENCE_MODULES)} modules of a sentence-transformers folder")
     pooling_dir = folder / str(modules[kinds.index("Pooling")].get("path", ""))
+    if not pooling_dir.resolve().is_relative_to(folder.resolve()):
+        raise InputError(f"{folder / 'modules.json'} names a Pooling folder outside the model folder; re-save the folder with sentence-transformers")
     config = _read_json(pooling_dir / "config.json")
     modes = [mode for key, mode in _POOLING_MODES.items() if config.get(f"pooling_mode_{key}")]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k.removeprefix("pooling_mode_") not in _POOLING_MODES]
@@ -221,9 +235,9 @@ def _sentence_head(folder: Path) -> tuple[str, bool] | None:
 def _load_transformer(transformers, folder: Path, task: str, use_safetensors: bool):
     auto = transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
     try:
-        model, info = auto.from_pretrained(str(folder), local_files_only=True, use_safetensors=use_safetensors,
+        model, info = auto.from_pretrained(str(folder), local_files_only=True, use_safetensors=use_safetensors, trust_remote_code=False,
                                            output_loading_info=True, **_float32(transformers))
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+    except Exception as exc:  # noqa: BLE001 -- config validation, model construction: any failure means this folder cannot be built
         text = str(exc)
         if "trust_remote_code" in text or "custom code" in text:
             raise UnsupportedModelError(f"{folder} needs Python code shipped with it (trust_remote_code), which aiopt does not run") from exc

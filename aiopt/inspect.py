@@ -8,13 +8,14 @@ from aiopt.specs import TensorSpec, specs_to_json
 
 
 def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_spec: list[TensorSpec] | None = None) -> dict:
-    loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
+    loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec, verify_integrity=False)  # shown, not refused
     metadata = loaded.metadata
     return {
         "path": str(loaded.path),
         "format": loaded.format,
         "size_bytes": artifact_size(loaded.path),
         "sha256": artifact_sha256(loaded.path),
+        "integrity": loaded.integrity,  # ONNX: the checksum aiopt recorded ok / mismatch / absent; None for other formats
         "params": count_parameters(loaded),
         "architecture": metadata.get("architecture"),
         "inputs": specs_to_json(loaded.input_spec),

@@ -41,6 +41,8 @@ def load_texts(path: str | os.PathLike, tokenizer_folder: str | os.PathLike, inp
     lines = _read_lines(Path(path))
     seq_len = _length(input_spec, seq_len, tokenizer_folder)
     tokenizer = load_tokenizer(tokenizer_folder)
+    lines, cut = zip(*(_bounded(tokenizer, line, seq_len) for line in lines))
+    lines = list(lines)
     lengths = [len(ids) for ids in tokenizer(lines, truncation=False)["input_ids"]]
     encoded = tokenizer(lines, padding="max_length", truncation=True, max_length=seq_len, return_tensors="np")
     missing = [s.name for s in input_spec if s.name not in encoded]
@@ -52,11 +54,29 @@ def load_texts(path: str | os.PathLike, tokenizer_folder: str | os.PathLike, inp
     truncated = sum(n > seq_len for n in lengths)
     if truncated:
         notes.append(f"{path}: {truncated} of {len(lines)} lines are longer than {seq_len} tokens and were truncated "
-                     f"(longest {max(lengths)}); raise --seq-len to keep them whole")
+                     f"(longest {max(lengths)}{' or more' if any(cut) else ''}); raise --seq-len to keep them whole")
     return inputs, notes
 
 
+def _bounded(tokenizer, line: str, seq_len: int) -> tuple[str, bool]:
+    """(the line, or a prefix of it that already holds more than `seq_len` tokens; whether it was
+    cut): a 10 MB line is tokenized a few hundred characters at a time, not whole, only to be
+    truncated. The cut falls on whitespace where there is some, so the tokens kept are the
+    line's own; a prefix that holds fewer tokens (mostly spaces) grows fourfold until it does."""
+    limit = 16 * seq_len + 64
+    while len(line) > limit:
+        prefix = line[:limit]
+        space = prefix.rfind(" ", limit * 3 // 4)
+        prefix = prefix[:space] if space > 0 else prefix
+        if len(tokenizer(prefix, truncation=False)["input_ids"]) > seq_len:
+            return prefix, True
+        limit *= 4
+    return line, False
+
+
 def _read_lines(path: Path) -> list[str]:
+    if path.is_dir():
+        raise InputError(f"text file {path} is a folder; pass a .txt file with one sample per line")
     if not path.is_file():
         raise InputError(f"text file {path} does not exist; pass a .txt file with one sample per line")
     try:

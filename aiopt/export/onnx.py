@@ -311,10 +311,15 @@ def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: Load
 
 
 def embed_metadata(model, metadata: dict) -> None:
+    """Store aiopt's metadata in the model, with the checksum of its graph and weights (computed
+    without this entry), which load_model checks: a file changed since is refused. Call it last,
+    right before saving."""
+    from aiopt.artifact_checks import integrity_record
+
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:
             model.metadata_props.remove(prop)
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps({**metadata, "integrity": integrity_record(model, METADATA_KEY)}))
 
 
 def _save(model, path: Path) -> None:

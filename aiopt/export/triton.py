@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -67,12 +68,18 @@ def _describe(artifact: Path, runtime: str | None = None) -> _Model:
             sidecar = json.loads(sidecar_path(artifact).read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise InputError(f"{artifact} has no readable sidecar ({exc}); rebuild the engine with aiopt export --format tensorrt") from exc
-        metadata = sidecar.get("aiopt_metadata") or {}
-        outputs = specs_from_json(metadata.get("outputs")) if metadata.get("outputs") else []
-        if [o.name for o in outputs] != list(sidecar["outputs"]):
-            raise InputError(f"{artifact}'s sidecar does not describe its outputs' types; rebuild the engine with this aiopt")
-        limit = max(shapes["max"][0] for shapes in sidecar["profile"].values())
-        return _Model("tensorrt_plan", "model.plan", specs_from_json(sidecar["inputs"]), outputs, "KIND_GPU", limit, metadata)
+        try:
+            metadata = sidecar.get("aiopt_metadata") or {}
+            outputs = specs_from_json(metadata.get("outputs")) if metadata.get("outputs") else []
+            if [o.name for o in outputs] != list(sidecar["outputs"]):
+                raise InputError(f"{artifact}'s sidecar does not describe its outputs' types; rebuild the engine with this aiopt")
+            limit = max(shapes["max"][0] for shapes in sidecar["profile"].values())
+            inputs = specs_from_json(sidecar["inputs"])
+            if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+                raise ValueError(f"profile batch {limit!r}")
+        except (AttributeError, KeyError, TypeError, ValueError, IndexError) as exc:
+            raise InputError(f"{artifact}'s sidecar is damaged ({type(exc).__name__}: {str(exc)[:120]}); rebuild the engine with aiopt export --format tensorrt") from None
+        return _Model("tensorrt_plan", "model.plan", inputs, outputs, "KIND_GPU", limit, metadata)
     loaded = load_model(artifact)
     if loaded.format != FORMAT_ONNX:
         raise InputError(f"Triton serves ONNX models and TensorRT engines; export {artifact} first (aiopt export {artifact} --format onnx)")
@@ -120,35 +127,57 @@ def _tensor_block(spec, batched: bool) -> str:
     if any(isinstance(d, str) and d == "batch" for d in dims):
         raise InputError(f"tensor {spec.name!r} has the batch dimension in another position; Triton batches along the first")
     text_dims = ", ".join(str(d) if isinstance(d, int) else "-1" for d in dims)
-    return f'  {{\n    name: "{spec.name}"\n    data_type: {TRITON_TYPES[spec.dtype]}\n    dims: [ {text_dims} ]\n  }}'
+    return f'  {{\n    name: {quoted(spec.name)}\n    data_type: {TRITON_TYPES[spec.dtype]}\n    dims: [ {text_dims} ]\n  }}'
+
+
+def quoted(text) -> str:
+    """A protobuf text-format string literal: every quote, backslash, newline and non-ASCII byte
+    escaped, so no name (a hostile --name, an ONNX tensor name) can add a line to the config."""
+    from google.protobuf import text_encoding  # protobuf comes with onnx
+
+    return '"' + text_encoding.CEscape(str(text).encode("utf-8"), as_utf8=False) + '"'
+
+
+# Triton finds models by folder name; it skips hidden folders and reads versions as numbers.
+_MODEL_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+
+
+def check_model_name(name) -> str:
+    if not isinstance(name, str) or not _MODEL_NAME.fullmatch(name) or name.isdigit() or ".." in name:
+        raise InputError(f"--name {name!r} is not a usable Triton model name: use letters, digits, '_', '-' and '.' (not first), "
+                         "up to 128 characters, e.g. --name my_model")
+    return name
 
 
 def render_config(name: str, model: _Model, config: TritonConfig) -> str:
     batched = _batched(model)
-    max_batch = config.max_batch if batched else 0
+    max_batch = int(config.max_batch) if batched else 0
     # Triton has no openvino platform: the backend is named, with the file it should load
     runs_on = ['backend: "openvino"', 'default_model_filename: "model.onnx"'] if model.platform == "openvino" else [f'platform: "{model.platform}"']
-    lines = [f'name: "{name}"', *runs_on, f"max_batch_size: {max_batch}",
+    lines = [f'name: {quoted(name)}', *runs_on, f"max_batch_size: {max_batch}",
              "input [", ",\n".join(_tensor_block(s, batched) for s in model.inputs), "]",
              "output [", ",\n".join(_tensor_block(s, batched) for s in model.outputs), "]"]
     if batched:
-        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {config.queue_delay_us}\n}}")
-    lines.append(f"instance_group [\n  {{\n    count: {config.instances}\n    kind: {model.kind}\n  }}\n]")
+        lines.append(f"dynamic_batching {{\n  max_queue_delay_microseconds: {int(config.queue_delay_us)}\n}}")
+    lines.append(f"instance_group [\n  {{\n    count: {int(config.instances)}\n    kind: {model.kind}\n  }}\n]")
     lineage = json.dumps([entry.get("step") for entry in model.metadata.get("lineage") or []])
     for key, value in [*model.parameters, ("aiopt_lineage", lineage)]:
-        lines.append(f'parameters {{\n  key: "{key}"\n  value: {{ string_value: {json.dumps(value)} }}\n}}')
+        lines.append(f'parameters {{\n  key: {quoted(key)}\n  value: {{ string_value: {quoted(value)} }}\n}}')
     return "\n".join(lines) + "\n"
 
 
 def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, config: TritonConfig = TritonConfig(), force: bool = False) -> dict:
+    """Everything is checked and the config rendered before anything is written: a refusal leaves
+    the repository as it was."""
     artifact, repository = Path(artifact), Path(repository)
-    if config.max_batch < 1 or config.instances < 1:
-        raise InputError(f"--max-batch and --instances must be at least 1, got {config.max_batch} and {config.instances}")
+    for flag, value in (("--max-batch", config.max_batch), ("--instances", config.instances), ("queue delay", config.queue_delay_us)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < (0 if flag == "queue delay" else 1):
+            raise InputError(f"{flag} must be a whole number of at least {0 if flag == 'queue delay' else 1}, got {value!r}")
     if not artifact.is_file():
         raise InputError(f"{artifact} does not exist or is not a file")
-    name = config.name or artifact.name.split(".")[0]
-    if not name or "/" in name or name.startswith("."):
-        raise InputError(f"--name {name!r} is not a usable Triton model name")
+    if repository.exists() and not repository.is_dir():
+        raise InputError(f"--triton {repository} is a file, not a folder; pass the model repository folder (it is created if missing)")
+    name = check_model_name(config.name if config.name is not None else artifact.name.split(".")[0])
     if config.runtime is not None and config.runtime not in RUNTIMES:
         raise InputError(f"--runtime {config.runtime!r} is not one Triton serves ONNX on here; use one of {', '.join(RUNTIMES)}")
     model = _describe(artifact, config.runtime)
@@ -159,18 +188,23 @@ def deploy_triton(artifact: str | os.PathLike, repository: str | os.PathLike, co
     target = repository / name
     if target.exists() and not force:
         raise InputError(f"{target} already exists; pass --force to replace it")
-    repository.mkdir(parents=True, exist_ok=True)
+    text = render_config(name, model, config)
+    notes = [*model.notes, *_serving_notes(model.metadata)]
+    try:
+        repository.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"cannot create the model repository {repository} ({exc.strerror}); choose another --triton") from None
     staging = Path(tempfile.mkdtemp(prefix=f".{name}.", dir=repository))
     try:
         (staging / "1").mkdir()
         shutil.copyfile(artifact, staging / "1" / model.file_name)
-        (staging / "config.pbtxt").write_text(render_config(name, model, config))
+        (staging / "config.pbtxt").write_text(text)
         _swap_into_place(staging, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return {"repository": str(repository), "model": name, "platform": model.platform, "config": str(target / "config.pbtxt"),
             "file": str(target / "1" / model.file_name), "max_batch_size": config.max_batch if _batched(model) else 0,
-            "notes": [*model.notes, *_serving_notes(model.metadata)]}
+            "notes": notes}
 
 
 def _serving_notes(metadata: dict) -> list[str]:

@@ -394,7 +394,7 @@ class _Search:
             if not source.exists():
                 source = self._rebuild(row)
             target = self.outdir / f"{_stem(self.model)}.optimized{source.suffix}"
-            copy_artifact(source, target)
+            copy_artifact(source, target, force=True)  # OUTDIR is this search's own: an earlier run's choice is replaced
             again = measure_deployed(target, self.reference.runner, self.reference.outputs, self.reference.data, self.reference.floor,
                                      self.config.batch_sizes, self.config.latency, self.config.threads)
             if again.problem is None:

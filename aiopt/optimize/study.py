@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.errors import InputError, MissingDependencyError
+from aiopt.optimize.journal_repair import repair_journal
 from aiopt.redact import mask_known
 
 JOURNAL = "study.journal"
@@ -38,7 +39,8 @@ class OutdirLock:
                 owner = self._owner()
                 if owner is not None and _alive(owner):
                     raise InputError(f"another aiopt optimize (pid {owner}) is writing {self.path.parent}; wait for it, "
-                                     "choose another -o, or share one study with --storage URL") from None
+                                     "choose another -o, or share one study with --storage URL; if no aiopt optimize is running "
+                                     f"(process {owner} is another program), remove the lock file {self.path}") from None
                 self.path.unlink(missing_ok=True)  # stale: its process is gone
                 continue
             with os.fdopen(fd, "w") as fh:
@@ -87,9 +89,12 @@ def open_storage(url: str | None, outdir: Path, timeout: float | None = None, he
 
     from aiopt.optimize import storage as rdb
 
+    journal = outdir / JOURNAL if url is None else url if "://" not in url else None
+    if journal is not None:
+        repair_journal(journal)  # a write cut short (journal_repair.py)
     try:
-        if url is None or "://" not in url:
-            return JournalStorage(JournalFileBackend(str(outdir / JOURNAL if url is None else url)))
+        if journal is not None:
+            return JournalStorage(JournalFileBackend(str(journal)))
         return rdb.open_rdb(url, timeout or rdb.DEFAULT_STORAGE_TIMEOUT, heartbeat or rdb.DEFAULT_HEARTBEAT)
     except MissingDependencyError:
         raise

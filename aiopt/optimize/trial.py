@@ -169,7 +169,7 @@ class ChainRunner:
         fields = json.loads(saved.read_text())
         if "broke" in fields:
             raise optuna.TrialPruned(fields["broke"])
-        copy_artifact(fields["path"], output, link=True)
+        copy_artifact(fields["path"], output, link=True, force=True)  # the trial folder is aiopt's own
         kept = {k: fields[k] for k in ("step", "config", "lineage", "record", "seconds")}
         return StepOutcome(source=source, path=str(output), args=tuple(fields["args"]), **kept)
 
