@@ -577,7 +577,9 @@ def onnx_value_specs(values, skip: set[str] = frozenset()) -> list[TensorSpec]:
 
 
 def _onnx_input_spec(model) -> list[TensorSpec]:
-    return onnx_value_specs(model.graph.input, skip={t.name for t in model.graph.initializer})
+    from aiopt.specs import name_the_batch
+
+    return name_the_batch(onnx_value_specs(model.graph.input, skip={t.name for t in model.graph.initializer}))
 
 
 def _parse_metadata(text: str | None, path: Path) -> dict:
@@ -612,7 +614,9 @@ def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[Tens
         raise InputError(
             f"--input-shape does not match the model: expected {'; '.join(map(str, known))}, got {'; '.join(map(str, given))}"
         )
-    return known
+    # a batch the user places where the model has a symbol (state:2xbatchx128) is kept where it is given
+    return [TensorSpec(k.name, g.shape, k.dtype, k.value) if g.batch_axis is not None and g.batch_axis != k.batch_axis
+            and not isinstance(k.shape[g.batch_axis], int) else k for k, g in zip(known, given)]
 
 
 def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:

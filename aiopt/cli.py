@@ -425,7 +425,9 @@ def quantize(
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)."),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality floor for class outputs (auto: default 0.005 = half a point; a forced recipe keeps its most harmful layers in float until the drop fits)."),
     min_cosine: float = typer.Option(0.99, "--min-cosine", help="Quality floor for embeddings and other continuous outputs: mean cosine similarity to FP32."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, agreement or cosine (default: from what the output is)."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="accuracy, agreement or cosine for the first output, or OUTPUT=KIND[@threshold] for any output (KIND: class, probability, map, embedding, regression, state, exact; repeatable; default: from what each output is)."),
+    fixed_input: Optional[List[str]] = typer.Option(None, "--input", help="NAME=VALUE: an input that always takes one value, e.g. --input sr=16000 (recorded in the artifact and fed by its Runner; control flow on it is folded away)."),
+    state: Optional[List[str]] = typer.Option(None, "--state", help="IN=OUT: a recurrent state the model returns and is fed back (quality also measured streaming; default: detected from names and shapes)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes the candidates are timed at (repeatable; default 1 and 64)."),
     candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Choose only among these recipes (repeatable; names as in the report, e.g. int8-dynamic)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
@@ -444,8 +446,8 @@ def quantize(
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
-                            device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
-                            candidates=tuple(candidate or ()))
+                            device=device, min_cosine=min_cosine, metric=tuple(metric) if metric else None, batch_sizes=tuple(batch_size or (1, 64)),
+                            candidates=tuple(candidate or ()), fixed_inputs=tuple(fixed_input or ()), state=tuple(state or ()))
     hooks = StepHooks(say=_say, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
     result = run_step("quantize", model, output, config, hooks=hooks).result
     report = result.report
@@ -474,13 +476,17 @@ def _selection_table(model: str, path: str, report: dict) -> None:
     selection = report["selection"]
     batches = selection["batch_sizes"]
     metric = report["metric"]
-    quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
+    quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}.get(metric)
+    # one output judged by one metric: its figure; several outputs or other kinds: each output's figure
+    every_output = any("quality_summary" in c for c in selection["candidates"]) and (quality_key is None or len(selection["floor"].get("outputs", [])) > 1)
     table = _table(f"quantize {escape(model)}: candidates measured here ({escape(selection['floor']['rule'])})",
-                   ("candidate", "runtime", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
+                   ("candidate", "runtime", "quality" if every_output else metric, "size", *[f"p50 b{b}" for b in batches],
+                    *[f"vs FP32 b{b}" for b in batches], "verdict"))
     for c in selection["candidates"]:
-        quality = (c["quality"] or {}).get(quality_key)
+        quality = (c["quality"] or {}).get(quality_key) if not every_output else c.get("quality_summary")
+        cell = "-" if quality is None else (quality if isinstance(quality, str) else f"{quality:.4f}")
         mark = "chosen" if c["name"] == selection["chosen"] else (c["problem"] or "")
-        table.add_row(escape(c["name"]), c["runtime"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
+        table.add_row(escape(c["name"]), c["runtime"], escape(cell), _size(c["size_bytes"]) if c["size_bytes"] else "-",
                       *[f"{c['latency_ms'][str(b)]:.3f} ms" if str(b) in c["latency_ms"] else "-" for b in batches],
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],
                       escape(mark))

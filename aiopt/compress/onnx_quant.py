@@ -82,6 +82,13 @@ def preprocess(source: Path, target: Path) -> str:
             return name
         except Exception as exc:  # noqa: BLE001 -- symbolic shape inference raises plain Exceptions
             errors.append(f"{name}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+    from aiopt.export.onnx import control_flow_nodes
+
+    flow = control_flow_nodes(onnx.load(str(source), load_external_data=False))
+    if flow:
+        raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing cannot follow the control flow in this graph ({', '.join(flow[:3])}); "
+                                    "if it branches on an input that is fixed in use (a sample rate), pass it, e.g. --input sr=16000, "
+                                    "and the graph is specialised before quantizing")
     raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing fails on this graph ({'; '.join(errors)})")
 
 

@@ -39,7 +39,10 @@ class QuantizeConfig:
     seed: int = 0
     device: str = "cpu"  # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
     # Chosen by measurement (method auto): the quality floor and the batch sizes timed.
-    metric: str | None = None  # accuracy | agreement | cosine; default: from the output (measure.quality)
+    # accuracy | agreement | cosine (the first output), and/or OUTPUT=KIND[@threshold] per output; default: from each output (measure.quality)
+    metric: str | tuple[str, ...] | None = None
+    fixed_inputs: tuple[str, ...] = ()  # NAME=VALUE: inputs that always take one value (a sample rate), fed by the Runner
+    state: tuple[str, ...] = ()  # IN=OUT: recurrent state fed back (default: detected from names and shapes)
     min_cosine: float = 0.99
     batch_sizes: tuple[int, ...] = (1, 64)
     seq_len: int = 128  # text data: tokens per sample
@@ -187,7 +190,26 @@ def prepare_fp32(loaded, source, work: Path, trust_pickle: bool, input_spec, say
         say("exporting to ONNX (validated against PyTorch)")
         source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
     prepared = work / "prepared.onnx"
+    fp32 = _specialised(fp32, loaded.input_spec, say)
     return prepared, onnx_quant.preprocess(fp32, prepared), source_export
+
+
+def _specialised(fp32: Path, spec, say) -> Path:
+    """With fixed inputs (--input sr=16000), the graph specialised for them (If/Loop on them folded
+    away) before ORT's pre-processing, which cannot follow control flow."""
+    from aiopt.export.onnx import specialise_fixed_inputs
+
+    fixed = {s.name: s.value for s in spec if s.value is not None}
+    if not fixed:
+        return fp32
+    target = fp32.with_name("fp32-specialised.onnx")
+    record = specialise_fixed_inputs(fp32, target, fixed)
+    if record is None:
+        return fp32
+    folded = [n for n in record["control_flow_before"] if n not in record["control_flow_left"]]
+    say(f"specialised for {', '.join(f'{k}={v}' for k, v in record['inputs'].items())}"
+        + (f": {', '.join(folded)} folded to the branch taken" if folded else ""))
+    return target
 
 
 def _export_fp32(source, target: Path, trust_pickle: bool, input_spec) -> dict:
