@@ -188,7 +188,7 @@ def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), requi
     if any(n == 0 for n in lengths.values()):
         raise InputError(f"{path} is empty ({lengths}); it needs at least one sample")
     if len(set(lengths.values())) > 1:
-        raise InputError(f"{path}: arrays have different numbers of samples {lengths} (counted on each input's batch axis); every array "
+        raise InputError(f"{path}: arrays have different lengths {lengths} (samples counted on each input's batch axis); every array "
                          "needs one sample per row, or on the axis --input-shape names batch (e.g. state:2xbatchx128)")
     for name, array in {**inputs, **({"y": labels} if labels is not None else {})}.items():
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.issubdtype(array.dtype, np.complexfloating):

@@ -1,0 +1,151 @@
+"""The quality check sees the damage on models shaped like production ones from elsewhere:
+every output judged by what it is, stateful models judged streaming, inputs described as
+such models have them (a scalar fixed input, a batch on axis 1, an `If` on the fixed input)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import run_cli
+from aiopt.errors import InputError
+from aiopt.measure.quality import (OutputJudge, QualityFloor, compare_all, compare_outputs, judge_outputs, parse_metric_options)
+from aiopt.specs import TensorSpec, fixed_batch, parse_input_shapes
+
+
+def _probabilities(rows: int = 400, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A [B, 1] speech probability near 0.5 and a copy nudged by 0.05: a fifth of decisions flip."""
+    rng = np.random.default_rng(seed)
+    reference = (1 / (1 + np.exp(-rng.standard_normal((rows, 1)) * 0.5))).astype(np.float32)
+    return reference, np.clip(reference - 0.05, 0, 1)
+
+
+def test_a_b_by_1_probability_is_judged_by_flipped_decisions_not_per_row_cosine_or_top1():
+    reference, damaged = _probabilities()
+    legacy = compare_outputs(reference, damaged)  # the old check: one value per row
+    assert legacy["mean_cosine"] == 1.0 and legacy["top1_agreement"] == 1.0  # blind: it sees nothing
+    (judge,) = judge_outputs({}, [TensorSpec("prob", ("batch", 1))], [reference], has_labels=False)
+    assert judge.kind == "probability" and judge.threshold == 0.5
+    floor = QualityFloor("flips", judges=(judge,))
+    quality = compare_all([reference], [damaged], (judge,))
+    figures = quality["outputs"]["prob"]
+    assert "top1_agreement" not in figures and "mean_cosine" not in figures
+    assert figures["flip_rate"] > 0.05 and figures["max_abs_error"] == pytest.approx(0.05, abs=1e-3)
+    assert "decisions flip at 0.5" in floor.problem(quality)
+    assert floor.problem(compare_all([reference], [reference.copy()], (judge,))) is None
+
+
+def test_a_classifier_with_one_output_column_is_not_judged_by_top1():
+    reference, damaged = _probabilities()
+    (judge,) = judge_outputs({"dataset": {"name": "mnist1d"}}, [TensorSpec("logits", ("batch", 1))], [reference], has_labels=False)
+    assert judge.kind != "class"  # no class axis with more than one element: top-1 would always agree
+    with pytest.raises(InputError, match="no class axis"):
+        judge_outputs({}, [TensorSpec("prob", ("batch", 1))], [reference], False, requested=("prob=class",))
+
+
+def test_every_output_is_judged_and_the_worst_decides():
+    rng = np.random.default_rng(1)
+    logits = rng.standard_normal((64, 10)).astype(np.float32)
+    heat = rng.uniform(0, 1, (64, 1, 8, 8)).astype(np.float32)  # a dense map in [0, 1]
+    embedding = rng.standard_normal((64, 32)).astype(np.float32)
+    specs = [TensorSpec("logits", ("batch", 10)), TensorSpec("heat", ("batch", 1, 8, 8)), TensorSpec("pooled_embedding", ("batch", 32))]
+    judges = judge_outputs({}, specs, [logits, heat, embedding], has_labels=False)
+    assert [j.kind for j in judges] == ["class", "map", "embedding"]
+    floor = QualityFloor("agreement", judges=judges)
+    broken_map = np.clip(heat + rng.normal(0, 0.3, heat.shape), 0, 1).astype(np.float32)
+    quality = compare_all([logits, heat, embedding], [logits, broken_map, embedding], judges)
+    assert quality["outputs"]["logits"]["top1_agreement"] == 1.0 and "top1_agreement" not in quality["outputs"]["heat"]
+    problem = floor.problem(quality)  # the first output is perfect; the map is not
+    assert problem.startswith("heat:") and "cosine" in problem and "flip" in problem
+
+
+def test_metric_overrides_name_one_output_and_the_old_form_still_works():
+    assert parse_metric_options("cosine") == ("cosine", {})
+    assert parse_metric_options(("agreement", "prob=probability@0.3")) == ("agreement", {"prob": ("probability", 0.3)})
+    with pytest.raises(InputError, match="unknown --metric"):
+        parse_metric_options("top5")
+    with pytest.raises(InputError, match="malformed"):
+        parse_metric_options("prob=odds")
+    reference, _ = _probabilities()
+    with pytest.raises(InputError, match="does not have"):
+        judge_outputs({}, [TensorSpec("prob", ("batch", 1))], [reference], False, requested=("score=probability",))
+    (judge,) = judge_outputs({}, [TensorSpec("prob", ("batch", 1))], [reference], False, requested=("prob=regression",))
+    assert judge == OutputJudge("prob", "regression", "requested")
+
+
+def test_state_pairs_are_found_from_names_and_shapes():
+    from aiopt.measure.streaming import detect_state_pairs, parse_state_pairs
+
+    inputs = [TensorSpec("input", ("batch", 576)), TensorSpec("state", (2, "batch", 128)), TensorSpec("sr", (), "int64", 16000),
+              TensorSpec("h0", (1, "batch", 64)), TensorSpec("cache_in", ("batch", 4))]
+    outputs = [TensorSpec("output", ("batch", 1)), TensorSpec("stateN", (2, "batch", 128)), TensorSpec("hn", (1, "batch", 64)),
+               TensorSpec("cache_out", ("batch", 4))]
+    assert detect_state_pairs(inputs, outputs) == {"state": "stateN", "h0": "hn", "cache_in": "cache_out"}
+    assert parse_state_pairs(["state=stateN"], inputs, outputs) == {"state": "stateN"}
+    with pytest.raises(InputError, match="differ"):
+        parse_state_pairs(["state=hn"], inputs, outputs)
+
+
+def test_input_specs_as_real_models_have_them(tmp_path):
+    from aiopt.data import load_npz
+
+    (state,) = parse_input_shapes(["state:2xbatchx128"])
+    assert state.shape == (2, "batch", 128) and state.batch_axis == 1  # kept as given, not rewritten
+    assert parse_input_shapes(["1x40"])[0].shape == ("batch", 40)  # a size first is still the batch
+    assert fixed_batch([TensorSpec("input", ("batch", 576)), state]) is None  # the 2 is the LSTM's h/c axis, not a batch
+    assert fixed_batch([TensorSpec("input", (1, 576)), TensorSpec("state", (2, 1, 128))]) == 1
+    np.savez(tmp_path / "d.npz", input=np.zeros((5, 576), np.float32), state=np.zeros((2, 5, 128), np.float32), sr=np.array(16000))
+    inputs, _ = load_npz(tmp_path / "d.npz", ["input", "state"], require_labels=False, batch_axes={"input": 0, "state": 1})
+    assert inputs["state"].shape == (5, 2, 128)  # matched by its batch axis, held sample-first
+
+
+@pytest.mark.slow  # about 20 s: a real quantize run over four candidates and their OpenVINO twins
+def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions(tmp_path):
+    """The production-VAD case from issue 22, built here: static INT8 flips decisions (and far more
+    when the model streams); quantize must see it on both outputs, reject it, and ship a
+    candidate that flips at most 1% chunk by chunk and streaming, measured again here on the
+    file it wrote against the FP32 model fed the same way."""
+    pytest.importorskip("torch")
+    from vad_model import build_vad
+
+    from aiopt import runtime
+    from aiopt.artifacts import load_model
+    from aiopt.evaluate import EvalData, run_batches
+    from aiopt.measure.streaming import run_streams
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+
+    source = build_vad(tmp_path)
+    out = tmp_path / "vad.q.onnx"
+    result = run_cli("quantize", str(source), "--input", "sr=16000", "--calibration", str(tmp_path / "calib.npz"),
+                     "--data", str(tmp_path / "eval.npz"), "--candidate", "int8-static-per-tensor", "--candidate", "int8-dynamic",
+                     "--candidate", "int8-weights", "-b", "1", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert "If 'by_sample_rate' folded" in result.stderr
+    report = json.loads(result.stdout)
+    rows = {c["name"]: c for c in report["selection"]["candidates"]}
+    for row in rows.values():  # every candidate's row judges every output, chunk by chunk and streaming
+        if row["quality"] is not None:
+            assert set(row["quality"]["outputs"]) == {"prob", "stateN"} and set(row["quality"]["streaming"]["outputs"]) == {"prob"}
+            assert all("verdict" in figures for figures in row["quality"]["outputs"].values())
+    broken = rows["int8-static-per-tensor"]
+    assert broken["quality"]["outputs"]["prob"]["flip_rate"] > 0.05 and "decisions flip" in broken["problem"]
+    assert broken["quality"]["streaming"]["outputs"]["prob"]["flip_rate"] > broken["quality"]["outputs"]["prob"]["flip_rate"]
+    chosen = rows[report["selection"]["chosen"]]
+    assert chosen["problem"] is None and not chosen["name"].startswith("int8-static")
+
+    # the written file, fed only input and state (sr is recorded in its metadata and fed by its Runner)
+    shipped = runtime.load(out)
+    assert [s.name for s in shipped.input_spec] == ["input", "state"]
+    written = load_model(out)
+    assert {s.name: s.value for s in written.input_spec}["sr"] == 16000
+    assert written.metadata["selection"]["candidates"][0]["outputs"]["prob"]["kind"] == "probability"
+    fp32 = OnnxRuntimeRunner(str(source), written.input_spec)  # the unspecialised graph: its Runner feeds sr=16000
+    assert fp32.fixed_inputs["sr"] == 16000
+    with np.load(tmp_path / "eval.npz") as archive:
+        data = EvalData({"input": archive["input"], "state": np.moveaxis(archive["state"], 1, 0)}, None, "eval")
+    reference, produced = run_batches(fp32, data)[0], run_batches(shipped, data)[0]
+    assert np.mean((reference >= 0.5) != (produced >= 0.5)) <= 0.01
+    pairs = {"state": "stateN"}
+    streamed_reference, streamed = run_streams(fp32, data, pairs)["prob"], run_streams(shipped, data, pairs)["prob"]
+    assert np.mean((streamed_reference >= 0.5) != (streamed >= 0.5)) <= 0.01
