@@ -391,11 +391,15 @@ def compare(
     if as_json:
         _emit_json(result)
         return
-    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}", ("output", "max abs diff", "max rel diff", "top-1 agreement", "mean cosine"))
+    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}",
+                   ("output", "judged as", "max abs diff", "max rel diff", "top-1 agreement", "mean cosine", "flips / rel err"))
     for name, stats in result["outputs"].items():
-        top1 = stats.get("top1_agreement")
-        table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}",
-                      f"{stats['mean_cosine']:.6f}")
+        top1, judged = stats.get("top1_agreement"), stats.get("judged") or {}
+        other = (f"{judged['flip_rate']:.2%} at {judged['threshold']:g}" if "flip_rate" in judged
+                 else f"{judged['relative_error']:.4f}" if "relative_error" in judged else "-")
+        cosine = judged.get("cosine", stats["mean_cosine"])  # a map: the whole tensor's cosine
+        table.add_row(escape(name), judged.get("kind", "-"), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}",
+                      "-" if top1 is None else f"{top1:.4f}", f"{cosine:.6f}", other)
     stdout.print(table)
     stdout.print(f"quality judged by {result['metric']['name']} ({escape(result['metric']['why'])})")
     if "accuracy" in result["reference"]:

@@ -6,8 +6,8 @@ import os
 import numpy as np
 
 from aiopt.evaluate import EvalData, accuracy, eval_data, run_batches
-from aiopt.measure.quality import choose_metric, compare_outputs
-from aiopt.specs import TensorSpec
+from aiopt.measure.quality import choose_metric, compare_one, compare_outputs, judge_outputs
+from aiopt.specs import TensorSpec, to_sample_first
 
 
 def compare_artifacts(
@@ -47,6 +47,13 @@ def compare_artifacts(
         "outputs": {name: compare_outputs(r, c) for name, r, c in zip(first.output_names, ref_out, cand_out)},
         "notes": list(inputs.notes),
     }
+    # each output judged by what it is: a probability map by flips and whole-tensor cosine, never top-1 over a spatial axis
+    judges = judge_outputs(metadata, [TensorSpec(n, ()) for n in first.output_names], ref_out, inputs.labels is not None)
+    for judge, r, c in zip(judges, ref_out, cand_out):
+        if judge.kind != "class":
+            result["outputs"][judge.name].pop("top1_agreement", None)
+        result["outputs"][judge.name]["judged"] = compare_one(r, c, judge)
+        result["outputs"][judge.name]["judged"]["why"] = judge.why
     # which figure says "equal" depends on what the output is: top-1 for class scores, cosine otherwise
     metric, why = choose_metric(metadata, first.output_names[0], ref_out[0].shape, inputs.labels is not None)
     result["metric"] = {"name": metric, "why": why}
@@ -71,6 +78,9 @@ def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int, seq_len:
     rng = np.random.default_rng(0)
     arrays = {}
     for s in spec:
+        if s.value is not None:  # fixed inputs are fed by the Runner
+            continue
         shape = s.concrete_shape(samples, seq_len)
-        arrays[s.name] = rng.standard_normal(shape).astype(s.dtype) if s.dtype.startswith("float") else np.zeros(shape, s.dtype)
+        array = rng.standard_normal(shape).astype(s.dtype) if s.dtype.startswith("float") else np.zeros(shape, s.dtype)
+        arrays[s.name] = to_sample_first(array, s)  # held sample-first; a state 2 x batch x 128 has its samples on axis 1
     return EvalData(arrays, None, f"{samples} random samples (seed 0)")

@@ -37,7 +37,7 @@ def test_a_b_by_1_probability_is_judged_by_flipped_decisions_not_per_row_cosine_
 
 
 def test_a_classifier_with_one_output_column_is_not_judged_by_top1():
-    reference, damaged = _probabilities()
+    reference, _ = _probabilities()
     (judge,) = judge_outputs({"dataset": {"name": "mnist1d"}}, [TensorSpec("logits", ("batch", 1))], [reference], has_labels=False)
     assert judge.kind != "class"  # no class axis with more than one element: top-1 would always agree
     with pytest.raises(InputError, match="no class axis"):

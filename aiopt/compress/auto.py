@@ -57,6 +57,9 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
                            tuple(config.exclude), outputs=onnx_value_specs(graph.output))
         pairs = parse_state_pairs(config.state, spec, ctx.outputs)
         reference = Reference.measure(make_runner(BUILDERS["fp32"](ctx), ctx.spec), data, pairs)
+        if reference.note:
+            say(reference.note)
+        pairs = reference.pairs
         floor, metric_reason = _quality_floor(loaded.metadata, ctx.outputs, reference, data, config, pairs)
         say(f"quality: {floor.describe()} ({metric_reason}), on {data.source} ({len(data)} samples"
             + (f"; chunk by chunk and as streams feeding back {', '.join(f'{k}<-{v}' for k, v in pairs.items())})" if pairs else ")"))

@@ -83,14 +83,21 @@ class Reference:
     outputs: list[np.ndarray]
     pairs: dict[str, str] = field(default_factory=dict)
     streamed: dict[str, np.ndarray] | None = None
+    note: str | None = None  # why there is no streaming check although state pairs were found
 
     @classmethod
     def measure(cls, runner, data, pairs: dict[str, str] | None = None) -> "Reference":
         from aiopt.evaluate import run_batches
         from aiopt.measure.streaming import run_streams
 
+        from aiopt.errors import AioptError
+
         pairs = dict(pairs or {})
-        return cls(run_batches(runner, data), pairs, run_streams(runner, data, pairs) if pairs else None)
+        outputs = run_batches(runner, data)
+        try:
+            return cls(outputs, pairs, run_streams(runner, data, pairs) if pairs else None)
+        except AioptError as exc:  # too few samples to stream, or state that cannot be fed back as is: chunk by chunk only
+            return cls(outputs, {}, None, f"no streaming check ({exc})")
 
     def judge(self, runner, data, floor: QualityFloor, produced: list[np.ndarray] | None = None) -> dict:
         """Quality of `runner` on `data`: every output chunk by chunk, and streaming for a stateful

@@ -226,7 +226,8 @@ def _cosine_rows(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
 def compare_all(reference_outputs, candidate_outputs, judges: tuple[OutputJudge, ...], labels: np.ndarray | None = None) -> dict:
     """Every output judged by its kind (`outputs`), plus the first output's figures at the top
     level (what reports and older readers show); labels apply to the first output."""
-    result = compare_outputs(reference_outputs[0], candidate_outputs[0], labels if judges and judges[0].kind == "class" else None)
+    first_reference, first_candidate = np.atleast_1d(reference_outputs[0]), np.atleast_1d(candidate_outputs[0])
+    result = compare_outputs(first_reference, first_candidate, labels if judges and judges[0].kind == "class" else None)
     result["outputs"] = {j.name: compare_one(r, c, j, labels if index == 0 else None)
                          for index, (j, r, c) in enumerate(zip(judges, reference_outputs, candidate_outputs))}
     result["finite"] = all(o["finite"] for o in result["outputs"].values())
