@@ -100,25 +100,58 @@ def test_input_specs_as_real_models_have_them(tmp_path):
     assert inputs["state"].shape == (5, 2, 128)  # matched by its batch axis, held sample-first
 
 
+@pytest.fixture(scope="module")
+def vad(tmp_path_factory):
+    pytest.importorskip("torch")
+    from vad_model import build_vad
+
+    return build_vad(tmp_path_factory.mktemp("vad"))
+
+
+def test_the_runner_feeds_fixed_inputs_and_checks_the_batch_on_its_own_axis(vad):
+    from aiopt.artifacts import load_model
+    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
+    from aiopt.specs import with_fixed_values
+
+    spec = with_fixed_values(load_model(vad).input_spec, {"sr": 16000})
+    assert [(s.name, s.shape, s.value) for s in spec] == [("input", ("batch", 64), None), ("state", (2, "batch", 16), None), ("sr", (), 16000)]
+    runner = OnnxRuntimeRunner(str(vad), spec)
+    assert [s.name for s in runner.input_spec] == ["input", "state"]  # sr is the Runner's to feed
+    outputs = runner({"input": np.zeros((3, 64), np.float32), "state": np.zeros((2, 3, 16), np.float32)})
+    assert outputs["prob"].shape == (3, 1) and outputs["stateN"].shape == (2, 3, 16)
+    with pytest.raises(InputError, match="disagree on the batch size"):
+        runner({"input": np.zeros((3, 64), np.float32), "state": np.zeros((2, 4, 16), np.float32)})
+
+
+def test_a_scalar_input_without_a_value_and_a_fixed_batch_are_said_before_any_build(vad, tmp_path):
+    from aiopt.compress.auto import _at_the_fixed_batch
+    from aiopt.compress.quantize import QuantizeConfig
+
+    result = run_cli("quantize", str(vad), "--calibration", str(vad.parent / "calib.npz"), "-o", str(tmp_path / "q.onnx"))
+    assert result.returncode == 2 and "--input sr=" in result.stderr and "building" not in result.stderr
+    said = []
+    fixed = [TensorSpec("input", (1, 64)), TensorSpec("state", (2, 1, 16))]
+    assert _at_the_fixed_batch(fixed, QuantizeConfig(), said.append).batch_sizes == (1,) and "fixed at 1" in said[0]
+    dynamic = [TensorSpec("input", ("batch", 64)), TensorSpec("state", (2, "batch", 16))]
+    assert _at_the_fixed_batch(dynamic, QuantizeConfig(), said.append).batch_sizes == (1, 64)
+
+
 @pytest.mark.slow  # about 20 s: a real quantize run over four candidates and their OpenVINO twins
-def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions(tmp_path):
+def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions(vad, tmp_path):
     """The production-VAD case from issue 22, built here: static INT8 flips decisions (and far more
     when the model streams); quantize must see it on both outputs, reject it, and ship a
     candidate that flips at most 1% chunk by chunk and streaming, measured again here on the
     file it wrote against the FP32 model fed the same way."""
-    pytest.importorskip("torch")
-    from vad_model import build_vad
-
     from aiopt import runtime
     from aiopt.artifacts import load_model
     from aiopt.evaluate import EvalData, run_batches
     from aiopt.measure.streaming import run_streams
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
-    source = build_vad(tmp_path)
+    source = vad
     out = tmp_path / "vad.q.onnx"
-    result = run_cli("quantize", str(source), "--input", "sr=16000", "--calibration", str(tmp_path / "calib.npz"),
-                     "--data", str(tmp_path / "eval.npz"), "--candidate", "int8-static-per-tensor", "--candidate", "int8-dynamic",
+    result = run_cli("quantize", str(source), "--input", "sr=16000", "--calibration", str(vad.parent / "calib.npz"),
+                     "--data", str(vad.parent / "eval.npz"), "--candidate", "int8-static-per-tensor", "--candidate", "int8-dynamic",
                      "--candidate", "int8-weights", "-b", "1", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     assert "If 'by_sample_rate' folded" in result.stderr
@@ -142,7 +175,7 @@ def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions
     assert written.metadata["selection"]["candidates"][0]["outputs"]["prob"]["kind"] == "probability"
     fp32 = OnnxRuntimeRunner(str(source), written.input_spec)  # the unspecialised graph: its Runner feeds sr=16000
     assert fp32.fixed_inputs["sr"] == 16000
-    with np.load(tmp_path / "eval.npz") as archive:
+    with np.load(vad.parent / "eval.npz") as archive:
         data = EvalData({"input": archive["input"], "state": np.moveaxis(archive["state"], 1, 0)}, None, "eval")
     reference, produced = run_batches(fp32, data)[0], run_batches(shipped, data)[0]
     assert np.mean((reference >= 0.5) != (produced >= 0.5)) <= 0.01

@@ -15,7 +15,7 @@ from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
 from aiopt.compress.select import (TIE, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner, measure_quality,
                                   measure_speed, single_threaded, twins_on_other_runtime)
-from aiopt.errors import CheckFailedError
+from aiopt.errors import CheckFailedError, InputError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, judge_outputs, metric_for, parse_metric_options
 from aiopt.measure.streaming import parse_state_pairs
 from aiopt.specs import parse_fixed_inputs, with_fixed_values
@@ -40,6 +40,9 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     loaded.input_spec = with_fixed_values(loaded.input_spec, parse_fixed_inputs(config.fixed_inputs))
     spec = require_input_spec(loaded)
+    scalars = [s.name for s in spec if s.shape == () and s.value is None]
+    if scalars:  # one value for a whole batch cannot come from data rows
+        raise InputError(f"input {scalars[0]!r} is a scalar (0-d): give the value it always takes, e.g. --input {scalars[0]}=16000")
     config = _at_the_fixed_batch(spec, config, say)
     calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, config.seq_len)
     for note in getattr(calibration, "notes", ()):
