@@ -469,10 +469,15 @@ def quantize(
     table.add_row(f"latency p50, batch {latency['batch_size']}", f"{latency['fp32_p50_ms']:.3f} ms", f"{latency['p50_ms']:.3f} ms")
     stdout.print(table)
     agreement = report["agreement_with_parent"]
-    stdout.print(f"speedup {latency['speedup']:.2f}x (quick check; aiopt bench for figures), top-1 agreement with FP32 {agreement.get('top1_agreement', 1):.4f}"
+    first = next(iter((agreement.get("outputs") or {}).values()), {"kind": "class"})
+    top1 = f", top-1 agreement with FP32 {agreement.get('top1_agreement', 1):.4f}" if first["kind"] == "class" else ""  # top-1 of a [B, 1] output says nothing
+    stdout.print(f"speedup {latency['speedup']:.2f}x (quick check; aiopt bench for figures){top1}"
                  + (f", accuracy drop {report['accuracy_drop'] * 100:.2f} pt" if report.get("accuracy_drop") is not None else ""))
     if report.get("kept_float"):
         stdout.print(f"kept in float: {', '.join(report['kept_float'])}")
+    judged = agreement.get("outputs") or {}
+    if len(judged) > 1 or any(o["kind"] != "class" for o in judged.values()):  # the forced recipe, judged on every output
+        stdout.print("every output: " + "; ".join(f"{escape(name)} ({o['kind']}): {escape(o['verdict'])}" for name, o in judged.items()))
 
 
 def _selection_table(model: str, path: str, report: dict) -> None:

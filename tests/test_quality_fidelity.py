@@ -182,3 +182,12 @@ def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions
     pairs = {"state": "stateN"}
     streamed_reference, streamed = run_streams(fp32, data, pairs)["prob"], run_streams(shipped, data, pairs)["prob"]
     assert np.mean((streamed_reference >= 0.5) != (streamed >= 0.5)) <= 0.01
+
+
+def test_a_forced_recipe_reports_every_output_by_what_it_is(vad, tmp_path):
+    result = run_cli("quantize", str(vad), "--input", "sr=16000", "--method", "static", "--per-tensor", "--calibration", str(vad.parent / "calib.npz"),
+                     "--data", str(vad.parent / "eval.npz"), "-o", str(tmp_path / "forced.onnx"), "--json")
+    assert result.returncode == 0, result.stderr  # forced: written as asked, but not called equal
+    outputs = json.loads(result.stdout)["agreement_with_parent"]["outputs"]
+    assert outputs["prob"]["kind"] == "probability" and outputs["prob"]["flip_rate"] > 0.05 and "flip" in outputs["prob"]["verdict"]
+    assert "stateN" in outputs

@@ -124,6 +124,9 @@ def quantize_artifact(
 
         return quantize_by_measurement(source, output, config, force, trust_pickle, input_spec, say)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    from aiopt.specs import parse_fixed_inputs, with_fixed_values
+
+    loaded.input_spec = with_fixed_values(loaded.input_spec, parse_fixed_inputs(config.fixed_inputs))
     spec = require_input_spec(loaded)
     calibration = None
     if config.method in ("auto", "static") and config.backend != "torch":
@@ -194,6 +197,14 @@ def prepare_fp32(loaded, source, work: Path, trust_pickle: bool, input_spec, say
     return prepared, onnx_quant.preprocess(fp32, prepared), source_export
 
 
+def _taken_by(spec, graph: Path) -> list:
+    """The inputs `graph` takes: a fixed input folded away by specialisation is not fed to it."""
+    import onnx
+
+    taken = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
+    return [s for s in spec if s.value is None or s.name in taken]
+
+
 def _specialised(fp32: Path, spec, say) -> Path:
     """With fixed inputs (--input sr=16000), the graph specialised for them (If/Loop on them folded
     away) before ORT's pre-processing, which cannot follow control flow."""
@@ -226,7 +237,7 @@ class _QuantizeJob:
     def __init__(self, config: QuantizeConfig, method: str, spec, loaded, prepared: Path, work: Path, calibration, say):
         from aiopt.compress.cpu import detect_cpu, int8_kernel_for
 
-        self.config, self.method, self.spec, self.loaded = config, method, spec, loaded
+        self.config, self.method, self.spec, self.loaded = config, method, _taken_by(spec, prepared), loaded
         self.prepared, self.work, self.calibration, self.say = prepared, work, calibration, say
         self.cpu = detect_cpu()
         self.kernel = int8_kernel_for(self.cpu)
@@ -382,13 +393,21 @@ def measure_against_parent(reference_runner, runner, data, spec, latency_batch: 
     judged by what the output is: top-1 for class scores, cosine for embeddings), and a quick
     same-run latency ratio."""
     from aiopt.evaluate import accuracy, run_batches
-    from aiopt.measure.quality import check_against_parent, output_kind
+    from aiopt.measure.quality import QualityFloor, check_against_parent, compare_all, judge_outputs, metric_for, output_kind
+    from aiopt.specs import TensorSpec
 
-    reference = run_batches(reference_runner, data)[0]
-    candidate = run_batches(runner, data)[0]
+    references, candidates = run_batches(reference_runner, data), run_batches(runner, data)
+    reference, candidate = references[0], candidates[0]
     kind, _ = output_kind(metadata, runner.output_names[0], reference.shape)
+    # every output judged by what it is, beside the first output's collapse guard
+    judges = judge_outputs(metadata, [TensorSpec(n, ()) for n in runner.output_names], references, data.labels is not None)
+    floor = QualityFloor(metric_for(judges[0], data.labels is not None), judges=judges)
+    judged = compare_all(references, candidates, judges, data.labels)
+    for judge in judges:
+        judged["outputs"][judge.name]["verdict"] = floor.output_problem(judge, judged["outputs"][judge.name]) or "ok"
     report = {
-        "agreement_with_parent": check_against_parent(reference, candidate, what, "agreement" if kind == "classification" else "cosine"),
+        "agreement_with_parent": {**check_against_parent(reference, candidate, what, "agreement" if kind == "classification" else "cosine"),
+                                  "outputs": judged["outputs"]},
         "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
         "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
         "eval_data": data.source,
