@@ -191,3 +191,50 @@ def test_a_forced_recipe_reports_every_output_by_what_it_is(vad, tmp_path):
     outputs = json.loads(result.stdout)["agreement_with_parent"]["outputs"]
     assert outputs["prob"]["kind"] == "probability" and outputs["prob"]["flip_rate"] > 0.05 and "flip" in outputs["prob"]["verdict"]
     assert "stateN" in outputs
+
+
+def _map_detector(folder):
+    """A tiny DBNet-style text detector: dynamic H and W, a sigmoid probability map [B, 1, H, W],
+    its weights stored as Constant nodes (as some exporters write them)."""
+    import onnx
+    import torch
+    from onnx import helper
+    from torch import nn
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 1, 1), nn.Sigmoid()).eval()
+    path = folder / "det.onnx"
+    torch.onnx.export(model, (torch.randn(1, 3, 32, 32),), str(path), input_names=["x"], output_names=["maps"], opset_version=17, dynamo=False,
+                      dynamic_axes={"x": {0: "batch", 2: "h", 3: "w"}, "maps": {0: "batch", 2: "h", 3: "w"}})
+    graph = onnx.load(str(path))
+    constants = [helper.make_node("Constant", [], [t.name], value=t) for t in graph.graph.initializer]
+    nodes = [*constants, *graph.graph.node]
+    del graph.graph.initializer[:]
+    del graph.graph.node[:]
+    graph.graph.node.extend(nodes)
+    onnx.save(graph, str(path))
+    rng = np.random.default_rng(0)
+    np.savez(folder / "calib.npz", x=rng.standard_normal((32, 3, 32, 32)).astype(np.float32))
+    np.savez(folder / "eval.npz", x=rng.standard_normal((32, 3, 32, 32)).astype(np.float32))
+    return path
+
+
+@pytest.mark.slow  # about 20 s under load: a real quantize run
+def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
+    pytest.importorskip("torch")
+    source = _map_detector(tmp_path)
+    result = run_cli("quantize", str(source), "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
+                     "--candidate", "int8-static-per-channel", "--candidate", "int8-weights", "-b", "1", "-o", str(tmp_path / "det.q.onnx"), "--json")
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["selection"]["floor"]["outputs"][0]["kind"] == "map"
+    for row in report["selection"]["candidates"]:
+        if row["quality"] is not None:
+            figures = row["quality"]["outputs"]["maps"]
+            assert figures["kind"] == "map" and "cosine" in figures and "flip_rate" in figures and "top1_agreement" not in figures
+    chosen = next(c for c in report["selection"]["candidates"] if c["name"] == report["selection"]["chosen"])
+    assert chosen["quality"]["outputs"]["maps"]["cosine"] >= 0.99 and chosen["quality"]["outputs"]["maps"]["flip_rate"] <= 0.01
+    compared = run_cli("compare", str(source), report["path"], "--data", str(tmp_path / "eval.npz"), "--json")
+    assert compared.returncode == 0, compared.stderr
+    maps = json.loads(compared.stdout)["outputs"]["maps"]
+    assert "top1_agreement" not in maps and maps["judged"]["kind"] == "map"  # never top-1 over a spatial axis
