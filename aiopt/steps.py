@@ -160,7 +160,8 @@ def _registry() -> dict[str, Step]:
             "method": "--method", "backend": "--backend", "calibration": "--calibration", "calib_method": "--calib-method",
             "calib_samples": "--calib-samples", "per_channel": "--per-channel/--per-tensor", "exclude": "--exclude",
             "max_accuracy_drop": "--max-accuracy-drop", "data": "--data", "seed": "--seed", "device": "--device", "metric": "--metric",
-            "min_cosine": "--min-cosine", "batch_sizes": "-b", "seq_len": "--seq-len", "candidates": "--candidate"}),
+            "min_cosine": "--min-cosine", "batch_sizes": "-b", "seq_len": "--seq-len", "candidates": "--candidate",
+            "fixed_inputs": "--input", "state": "--state"}),
     }
 
 
