@@ -29,7 +29,6 @@ DEFAULT_MIN_COSINE = 0.99
 MIN_PARENT_AGREEMENT = 0.5
 MIN_PARENT_COSINE = 0.8
 _CLASS_HINTS = ("logit", "prob", "score", "class")
-_PROBABILITY_HINTS = ("prob", "score", "sigmoid", "conf", "speech", "vad", "mask", "map", "heat", "seg")
 _EMBEDDING_HINTS = ("embed", "hidden", "feature", "pool", "vector")
 
 
