@@ -238,3 +238,20 @@ def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
     assert compared.returncode == 0, compared.stderr
     maps = json.loads(compared.stdout)["outputs"]["maps"]
     assert "top1_agreement" not in maps and maps["judged"]["kind"] == "map"  # never top-1 over a spatial axis
+
+
+def test_bench_takes_a_state_with_its_batch_on_axis_1_and_exit_4_is_for_hardware_only(vad, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    fast = ("--min-time", "0.02", "--min-runs", "3", "--warmup", "1", "--rounds", "1")
+    report = tmp_path / "r.json"
+    result = run_cli("bench", str(vad), *fast, "-b", "1", "-b", "4", "--json", str(report))
+    assert result.returncode == 0, result.stderr  # was: exit 4, "batch size is fixed at 2" (the LSTM's h/c axis)
+    assert not any(r["skipped"] for r in json.loads(report.read_text())["records"])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
+    static = tmp_path / "static.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(static))
+    result = run_cli("bench", str(static), *fast, "-b", "8")
+    assert result.returncode == 2 and "fixed at 1" in result.stderr  # a batch size the model cannot take is bad usage, not missing hardware
