@@ -160,12 +160,12 @@ def parse_input_shapes(shapes: Sequence[str], dtypes: Sequence[str] = ()) -> lis
     for index, text in enumerate(shapes):
         match = _SHAPE_RE.match(text.strip())
         dims_text = match.group("dims").lower().split("x") if match else []
-        well_formed = bool(dims_text) and (_is_size(dims_text[0]) or "batch" in dims_text) and all(
+        well_formed = bool(dims_text) and (_is_size(dims_text[0]) or "batch" in dims_text) and dims_text.count("batch") <= 1 and all(
             _is_size(d) or _SYMBOL_RE.match(d) for d in dims_text)
         if not match or not well_formed:
             raise InputError(
-                f"--input-shape {text!r} is malformed; write the batch (a size or 'batch') then sizes or names (without an x), "
-                "joined by 'x': 1x40, batchx64 or input_ids:batchxseq"
+                f"--input-shape {text!r} is malformed; write sizes or names (without an x) joined by 'x', with the batch first "
+                "(a size or 'batch') or named 'batch' once where it sits: 1x40, batchx64, input_ids:batchxseq, state:2xbatchx128"
             )
         dims = [int(d) if _is_size(d) else d for d in dims_text]
         name = match.group("name") or ("x" if len(shapes) == 1 else f"input_{index}")
