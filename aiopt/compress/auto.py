@@ -49,6 +49,8 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         say(note)
     calibration, held_out = _hold_out(calibration, config.data)
     data = held_out or evaluation_data(spec, loaded.metadata, config.data, calibration, say, config.seq_len)
+    if parse_metric_options(config.metric)[0] == "accuracy" and data.labels is None:  # said before the export, not after
+        raise InputError("--metric accuracy needs labels: pass --data FILE.npz with a y array, or use --metric agreement or cosine")
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
         prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)

@@ -87,7 +87,14 @@ def _validate(config: QuantizeConfig) -> None:
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
     from aiopt.compress.candidates import BUILDERS
+    from aiopt.measure.quality import parse_metric_options
+    from aiopt.specs import parse_fixed_inputs
 
+    parse_metric_options(config.metric)  # malformed --metric / --input / --state refused before any work
+    parse_fixed_inputs(config.fixed_inputs)
+    bad_state = next((pair for pair in config.state if "=" not in pair or pair.startswith("=") or pair.endswith("=")), None)
+    if bad_state is not None:
+        raise InputError(f"--state {bad_state!r} is malformed; write INPUT=OUTPUT, e.g. --state state=stateN")
     unknown = [name for name in config.candidates if name not in BUILDERS]
     if unknown:
         raise InputError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
