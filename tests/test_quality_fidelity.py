@@ -119,6 +119,8 @@ def test_the_runner_feeds_fixed_inputs_and_checks_the_batch_on_its_own_axis(vad)
     assert [s.name for s in runner.input_spec] == ["input", "state"]  # sr is the Runner's to feed
     outputs = runner({"input": np.zeros((3, 64), np.float32), "state": np.zeros((2, 3, 16), np.float32)})
     assert outputs["prob"].shape == (3, 1) and outputs["stateN"].shape == (2, 3, 16)
+    given_anyway = runner({"input": np.zeros((3, 64), np.float32), "state": np.zeros((2, 3, 16), np.float32), "sr": np.array(8000)})
+    assert np.array_equal(given_anyway["prob"], outputs["prob"])  # the fixed value wins
     with pytest.raises(InputError, match="disagree on the batch size"):
         runner({"input": np.zeros((3, 64), np.float32), "state": np.zeros((2, 4, 16), np.float32)})
 

@@ -25,6 +25,7 @@ class Runner:
         # fixed inputs (a sample rate) are fed here, so callers pass only the others
         self.fixed_inputs = {spec.name: spec.fixed_array() for spec in input_spec if spec.value is not None}
         self.model_inputs = [spec.name for spec in input_spec]  # every input, in the model's order
+        self._fixed_names = set(self.fixed_inputs)
         self.input_spec = [spec for spec in input_spec if spec.value is None]
         # numpy dtypes resolved once: `array.dtype.name` costs microseconds on every call
         self._dtypes = [_numpy_dtype(spec.dtype) for spec in self.input_spec]
@@ -74,7 +75,7 @@ class Runner:
         if len(inputs) != len(self._quick):
             return False
         batch = None
-        for name, dtype, ndim, fixed, axis in self._quick:
+        for name, dtype, ndim, fixed, batch_axis in self._quick:
             array = inputs.get(name)
             if type(array) is not np.ndarray or dtype is None or array.dtype != dtype or array.ndim != ndim:
                 return False
@@ -82,16 +83,16 @@ class Runner:
             for axis, size in fixed:
                 if shape[axis] != size:
                     return False
-            if axis is not None:
-                if batch is not None and batch != shape[axis]:
+            if batch_axis is not None:
+                if batch is not None and batch != shape[batch_axis]:
                     return False
-                batch = shape[axis]
+                batch = shape[batch_axis]
         return True
 
     def _check_slowly(self, inputs: Feed) -> dict[str, np.ndarray]:
         names = self._names
         if isinstance(inputs, Mapping):
-            inputs = {k: v for k, v in inputs.items() if k not in self.fixed_inputs}  # a fixed input given anyway: the fixed value wins
+            inputs = {k: v for k, v in inputs.items() if k not in self._fixed_names}  # a fixed input given anyway: the fixed value wins
             if len(inputs) != len(names) or any(n not in inputs for n in names):
                 raise InputError(f"inputs do not match the model: expected {', '.join(names)}, got {', '.join(map(str, inputs)) or 'none'}")
             values = [inputs[n] for n in names]
