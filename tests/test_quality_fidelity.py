@@ -257,3 +257,17 @@ def test_bench_takes_a_state_with_its_batch_on_axis_1_and_exit_4_is_for_hardware
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(static))
     result = run_cli("bench", str(static), *fast, "-b", "8")
     assert result.returncode == 2 and "fixed at 1" in result.stderr  # a batch size the model cannot take is bad usage, not missing hardware
+
+
+def test_a_torchscript_int_argument_takes_its_fixed_value():
+    torch = pytest.importorskip("torch")
+    from aiopt.runtime.torch_backend import TorchRunner
+
+    class WithRate(torch.nn.Module):
+        def forward(self, x, sr: int):
+            return x * (2.0 if sr == 16000 else 1.0)
+
+    scripted = torch.jit.script(WithRate())
+    runner = TorchRunner(scripted, [TensorSpec("x", ("batch", 4)), TensorSpec("sr", (), "int64", 16000)], ["y"])
+    assert [s.name for s in runner.input_spec] == ["x"]
+    assert np.array_equal(runner({"x": np.ones((2, 4), np.float32)})["y"], np.full((2, 4), 2.0, np.float32))
