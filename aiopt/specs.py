@@ -107,7 +107,14 @@ def name_the_batch(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
     if not firsts:
         return list(specs)
     symbol = firsts.most_common(1)[0][0]
-    return [TensorSpec(s.name, tuple("batch" if d == symbol else d for d in s.shape), s.dtype, s.value) for s in specs]
+    if symbol != "?":
+        return [TensorSpec(s.name, tuple("batch" if d == symbol else d for d in s.shape), s.dtype, s.value) for s in specs]
+    # unnamed dynamic dims ("?") are not one dim: the batch is each input's first of them
+    named = []
+    for s in specs:
+        first = s.shape.index("?") if "?" in s.shape else None
+        named.append(TensorSpec(s.name, tuple("batch" if axis == first else d for axis, d in enumerate(s.shape)), s.dtype, s.value))
+    return named
 
 
 def parse_fixed_inputs(values: Sequence[str]) -> dict[str, float | int]:

@@ -67,7 +67,9 @@ def preprocess(source: Path, target: Path) -> str:
 
     from aiopt.export.onnx import simplify
 
-    attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}))
+    attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}),
+                # control flow left on dynamic shapes ("if batch == 1"): symbolic inference cannot follow it, onnx's own can
+                ("onnxslim-folded+onnx-shape-inference", True, {"skip_symbolic_shape": True}))
     errors = []
     for name, fold, options in attempts:
         model_path = source

@@ -30,10 +30,11 @@ def _stems(name: str, pattern: re.Pattern) -> set[str]:
 
 def _same_shape(a, b) -> bool:
     """Sizes equal, symbols on the same axes and equal (the batch may be named otherwise on an
-    output): a KV cache's `past_seq` -> `present_seq` grows, it is not a state fed back as is."""
+    output; an unnamed dim, "?", fits anything): a KV cache's `past_seq` -> `present_seq` grows,
+    it is not a state fed back as is."""
     return len(a) == len(b) and all(
         x == y if isinstance(x, int) and isinstance(y, int) else
-        (isinstance(x, str) and isinstance(y, str) and (x == y or "batch" in (x, y)))
+        "?" in (x, y) or (isinstance(x, str) and isinstance(y, str) and (x == y or "batch" in (x, y)))
         for x, y in zip(a, b))
 
 
