@@ -379,6 +379,7 @@ def compare(
     seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    fixed_input: Optional[List[str]] = typer.Option(None, "--input", help="NAME=VALUE: an input that always takes one value (e.g. --input sr=16000), fed to both."),
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -386,7 +387,7 @@ def compare(
     from aiopt.compare import compare_artifacts
 
     result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle,
-                               device=device, seq_len=seq_len)
+                               device=device, seq_len=seq_len, fixed_inputs=tuple(fixed_input or ()))
     _notes(result["notes"])
     if as_json:
         _emit_json(result)

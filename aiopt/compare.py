@@ -7,7 +7,7 @@ import numpy as np
 
 from aiopt.evaluate import EvalData, accuracy, eval_data, run_batches
 from aiopt.measure.quality import choose_metric, compare_one, compare_outputs, judge_outputs
-from aiopt.specs import TensorSpec, to_sample_first
+from aiopt.specs import TensorSpec, parse_fixed_inputs, to_sample_first, with_fixed_values
 
 
 def compare_artifacts(
@@ -21,6 +21,7 @@ def compare_artifacts(
     trust_pickle: bool = False,
     device: str = "cpu",
     seq_len: int = 128,
+    fixed_inputs: tuple[str, ...] = (),
 ) -> dict:
     """Max abs/rel difference, top-1 agreement and cosine similarity of `candidate` against `reference`.
 
@@ -35,8 +36,15 @@ def compare_artifacts(
         first, metadata = runtime.load(reference, device, backend_reference), {}
     else:  # loaded once, for its Runner and its metadata
         loaded = load_model(reference, trust_pickle=trust_pickle, input_spec=input_spec)
+        fixed = parse_fixed_inputs(fixed_inputs)
+        loaded.input_spec = with_fixed_values(loaded.input_spec, fixed)
         first, metadata = runtime.runner_for(loaded, device, backend_reference), loaded.metadata
-    second = runtime.load(candidate, device=device, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
+    if str(candidate).endswith(runtime.ENGINE_SUFFIXES) or str(reference).endswith(runtime.ENGINE_SUFFIXES):
+        second = runtime.load(candidate, device=device, backend=backend_candidate, input_spec=input_spec or first.input_spec, trust_pickle=trust_pickle)
+    else:  # the reference's full spec (fixed inputs included) describes a candidate that carries none
+        other = load_model(candidate, trust_pickle=trust_pickle, input_spec=input_spec or loaded.input_spec)
+        other.input_spec = with_fixed_values(other.input_spec, {k: v for k, v in fixed.items() if k in {s.name for s in other.input_spec}})
+        second = runtime.runner_for(other, device, backend_candidate)
     inputs = _inputs(first.input_spec, metadata, data, samples, seq_len)
     ref_out, cand_out = run_batches(first, inputs), run_batches(second, inputs)
     result = {
