@@ -284,7 +284,7 @@ def _default_output(source, chosen: Candidate) -> Path:
 
 
 def _nothing_meets(selection: Selection) -> str:
-    scored = [c for c in selection.candidates if c.quality]
+    scored = [c for c in selection.candidates if c.quality and c.problem]  # the reference may be outside --candidate: not "closest"
     closest = sorted(scored, key=lambda c: -(selection.floor.value(c.quality) or 0))[:3]
     listed = "; ".join(f"{c.name}: {c.problem}" for c in closest) or "none could be measured"
     return f"no candidate meets the quality floor ({selection.floor.describe()}); closest: {listed}. Relax --max-accuracy-drop/--min-cosine or exclude sensitive layers"

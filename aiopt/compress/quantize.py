@@ -392,7 +392,10 @@ def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, sa
     say("no evaluation data (pass --data FILE.npz): comparing with the parent on sample inputs, no accuracy")
     if calibration is not None:
         return EvalData(calibration.inputs, None, "calibration inputs")
-    return EvalData({s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, 64))}, None, "random inputs")
+    from aiopt.specs import fed_by_data, to_sample_first
+
+    fed = fed_by_data(spec)  # held sample-first, as data files are; fixed inputs come from the spec
+    return EvalData({s.name: to_sample_first(t.numpy(), s) for s, t in zip(fed, example_inputs(fed, 64))}, None, "random inputs")
 
 
 def measure_against_parent(reference_runner, runner, data, spec, latency_batch: int, what: str, metadata: dict | None = None) -> dict:
