@@ -608,7 +608,9 @@ def onnx_value_specs(values, skip: set[str] = frozenset()) -> list[TensorSpec]:
 
 
 def _onnx_input_spec(model) -> list[TensorSpec]:
-    return onnx_value_specs(model.graph.input, skip={t.name for t in model.graph.initializer})
+    from aiopt.specs import name_the_batch
+
+    return name_the_batch(onnx_value_specs(model.graph.input, skip={t.name for t in model.graph.initializer}))
 
 
 def _parse_metadata(text: str | None, path: Path) -> dict:
@@ -644,9 +646,16 @@ def _merge_input_spec(loaded: LoadedModel, given: list[TensorSpec]) -> list[Tens
         raise InputError(
             f"--input-shape does not match the model: expected {'; '.join(map(str, known))}, got {'; '.join(map(str, given))}"
         )
-    # A size the user gives for one of the model's symbolic axes is honoured, not silently replaced
-    return [TensorSpec(k.name, (k.shape[0], *(g if isinstance(g, int) and not isinstance(d, int) else d for d, g in zip(k.shape[1:], s.shape[1:]))),
-                       k.dtype) for k, s in zip(known, given)]
+    return [_merge_one(k, g) for k, g in zip(known, given)]
+
+
+def _merge_one(known: TensorSpec, given: TensorSpec) -> TensorSpec:
+    # a batch the user places where the model has a symbol (state:2xbatchx128) is kept where it is given
+    if given.batch_axis is not None and given.batch_axis != known.batch_axis and not isinstance(known.shape[given.batch_axis], int):
+        return TensorSpec(known.name, given.shape, known.dtype, known.value)
+    # a size the user gives for one of the model's symbolic axes is honoured, not silently replaced
+    shape = (known.shape[0], *(g if isinstance(g, int) and not isinstance(k, int) else k for k, g in zip(known.shape[1:], given.shape[1:])))
+    return TensorSpec(known.name, shape, known.dtype, known.value)
 
 
 def require_input_spec(loaded: LoadedModel) -> list[TensorSpec]:

@@ -388,6 +388,7 @@ def compare(
     seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
+    fixed_input: Optional[List[str]] = typer.Option(None, "--input", help="NAME=VALUE: an input that always takes one value (e.g. --input sr=16000), fed to both."),
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
@@ -395,16 +396,20 @@ def compare(
     from aiopt.compare import compare_artifacts
 
     result = compare_artifacts(reference, candidate, data=data, input_spec=_input_spec(input_shape, input_dtype), trust_pickle=trust_pickle,
-                               device=device, seq_len=seq_len)
+                               device=device, seq_len=seq_len, fixed_inputs=tuple(fixed_input or ()))
     _notes(result["notes"])
     if as_json:
         _emit_json(result)
         return
-    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}", ("output", "max abs diff", "max rel diff", "top-1 agreement", "mean cosine"))
+    table = _table(f"{escape(candidate)} vs {escape(reference)} on {escape(result['inputs'])}",
+                   ("output", "judged as", "max abs diff", "max rel diff", "top-1 agreement", "mean cosine", "flips / rel err"))
     for name, stats in result["outputs"].items():
-        top1 = stats.get("top1_agreement")
-        table.add_row(escape(name), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}", "-" if top1 is None else f"{top1:.4f}",
-                      f"{stats['mean_cosine']:.6f}")
+        top1, judged = stats.get("top1_agreement"), stats.get("judged") or {}
+        other = (f"{judged['flip_rate']:.2%} at {judged['threshold']:g}" if "flip_rate" in judged
+                 else f"{judged['relative_error']:.4f}" if "relative_error" in judged else "-")
+        cosine = judged.get("cosine", stats["mean_cosine"])  # a map: the whole tensor's cosine
+        table.add_row(escape(name), judged.get("kind", "-"), f"{stats['max_abs_diff']:.2e}", f"{stats['max_rel_diff']:.2e}",
+                      "-" if top1 is None else f"{top1:.4f}", f"{cosine:.6f}", other)
     stdout.print(table)
     stdout.print(f"quality judged by {result['metric']['name']} ({escape(result['metric']['why'])})")
     if "accuracy" in result["reference"]:
@@ -434,7 +439,9 @@ def quantize(
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)."),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality floor for class outputs (auto: default 0.005 = half a point; a forced recipe keeps its most harmful layers in float until the drop fits)."),
     min_cosine: float = typer.Option(0.99, "--min-cosine", help="Quality floor for embeddings and other continuous outputs: mean cosine similarity to FP32."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="accuracy, agreement or cosine (default: from what the output is)."),
+    metric: Optional[List[str]] = typer.Option(None, "--metric", help="accuracy, agreement or cosine for the first output, or OUTPUT=KIND[@threshold] for any output (KIND: class, probability, map, embedding, regression, state, exact; repeatable; default: from what each output is)."),
+    fixed_input: Optional[List[str]] = typer.Option(None, "--input", help="NAME=VALUE: an input that always takes one value, e.g. --input sr=16000 (recorded in the artifact and fed by its Runner; control flow on it is folded away)."),
+    state: Optional[List[str]] = typer.Option(None, "--state", help="IN=OUT: a recurrent state the model returns and is fed back (quality also measured streaming; default: detected from names and shapes)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes the candidates are timed at (repeatable; default 1 and 64)."),
     candidate: Optional[List[str]] = typer.Option(None, "--candidate", help="Choose only among these recipes (repeatable; names as in the report, e.g. int8-dynamic)."),
     objective: str = typer.Option("auto", "--objective", help="auto: the fastest within the floor that is no larger than the input; latency: the fastest within the floor, whatever its size (e.g. two graphs routed by batch size)."),
@@ -454,8 +461,9 @@ def quantize(
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
-                            device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
-                            candidates=tuple(candidate or ()), objective=objective, fit_batch_sizes=not batch_size)
+                            device=device, min_cosine=min_cosine, metric=tuple(metric) if metric else None, batch_sizes=tuple(batch_size or (1, 64)),
+                            candidates=tuple(candidate or ()), objective=objective, fit_batch_sizes=not batch_size,
+                            fixed_inputs=tuple(fixed_input or ()), state=tuple(state or ()))
     hooks = StepHooks(say=_say, force=force, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
     result = run_step("quantize", model, output, config, hooks=hooks).result
     report = result.report
@@ -473,10 +481,15 @@ def quantize(
     table.add_row(f"latency p50, batch {latency['batch_size']}", f"{latency['fp32_p50_ms']:.3f} ms", f"{latency['p50_ms']:.3f} ms")
     stdout.print(table)
     agreement = report["agreement_with_parent"]
-    stdout.print(f"speedup {latency['speedup']:.2f}x (quick check; aiopt bench for figures), top-1 agreement with FP32 {agreement.get('top1_agreement', 1):.4f}"
+    first = next(iter((agreement.get("outputs") or {}).values()), {"kind": "class"})
+    top1 = f", top-1 agreement with FP32 {agreement.get('top1_agreement', 1):.4f}" if first["kind"] == "class" else ""  # top-1 of a [B, 1] output says nothing
+    stdout.print(f"speedup {latency['speedup']:.2f}x (quick check; aiopt bench for figures){top1}"
                  + (f", accuracy drop {report['accuracy_drop'] * 100:.2f} pt" if report.get("accuracy_drop") is not None else ""))
     if report.get("kept_float"):
         stdout.print(f"kept in float: {', '.join(report['kept_float'])}")
+    judged = agreement.get("outputs") or {}
+    if len(judged) > 1 or any(o["kind"] != "class" for o in judged.values()):  # the forced recipe, judged on every output
+        stdout.print("every output: " + "; ".join(f"{escape(name)} ({o['kind']}): {escape(o['verdict'])}" for name, o in judged.items()))
 
 
 def _selection_table(model: str, path: str, report: dict) -> None:
@@ -486,13 +499,17 @@ def _selection_table(model: str, path: str, report: dict) -> None:
     selection = report["selection"]
     batches = selection["batch_sizes"]
     metric = report["metric"]
-    quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
+    quality_key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}.get(metric)
+    # one output judged by one metric: its figure; several outputs or other kinds: each output's figure
+    every_output = any("quality_summary" in c for c in selection["candidates"]) and (quality_key is None or len(selection["floor"].get("outputs", [])) > 1)
     table = _table(f"quantize {escape(model)}: candidates measured here ({escape(selection['floor']['rule'])})",
-                   ("candidate", "runtime", "holds", metric, "size", *[f"p50 b{b}" for b in batches], *[f"vs FP32 b{b}" for b in batches], "verdict"))
+                   ("candidate", "runtime", "holds", "quality" if every_output else metric, "size", *[f"p50 b{b}" for b in batches],
+                    *[f"vs FP32 b{b}" for b in batches], "verdict"))
     for c in selection["candidates"]:
-        quality = (c["quality"] or {}).get(quality_key)
+        quality = (c["quality"] or {}).get(quality_key) if not every_output else c.get("quality_summary")
+        cell = "-" if quality is None else (quality if isinstance(quality, str) else f"{quality:.4f}")
         mark = "chosen" if c["name"] == selection["chosen"] else short_reason(c["problem"] or "")  # the whole reason: --json
-        table.add_row(escape(c["name"]), c["runtime"], c["precision"], "-" if quality is None else f"{quality:.4f}", _size(c["size_bytes"]) if c["size_bytes"] else "-",
+        table.add_row(escape(c["name"]), c["runtime"], c["precision"], escape(cell), _size(c["size_bytes"]) if c["size_bytes"] else "-",
                       *[f"{c['latency_ms'][str(b)]:.3f} ms" + (" ⚠" if str(b) in (c.get("unsteady") or {}) else "") if str(b) in c["latency_ms"] else "-"
                         for b in batches],
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],

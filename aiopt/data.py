@@ -138,10 +138,13 @@ def load_dataset(name: str) -> Dataset:
     raise InputError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)} (or pass a .npz file where data is accepted)")
 
 
-def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), require_labels: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), require_labels: bool = True,
+             batch_axes: dict[str, int | None] | None = None) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
     """Read a user's data file: one array per input name plus `y` for labels.
 
-    Returns (inputs, labels). Never unpickles: object arrays are refused.
+    `batch_axes`: where each input has its batch (a state `2 x batch x 128`: 1); such arrays are
+    matched by that axis and returned sample-first. Returns (inputs, labels). Never unpickles:
+    object arrays are refused.
     """
     path = Path(path)
     if not path.exists():
@@ -171,17 +174,22 @@ def load_npz(path: str | os.PathLike, input_names: Sequence[str] = ("x",), requi
     if require_labels and "y" not in arrays:
         raise InputError(f"{path} has no labels array 'y' (found: {', '.join(arrays)}); add y=labels to measure accuracy")
     inputs = {name: arrays[name] for name in input_names}
+    for name, axis in (batch_axes or {}).items():
+        if axis and name in inputs and inputs[name].ndim > axis:  # held as the model takes it: samples on `axis`
+            inputs[name] = np.moveaxis(inputs[name], axis, 0)
     labels = arrays.get("y")
     scalars = [n for n, a in {**inputs, "y": labels}.items() if a is not None and a.ndim == 0]
     if scalars:
-        raise InputError(f"{path}: {', '.join(scalars)} is a single value, not one row per sample; save arrays with a sample axis first")
+        raise InputError(f"{path}: {', '.join(scalars)} is a single value, not one row per sample; save arrays with a sample axis, "
+                         f"or give a fixed input its value with --input {scalars[0]}=VALUE")
     lengths = {name: len(a) for name, a in inputs.items()}
     if labels is not None:
         lengths["y"] = len(labels)
     if any(n == 0 for n in lengths.values()):
         raise InputError(f"{path} is empty ({lengths}); it needs at least one sample")
     if len(set(lengths.values())) > 1:
-        raise InputError(f"{path}: arrays have different lengths {lengths}; every array needs one row per sample")
+        raise InputError(f"{path}: arrays have different lengths {lengths} (samples counted on each input's batch axis); every array "
+                         "needs one sample per row, or on the axis --input-shape names batch (e.g. state:2xbatchx128)")
     for name, array in {**inputs, **({"y": labels} if labels is not None else {})}.items():
         if not (np.issubdtype(array.dtype, np.number) or array.dtype == np.bool_) or np.issubdtype(array.dtype, np.complexfloating):
             raise InputError(f"{path}: array {name!r} has dtype {array.dtype}; use a real numeric dtype")

@@ -34,6 +34,9 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
     from aiopt.data import DATASETS, load_dataset, load_npz
     from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
 
+    from aiopt.specs import fed_by_data
+
+    input_spec = fed_by_data(input_spec)  # fixed inputs (a sample rate) come from the spec, not the data
     names = [s.name for s in input_spec]
     if is_text_file(data):
         if require_labels:
@@ -41,7 +44,7 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
         inputs, notes = load_texts(data, tokenizer_folder(metadata, data), input_spec, seq_len)
         return EvalData(inputs, None, str(data), tuple(notes))
     if data is not None and str(data) not in DATASETS:
-        inputs, labels = load_npz(data, input_names=names, require_labels=require_labels)
+        inputs, labels = load_npz(data, input_names=names, require_labels=require_labels, batch_axes={s.name: s.batch_axis for s in input_spec})
         check_against_spec(inputs, input_spec, str(data))
         return EvalData(inputs, labels, str(data))
     name = str(data) if data is not None else ((metadata or {}).get("dataset") or {}).get("name")
@@ -57,9 +60,12 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
 
 def check_against_spec(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
     for spec in input_spec:
+        if spec.value is not None:
+            continue
         array = inputs[spec.name]
-        if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(spec.shape[1:], array.shape[1:])):
-            raise InputError(f"{source}: {spec.name!r} has samples of shape {array.shape[1:]}; the model expects {spec.shape[1:]}")
+        expected = spec.sample_shape
+        if array.ndim != len(spec.shape) or any(isinstance(d, int) and d != a for d, a in zip(expected, array.shape[1:])):
+            raise InputError(f"{source}: {spec.name!r} has samples of shape {array.shape[1:]}; the model expects {expected}")
         if array.dtype.kind == "f" and _kind(spec.dtype) in "iub":  # casting would silently truncate, e.g. token ids
             raise InputError(f"{source}: {spec.name!r} is {array.dtype}, but the model takes {spec.dtype}; save it as integers "
                              f"(x.astype('{spec.dtype}'))")
@@ -75,18 +81,36 @@ def _kind(dtype: str) -> str:
 
 
 def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarray]:
-    """All outputs of `runner` over `data`, concatenated per output."""
-    fixed = {s.shape[0] for s in runner.input_spec if s.shape and isinstance(s.shape[0], int)}
+    """All outputs of `runner` over `data`, concatenated per output (on axis 0; an output whose
+    batch sits elsewhere, a returned state, is concatenated on the axis of that input's batch)."""
+    from aiopt.specs import fixed_batch, to_model_layout
+
+    fixed = fixed_batch(runner.input_spec)
     if fixed:  # a static-batch model takes exactly its batch size
-        batch_size = fixed.pop()
+        batch_size = fixed
     elif getattr(runner, "batch_range", None):  # an engine profile or torch-cuda buckets: stay within them
         batch_size = min(batch_size, runner.batch_range[1])
     chunks: list[list[np.ndarray]] = []
     for start in range(0, len(data), batch_size):
-        feed = {s.name: data.inputs[s.name][start:start + batch_size].astype(s.dtype, copy=False) for s in runner.input_spec}
+        feed = {s.name: to_model_layout(data.inputs[s.name][start:start + batch_size], s).astype(s.dtype, copy=False) for s in runner.input_spec}
         outputs = list(runner(feed).values())
         chunks.append(outputs)
-    return [np.concatenate([c[i] for c in chunks]) for i in range(len(chunks[0]))]
+    axes = _output_batch_axes(runner, chunks[0], min(batch_size, len(data)))
+    return [np.concatenate([c[i] for c in chunks], axis=axes[i]) if chunks[0][i].ndim else np.stack([c[i] for c in chunks])
+            for i in range(len(chunks[0]))]
+
+
+def _output_batch_axes(runner, first: list[np.ndarray], batch: int) -> list[int]:
+    """Per output, the axis its batch sits on: 0, unless axis 0 does not hold the batch and an
+    input with its batch elsewhere has the output's shape (a state returned as it came in)."""
+    axes = []
+    for array in first:
+        axis = 0
+        if array.ndim and array.shape[0] != batch:
+            match = next((s for s in runner.input_spec if s.batch_axis and len(s.shape) == array.ndim and array.shape[s.batch_axis] == batch), None)
+            axis = match.batch_axis if match else 0
+        axes.append(axis)
+    return axes
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:

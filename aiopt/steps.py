@@ -160,7 +160,8 @@ def _registry() -> dict[str, Step]:
             "method": "--method", "backend": "--backend", "calibration": "--calibration", "calib_method": "--calib-method",
             "calib_samples": "--calib-samples", "per_channel": "--per-channel/--per-tensor", "exclude": "--exclude",
             "max_accuracy_drop": "--max-accuracy-drop", "data": "--data", "seed": "--seed", "device": "--device", "metric": "--metric",
-            "min_cosine": "--min-cosine", "batch_sizes": "-b", "seq_len": "--seq-len", "candidates": "--candidate", "objective": "--objective"},
+            "min_cosine": "--min-cosine", "batch_sizes": "-b", "seq_len": "--seq-len", "candidates": "--candidate", "objective": "--objective",
+            "fixed_inputs": "--input", "state": "--state"},
             always=("batch_sizes",)),  # without -b the CLI may shrink the batch sizes for a slow model
     }
 

@@ -150,6 +150,8 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
             on_record(record)
     if all(r["skipped"] for r in measured.records):
         reasons = sorted({r["skipped"] for r in measured.records})
+        if all("batch size" in reason for reason in reasons):  # the asked batch sizes, not missing hardware: bad usage (exit 2)
+            raise InputError(f"nothing could be measured: {'; '.join(reasons)}")
         raise MissingDependencyError(f"nothing could be measured: {'; '.join(reasons)}")
     return {
         "schema_version": SCHEMA_VERSION,
@@ -477,8 +479,9 @@ def flops_of(loaded, spec) -> int | None:
 
 
 def _fixed_batch(spec) -> int | None:
-    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
-    return fixed.pop() if len(fixed) == 1 else None
+    from aiopt.specs import fixed_batch
+
+    return fixed_batch(spec)  # a state 2 x batch x 128 has a dynamic batch, not a fixed batch of 2
 
 
 def _feed(spec, inputs: dict | None, batch: int, seq_len: int = 128) -> dict[str, np.ndarray]:
@@ -486,4 +489,6 @@ def _feed(spec, inputs: dict | None, batch: int, seq_len: int = 128) -> dict[str
 
     if inputs is None:
         return {s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, batch, seq_len))}
-    return {s.name: np.resize(inputs[s.name], (batch, *inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
+    from aiopt.specs import to_model_layout
+
+    return {s.name: to_model_layout(np.resize(inputs[s.name], (batch, *inputs[s.name].shape[1:])), s).astype(s.dtype) for s in spec}

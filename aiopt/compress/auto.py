@@ -13,10 +13,12 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, UNSTEADY_VERDICT, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner, measure_quality, measure_speed,
-                                  single_threaded, twins_on_other_runtime)
-from aiopt.errors import CheckFailedError
-from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, choose_metric
+from aiopt.compress.select import (TIE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
+                                  measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
+from aiopt.errors import CheckFailedError, InputError
+from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, judge_outputs, metric_for, parse_metric_options
+from aiopt.measure.streaming import parse_state_pairs
+from aiopt.specs import parse_fixed_inputs, with_fixed_values
 
 # A trimmed-padding runner must reproduce the untrimmed outputs to rounding.
 MIN_TRIM_COSINE = 0.9999
@@ -29,7 +31,7 @@ SIZE_SLACK = 1.01
 def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
     import onnx
 
-    from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, output_spec, require_input_spec
+    from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
     from aiopt.compress.calibration import calibration_set
     from aiopt.compress.cpu import detect_cpu, int8_kernel_for
     from aiopt.compress.quantize import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
@@ -38,29 +40,41 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     if output is not None:  # a bad -o fails before the work
         check_output_path(output, source, config.calibration, config.data, force=force)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    loaded.input_spec = with_fixed_values(loaded.input_spec, parse_fixed_inputs(config.fixed_inputs))
     spec = require_input_spec(loaded)
+    scalars = [s.name for s in spec if s.shape == () and s.value is None]
+    if scalars:  # one value for a whole batch cannot come from data rows
+        raise InputError(f"input {scalars[0]!r} is a scalar (0-d): give the value it always takes, e.g. --input {scalars[0]}=16000")
+    config = _at_the_fixed_batch(spec, config, say)
     calibration = calibration_set(config.calibration, spec, loaded.metadata, config.calib_samples, config.seed, config.seq_len)
     for note in getattr(calibration, "notes", ()):
         say(note)
     calibration, held_out = _hold_out(calibration, config.data)
     data = held_out or evaluation_data(spec, loaded.metadata, config.data, calibration, say, config.seq_len)
-    outputs = output_spec(loaded)
-    metric, metric_reason = choose_metric(loaded.metadata, outputs[0].name if outputs else "", outputs[0].shape if outputs else None,
-                                          data.labels is not None, config.metric)
-    floor = QualityFloor(metric, config.max_accuracy_drop if config.max_accuracy_drop is not None else DEFAULT_MAX_ACCURACY_DROP,
-                         config.min_cosine)
-    say(f"quality: {floor.describe()} ({metric_reason}), on {data.source} ({len(data)} samples)")
+    if parse_metric_options(config.metric)[0] == "accuracy" and data.labels is None:  # said before the export, not after
+        raise InputError("--metric accuracy needs labels: pass --data FILE.npz with a y array, or use --metric agreement or cosine")
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:
         work = Path(work)
         prepared, preprocessing, source_export = prepare_fp32(loaded, source, work, trust_pickle, input_spec, say)
         config = fit_batch_sizes(prepared, spec, data, config, say)  # a 640x640 detector is not timed at batch 64
         kernel = int8_kernel_for(detect_cpu())
-        ctx = BuildContext(prepared, work, spec, calibration, kernel, onnx_quant.graph_nodes(prepared), tuple(config.exclude),
-                           outputs=onnx_value_specs(onnx.load(str(prepared), load_external_data=False).graph.output))
+        graph = onnx.load(str(prepared), load_external_data=False).graph
+        # a graph specialised for a fixed input no longer takes it: calibration feeds only what it takes
+        taken = {i.name for i in graph.input}
+        ctx = BuildContext(prepared, work, [s for s in spec if s.name in taken], calibration, kernel, onnx_quant.graph_nodes(prepared),
+                           tuple(config.exclude), outputs=onnx_value_specs(graph.output))
+        pairs = parse_state_pairs(config.state, spec, ctx.outputs)
+        reference = Reference.measure(make_runner(BUILDERS["fp32"](ctx), ctx.spec), data, pairs)
+        if reference.note:
+            say(reference.note)
+        pairs = reference.pairs
+        floor, metric_reason = _quality_floor(loaded.metadata, ctx.outputs, reference, data, config, pairs)
+        say(f"quality: {floor.describe()} ({metric_reason}), on {data.source} ({len(data)} samples"
+            + (f"; chunk by chunk and as streams feeding back {', '.join(f'{k}<-{v}' for k, v in pairs.items())})" if pairs else ")"))
         # never larger than what came in, unless asked for speed at any size (--objective latency)
         # (1% for the shape annotations and aiopt metadata any written graph carries)
         size_limit = None if config.objective == "latency" else int(max(artifact_size(source), prepared.stat().st_size) * SIZE_SLACK)
-        selection = select(ctx, data, floor, config, say, size_limit)
+        selection = select(ctx, data, floor, config, say, reference, size_limit)
         if selection.chosen is None:
             raise CheckFailedError(_nothing_meets(selection))
         chosen = selection.chosen
@@ -72,13 +86,36 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
 
 
-def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit: int | None = None) -> Selection:
+def _at_the_fixed_batch(spec, config, say):
+    """A model whose batch is fixed is timed at that batch only, said before anything is built."""
+    from dataclasses import replace
+
+    from aiopt.specs import fixed_batch
+
+    fixed = fixed_batch(spec)
+    if fixed is None or config.batch_sizes == (fixed,):
+        return config
+    say(f"the model's batch size is fixed at {fixed} (input {spec[0].name}: {'x'.join(map(str, spec[0].shape))}): candidates are timed "
+        f"at batch {fixed} only, not {', '.join(map(str, config.batch_sizes))}")
+    return replace(config, batch_sizes=(fixed,))
+
+
+def _quality_floor(metadata, outputs, reference, data, config, pairs) -> tuple[QualityFloor, str]:
+    """The floor every candidate meets: each output judged by what it is, the worst decides."""
+    judges = judge_outputs(metadata, outputs, reference.outputs, data.labels is not None, config.metric, set(pairs.values()))
+    legacy, _ = parse_metric_options(config.metric)
+    metric = legacy or metric_for(judges[0], data.labels is not None)
+    floor = QualityFloor(metric, config.max_accuracy_drop if config.max_accuracy_drop is not None else DEFAULT_MAX_ACCURACY_DROP,
+                         config.min_cosine, judges=judges)
+    return floor, "; ".join(f"{j.name}: {j.why}" for j in judges)
+
+
+def select(ctx: BuildContext, data, floor: QualityFloor, config, say, reference_outputs, size_limit: int | None = None) -> Selection:
     """Build, check and time every candidate; then try storing the winner's remaining float
-    weights in INT8, kept only when it costs neither quality nor speed. `size_limit`: bytes the
-    shipped files may take at most."""
+    weights in INT8, kept only when it costs neither quality nor speed. `reference_outputs`:
+    the FP32 graph's (select.Reference); `size_limit`: bytes the shipped files may take at most."""
     from aiopt.compress.precision import relabel
     from aiopt.compress.sensitivity import diagnose
-    from aiopt.evaluate import run_batches
 
     allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
     if config.backend == "openvino" and config.method == "static":
@@ -87,7 +124,6 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, size_limit
     candidates = build_all(ctx, ["fp32", *[n for n in allowed if n != "fp32"]], say)
     relabel(candidates, say)  # a recipe that quantized nothing is not INT8
     reference = candidates[0]
-    reference_outputs = run_batches(make_runner(reference, ctx.spec), data)[0]
     runners = measure_quality(candidates, reference_outputs, data, ctx.spec, floor, say, ctx.outputs)
 
     def admit(new: list[Candidate]) -> list[Candidate]:
@@ -151,7 +187,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
             candidate.name = f"{base}-mixed"
             candidate.recipe = {**candidate.recipe, "kept_float": list(kept), "sqnr_db": {n: round(v, 2) for n, v in ranked[:count]}}
             measured = measure_quality([candidate], reference_outputs, data, ctx.spec, floor, lambda message: None, ctx.outputs)
-            say(f"{base} with {count} layer(s) in float: {floor.metric} {floor.value(candidate.quality):.4f}")
+            say(f"{base} with {count} layer(s) in float: {floor.summary(candidate.quality)}")
             if not candidate.problem:
                 found.append(candidate)
                 runners.update(measured)
@@ -192,10 +228,10 @@ def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_o
 
     from aiopt.measure.quality import compare_outputs
 
-    untrimmed = run_batches(make_runner(chosen, ctx.spec, outputs=ctx.outputs), data)[0]
+    untrimmed = run_batches(make_runner(chosen, ctx.spec, outputs=ctx.outputs), data)
     trim_runner = make_runner(variant, ctx.spec, outputs=ctx.outputs)
-    trimmed = run_batches(trim_runner, data)[0]
-    check = compare_outputs(untrimmed, trimmed)
+    trimmed = run_batches(trim_runner, data)
+    check = compare_outputs(untrimmed[0], trimmed[0])
     # Exact on ONNX Runtime (difference 0); OpenVINO picks kernels by sequence length and moves
     # the last digits. Anything beyond rounding means the mask does not cover the padding.
     if check["min_cosine"] < MIN_TRIM_COSINE:
@@ -203,7 +239,7 @@ def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_o
                                f"outputs {check['min_cosine']:.6f} < {MIN_TRIM_COSINE})")
         return
     variant.recipe["trim_padding_check"] = {"vs_untrimmed": check, "samples": len(data)}
-    variant.quality = compare_outputs(reference_outputs, trimmed, data.labels)
+    variant.quality = reference_outputs.judge(trim_runner, data, floor, produced=trimmed)
     variant.problem = floor.problem(variant.quality)
     _head_to_head(selection, variant, ctx, data, reference_outputs, floor, say,
                   f"padding columns trimmed per batch (min cosine to the untrimmed outputs {check['min_cosine']:.6f})", trim_runner)
@@ -265,7 +301,7 @@ def _default_output(source, chosen: Candidate) -> Path:
 
 
 def _nothing_meets(selection: Selection) -> str:
-    scored = [c for c in selection.candidates if c.quality]
+    scored = [c for c in selection.candidates if c.quality and c.problem]  # the reference may be outside --candidate: not "closest"
     closest = sorted(scored, key=lambda c: -(selection.floor.value(c.quality) or 0))[:3]
     listed = "; ".join(f"{c.name}: {c.problem}" for c in closest) or "none could be measured"
     return f"no candidate meets the quality floor ({selection.floor.describe()}); closest: {listed}. Relax --max-accuracy-drop/--min-cosine or exclude sensitive layers"
@@ -295,10 +331,19 @@ def _report(selection: Selection, floor, metric_reason, data, calibration, kerne
 def _compact(selection: dict, metric: str) -> dict:
     """What the artifact keeps of the choice (the full record is in the command's report): a
     small model must not double in size from its own metadata."""
-    key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}[metric]
-    rows = [{"name": c["name"], "runtime": c["runtime"], "size_bytes": c["size_bytes"], metric: (c["quality"] or {}).get(key),
+    key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}.get(metric)
+    rows = [{"name": c["name"], "runtime": c["runtime"], "size_bytes": c["size_bytes"], **({metric: (c["quality"] or {}).get(key)} if key else {}),
+             **({"outputs": _verdicts(c["quality"])} if (c["quality"] or {}).get("outputs") else {}),
              "p50_ms": c["latency_ms"], "problem": c["problem"]} for c in selection["candidates"]]
     return {**{k: v for k, v in selection.items() if k != "candidates"}, "candidates": rows}
+
+
+def _verdicts(quality: dict) -> dict:
+    """Each output's kind, figures and verdict, chunk by chunk and (stateful models) streaming."""
+    streaming = (quality.get("streaming") or {}).get("outputs", {})
+    return {name: {**{k: v for k, v in figures.items() if k != "finite"},
+                   **({"streaming": {k: v for k, v in streaming[name].items() if k not in ("finite", "kind")}} if name in streaming else {})}
+            for name, figures in quality["outputs"].items()}
 
 
 def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inputs: tuple, force: bool) -> None:

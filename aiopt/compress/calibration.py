@@ -37,6 +37,9 @@ def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict
 
     if samples < 1:
         raise InputError(f"--calib-samples must be at least 1, got {samples}")
+    from aiopt.specs import fed_by_data
+
+    input_spec = fed_by_data(input_spec)  # fixed inputs come from the spec, not the data
     names = [s.name for s in input_spec]
     dataset_name = str(source) if source is not None and str(source) in DATASETS else None
     if source is None:
@@ -69,12 +72,15 @@ def _user_inputs(source, input_spec, metadata: dict, seq_len: int) -> tuple[dict
     if is_text_file(source):
         inputs, notes = load_texts(source, tokenizer_folder(metadata, source), input_spec, seq_len)
         return inputs, tuple(notes)
-    return load_npz(source, input_names=[s.name for s in input_spec], require_labels=False)[0], ()
+    return load_npz(source, input_names=[s.name for s in input_spec], require_labels=False,
+                    batch_axes={s.name: s.batch_axis for s in input_spec})[0], ()
 
 
 def _check_calibration(inputs: dict[str, np.ndarray], input_spec, source: str) -> None:
     check_against_spec(inputs, input_spec, source)
     for spec in input_spec:
+        if spec.value is not None:
+            continue
         array = inputs[spec.name]
         if len(array) == 0:
             raise InputError(f"{source}: {spec.name!r} holds no samples; calibration needs at least one")
@@ -86,9 +92,11 @@ class OrtCalibrationReader:
     """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader protocol)."""
 
     def __init__(self, calibration: CalibrationSet, input_spec, batch_size: int = 32):
-        fixed = {s.shape[0] for s in input_spec if s.shape and isinstance(s.shape[0], int)}
+        from aiopt.specs import fixed_batch
+
+        fixed = fixed_batch(input_spec)
         # A static-batch model takes exactly its batch size: drop the incomplete last batch.
-        self.batch_size, self.static_batch = (fixed.pop(), True) if fixed else (batch_size, False)
+        self.batch_size, self.static_batch = (fixed, True) if fixed else (batch_size, False)
         self.calibration, self.input_spec = calibration, input_spec
         self.rewind()
 
@@ -109,8 +117,13 @@ class OrtCalibrationReader:
         total = len(self.calibration)
         end = total - total % self.batch_size if self.static_batch else total
 
+        from aiopt.specs import to_model_layout
+
         def batches():
             for start in range(0, end, self.batch_size):
-                yield {s.name: self.calibration.inputs[s.name][start:start + self.batch_size].astype(s.dtype, copy=False) for s in self.input_spec}
+                # fixed inputs stay in the batches ORT's calibrator feeds (it runs the graph as it is)
+                fixed = {s.name: s.fixed_array() for s in self.input_spec if s.value is not None}
+                yield {**{s.name: to_model_layout(self.calibration.inputs[s.name][start:start + self.batch_size], s).astype(s.dtype, copy=False)
+                          for s in self.input_spec if s.value is None}, **fixed}
 
         self._batches = batches()

@@ -67,7 +67,9 @@ def preprocess(source: Path, target: Path) -> str:
 
     from aiopt.export.onnx import simplify
 
-    attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}))
+    attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}),
+                # control flow left on dynamic shapes ("if batch == 1"): symbolic inference cannot follow it, onnx's own can
+                ("onnxslim-folded+onnx-shape-inference", True, {"skip_symbolic_shape": True}))
     errors = []
     for name, fold, options in attempts:
         model_path = source
@@ -82,6 +84,13 @@ def preprocess(source: Path, target: Path) -> str:
             return name
         except Exception as exc:  # noqa: BLE001 -- symbolic shape inference raises plain Exceptions
             errors.append(f"{name}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
+    from aiopt.export.onnx import control_flow_nodes
+
+    flow = control_flow_nodes(onnx.load(str(source), load_external_data=False))
+    if flow:
+        raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing cannot follow the control flow in this graph ({', '.join(flow[:3])}); "
+                                    "if it branches on an input that is fixed in use (a sample rate), pass it, e.g. --input sr=16000, "
+                                    "and the graph is specialised before quantizing")
     raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing fails on this graph ({'; '.join(errors)})")
 
 

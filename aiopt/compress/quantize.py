@@ -42,7 +42,10 @@ class QuantizeConfig:
     seed: int = 0
     device: str = "cpu"  # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
     # Chosen by measurement (method auto): the quality floor and the batch sizes timed.
-    metric: str | None = None  # accuracy | agreement | cosine; default: from the output (measure.quality)
+    # accuracy | agreement | cosine (the first output), and/or OUTPUT=KIND[@threshold] per output; default: from each output (measure.quality)
+    metric: str | tuple[str, ...] | None = None
+    fixed_inputs: tuple[str, ...] = ()  # NAME=VALUE: inputs that always take one value (a sample rate), fed by the Runner
+    state: tuple[str, ...] = ()  # IN=OUT: recurrent state fed back (default: detected from names and shapes)
     min_cosine: float = 0.99
     batch_sizes: tuple[int, ...] = (1, 64)
     seq_len: int = 128  # text data: tokens per sample
@@ -91,7 +94,14 @@ def _validate(config: QuantizeConfig) -> None:
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
     from aiopt.compress.candidates import BUILDERS
+    from aiopt.measure.quality import parse_metric_options
+    from aiopt.specs import parse_fixed_inputs
 
+    parse_metric_options(config.metric)  # malformed --metric / --input / --state refused before any work
+    parse_fixed_inputs(config.fixed_inputs)
+    bad_state = next((pair for pair in config.state if "=" not in pair or pair.startswith("=") or pair.endswith("=")), None)
+    if bad_state is not None:
+        raise InputError(f"--state {bad_state!r} is malformed; write INPUT=OUTPUT, e.g. --state state=stateN")
     unknown = [name for name in config.candidates if name not in BUILDERS]
     if unknown:
         raise InputError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
@@ -128,6 +138,9 @@ def quantize_artifact(
 
         return quantize_by_measurement(source, output, config, force, trust_pickle, input_spec, say)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
+    from aiopt.specs import parse_fixed_inputs, with_fixed_values
+
+    loaded.input_spec = with_fixed_values(loaded.input_spec, parse_fixed_inputs(config.fixed_inputs))
     spec = require_input_spec(loaded)
     calibration = None
     if config.method in ("auto", "static") and config.backend != "torch":
@@ -240,7 +253,34 @@ def prepare_fp32(loaded, source, work: Path, trust_pickle: bool, input_spec, say
         say("exporting to ONNX (validated against PyTorch)")
         source_export = _export_fp32(source, fp32, trust_pickle, input_spec)
     prepared = work / "prepared.onnx"
+    fp32 = _specialised(fp32, loaded.input_spec, say)
     return prepared, onnx_quant.preprocess(fp32, prepared), source_export
+
+
+def _taken_by(spec, graph: Path) -> list:
+    """The inputs `graph` takes: a fixed input folded away by specialisation is not fed to it."""
+    import onnx
+
+    taken = {i.name for i in onnx.load(str(graph), load_external_data=False).graph.input}
+    return [s for s in spec if s.value is None or s.name in taken]
+
+
+def _specialised(fp32: Path, spec, say) -> Path:
+    """With fixed inputs (--input sr=16000), the graph specialised for them (If/Loop on them folded
+    away) before ORT's pre-processing, which cannot follow control flow."""
+    from aiopt.export.onnx import specialise_fixed_inputs
+
+    fixed = {s.name: s.value for s in spec if s.value is not None}
+    if not fixed:
+        return fp32
+    target = fp32.with_name("fp32-specialised.onnx")
+    record = specialise_fixed_inputs(fp32, target, fixed)
+    if record is None:
+        return fp32
+    folded = [n for n in record["control_flow_before"] if n not in record["control_flow_left"]]
+    say(f"specialised for {', '.join(f'{k}={v}' for k, v in record['inputs'].items())}"
+        + (f": {', '.join(folded)} folded to the branch taken" if folded else ""))
+    return target
 
 
 def _export_fp32(source, target: Path, trust_pickle: bool, input_spec) -> dict:
@@ -257,7 +297,7 @@ class _QuantizeJob:
     def __init__(self, config: QuantizeConfig, method: str, spec, loaded, prepared: Path, work: Path, calibration, say):
         from aiopt.compress.cpu import detect_cpu, int8_kernel_for
 
-        self.config, self.method, self.spec, self.loaded = config, method, spec, loaded
+        self.config, self.method, self.spec, self.loaded = config, method, _taken_by(spec, prepared), loaded
         self.prepared, self.work, self.calibration, self.say = prepared, work, calibration, say
         self.cpu = detect_cpu()
         self.kernel = int8_kernel_for(self.cpu)
@@ -405,7 +445,10 @@ def evaluation_data(spec, metadata: dict, data: str | None, calibration=None, sa
     say("no evaluation data (pass --data FILE.npz): comparing with the parent on sample inputs, no accuracy")
     if calibration is not None:
         return EvalData(calibration.inputs, None, "calibration inputs")
-    return EvalData({s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, 64))}, None, "random inputs")
+    from aiopt.specs import fed_by_data, to_sample_first
+
+    fed = fed_by_data(spec)  # held sample-first, as data files are; fixed inputs come from the spec
+    return EvalData({s.name: to_sample_first(t.numpy(), s) for s, t in zip(fed, example_inputs(fed, 64))}, None, "random inputs")
 
 
 def measure_against_parent(reference_runner, runner, data, spec, latency_batch: int, what: str, metadata: dict | None = None) -> dict:
@@ -413,13 +456,21 @@ def measure_against_parent(reference_runner, runner, data, spec, latency_batch: 
     judged by what the output is: top-1 for class scores, cosine for embeddings), and a quick
     same-run latency ratio."""
     from aiopt.evaluate import accuracy, run_batches
-    from aiopt.measure.quality import check_against_parent, output_kind
+    from aiopt.measure.quality import QualityFloor, check_against_parent, compare_all, judge_outputs, metric_for, output_kind
+    from aiopt.specs import TensorSpec
 
-    reference = run_batches(reference_runner, data)[0]
-    candidate = run_batches(runner, data)[0]
+    references, candidates = run_batches(reference_runner, data), run_batches(runner, data)
+    reference, candidate = references[0], candidates[0]
     kind, _ = output_kind(metadata, runner.output_names[0], reference.shape)
+    # every output judged by what it is, beside the first output's collapse guard
+    judges = judge_outputs(metadata, [TensorSpec(n, ()) for n in runner.output_names], references, data.labels is not None)
+    floor = QualityFloor(metric_for(judges[0], data.labels is not None), judges=judges)
+    judged = compare_all(references, candidates, judges, data.labels)
+    for judge in judges:
+        judged["outputs"][judge.name]["verdict"] = floor.output_problem(judge, judged["outputs"][judge.name]) or "ok"
     report = {
-        "agreement_with_parent": check_against_parent(reference, candidate, what, "agreement" if kind == "classification" else "cosine"),
+        "agreement_with_parent": {**check_against_parent(reference, candidate, what, "agreement" if kind == "classification" else "cosine"),
+                                  "outputs": judged["outputs"]},
         "fp32_accuracy": accuracy(reference, data.labels) if data.labels is not None else None,
         "accuracy": accuracy(candidate, data.labels) if data.labels is not None else None,
         "eval_data": data.source,

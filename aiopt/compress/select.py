@@ -43,7 +43,8 @@ class Selection:
         return {"chosen": self.chosen.name if self.chosen else None, "verdict": self.verdict, "floor": self.floor.to_dict(),
                 "batch_sizes": list(self.batch_sizes), "reference": self.reference.name, "tie_tolerance": TIE,
                 "score": "geometric mean of p50 over the batch sizes", "notes": self.notes,
-                "candidates": [{**c.to_dict(), "speedup_vs_fp32": {str(b): self.speedup(c, b) for b in self.batch_sizes}}
+                "candidates": [{**c.to_dict(), "speedup_vs_fp32": {str(b): self.speedup(c, b) for b in self.batch_sizes},
+                                **({"quality_summary": self.floor.summary(c.quality)} if self.floor.judges and c.quality else {})}
                                for c in self.candidates]}
 
 
@@ -74,10 +75,60 @@ def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=
     return OnnxRuntimeRunner(str(candidate.path), spec, threads=threads)
 
 
-def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, spec, floor: QualityFloor, say, outputs=None) -> dict[str, object]:
+@dataclass
+class Reference:
+    """What every candidate is compared with: the FP32 graph's outputs on the evaluation data
+    (every output), and, for a stateful model, its outputs run as streams feeding back its own
+    state (`pairs`: input -> output)."""
+
+    outputs: list[np.ndarray]
+    pairs: dict[str, str] = field(default_factory=dict)
+    streamed: dict[str, np.ndarray] | None = None
+    note: str | None = None  # why there is no streaming check although state pairs were found
+
+    @classmethod
+    def measure(cls, runner, data, pairs: dict[str, str] | None = None) -> "Reference":
+        from aiopt.evaluate import run_batches
+        from aiopt.measure.streaming import run_streams
+
+        from aiopt.errors import AioptError
+
+        pairs = dict(pairs or {})
+        outputs = run_batches(runner, data)
+        try:
+            return cls(outputs, pairs, run_streams(runner, data, pairs) if pairs else None)
+        except AioptError as exc:  # too few samples to stream, or state that cannot be fed back as is: chunk by chunk only
+            return cls(outputs, {}, None, f"no streaming check ({exc})")
+
+    def judge(self, runner, data, floor: QualityFloor, produced: list[np.ndarray] | None = None) -> dict:
+        """Quality of `runner` on `data`: every output chunk by chunk, and streaming for a stateful
+        model (each run feeds back its own state); the floor judges both, the worse decides."""
+        from aiopt.evaluate import run_batches
+        from aiopt.measure.quality import compare_all, compare_one
+        from aiopt.measure.streaming import run_streams, stream_plan
+
+        produced = produced if produced is not None else run_batches(runner, data)
+        if not floor.judges:
+            return compare_outputs(self.outputs[0], produced[0], data.labels)
+        quality = compare_all(self.outputs, produced, floor.judges, data.labels)
+        if self.streamed is not None:
+            streamed = run_streams(runner, data, self.pairs)
+            states = set(self.pairs.values())
+            judged = [j for j in floor.judges if j.name not in states] or list(floor.judges)
+            streams, steps = stream_plan(len(data))
+            quality["streaming"] = {"streams": streams, "steps": steps, "state": dict(self.pairs),
+                                    "outputs": {j.name: compare_one(self.streamed[j.name], streamed[j.name], j) for j in judged}}
+            quality["finite"] = quality["finite"] and all(o["finite"] for o in quality["streaming"]["outputs"].values())
+        for judge in floor.judges:  # every output's verdict travels with its figures (reports, metadata)
+            for figures in (quality["outputs"], (quality.get("streaming") or {}).get("outputs", {})):
+                if judge.name in figures:
+                    figures[judge.name]["verdict"] = floor.output_problem(judge, figures[judge.name]) or "ok"
+        return quality
+
+
+def measure_quality(candidates: list[Candidate], reference: Reference, data, spec, floor: QualityFloor, say, outputs=None) -> dict[str, object]:
     """Quality of each candidate on `data`; returns the runners of those that meet the floor."""
     from aiopt.errors import AioptError
-    from aiopt.evaluate import run_batches
 
     runners = {}
     for candidate in candidates:
@@ -85,13 +136,12 @@ def measure_quality(candidates: list[Candidate], reference: np.ndarray, data, sp
             continue
         try:
             runner = make_runner(candidate, spec, outputs=outputs)
-            produced = run_batches(runner, data)[0]
+            candidate.quality = reference.judge(runner, data, floor)
         except AioptError as exc:
             candidate.problem = f"failed to run: {exc}"
             continue
-        candidate.quality = compare_outputs(reference, produced, data.labels)
         candidate.problem = floor.problem(candidate.quality)
-        say(f"{candidate.name} on {candidate.runtime}: {floor.metric} {floor.value(candidate.quality):.4f}"
+        say(f"{candidate.name} on {candidate.runtime}: {floor.summary(candidate.quality)}"
             + (f" (below the floor: {candidate.problem})" if candidate.problem else ""))
         if not candidate.problem:
             runners[candidate.name] = runner

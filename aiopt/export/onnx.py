@@ -233,6 +233,42 @@ def simplify(model):
         return model
 
 
+CONTROL_FLOW_OPS = ("If", "Loop", "Scan")
+
+
+def control_flow_nodes(model) -> list[str]:
+    """`op 'name'` of every control-flow node in the main graph."""
+    return [f"{n.op_type} {n.name!r}" for n in model.graph.node if n.op_type in CONTROL_FLOW_OPS]
+
+
+def specialise_fixed_inputs(source: Path, target: Path, fixed: dict) -> dict | None:
+    """The graph with its fixed inputs (a sample rate) turned into constants and folded with
+    onnxslim, so an `If` on them collapses to the branch taken; None when no fixed input is a
+    graph input. The record names what was specialised and any control flow left."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    from aiopt.artifacts import ONNX_DTYPES
+
+    model = onnx.load(str(source))
+    taken = {i.name: i for i in model.graph.input}
+    names = [n for n in fixed if n in taken]
+    if not names:
+        return None
+    before = control_flow_nodes(model)
+    for name in names:
+        value = taken[name]
+        dtype = ONNX_DTYPES.get(value.type.tensor_type.elem_type, "float32")
+        dims = [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim]
+        model.graph.input.remove(value)
+        model.graph.initializer.append(numpy_helper.from_array(np.full(dims, fixed[name], dtype=dtype), name))
+    folded = simplify(model)
+    onnx.save_model(folded, str(target))
+    return {"inputs": {n: fixed[n] for n in names}, "tool": "onnxslim constant folding", "control_flow_before": before,
+            "control_flow_left": control_flow_nodes(folded)}
+
+
 def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[TensorSpec], config: OnnxExportConfig, stage: str) -> dict:
     """ONNX Runtime vs PyTorch on the same inputs at two batch sizes; raise above tolerance."""
     import torch

@@ -85,7 +85,9 @@ def _describe(artifact: Path, runtime: str | None = None) -> _Model:
         raise InputError(f"Triton serves ONNX models and TensorRT engines; export {artifact} first (aiopt export {artifact} --format onnx)")
     outputs = onnx_value_specs(loaded.model.graph.output)
     platform, parameters, notes = _onnx_serving(loaded.metadata, runtime)
-    return _Model(platform, "model.onnx", loaded.input_spec, outputs, "KIND_CPU", None, loaded.metadata, parameters, notes)
+    taken = {i.name for i in loaded.model.graph.input}  # a fixed input folded into the graph (--input sr=16000) is not served
+    inputs = [s for s in loaded.input_spec if s.name in taken]
+    return _Model(platform, "model.onnx", inputs, outputs, "KIND_CPU", None, loaded.metadata, parameters, notes)
 
 
 def _onnx_serving(metadata: dict, runtime: str | None) -> tuple[str, tuple, tuple]:

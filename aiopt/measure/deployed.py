@@ -52,9 +52,11 @@ def deployed_runner(path: str | os.PathLike, threads: int | None = None):
 def batch_feed(data, spec, batch: int) -> dict[str, np.ndarray]:
     """`batch` samples from `data` (repeated when it holds fewer), in the model's dtypes; a
     static-batch model gets its own batch size."""
-    fixed = {s.shape[0] for s in spec if s.shape and isinstance(s.shape[0], int)}
-    batch = fixed.pop() if fixed else batch
-    return {s.name: np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])).astype(s.dtype) for s in spec}
+    from aiopt.specs import fixed_batch, to_model_layout
+
+    batch = fixed_batch(spec) or batch
+    return {s.name: to_model_layout(np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])), s).astype(s.dtype)
+            for s in spec if s.value is None}
 
 
 def measure_deployed(path: str | os.PathLike, reference_runner, reference_outputs: np.ndarray, data, floor: QualityFloor,

@@ -22,14 +22,18 @@ class Runner:
     batch_range_hint = "rebuild it with --min-batch/--max-batch"
 
     def __init__(self, input_spec: list[TensorSpec], output_names: list[str], device: str = "cpu", source: str = ""):
-        self.input_spec = list(input_spec)
+        # fixed inputs (a sample rate) are fed here, so callers pass only the others
+        self.fixed_inputs = {spec.name: spec.fixed_array() for spec in input_spec if spec.value is not None}
+        self.model_inputs = [spec.name for spec in input_spec]  # every input, in the model's order
+        self._fixed_names = set(self.fixed_inputs)
+        self.input_spec = [spec for spec in input_spec if spec.value is None]
         # numpy dtypes resolved once: `array.dtype.name` costs microseconds on every call
         self._dtypes = [_numpy_dtype(spec.dtype) for spec in self.input_spec]
         self._names = [spec.name for spec in self.input_spec]
         # what the per-call check reads, one tuple per input (name, dtype, rank, fixed axes, batched): a
         # model of a few microseconds a call (a small CNN at batch 1) must not spend a tenth of it here
         self._quick = [(spec.name, dtype, len(spec.shape), tuple((axis, d) for axis, d in enumerate(spec.shape) if isinstance(d, int)),
-                        bool(spec.shape) and spec.shape[0] == "batch") for spec, dtype in zip(self.input_spec, self._dtypes)]
+                        spec.batch_axis) for spec, dtype in zip(self.input_spec, self._dtypes)]
         self.output_names = list(output_names)
         self.device = device
         self.source = source
@@ -37,16 +41,23 @@ class Runner:
     def __call__(self, inputs: Feed) -> dict[str, np.ndarray]:
         """Run one batch. `inputs`: a dict by input name, a list in spec order, or one array."""
         if type(inputs) is dict and self.batch_range is None and self._matches_exactly(inputs):
-            return self._infer(inputs)
-        return self._infer(self.check_inputs(inputs))
+            return self._infer({**inputs, **self.fixed_inputs} if self.fixed_inputs else inputs)
+        feed = self.check_inputs(inputs)
+        return self._infer({**feed, **self.fixed_inputs} if self.fixed_inputs else feed)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         raise NotImplementedError
 
+    def drop_fixed_inputs_not_in(self, taken: list[str]) -> None:
+        """A graph specialised for its fixed inputs (`If` on a sample rate folded away) no longer
+        takes them: the Runner stops feeding those."""
+        self.fixed_inputs = {k: v for k, v in self.fixed_inputs.items() if k in taken}
+
     def check_inputs(self, inputs: Feed) -> dict[str, np.ndarray]:
         feed = inputs if type(inputs) is dict and self._matches_exactly(inputs) else self._check_slowly(inputs)
         if self.batch_range is not None:
-            problem = self.batch_problem(len(next(iter(feed.values()))))
+            spec = next((s for s in self.input_spec if s.batch_axis is not None), None)
+            problem = self.batch_problem(feed[spec.name].shape[spec.batch_axis] if spec else len(next(iter(feed.values()))))
             if problem:
                 raise InputError(problem)
         return feed
@@ -64,7 +75,7 @@ class Runner:
         if len(inputs) != len(self._quick):
             return False
         batch = None
-        for name, dtype, ndim, fixed, batched in self._quick:
+        for name, dtype, ndim, fixed, batch_axis in self._quick:
             array = inputs.get(name)
             if type(array) is not np.ndarray or dtype is None or array.dtype != dtype or array.ndim != ndim:
                 return False
@@ -72,15 +83,16 @@ class Runner:
             for axis, size in fixed:
                 if shape[axis] != size:
                     return False
-            if batched:
-                if batch is not None and batch != shape[0]:
+            if batch_axis is not None:
+                if batch is not None and batch != shape[batch_axis]:
                     return False
-                batch = shape[0]
+                batch = shape[batch_axis]
         return True
 
     def _check_slowly(self, inputs: Feed) -> dict[str, np.ndarray]:
         names = self._names
         if isinstance(inputs, Mapping):
+            inputs = {k: v for k, v in inputs.items() if k not in self._fixed_names}  # a fixed input given anyway: the fixed value wins
             if len(inputs) != len(names) or any(n not in inputs for n in names):
                 raise InputError(f"inputs do not match the model: expected {', '.join(names)}, got {', '.join(map(str, inputs)) or 'none'}")
             values = [inputs[n] for n in names]
@@ -96,15 +108,16 @@ class Runner:
             array = _to_numpy(value)
             _check_one(spec, dtype, array)
             feed[spec.name] = array
-            if spec.shape and spec.shape[0] == "batch":
-                batch_sizes.add(array.shape[0])
+            if spec.batch_axis is not None:
+                batch_sizes.add(array.shape[spec.batch_axis])
         if len(batch_sizes) > 1:
             raise InputError(f"inputs disagree on the batch size: {sorted(batch_sizes)}")
         return feed
 
     def describe(self) -> dict:
         return {"backend": self.backend, "device": self.device, "source": self.source,
-                "inputs": [s.to_dict() for s in self.input_spec], "outputs": self.output_names}
+                "inputs": [s.to_dict() for s in self.input_spec], "outputs": self.output_names,
+                **({"fixed_inputs": {k: v.tolist() for k, v in self.fixed_inputs.items()}} if self.fixed_inputs else {})}
 
 
 def capped_threads(requested: int | None, serving: dict) -> int | None:

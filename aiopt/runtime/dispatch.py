@@ -67,14 +67,16 @@ class BatchDispatchRunner(Runner):
         super().__init__(first.input_spec, first.output_names, first.device, source)
         self.routes = routes
         self.backend = "+".join(runner.backend for _, runner in routes)
-        self._name = self.input_spec[0].name
+        batched = next((spec for spec in self.input_spec if spec.batch_axis is not None), self.input_spec[0])
+        self._name, self._axis = batched.name, batched.batch_axis or 0
 
     def runner_for(self, batch: int) -> Runner:
         return route_for(self.routes, batch)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # inputs were checked once, by this Runner's __call__: go straight to the backend
-        return self.runner_for(len(feed[self._name]))._infer(feed)
+        runner = self.runner_for(feed[self._name].shape[self._axis])
+        return runner._infer({**feed, **runner.fixed_inputs} if runner.fixed_inputs else feed)
 
     def describe(self) -> dict:
         return {**super().describe(), "routes": [{"max_batch": m, "backend": r.backend, "source": r.source} for m, r in self.routes]}

@@ -69,6 +69,7 @@ class OnnxRuntimeRunner(Runner):
         self.session = make_session(model, device, threads)
         output_names = [o.name for o in self.session.get_outputs()]
         super().__init__(input_spec, output_names, device, source)
+        self.drop_fixed_inputs_not_in([i.name for i in self.session.get_inputs()])
         self._run = _direct_run(self.session, device)
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -71,6 +71,7 @@ class OpenVinoRunner(Runner):
         self.request = self.compiled.create_infer_request()
         # The ONNX frontend keeps the graph's output order and names.
         super().__init__(input_spec, [o.get_any_name() for o in self.compiled.outputs], device, source)
+        self.drop_fixed_inputs_not_in([i.get_any_name() for i in self.compiled.inputs])
 
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         try:

@@ -26,10 +26,26 @@ class TorchRunner(Runner):
             module = module.to(self._device)
         self.module = module
 
+    def _fixed_argument(self, name: str):
+        import torch
+
+        value = self.fixed_inputs[name]
+        if value.ndim == 0 and self._takes_number(name):
+            return value.item()
+        return torch.from_numpy(value).to(self._device)
+
+    def _takes_number(self, name: str) -> bool:
+        """Whether a TorchScript module declares argument `name` an int or float, not a Tensor."""
+        schema = getattr(getattr(self.module, "forward", None), "schema", None)
+        argument = next((a for a in getattr(schema, "arguments", ()) if a.name == name), None)
+        return argument is not None and str(argument.type) in ("int", "float")
+
     def _infer(self, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
 
-        tensors = [torch.from_numpy(np.ascontiguousarray(feed[s.name])).to(self._device) for s in self.input_spec]
+        # fixed inputs sit in the model's own argument order (a TorchScript int argument takes a Python number)
+        tensors = [self._fixed_argument(name) if name in self.fixed_inputs else torch.from_numpy(np.ascontiguousarray(feed[name])).to(self._device)
+                   for name in self.model_inputs]
         with torch.inference_mode():
             outputs = self.module(*tensors)
         outputs = outputs if isinstance(outputs, (tuple, list)) else (outputs,)

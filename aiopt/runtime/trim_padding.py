@@ -44,7 +44,8 @@ class PaddingTrimRunner(Runner):
         length = int(used[-1]) + 1 if used.size else 1
         if length < mask.shape[1]:
             feed = {name: self._cut(name, array, length) for name, array in feed.items()}
-        return self.inner._infer(feed)  # the outer call checked the inputs once
+        fixed = self.inner.fixed_inputs
+        return self.inner._infer({**feed, **fixed} if fixed else feed)  # the outer call checked the inputs once
 
     def _cut(self, name: str, array: np.ndarray, length: int) -> np.ndarray:
         axis = self._seq_axes.get(name)
