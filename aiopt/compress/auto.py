@@ -29,7 +29,7 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
 
     from aiopt.artifacts import load_model, onnx_value_specs, output_spec, require_input_spec
     from aiopt.compress.calibration import calibration_set
-    from aiopt.compress.cpu import detect_cpu, int8_kernel_for
+    from aiopt.hardware import detect_cpu, int8_kernel_for
     from aiopt.compress.quantize import QuantizeResult, evaluation_data, prepare_fp32
     from aiopt.fileio import check_output_path
 
