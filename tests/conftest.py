@@ -56,6 +56,52 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
     )
 
 
+def invoke_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the `aiopt` command line in this process (typer's CliRunner), for tests of what a
+    command does rather than of the process around it: same app, same error handling and exit
+    codes, `sys.argv` as the real entry point sees it, stdout and stderr apart. Saves the start
+    of a fresh interpreter (importing torch) per call. Keep `run_cli` where the process itself is
+    the subject: the entry point's exit codes, interrupts, concurrency, import leanness, and
+    output that C libraries write straight to file descriptor 2."""
+    import contextlib
+    import signal
+    import traceback
+
+    from typer.testing import CliRunner
+
+    from aiopt import cli
+
+    state, argv, handler = dict(cli._state), sys.argv, signal.getsignal(signal.SIGINT)
+    threads = _torch_threads()
+    environment = {"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    try:
+        sys.argv = ["aiopt", *args]
+        # what the module reads from the environment when a fresh process imports it
+        cli._state.update(debug=bool({**os.environ, **environment}.get("AIOPT_DEBUG")), interrupted=False)
+        with contextlib.chdir(cwd or os.getcwd()):
+            result = CliRunner(env=environment).invoke(cli.app, list(args), catch_exceptions=True)
+    finally:
+        sys.argv = argv
+        cli._state.clear()
+        cli._state.update(state)
+        signal.signal(signal.SIGINT, handler)
+        if threads is not None:
+            import torch
+
+            torch.set_num_threads(threads)
+    stderr = result.stderr
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        # as an uncaught exception in a real process: the traceback on stderr, exit 1
+        stderr += "".join(traceback.format_exception(result.exception))
+    return subprocess.CompletedProcess(["aiopt", *args], result.exit_code, result.stdout, stderr)
+
+
+def _torch_threads() -> int | None:
+    """torch's thread count, when torch is loaded (a command's --threads must not leak into later tests)."""
+    torch = sys.modules.get("torch")
+    return torch.get_num_threads() if torch is not None else None
+
+
 @pytest.fixture(scope="session")
 def tiny_cnn(tmp_path_factory) -> Path:
     """A cnn:tiny trained for a few epochs on MNIST-1D, shared by the tests that only read it."""

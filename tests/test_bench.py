@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli
 
 from aiopt.measure.latency import LatencyConfig, measure_latency
 from aiopt.bench.report import Violation, compare
@@ -43,7 +43,7 @@ def test_measure_latency_keeps_every_run_and_orders_percentiles():
 
 def test_bench_finds_the_baseline_through_the_lineage_and_writes_reports(family, tiny_cnn, tmp_path):
     report, summary = tmp_path / "r.json", tmp_path / "r.md"
-    result = run_cli("bench", str(family["int8"]), *FAST, "--json", str(report), "--markdown", str(summary), "--threads", "1")
+    result = invoke_cli("bench", str(family["int8"]), *FAST, "--json", str(report), "--markdown", str(summary), "--threads", "1")
     assert result.returncode == 0, result.stderr
     document = json.loads(report.read_text())
     assert document["schema_version"] == 1 and document["settings"]["threads"] == 1
@@ -65,7 +65,7 @@ def test_bench_finds_the_baseline_through_the_lineage_and_writes_reports(family,
 
 def test_absent_backends_and_devices_are_skipped_with_a_reason(family, tmp_path):
     report = tmp_path / "r.json"
-    result = run_cli("bench", str(family["int8"]), *FAST, "--no-baseline", "--backend", "onnxruntime", "--backend", "tensorrt",
+    result = invoke_cli("bench", str(family["int8"]), *FAST, "--no-baseline", "--backend", "onnxruntime", "--backend", "tensorrt",
                      "--device", "cpu", "--device", "cuda", "-b", "2", "--json", str(report))
     assert result.returncode == 0, result.stderr
     records = json.loads(report.read_text())["records"]
@@ -81,7 +81,7 @@ def test_absent_backends_and_devices_are_skipped_with_a_reason(family, tmp_path)
 
 def test_a_batch_size_the_model_does_not_allow_is_skipped(family, tmp_path):
     report = tmp_path / "r.json"
-    result = run_cli("bench", str(family["static"]), *FAST, "--no-baseline", "-b", "1", "-b", "8", "--json", str(report))
+    result = invoke_cli("bench", str(family["static"]), *FAST, "--no-baseline", "-b", "1", "-b", "8", "--json", str(report))
     assert result.returncode == 0, result.stderr
     records = json.loads(report.read_text())["records"]
     assert records[0]["skipped"] is None and "fixed at 1" in records[1]["skipped"]
@@ -89,7 +89,7 @@ def test_a_batch_size_the_model_does_not_allow_is_skipped(family, tmp_path):
 
 def test_regression_gate_fails_with_a_list_and_writes_the_job_summary(family, tmp_path):
     first = tmp_path / "old.json"
-    assert run_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--json", str(first)).returncode == 0
+    assert invoke_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--json", str(first)).returncode == 0
     original = first.read_text()
     old = json.loads(original)
     for record in old["records"]:
@@ -98,12 +98,12 @@ def test_regression_gate_fails_with_a_list_and_writes_the_job_summary(family, tm
     slower = tmp_path / "slower.json"
     slower.write_text(json.dumps(old))
     summary = tmp_path / "summary.md"
-    result = run_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--baseline", str(slower), env={"GITHUB_STEP_SUMMARY": str(summary)})
+    result = invoke_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--baseline", str(slower), env={"GITHUB_STEP_SUMMARY": str(summary)})
     assert result.returncode == 1, result.stderr
     assert "regression" in result.stderr and "p50 latency" in result.stderr and "accuracy" in result.stderr
     assert "### Regression gate" in summary.read_text()
     # Against its own earlier report, with a tolerance no shared machine's noise reaches: passes.
-    same = run_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--baseline", str(first), "--max-regression", "1e6")
+    same = invoke_cli("bench", str(family["fp32"]), *FAST, "-b", "1", "--baseline", str(first), "--max-regression", "1e6")
     assert same.returncode == 0, same.stderr
 
 
@@ -127,7 +127,7 @@ def test_compare_matches_records_and_reports_missing_ones():
 def test_a_baseline_of_another_schema_is_refused(family, tmp_path, content, expected):
     old = tmp_path / "old.json"
     old.write_text(content)
-    result = run_cli("bench", str(family["fp32"]), *FAST, "--baseline", str(old))
+    result = invoke_cli("bench", str(family["fp32"]), *FAST, "--baseline", str(old))
     assert result.returncode == 2 and expected in result.stderr
 
 
@@ -135,15 +135,15 @@ def test_data_that_does_not_fit_is_refused_and_nothing_is_written(family, tmp_pa
     data = tmp_path / "d.npz"
     np.savez(data, x=np.zeros((4, 13), np.float32), y=np.zeros(4, np.int64))
     report = tmp_path / "r.json"
-    result = run_cli("bench", str(family["fp32"]), *FAST, "--data", str(data), "--json", str(report))
+    result = invoke_cli("bench", str(family["fp32"]), *FAST, "--data", str(data), "--json", str(report))
     assert result.returncode == 2 and "expects" in result.stderr
     assert not report.exists()
 
 
 def test_bad_options_are_refused(family):
-    assert run_cli("bench", str(family["fp32"]), "-b", "0").returncode == 2
-    assert run_cli("bench", str(family["fp32"]), "--backend", "tvm").returncode == 2
-    missing = run_cli("bench", str(family["folder"] / "nope.onnx"))
+    assert invoke_cli("bench", str(family["fp32"]), "-b", "0").returncode == 2
+    assert invoke_cli("bench", str(family["fp32"]), "--backend", "tvm").returncode == 2
+    missing = invoke_cli("bench", str(family["folder"] / "nope.onnx"))
     assert missing.returncode == 2 and "nope.onnx" in missing.stderr
 
 

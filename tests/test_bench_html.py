@@ -280,6 +280,7 @@ def _open_in_chromium(binary: str, page: Path, profile: Path) -> tuple[list[dict
         browser.close()
 
 
+@pytest.mark.slow  # a real browser; on a fresh machine its fixture first installs chromium with apt-get
 def test_report_renders_in_chromium_without_errors_and_its_images_load(chromium, tmp_path):
     page = tmp_path / "report.html"
     page.write_text(render_html(_full_document()))
@@ -288,6 +289,7 @@ def test_report_renders_in_chromium_without_errors_and_its_images_load(chromium,
     assert len(images) == 9 and all(image["naturalWidth"] > 0 for image in images), images
 
 
+@pytest.mark.slow  # a real browser; on a fresh machine its fixture first installs chromium with apt-get
 def test_the_browser_check_sees_errors_and_broken_images(chromium, tmp_path):
     page = tmp_path / "broken.html"
     page.write_text('<img alt="broken" src="data:image/png;base64,AAAA"><script>console.error("boom"); missing();</script>')

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow  # trains, prunes, distills and quantizes a model, then benches six artifacts
 def test_quick_suite_writes_json_markdown_and_html(tmp_path):
     results = tmp_path / "results"
     command = [sys.executable, str(ROOT / "benchmarks" / "run.py"), "--quick", "--work", str(tmp_path / "work"),

@@ -14,10 +14,13 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli
 
 torch = pytest.importorskip("torch")
 nn = torch.nn
+
+# each test exports, quantizes by measurement, benches and compares a model: a minute or more apiece
+pytestmark = pytest.mark.slow
 
 
 class ResidualCNN(nn.Module):
@@ -86,16 +89,16 @@ def test_image_models_export_quantize_bench_compare(name, tmp_path):
     np.savez(tmp_path / "eval.npz", x=rng.standard_normal((48, 3, 32, 32)).astype(np.float32))
     shape = ("--input-shape", "batchx3x32x32")
 
-    exported = run_cli("export", str(traced), *shape, "-o", str(tmp_path / f"{name}.onnx"))
+    exported = invoke_cli("export", str(traced), *shape, "-o", str(tmp_path / f"{name}.onnx"))
     assert exported.returncode == 0, exported.stderr
-    result = run_cli("quantize", str(traced), *shape, "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
+    result = invoke_cli("quantize", str(traced), *shape, "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
                      "-b", "1", "-b", "4", "-o", str(tmp_path / f"{name}.q.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["metric"] == "cosine" and report["quality"]["mean_cosine"] >= 0.99  # no labels: cosine to FP32
-    bench = run_cli("bench", report["path"], "-b", "2", "--min-time", "0.05", "--min-runs", "3", "--warmup", "1", "--rounds", "1")
+    bench = invoke_cli("bench", report["path"], "-b", "2", "--min-time", "0.05", "--min-runs", "3", "--warmup", "1", "--rounds", "1")
     assert bench.returncode == 0, bench.stderr
-    compared = run_cli("compare", str(tmp_path / f"{name}.onnx"), report["path"], "--data", str(tmp_path / "eval.npz"), "--json")
+    compared = invoke_cli("compare", str(tmp_path / f"{name}.onnx"), report["path"], "--data", str(tmp_path / "eval.npz"), "--json")
     assert compared.returncode == 0, compared.stderr
     first_output = next(iter(json.loads(compared.stdout)["outputs"].values()))
     assert first_output["mean_cosine"] >= 0.99
@@ -109,16 +112,16 @@ def test_bert_classifier_from_a_config(tmp_path):
     rng = np.random.default_rng(0)
     lines = [" ".join(rng.choice(WORDS, size=rng.integers(3, 12))) for _ in range(48)]
     (tmp_path / "texts.txt").write_text("\n".join(lines) + "\n")
-    result = run_cli("quantize", str(folder), "--calibration", str(tmp_path / "texts.txt"), "--seq-len", "16", "-b", "1", "-b", "4",
+    result = invoke_cli("quantize", str(folder), "--calibration", str(tmp_path / "texts.txt"), "--seq-len", "16", "-b", "1", "-b", "4",
                      "-o", str(tmp_path / "bert.q.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     # logits without labels: top-1 agreement with FP32 on sentences held out of calibration
     assert report["metric"] == "agreement" and "held out" in report["eval_data"]
     assert report["quality"]["top1_agreement"] >= 0.995
-    bench = run_cli("bench", report["path"], "-b", "2", "--min-time", "0.05", "--min-runs", "3", "--warmup", "1", "--rounds", "1",
+    bench = invoke_cli("bench", report["path"], "-b", "2", "--min-time", "0.05", "--min-runs", "3", "--warmup", "1", "--rounds", "1",
                     "--seq-len", "16")
     assert bench.returncode == 0, bench.stderr
-    compared = run_cli("compare", str(folder), report["path"], "--data", str(tmp_path / "texts.txt"), "--seq-len", "16", "--json")
+    compared = invoke_cli("compare", str(folder), report["path"], "--data", str(tmp_path / "texts.txt"), "--seq-len", "16", "--json")
     assert compared.returncode == 0, compared.stderr
     assert json.loads(compared.stdout)["metric"]["name"] == "agreement"

@@ -221,6 +221,7 @@ def test_feature_matching_loss_is_zero_for_the_teacher_itself(architecture):
     assert not model._forward_hooks and not any(m._forward_hooks for m in model.modules())
 
 
+@pytest.mark.slow  # six epochs of distillation with hidden-state matching: the module's longest after the end-to-end test
 def test_distill_with_feature_matching_keeps_no_projection(teacher, tmp_path):
     result = distill_checkpoint(teacher, tmp_path / "s.pt", DistillConfig(width=0.5, epochs=6, feature_weight=1.0, compare_alone=False))
     assert result.report["feature_weight"] == 1.0

@@ -13,7 +13,7 @@ from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
 from aiopt.export.onnx import OnnxExportConfig, export_onnx
 from aiopt.reference_models.train import train_reference_model
 from aiopt.specs import parse_input_shapes
-from conftest import run_cli
+from conftest import run_cli, invoke_cli
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +158,12 @@ def test_compare_and_run_cli(tiny_models, tmp_path):
     assert result["inputs"] == "mnist1d:test" and result["outputs"]["logits"]["top1_agreement"] == 1.0
     assert result["reference"]["accuracy"] == result["candidate"]["accuracy"]
     np.savez(tmp_path / "x.npz", x=np.zeros((3, 40), np.float32))
-    ran = run_cli("run", str(onnx_path), "--input", "x.npz", "-o", "y.npz", "--json", cwd=tmp_path)
+    ran = invoke_cli("run", str(onnx_path), "--input", "x.npz", "-o", "y.npz", "--json", cwd=tmp_path)
     assert ran.returncode == 0, ran.stderr
     with np.load(tmp_path / "y.npz") as outputs:
         assert outputs["logits"].shape == (3, 10)
     np.savez(tmp_path / "bad.npz", x=np.zeros((3, 41), np.float32))
-    bad = run_cli("run", str(onnx_path), "--input", "bad.npz", "-o", "z.npz", cwd=tmp_path)
+    bad = invoke_cli("run", str(onnx_path), "--input", "bad.npz", "-o", "z.npz", cwd=tmp_path)
     assert bad.returncode == 2 and "expects" in bad.stderr and not (tmp_path / "z.npz").exists()
 
 

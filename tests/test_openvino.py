@@ -13,7 +13,7 @@ from aiopt.compare import compare_artifacts  # noqa: E402
 from aiopt.data import load_dataset  # noqa: E402
 from aiopt.errors import InputError, MissingDependencyError  # noqa: E402
 from aiopt.export.onnx import export_onnx  # noqa: E402
-from conftest import run_cli, with_metadata  # noqa: E402
+from conftest import invoke_cli, with_metadata  # noqa: E402
 
 INSTALL_LINE = "pip install 'aiopt[openvino]'"
 
@@ -80,7 +80,7 @@ def test_pytorch_artifact_and_cuda_refused_in_one_line(tiny_cnn, cnn_onnx):
 
 
 def test_bench_and_compare_on_openvino(cnn_onnx, tmp_path):
-    result = run_cli("bench", str(cnn_onnx), "--backend", "openvino", "--backend", "onnxruntime", "-b", "1", "-b", "7", "--no-baseline",
+    result = invoke_cli("bench", str(cnn_onnx), "--backend", "openvino", "--backend", "onnxruntime", "-b", "1", "-b", "7", "--no-baseline",
                      "--warmup", "1", "--min-runs", "2", "--min-time", "0", "--rounds", "1", "--threads", "2",
                      "--json", str(tmp_path / "r.json"))
     assert result.returncode == 0, result.stderr

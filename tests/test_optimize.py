@@ -50,6 +50,7 @@ def first_run(tmp_path_factory, tiny_cnn):
     return outdir, json.loads(result.stdout), result.stderr
 
 
+@pytest.mark.slow  # with first_run: a whole search (two chains) in a fresh process
 def test_chain_reports_reproduce_script_and_chosen_artifact(first_run, tiny_cnn):
     from aiopt.evaluate import eval_data, run_batches
     from aiopt.measure.deployed import deployed_runner
@@ -135,6 +136,7 @@ def test_a_sampler_stuck_on_tried_chains_gets_an_untried_one_queued():
     assert not search._queue_untried()
 
 
+@pytest.mark.slow  # first_run, then reproduce.sh rebuilds the chain
 def test_reproduce_script_rebuilds_the_chosen_artifact(first_run, tmp_path):
     outdir, document, _ = first_run
     result = subprocess.run(["bash", str(outdir / "reproduce.sh"), document["model_path"], str(tmp_path / "work")], capture_output=True,
@@ -146,6 +148,7 @@ def test_reproduce_script_rebuilds_the_chosen_artifact(first_run, tmp_path):
     assert rebuilt.metadata["metrics"]["accuracy"] == pytest.approx(document["best"]["quality"]["accuracy"], abs=0.002)
 
 
+@pytest.mark.slow  # first_run, then a second search
 def test_rerun_with_more_trials_runs_only_the_missing_one(first_run, tiny_cnn, tmp_path):
     outdir = tmp_path / "out"
     shutil.copytree(first_run[0], outdir)
@@ -181,6 +184,7 @@ def _journal_url(outdir: Path):
     return JournalStorage(JournalFileBackend(str(outdir / "study.journal")))
 
 
+@pytest.mark.slow  # a search interrupted, then resumed
 def test_ctrl_c_mid_search_then_rerun_loses_no_finished_trial(tmp_path, tiny_cnn):
     outdir = tmp_path / "out"
     tries = ("--try", FP32, "--try", DYNAMIC, "--try", PRUNED_INT8)
@@ -205,6 +209,7 @@ def test_ctrl_c_mid_search_then_rerun_loses_no_finished_trial(tmp_path, tiny_cnn
     assert document["study"]["run_by_this_process"] == 3 - len(finished)
 
 
+@pytest.mark.slow  # three searches: two workers, then one alone
 def test_two_workers_share_one_study_and_find_the_front_one_process_finds(tmp_path, tiny_cnn):
     from aiopt.optimize.config import OptimizeConfig
     from aiopt.optimize.front import pareto, rows_from
@@ -264,6 +269,7 @@ def test_unreachable_storage_exits_2(tmp_path, tiny_cnn):
     assert "cannot open --storage" in _one_line(result)
 
 
+@pytest.mark.slow  # needs first_run's study (a whole search)
 def test_study_made_with_other_settings_exits_2(first_run, tiny_cnn, tmp_path):
     outdir = tmp_path / "out"
     shutil.copytree(first_run[0], outdir)

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
+from conftest import run_cli, invoke_cli
 
 from aiopt.artifacts import METADATA_KEY, load_model
 from aiopt.compress.cpu import CpuFeatures, detect_cpu, int8_kernel_for
@@ -101,7 +101,7 @@ def test_the_chosen_int8_kernel_does_not_saturate_here(tmp_path):
 
 def test_forced_static_writes_int8_beside_the_input(tiny_cnn, tmp_path):
     model = _copy(tiny_cnn, tmp_path)
-    result = run_cli("quantize", str(model), "--method", "static", "--json")
+    result = invoke_cli("quantize", str(model), "--method", "static", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     out = tmp_path / "cnn-tiny.int8.onnx"
@@ -124,7 +124,7 @@ def test_forced_static_writes_int8_beside_the_input(tiny_cnn, tmp_path):
 
 def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_floor(tiny_cnn, tmp_path):
     model = _copy(tiny_cnn, tmp_path)
-    result = run_cli("quantize", str(model), "--json", "-b", "1", "-b", "16")
+    result = invoke_cli("quantize", str(model), "--json", "-b", "1", "-b", "16")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     selection = report["selection"]
@@ -150,7 +150,7 @@ def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_f
         assert meta["runtime"] == routes[-1]["runtime"] and runtime.load(out).backend == "+".join(r["runtime"] for r in routes)
     else:
         assert meta["runtime"] == chosen["runtime"] and runtime.load(out).backend == chosen["runtime"]
-    assert "candidates measured here" in run_cli("quantize", str(model), "-o", str(tmp_path / "again.onnx"), "-b", "4").stdout
+    assert "candidates measured here" in invoke_cli("quantize", str(model), "-o", str(tmp_path / "again.onnx"), "-b", "4").stdout
 
 
 def test_selection_never_picks_a_candidate_slower_at_some_batch_and_prefers_the_smaller_of_a_tie(tmp_path):
@@ -184,13 +184,13 @@ def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_p
     model = onnx.load(str(exported))
     del model.metadata_props[:]  # a colleague's ONNX file: no aiopt metadata, no dataset
     onnx.save(model, str(exported))
-    result = run_cli("quantize", str(exported), "--backend", "onnxruntime", "--json", "-o", str(tmp_path / "out.onnx"))
+    result = invoke_cli("quantize", str(exported), "--backend", "onnxruntime", "--json", "-o", str(tmp_path / "out.onnx"))
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["method"] == "dynamic" and "no calibration data" in report["reason"]
     assert "no calibration data" in result.stderr and report["accuracy"] is None
     # chosen by measurement, the static recipes say why they were not built
-    result = run_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "auto.onnx"), "-b", "1")
+    result = invoke_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "auto.onnx"), "-b", "1")
     assert result.returncode == 0, result.stderr
     candidates = {c["name"]: c for c in json.loads(result.stdout)["selection"]["candidates"]}
     assert "no calibration data" in candidates["int8-static-per-channel"]["problem"]
@@ -198,7 +198,7 @@ def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_p
 
 
 def test_lstm_nodes_get_dynamic_int8_kernels(tiny_lstm, tmp_path):
-    result = run_cli("quantize", str(tiny_lstm), "--method", "static", "-o", str(tmp_path / "lstm.int8.onnx"), "--json")
+    result = invoke_cli("quantize", str(tiny_lstm), "--method", "static", "-o", str(tmp_path / "lstm.int8.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     ops = _ops(tmp_path / "lstm.int8.onnx")
@@ -208,7 +208,7 @@ def test_lstm_nodes_get_dynamic_int8_kernels(tiny_lstm, tmp_path):
 
 def test_tensorrt_target_is_symmetric_int8_qdq_around_every_matmul(tiny_cnn, tmp_path):
     out = tmp_path / "cnn.trt-int8.onnx"
-    result = run_cli("quantize", str(tiny_cnn), "--backend", "tensorrt", "-o", str(out), "--json")
+    result = invoke_cli("quantize", str(tiny_cnn), "--backend", "tensorrt", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     model = onnx.load(str(out))
     initializers = {t.name: onnx.numpy_helper.to_array(t) for t in model.graph.initializer}
@@ -227,7 +227,7 @@ def test_tensorrt_target_is_symmetric_int8_qdq_around_every_matmul(tiny_cnn, tmp
 
 def test_fp16_keeps_layernorm_in_float32(tiny_transformer, tmp_path):
     out = tmp_path / "t.fp16.onnx"
-    result = run_cli("quantize", str(tiny_transformer), "--method", "fp16", "-o", str(out), "--json")
+    result = invoke_cli("quantize", str(tiny_transformer), "--method", "fp16", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert abs(report["fp32_accuracy"] - report["accuracy"]) <= 0.02
@@ -240,7 +240,7 @@ def test_fp16_keeps_layernorm_in_float32(tiny_transformer, tmp_path):
 
 
 def test_accuracy_budget_selection_is_consistent(tiny_transformer, tmp_path):
-    result = run_cli("quantize", str(tiny_transformer), "--method", "static", "--max-accuracy-drop", "0", "--per-tensor", "-o", str(tmp_path / "t.onnx"), "--json")
+    result = invoke_cli("quantize", str(tiny_transformer), "--method", "static", "--max-accuracy-drop", "0", "--per-tensor", "-o", str(tmp_path / "t.onnx"), "--json")
     assert result.returncode == 0, result.stderr
     selection = json.loads(result.stdout)["layer_selection"]
     assert selection["data"] == "mnist1d:train-held-out"
@@ -303,7 +303,7 @@ def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):
     model = tmp_path / "m.onnx"
     export_onnx(tiny_cnn, model)
     before = sha256_file(model)
-    result = run_cli("quantize", str(model), "-o", str(model), "--force")
+    result = invoke_cli("quantize", str(model), "-o", str(model), "--force")
     assert result.returncode == 2 and sha256_file(model) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
@@ -313,7 +313,7 @@ def test_output_equal_to_input_is_refused_and_input_kept(tiny_cnn, tmp_path):
 @pytest.mark.parametrize(("method", "suffix"), [("dynamic", ".int8.pt"), ("bf16", ".bf16.pt")])
 def test_torch_backend_writes_torchscript_that_matches_its_parent(tiny_lstm, tmp_path, method, suffix):
     model = _copy(tiny_lstm, tmp_path)
-    result = run_cli("quantize", str(model), "--backend", "torch", "--method", method, "--json")
+    result = invoke_cli("quantize", str(model), "--backend", "torch", "--method", method, "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     out = tmp_path / f"lstm-tiny{suffix}"
@@ -328,5 +328,5 @@ def test_torch_backend_writes_torchscript_that_matches_its_parent(tiny_lstm, tmp
 
 
 def test_torch_backend_refuses_static_and_onnx_inputs(tiny_cnn, tmp_path):
-    result = run_cli("quantize", str(tiny_cnn), "--backend", "torch", "--method", "static", "-o", str(tmp_path / "x.pt"))
+    result = invoke_cli("quantize", str(tiny_cnn), "--backend", "torch", "--method", "static", "-o", str(tmp_path / "x.pt"))
     assert result.returncode == 2 and "--backend onnxruntime" in result.stderr

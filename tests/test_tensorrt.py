@@ -7,7 +7,7 @@ import json
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli
 
 from aiopt.export.tensorrt import (
     TensorRTConfig,
@@ -86,27 +86,27 @@ def test_sidecar_mismatch_is_refused_with_how_to_rebuild(tiny_cnn, tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None, reason="TensorRT is installed here")
 def test_without_tensorrt_export_says_what_to_install_and_what_it_would_build(tiny_cnn, tmp_path):
     out = tmp_path / "m.engine"
-    result = run_cli("export", str(tiny_cnn), "--format", "tensorrt", "--precision", "int8", "-o", str(out))
+    result = invoke_cli("export", str(tiny_cnn), "--format", "tensorrt", "--precision", "int8", "-o", str(out))
     assert result.returncode == 4, result.stderr
     assert "pip install 'aiopt[tensorrt]'" in result.stderr and "int8" in result.stderr and "batch 1..64" in result.stderr
     assert not out.exists() and not sidecar_path(out).exists()
-    assert run_cli("export", str(tiny_cnn), "--format", "tensorrt", "--min-batch", "8", "--max-batch", "2").returncode == 2
+    assert invoke_cli("export", str(tiny_cnn), "--format", "tensorrt", "--min-batch", "8", "--max-batch", "2").returncode == 2
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("torch_tensorrt") is not None, reason="Torch-TensorRT is installed here")
 def test_without_torch_tensorrt_the_second_path_says_what_to_install(tiny_cnn, tmp_path):
     out = tmp_path / "m.trt.pt2"
-    result = run_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "-o", str(out))
+    result = invoke_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "-o", str(out))
     assert result.returncode == 4 and "aiopt[torch-tensorrt]" in result.stderr and "fp16" in result.stderr
     assert not out.exists()
-    int8 = run_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "--precision", "int8", "-o", str(out))
+    int8 = invoke_cli("export", str(tiny_cnn), "--format", "torch-tensorrt", "--precision", "int8", "-o", str(out))
     assert int8.returncode == 2 and "--format tensorrt" in int8.stderr
 
 
 def test_an_engine_on_a_cpu_is_refused_with_one_line(tmp_path):
     engine = tmp_path / "m.engine"
     engine.write_bytes(b"\0" * 16)
-    result = run_cli("run", str(engine), "--input", "mnist1d", "-o", str(tmp_path / "y.npz"))
+    result = invoke_cli("run", str(engine), "--input", "mnist1d", "-o", str(tmp_path / "y.npz"))
     assert result.returncode == 4 and "--device cuda" in result.stderr
 
 

@@ -16,7 +16,7 @@ from aiopt.artifacts import load_model
 from aiopt.errors import InputError, MissingDependencyError
 from aiopt.export.torch_cuda import TorchCudaConfig, bucket_for, buckets_of, export_torch_cuda
 from aiopt.reference_models.train import train_reference_model
-from conftest import run_cli
+from conftest import run_cli, invoke_cli
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_bench_records_buckets_compile_time_and_peer_fields(tiny_cnn, tmp_path):
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU; the row is about machines without one")
 def test_export_on_cuda_without_a_gpu_exits_4(tiny_cnn, tmp_path):
-    result = run_cli("export", str(tiny_cnn), "--format", "torch-cuda", "--device", "cuda", "-o", "x.pt2", cwd=tmp_path)
+    result = invoke_cli("export", str(tiny_cnn), "--format", "torch-cuda", "--device", "cuda", "-o", "x.pt2", cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert "no CUDA GPU" in result.stderr and not (tmp_path / "x.pt2").exists()
     with pytest.raises(MissingDependencyError):
@@ -112,7 +112,7 @@ def test_export_on_cuda_without_a_gpu_exits_4(tiny_cnn, tmp_path):
 
 
 def test_cli_export_torch_cuda_json(tiny_cnn, tmp_path):
-    result = run_cli("export", str(tiny_cnn), "--format", "torch-cuda", "--precision", "bf16", "-b", "1", "-b", "4",
+    result = invoke_cli("export", str(tiny_cnn), "--format", "torch-cuda", "--precision", "bf16", "-b", "1", "-b", "4",
                      "--device", "cpu", "-o", "m.pt2", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli, with_metadata
+from conftest import invoke_cli, with_metadata
 
 model_config_pb2 = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="tritonclient is in the test extra")
 from google.protobuf import text_format  # noqa: E402
@@ -25,7 +25,7 @@ def _parse(path):
 
 def test_onnx_model_repository_matches_the_model(onnx_model, tmp_path):
     repo = tmp_path / "model_repository"
-    result = run_cli("deploy", str(onnx_model), "--triton", str(repo), "--max-batch", "32", "--instances", "2", "--json")
+    result = invoke_cli("deploy", str(onnx_model), "--triton", str(repo), "--max-batch", "32", "--instances", "2", "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["platform"] == "onnxruntime_onnx"
     config = _parse(repo / "cnn" / "config.pbtxt")
@@ -46,20 +46,20 @@ def test_static_batch_model_gets_max_batch_size_zero(tiny_cnn, tmp_path):
     static = tmp_path / "static.onnx"
     export_onnx(tiny_cnn, static, OnnxExportConfig(dynamic_batch=False))
     repo = tmp_path / "repo"
-    assert run_cli("deploy", str(static), "--triton", str(repo), "--name", "s").returncode == 0
+    assert invoke_cli("deploy", str(static), "--triton", str(repo), "--name", "s").returncode == 0
     config = _parse(repo / "s" / "config.pbtxt")
     assert config.max_batch_size == 0 and list(config.input[0].dims) == [1, 40] and not config.HasField("dynamic_batching")
 
 
 def test_existing_model_needs_force_and_pytorch_needs_export(onnx_model, tiny_cnn, tmp_path):
     repo = tmp_path / "repo"
-    assert run_cli("deploy", str(onnx_model), "--triton", str(repo)).returncode == 0
-    again = run_cli("deploy", str(onnx_model), "--triton", str(repo))
+    assert invoke_cli("deploy", str(onnx_model), "--triton", str(repo)).returncode == 0
+    again = invoke_cli("deploy", str(onnx_model), "--triton", str(repo))
     assert again.returncode == 2 and "--force" in again.stderr
-    assert run_cli("deploy", str(onnx_model), "--triton", str(repo), "--force", "--max-batch", "8").returncode == 0
+    assert invoke_cli("deploy", str(onnx_model), "--triton", str(repo), "--force", "--max-batch", "8").returncode == 0
     assert _parse(repo / "cnn" / "config.pbtxt").max_batch_size == 8
     assert sorted(p.name for p in repo.iterdir()) == ["cnn"]  # no staging or old folders left
-    torch_model = run_cli("deploy", str(tiny_cnn), "--triton", str(repo))
+    torch_model = invoke_cli("deploy", str(tiny_cnn), "--triton", str(repo))
     assert torch_model.returncode == 2 and "aiopt export" in torch_model.stderr
 
 
@@ -67,7 +67,7 @@ def test_artifact_measured_on_openvino_is_served_by_the_openvino_backend_as_meas
     artifact = with_metadata(onnx_model, tmp_path / "enc.int8.onnx", runtime="openvino",
                              serving={"inference_precision": "bf16", "threads": 1, "trim_padding": True})
     repo = tmp_path / "repo"
-    result = run_cli("deploy", str(artifact), "--triton", str(repo), "--json")
+    result = invoke_cli("deploy", str(artifact), "--triton", str(repo), "--json")
     assert result.returncode == 0, result.stderr
     notes = json.loads(result.stdout)["notes"]
     assert any("padding" in note for note in notes) and not any("FP32" in note for note in notes)
@@ -87,16 +87,16 @@ def test_artifact_measured_on_openvino_is_served_by_the_openvino_backend_as_meas
 
 def test_runtime_flag_overrides_the_measured_one_and_says_so(onnx_model, tmp_path):
     artifact = with_metadata(onnx_model, tmp_path / "ov.onnx", runtime="openvino", serving={"threads": 1})
-    on_ort = run_cli("deploy", str(artifact), "--triton", str(tmp_path / "a"), "--runtime", "onnxruntime", "--json")
+    on_ort = invoke_cli("deploy", str(artifact), "--triton", str(tmp_path / "a"), "--runtime", "onnxruntime", "--json")
     assert on_ort.returncode == 0, on_ort.stderr
     assert any("measured fastest on openvino" in note for note in json.loads(on_ort.stdout)["notes"])
     config = _parse(tmp_path / "a" / "ov" / "config.pbtxt")
     assert config.platform == "onnxruntime_onnx" and config.parameters["intra_op_thread_count"].string_value == "1"
     # an FP32 file asked for on OpenVINO: no BF16 hint, and the note that Triton cannot pin FP32 there
-    on_ov = run_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "b"), "--runtime", "openvino", "--json")
+    on_ov = invoke_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "b"), "--runtime", "openvino", "--json")
     assert on_ov.returncode == 0, on_ov.stderr
     assert any("cannot pin FP32" in note for note in json.loads(on_ov.stdout)["notes"])
     config = _parse(tmp_path / "b" / "cnn" / "config.pbtxt")
     assert config.backend == "openvino" and "HINT_BF16" not in config.parameters
-    wrong = run_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "c"), "--runtime", "tensorflow")
+    wrong = invoke_cli("deploy", str(onnx_model), "--triton", str(tmp_path / "c"), "--runtime", "tensorflow")
     assert wrong.returncode == 2 and "--runtime" in wrong.stderr and not (tmp_path / "c").exists()

@@ -12,7 +12,7 @@ _PACKAGES = ("torch", "onnxruntime", "onnx", "tensorrt", "torch-pruning", "numpy
 
 
 def describe_machine() -> dict:
-    from aiopt.compress.cpu import detect_cpu
+    from aiopt.hardware import detect_cpu
 
     cpu = detect_cpu()
     block = {

@@ -33,9 +33,9 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
 
     from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
     from aiopt.compress.calibration import calibration_set
-    from aiopt.compress.cpu import detect_cpu, int8_kernel_for
     from aiopt.compress.quantize import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
     from aiopt.fileio import check_output_path
+    from aiopt.hardware import detect_cpu, int8_kernel_for
 
     if output is not None:  # a bad -o fails before the work
         check_output_path(output, source, config.calibration, config.data, force=force)

@@ -295,7 +295,7 @@ class _QuantizeJob:
     budget) keep the most harmful layers in float until the accuracy drop fits."""
 
     def __init__(self, config: QuantizeConfig, method: str, spec, loaded, prepared: Path, work: Path, calibration, say):
-        from aiopt.compress.cpu import detect_cpu, int8_kernel_for
+        from aiopt.hardware import detect_cpu, int8_kernel_for
 
         self.config, self.method, self.spec, self.loaded = config, method, _taken_by(spec, prepared), loaded
         self.prepared, self.work, self.calibration, self.say = prepared, work, calibration, say

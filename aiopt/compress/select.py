@@ -303,9 +303,9 @@ def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:
     """Each OpenVINO candidate that met the floor, run with OpenVINO's bfloat16 inference
     precision as well, on CPUs with BF16 units (what OpenVINO does by default there; aiopt pins
     FP32 unless a measured artifact asks for BF16)."""
-    from aiopt.compress.cpu import detect_cpu
+    from aiopt.hardware import detect_cpu
 
-    if not {"avx512_bf16", "amx_bf16"} & detect_cpu().flags:
+    if not detect_cpu().has_bf16:
         return []
     return [Candidate(f"{c.name}+bf16", "bf16" if c.precision == "fp32" else c.precision, "openvino", c.path, dict(c.recipe),
                       serving={**c.serving, "inference_precision": "bf16"})

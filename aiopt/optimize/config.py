@@ -6,7 +6,9 @@ from dataclasses import dataclass, field
 
 from aiopt.errors import InputError
 from aiopt.measure.latency import LatencyConfig
-from aiopt.optimize.storage import DEFAULT_HEARTBEAT, DEFAULT_STORAGE_TIMEOUT
+
+DEFAULT_STORAGE_TIMEOUT = 300.0  # seconds a worker waits for its RDB storage to come back
+DEFAULT_HEARTBEAT = 30  # seconds between a worker's heartbeats
 
 TARGETS = ("cpu", "cuda")
 OBJECTIVES = ("latency", "throughput", "size")

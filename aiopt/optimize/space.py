@@ -117,7 +117,7 @@ def first_guesses(space: SearchSpace) -> list[Chain]:
 
 def cpu_recipes(metadata: dict, architecture: str | None, calibration_given: bool = False) -> tuple[str, ...]:
     """The quantize recipes this machine can build for this model."""
-    from aiopt.compress.cpu import detect_cpu, int8_kernel_for
+    from aiopt.hardware import detect_cpu, int8_kernel_for
     from aiopt.data import DATASETS
 
     has_calibration = calibration_given or ((metadata.get("dataset") or {}).get("name")) in DATASETS

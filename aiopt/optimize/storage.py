@@ -14,15 +14,15 @@ lives through the server going away for a while.
 """
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 import time
 
 from aiopt.errors import InputError, MissingDependencyError
+from aiopt.optimize.config import DEFAULT_HEARTBEAT, DEFAULT_STORAGE_TIMEOUT, describe_duration
 from aiopt.redact import mask_known, mask_secrets
 
-DEFAULT_STORAGE_TIMEOUT = 300.0  # seconds a worker waits for its storage to come back
-DEFAULT_HEARTBEAT = 30  # seconds between beats
 GRACE_BEATS = 4  # beats missed before a worker's trial is taken as lost
 MAX_RETRY = 2  # a chain whose trial is lost this many times (it kills its worker?) is not queued again
 # driver module -> what to install for it
@@ -105,7 +105,6 @@ def open_rdb(url: str, timeout: float = DEFAULT_STORAGE_TIMEOUT, heartbeat: int 
     failure on alembic_version for the loser): the loser tries again and finds them."""
     import optuna
 
-    from aiopt.optimize.study import no_optuna_warnings
 
     resolved = resolve_url(url)
     engine = None
@@ -179,7 +178,6 @@ class Outage:
             self.error = self.clean(_first_line(exc))
             since = self.since
         if first:
-            from aiopt.optimize.config import describe_duration
 
             self.say(f"storage {self.server} unreachable ({self.error}); trying again for up to {describe_duration(self.timeout)}")
         return now - since
@@ -196,7 +194,6 @@ class Outage:
         return self.since is not None or (self.recovered_at is not None and time.monotonic() - self.recovered_at < seconds)
 
     def message(self) -> str:
-        from aiopt.optimize.config import describe_duration
 
         return (f"the study's storage, {self.server}, has not answered for {describe_duration(self.timeout)} (--storage-timeout): "
                 f"{self.error}; start the server (or fix the network) and run this worker again: finished trials are kept")
@@ -303,3 +300,15 @@ def beating(storage) -> int | None:
     from optuna.storages._heartbeat import is_heartbeat_enabled
 
     return storage.get_heartbeat_interval() if storage is not None and is_heartbeat_enabled(storage) else None
+
+
+@contextlib.contextmanager
+def no_optuna_warnings():
+    """Heartbeats are "experimental" in Optuna 5: a warning a user can do nothing about."""
+    import warnings
+
+    import optuna
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield

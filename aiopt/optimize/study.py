@@ -7,7 +7,6 @@ refused, since its trials would not be comparable.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -16,6 +15,7 @@ from pathlib import Path
 
 from aiopt.errors import InputError, MissingDependencyError
 from aiopt.optimize.journal_repair import repair_journal
+from aiopt.optimize.storage import no_optuna_warnings
 from aiopt.redact import mask_known
 
 JOURNAL = "study.journal"
@@ -84,7 +84,6 @@ def open_storage(url: str | None, outdir: Path, timeout: float | None = None, he
     """The Optuna storage: a journal file (default: OUTDIR/study.journal, or a path given as
     --storage), or an RDB URL (sqlite:///..., postgresql://...; aiopt.optimize.storage).
     Unreachable -> InputError; no driver -> MissingDependencyError."""
-    import optuna
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
     from aiopt.optimize import storage as rdb
@@ -286,18 +285,6 @@ def _params(trial) -> dict:
     """The chain a trial stands for: the params it was queued with (a trial stopped while Optuna
     filled them in holds only some), else those it was given."""
     return trial.system_attrs.get("fixed_params") or trial.params
-
-
-@contextlib.contextmanager
-def no_optuna_warnings():
-    """Heartbeats are "experimental" in Optuna 5: a warning a user can do nothing about."""
-    import warnings
-
-    import optuna
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        yield
 
 
 def silence_optuna() -> None:
