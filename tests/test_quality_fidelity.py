@@ -226,7 +226,8 @@ def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
     pytest.importorskip("torch")
     source = _map_detector(tmp_path)
     result = run_cli("quantize", str(source), "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
-                     "--candidate", "int8-static-per-channel", "--candidate", "int8-weights", "-b", "1", "-o", str(tmp_path / "det.q.onnx"), "--json")
+                     "--candidate", "int8-static-per-channel", "--candidate", "int8-weights", "-b", "1", "-o", str(tmp_path / "det.q.onnx"), "--json",
+                     "--objective", "latency")  # a 5 KiB graph: QDQ's scales outweigh its weights, and size is not what this test checks
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["selection"]["floor"]["outputs"][0]["kind"] == "map"

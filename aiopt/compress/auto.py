@@ -13,7 +13,7 @@ from pathlib import Path
 
 from aiopt.compress import onnx_quant
 from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
+from aiopt.compress.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
                                   measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
 from aiopt.errors import CheckFailedError, InputError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, judge_outputs, metric_for, parse_metric_options
@@ -304,6 +304,9 @@ def _nothing_meets(selection: Selection) -> str:
     scored = [c for c in selection.candidates if c.quality and c.problem]  # the reference may be outside --candidate: not "closest"
     closest = sorted(scored, key=lambda c: -(selection.floor.value(c.quality) or 0))[:3]
     listed = "; ".join(f"{c.name}: {c.problem}" for c in closest) or "none could be measured"
+    if closest and all(c.problem.startswith(TOO_LARGE) for c in closest):  # quality was met: size ruled them out
+        return (f"every candidate that meets the quality floor ({selection.floor.describe()}) is larger than the input; closest: {listed}. "
+                "Pass --objective latency to ship a larger file")
     return f"no candidate meets the quality floor ({selection.floor.describe()}); closest: {listed}. Relax --max-accuracy-drop/--min-cosine or exclude sensitive layers"
 
 

@@ -24,6 +24,8 @@ CONFIRM = LatencyConfig(warmup=5, min_runs=10, min_time=1.0, rounds=5)
 CONFIRM_TOP = 3
 UNSTEADY_VERDICT = " [timing unsteady, the choice may be wrong: re-run on a quiet machine]"
 
+TOO_LARGE = "larger than the input"  # a candidate ruled out by size alone (the quality floor was met)
+
 
 @dataclass
 class Selection:
@@ -197,7 +199,7 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
         unlimited = choose(candidates, reference, batch_sizes, floor, eligible)
         for c in candidates:
             if not c.problem and c is not reference and c.size_bytes > max_size_bytes:
-                c.problem = f"larger than the input: {_mib(c.size_bytes)} > {_mib(max_size_bytes)} (--objective latency allows it)"
+                c.problem = f"{TOO_LARGE}: {_mib(c.size_bytes)} > {_mib(max_size_bytes)} (--objective latency allows it)"
         selection = choose(candidates, reference, batch_sizes, floor, eligible)
         faster = unlimited.chosen
         if faster is not None and selection.chosen is not None and faster is not selection.chosen and faster.problem:
