@@ -212,8 +212,8 @@ def _epoch_bar(progress, description: str) -> Callable:
 
 @_command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")
 def train(
-    model: str = typer.Argument(..., help="Reference model: cnn, lstm or transformer; add :tiny or :base (default) for the size."),
-    dataset: str = typer.Option("mnist1d", "--dataset", "-d", help="Training data: mnist1d or digits."),
+    model: str = typer.Argument(..., help="Reference model: cnn, lstm, transformer, or gpt (a language model, written as a folder); add :tiny or :base (default) for the size."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Training data: mnist1d (default) or digits; gpt trains on sotu."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
@@ -232,13 +232,16 @@ def train(
         "path": result.path, "architecture": result.architecture, "size": result.size, "dataset": result.dataset,
         "accuracy": result.accuracy, "params": result.params, "train_seconds": result.train_seconds,
         "epochs": result.metadata["training"]["epochs"], "seed": seed,
+        **({"perplexity": result.metadata["metrics"]["perplexity"], "bigram_perplexity": result.metadata["metrics"]["bigram"]["perplexity"]}
+           if "bigram" in result.metadata.get("metrics", {}) else {}),
     }
     if as_json:
         _emit_json(summary)
         return
     table = _table(f"trained {result.architecture}:{result.size} on {result.dataset}", ("field", "value"))
-    for key in ("path", "params", "epochs", "train_seconds", "accuracy"):
-        table.add_row(key, f"{summary[key]:.4f}" if key == "accuracy" else escape(str(summary[key])))
+    for key in ("path", "params", "epochs", "train_seconds", "accuracy", "perplexity", "bigram_perplexity"):
+        if key in summary:
+            table.add_row(key, f"{summary[key]:.4f}" if key in ("accuracy", "perplexity", "bigram_perplexity") else escape(str(summary[key])))
     stdout.print(table)
 
 
