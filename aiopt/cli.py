@@ -271,6 +271,8 @@ def inspect(
         table.add_row("lineage" if index == 0 else "", escape(f"{step.get('step')}: {step.get('artifact')}" + (f" (acc {accuracy:.4f})" if accuracy is not None else "")))
     if info["metadata"].get("command"):
         table.add_row("command", escape(info["metadata"]["command"]))
+    if info.get("causal_lm"):
+        cli_llm.causal_lm_rows(table, info["causal_lm"])
     stdout.print(table)
 
 
@@ -328,6 +330,11 @@ def export(
         return
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
+    from aiopt.llm.causal_lm import is_causal_lm_folder
+
+    if is_causal_lm_folder(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
+        cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), opset, force, as_json)
+        return
     from aiopt.export.onnx import OnnxExportConfig
     from aiopt.steps import StepHooks, run_step
 
@@ -753,3 +760,6 @@ def _size(size_bytes: int) -> str:
 
 def main() -> None:
     app()
+
+
+from aiopt import cli_llm  # noqa: E402,F401  registers `aiopt generate` (commands for generative models)

@@ -23,4 +23,16 @@ def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_
         "dataset": (metadata.get("dataset") or {}).get("name"),
         "lineage": metadata.get("lineage", []),
         "metadata": metadata,
+        "causal_lm": _causal_lm(loaded),
     }
+
+
+def _causal_lm(loaded) -> dict | None:
+    """Layers, heads, KV heads, context, vocabulary and memory of a causal-LM folder (None otherwise)."""
+    from aiopt.artifacts import FORMAT_HF
+
+    if loaded.format != FORMAT_HF:
+        return None
+    from aiopt.llm.causal_lm import describe_causal_lm, is_causal_lm_folder
+
+    return describe_causal_lm(loaded.path) if is_causal_lm_folder(loaded.path) else None

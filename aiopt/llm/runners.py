@@ -1,0 +1,149 @@
+"""One interface over the runtimes a causal LM runs on: prefill a batch of prompts, then step
+one token at a time, the KV cache carried in an opaque state.
+
+    logits, state = lm.prefill(ids)          # ids int64 (batch, prompt); logits (batch, prompt or 1, vocab)
+    logits, state = lm.step(tokens, state)   # tokens int64 (batch, 1); logits (batch, 1, vocab)
+
+TorchCausalLM runs transformers' model with its DynamicCache; OrtCausalLM runs an ONNX export
+with past_key_values inputs and present outputs (aiopt.llm.export_kv) on ONNX Runtime.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm.causal_lm import Shape
+
+
+class TorchCausalLM:
+    runtime = "torch"
+
+    def __init__(self, model, shape: Shape):
+        self.model, self.shape = model.eval(), shape
+
+    @torch.inference_mode()
+    def _run(self, ids: np.ndarray, cache, past: int, last_only: bool):
+        from transformers import DynamicCache
+
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        batch, length = ids.shape
+        out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+                         attention_mask=torch.ones(batch, past + length, dtype=torch.int64),
+                         position_ids=torch.arange(past, past + length).expand(batch, length),
+                         cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
+        return out.logits.float().numpy(), (out.past_key_values, past + length)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        return self._run(ids, None, 0, last_only)
+
+    def step(self, tokens: np.ndarray, state):
+        cache, past = state
+        return self._run(tokens, cache, past, True)
+
+
+class OrtCausalLM:
+    runtime = "onnxruntime"
+
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.shape = shape
+        names = [i.name for i in self.session.get_inputs()]
+        self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
+        if not self.past_inputs:
+            raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
+                                        "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+        self.takes_positions = "position_ids" in names
+        self.takes_mask = "attention_mask" in names
+
+    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
+        batch, length = ids.shape
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        if self.takes_mask:
+            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+        if self.takes_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+        if past_arrays is None:
+            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
+            past_arrays = [empty] * len(self.past_inputs)
+        feed.update(zip(self.past_inputs, past_arrays))
+        logits, *present = self.session.run(None, feed)
+        return logits, (present, past + length)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        logits, state = self._run(ids, None, 0)
+        return (logits[:, -1:] if last_only else logits), state
+
+    def step(self, tokens: np.ndarray, state):
+        present, past = state
+        return self._run(tokens, present, past)
+
+
+def open_causal_lm(artifact, threads: int | None = None):
+    """(runner, tokenizer folder, metadata) for a causal-LM folder, an aiopt KV export folder or its model.onnx."""
+    import json
+
+    from aiopt.hf import is_hf_folder
+    from aiopt.llm.causal_lm import load_causal_lm
+    from aiopt.llm.export_kv import ONNX_FILE
+    from aiopt.llm.folder_io import METADATA_FILE
+
+    path = Path(artifact)
+    if not path.exists():
+        from aiopt.errors import InputError
+
+        raise InputError(f"{path} does not exist; pass a causal-LM Hugging Face folder or an ONNX exported by aiopt export")
+    if path.is_dir() and is_hf_folder(path):
+        if threads:
+            torch.set_num_threads(threads)
+        model, config = load_causal_lm(path)
+        meta_file = path / METADATA_FILE
+        metadata = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        return TorchCausalLM(model, Shape.from_config(config)), path, {**metadata, "config": config}
+    onnx_path = path / ONNX_FILE if path.is_dir() else path
+    if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
+        from aiopt.errors import InputError
+
+        raise InputError(f"{path} is neither a Hugging Face folder (config.json) nor an ONNX model; pass one of them")
+    metadata = _onnx_metadata(onnx_path)
+    kv = metadata.get("kv_cache")
+    if not kv:
+        names = _onnx_input_names(onnx_path)
+        raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
+                                    "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    return OrtCausalLM(onnx_path, shape, threads), onnx_path.parent, metadata
+
+
+def _onnx_metadata(onnx_path: Path) -> dict:
+    import json
+
+    import onnx
+
+    from aiopt.artifacts import METADATA_KEY, _first_line
+    from aiopt.errors import InputError
+
+    try:
+        model = onnx.load_model(str(onnx_path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001
+        raise InputError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)})") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return json.loads(props.get(METADATA_KEY) or "{}")
+    except ValueError:
+        return {}
+
+
+def _onnx_input_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load_model(str(onnx_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
