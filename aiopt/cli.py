@@ -524,6 +524,11 @@ def bench(
     force: bool = FORCE_OPTION,
 ) -> None:
     """Measure latency percentiles, throughput, accuracy, size and memory of artifacts, side by side."""
+    from aiopt.llm.bench import is_generative
+
+    if all(is_generative(a) for a in artifacts):  # causal LMs: TTFT, tokens/s and the bandwidth limit (aiopt.llm.bench)
+        cli_llm.bench_generative(list(artifacts), batch_size, threads, json_file, markdown_file, force)
+        return
     from aiopt.bench import report as reports
     from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench

@@ -76,3 +76,26 @@ def causal_lm_rows(table, info: dict) -> None:
         table.add_row("weights", f"{info['params']:,} parameters, {_size(info['weights_bytes'])} ({info['weights_dtype']})")
     table.add_row("KV cache", f"{_size(info['kv_cache_bytes_per_token'])} per token, {_size(info['kv_cache_bytes'])} for "
                   f"{info['kv_cache_tokens']} tokens (batch 1, {info['kv_cache_dtype']})")
+
+
+def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, threads: int | None, json_file: str | None,
+                     markdown_file: str | None, force: bool) -> None:
+    """`aiopt bench` when every artifact is a generative model (aiopt.llm.bench)."""
+    import os
+
+    from aiopt.artifacts import command_line
+    from aiopt.bench.report import to_json
+    from aiopt.cli import _say, stdout
+    from aiopt.fileio import check_output_path, write_bytes_atomic
+    from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
+
+    outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in (("json", json_file), ("markdown", markdown_file)) if path}
+    new_tokens = int(os.environ.get("AIOPT_BENCH_NEW_TOKENS", "64"))
+    config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens)
+    document = run_generative_bench(artifacts, config, command=command_line(), say=_say)
+    text = markdown(document)
+    if "json" in outputs:
+        write_bytes_atomic(outputs["json"], to_json(document).encode())
+    if "markdown" in outputs:
+        write_bytes_atomic(outputs["markdown"], text.encode())
+    stdout.print(escape(text), soft_wrap=True)
