@@ -296,6 +296,7 @@ def export(
     workspace: int = typer.Option(1024, "--workspace", help="tensorrt: builder workspace in MiB."),
     timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, reused and updated."),
     seq_len: int = typer.Option(128, "--seq-len", help="onnx: length the sequence axis (seq) is traced at; validated at two other lengths."),
+    exporter: str = typer.Option("torch", "--exporter", help="onnx, causal-LM folders: torch (torch.onnx dynamo, KV cache as inputs/outputs) or genai (ONNX Runtime GenAI's model builder)."),
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -333,7 +334,7 @@ def export(
     from aiopt.llm.causal_lm import is_causal_lm_folder
 
     if is_causal_lm_folder(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
-        cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), opset, force, as_json)
+        cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, opset, force, as_json)
         return
     from aiopt.export.onnx import OnnxExportConfig
     from aiopt.steps import StepHooks, run_step

@@ -42,7 +42,7 @@ def generate(
                         + (", stopped at end-of-text" if result["stopped_at_eos"] else "")))
 
 
-def export_causal_lm(folder: str, output: str, opset: int, force: bool, as_json: bool) -> None:
+def export_causal_lm(folder: str, output: str, exporter: str, opset: int, force: bool, as_json: bool) -> None:
     """`aiopt export FOLDER --format onnx` for a causal LM: ONNX with past key/values, validated."""
     import contextlib
     import warnings
@@ -53,7 +53,7 @@ def export_causal_lm(folder: str, output: str, opset: int, force: bool, as_json:
     # torch.onnx prints its progress on stdout, which carries only results here.
     with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        result = export_causal_lm_onnx(folder, output, KVExportConfig(opset=opset), force=force, say=_say)
+        result = export_causal_lm_onnx(folder, output, KVExportConfig(exporter=exporter, opset=opset), force=force, say=_say)
     if as_json:
         _emit_json(result)
         return

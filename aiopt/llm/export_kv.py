@@ -43,6 +43,7 @@ def present_names(layers: int) -> list[str]:
 
 @dataclass(frozen=True)
 class KVExportConfig:
+    exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
     opset: int = 18
     atol: float = 1e-3  # max abs logit difference accepted against transformers
     decode_steps: int = 8
@@ -78,34 +79,22 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
     out = check_output_folder(output, folder, force=force)
     model, hf_config = load_causal_lm(folder)
     shape = Shape.from_config(hf_config)
-    wrapper = FlatCacheLM(model).eval()
-    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
-    total = torch.export.Dim("total_sequence")
-    example_batch, example_seq, example_past = 2, 3, 5
-    vocab = shape.vocab_size
-    args = (torch.randint(0, vocab, (example_batch, example_seq)), torch.ones(example_batch, example_past + example_seq, dtype=torch.int64),
-            torch.arange(example_past, example_past + example_seq).expand(example_batch, example_seq).contiguous(),
-            [(torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim),
-              torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim)) for _ in range(shape.layers)])
-    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total}, "position_ids": {0: batch, 1: seq},
-               "past": [({0: batch, 2: past}, {0: batch, 2: past}) for _ in range(shape.layers)]}
-    say(f"exporting {folder} with torch.onnx (dynamo) and a KV cache of {shape.layers} layers")
-    start = time.perf_counter()
-    try:
-        with torch.no_grad():
-            program = torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic, opset_version=config.opset,
-                                        input_names=["input_ids", "attention_mask", "position_ids", *past_names(shape.layers)],
-                                        output_names=["logits", *present_names(shape.layers)], optimize=True, verbose=False)
-    except Exception as exc:  # noqa: BLE001 -- the exporter's own error, in one line
-        from aiopt.artifacts import _first_line
+    if config.exporter not in EXPORTERS:
+        from aiopt.errors import InputError
 
-        raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({_first_line(exc)})") from exc
-    export_seconds = time.perf_counter() - start
+        raise InputError(f"--exporter {config.exporter!r} is not one for causal LMs; choose {' or '.join(EXPORTERS)}")
+    start = time.perf_counter()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
     parent = LoadedModel(Path(folder).resolve(), "hf-folder", None, {"step": "import"})
     with atomic_folder(out) as tmp:
         onnx_path = tmp / ONNX_FILE
-        program.save(str(onnx_path), external_data=weight_bytes > EXTERNAL_DATA_FROM)
+        if config.exporter == "genai":
+            exporter = _export_genai(folder, tmp, say)
+        else:
+            program = _export_torch(model, shape, config, folder, say)
+            program.save(str(onnx_path), external_data=weight_bytes > EXTERNAL_DATA_FROM)
+            exporter = f"torch.onnx dynamo (torch {torch.__version__})"
+        export_seconds = time.perf_counter() - start
         say("validating against transformers: a prefill and decode steps")
         validation = validate_kv_onnx(model, onnx_path, shape, config)
         if validation["max_abs_diff"] > config.atol:
@@ -117,7 +106,7 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
         metadata = {
             "aiopt_version": aiopt.__version__, "format": "onnx", "step": "export", "task": "causal-lm",
             "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
-            "exporter": f"torch.onnx dynamo (torch {torch.__version__})", "opset": config.opset,
+            "exporter": exporter, "opset": config.opset if config.exporter == "torch" else None,
             "kv_cache": {**asdict(shape), "inputs": past_names(shape.layers), "outputs": present_names(shape.layers), "dtype": "float32"},
             "eos_token_id": hf_config.get("eos_token_id"), "validation": validation, "export_seconds": round(export_seconds, 2),
             "source_folder": str(Path(folder).resolve()), "source_metadata": _source_metrics(folder),
@@ -126,6 +115,59 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
         _stamp(onnx_path, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
     return {"path": str(out), "onnx": str(out / ONNX_FILE), **metadata}
+
+
+EXPORTERS = ("torch", "genai")
+
+
+def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
+    """torch.onnx's dynamo exporter over FlatCacheLM: batch, sequence and past length dynamic."""
+    wrapper = FlatCacheLM(model).eval()
+    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
+    total = torch.export.Dim("total_sequence")
+    example_batch, example_seq, example_past = 2, 3, 5
+    args = (torch.randint(0, shape.vocab_size, (example_batch, example_seq)),
+            torch.ones(example_batch, example_past + example_seq, dtype=torch.int64),
+            torch.arange(example_past, example_past + example_seq).expand(example_batch, example_seq).contiguous(),
+            [(torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim),
+              torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim)) for _ in range(shape.layers)])
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total}, "position_ids": {0: batch, 1: seq},
+               "past": [({0: batch, 2: past}, {0: batch, 2: past}) for _ in range(shape.layers)]}
+    say(f"exporting {folder} with torch.onnx (dynamo) and a KV cache of {shape.layers} layers")
+    try:
+        with torch.no_grad():
+            return torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic, opset_version=config.opset,
+                                     input_names=["input_ids", "attention_mask", "position_ids", *past_names(shape.layers)],
+                                     output_names=["logits", *present_names(shape.layers)], optimize=True, verbose=False)
+    except Exception as exc:  # noqa: BLE001 -- the exporter's own error, in one line
+        from aiopt.artifacts import _first_line
+
+        raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({_first_line(exc)})") from exc
+
+
+def _export_genai(folder, target: Path, say) -> str:
+    """ONNX Runtime GenAI's model builder (FP32, CPU): fused GroupQueryAttention, rotary inside the
+    graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
+    and holds the whole model in memory while it writes."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from aiopt.errors import MissingDependencyError
+
+    try:
+        import onnxruntime_genai
+    except ImportError as exc:
+        raise MissingDependencyError("--exporter genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+    say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder (fp32, cpu)")
+    with tempfile.TemporaryDirectory(dir=target.parent) as cache:
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", "fp32",
+                   "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"]
+        result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not (target / ONNX_FILE).is_file():
+        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
+        raise UnsupportedModelError(f"ONNX Runtime GenAI's model builder could not export {folder} ({lines[-1] if lines else 'no output'})")
+    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} (fp32, cpu)"
 
 
 def _source_metrics(folder) -> dict | None:

@@ -62,6 +62,14 @@ class OrtCausalLM:
                                         "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
         self.takes_positions = "position_ids" in names
         self.takes_mask = "attention_mask" in names
+        # present.{i}.{kv} feeds past_key_values.{i}.{kv} next step, matched by name, not by position
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = set(self.output_names)
+        self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
+        missing = [name for name in self.present_for if name not in outputs]
+        if "logits" not in outputs or missing:
+            raise UnsupportedModelError(f"{onnx_path} lacks the outputs a KV-cache model has (logits and {', '.join(missing[:2]) or 'present.*'}); "
+                                        "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
 
     def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
         batch, length = ids.shape
@@ -74,8 +82,8 @@ class OrtCausalLM:
             empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
             past_arrays = [empty] * len(self.past_inputs)
         feed.update(zip(self.past_inputs, past_arrays))
-        logits, *present = self.session.run(None, feed)
-        return logits, (present, past + length)
+        values = dict(zip(self.output_names, self.session.run(None, feed)))
+        return values["logits"], ([values[name] for name in self.present_for], past + length)
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         logits, state = self._run(ids, None, 0)
