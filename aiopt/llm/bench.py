@@ -31,6 +31,7 @@ class GenerativeBenchConfig:
     threads: int | None = None
     perplexity_tokens: int = 4096  # sotu test tokens scored (0: skip)
     perplexity_window: int = 256
+    bandwidth_bytes: int = 1 << 30  # buffer the read loop sums (at least 1 GiB: well past every cache)
 
 
 def is_generative(artifact) -> bool:
@@ -65,9 +66,11 @@ def _read_weight_bytes(shape: Shape, params: int | None, dtype_bytes: int = 4) -
     return (params - embedding) * dtype_bytes
 
 
-def _params(artifact, lm) -> int | None:
+def _params(artifact, lm, metadata: dict) -> int | None:
     if getattr(lm, "model", None) is not None:
         return sum(p.numel() for p in lm.model.parameters())
+    if metadata.get("params"):
+        return int(metadata["params"])
     import onnx
 
     from aiopt.llm.export_kv import ONNX_FILE
@@ -105,7 +108,7 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
     record: dict = {"artifact": str(artifact), "runtime": lm.runtime, "architecture": metadata.get("architecture")
                     or (metadata.get("config") or {}).get("architectures", [None])[0], "size_bytes": artifact_size(artifact),
                     "ttft_ms": {}, "decode": [], "skipped": []}
-    params = _params(artifact, lm)
+    params = _params(artifact, lm, metadata)
     weight_bytes = _read_weight_bytes(shape, params)
     record["params"], record["weight_bytes_read_per_step"] = params, weight_bytes
     one_token = GenerateConfig(max_new_tokens=1, stop_at_eos=False)
@@ -177,7 +180,7 @@ def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, co
     threads = config.threads or available_cores()
     config = GenerativeBenchConfig(**{**asdict(config), "threads": threads})
     say(f"measuring the read bandwidth on {threads} threads")
-    bandwidth = measure_read_bandwidth(threads)
+    bandwidth = measure_read_bandwidth(threads, size_bytes=config.bandwidth_bytes)
     records = [bench_artifact(a, config, bandwidth["bytes_per_s"], say) for a in artifacts]
     return {"kind": "generative", "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "settings": asdict(config), "bandwidth": bandwidth, "records": records, "command": command}

@@ -108,6 +108,7 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
             "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
             "exporter": exporter, "opset": config.opset if config.exporter == "torch" else None,
             "kv_cache": {**asdict(shape), "inputs": past_names(shape.layers), "outputs": present_names(shape.layers), "dtype": "float32"},
+            "params": sum(p.numel() for p in model.parameters()),  # the source's: the ONNX file holds a tied table twice
             "eos_token_id": hf_config.get("eos_token_id"), "validation": validation, "export_seconds": round(export_seconds, 2),
             "source_folder": str(Path(folder).resolve()), "source_metadata": _source_metrics(folder),
             "parent": parent_record(parent), "command": command_line(), "created_at": now_iso(),
