@@ -528,7 +528,7 @@ def bench(
     from aiopt.llm.bench import is_generative
 
     if all(is_generative(a) for a in artifacts):  # causal LMs: TTFT, tokens/s and the bandwidth limit (aiopt.llm.bench)
-        cli_llm.bench_generative(list(artifacts), batch_size, threads, json_file, markdown_file, force)
+        cli_llm.bench_generative(list(artifacts), batch_size, threads, json_file, markdown_file, force, backend)
         return
     from aiopt.bench import report as reports
     from aiopt.measure.latency import LatencyConfig

@@ -19,6 +19,7 @@ def generate(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (> 0); implies --sample."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling: the same seed gives the same text."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the runtime (default: all cores)."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default) or openvino."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate text from a causal language model, streamed as it comes."""
@@ -32,7 +33,7 @@ def generate(
         sys.stdout.write(text)
         sys.stdout.flush()
 
-    result = generate_text(artifact, prompt, config, write=None if as_json else write, threads=threads)
+    result = generate_text(artifact, prompt, config, write=None if as_json else write, threads=threads, runtime=runtime)
     if as_json:
         _emit_json(result)
         return
@@ -79,7 +80,7 @@ def causal_lm_rows(table, info: dict) -> None:
 
 
 def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, threads: int | None, json_file: str | None,
-                     markdown_file: str | None, force: bool) -> None:
+                     markdown_file: str | None, force: bool, backends: list[str] | None = None) -> None:
     """`aiopt bench` when every artifact is a generative model (aiopt.llm.bench)."""
     import os
 
@@ -92,7 +93,7 @@ def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, thread
     outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in (("json", json_file), ("markdown", markdown_file)) if path}
     new_tokens = int(os.environ.get("AIOPT_BENCH_NEW_TOKENS", "64"))
     config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens)
-    document = run_generative_bench(artifacts, config, command=command_line(), say=_say)
+    document = run_generative_bench(artifacts, config, command=command_line(), say=_say, runtimes=tuple(backends or ()))
     text = markdown(document)
     if "json" in outputs:
         write_bytes_atomic(outputs["json"], to_json(document).encode())

@@ -140,3 +140,22 @@ def test_an_onnx_without_kv_inputs_is_refused(tmp_path):
     line = _one_line_failure(run_cli("generate", str(path), "--prompt", PROMPT), codes=(3,))
     assert "no past_key_values inputs" in line and "aiopt export" in line
     assert _files(path) == before
+
+
+def test_openvino_runs_the_torch_route_export_with_the_same_greedy_tokens():
+    pytest.importorskip("openvino")
+    from aiopt.llm.generate import GenerateConfig, generate_text
+
+    folder, _ = tiny_gpt()
+    expected = _transformers_greedy(folder, 32)
+    result = generate_text(tiny_export()[0], PROMPT, GenerateConfig(max_new_tokens=32), runtime="openvino")
+    assert result["runtime"] == "openvino" and result["tokens"] == expected
+
+
+def test_a_folder_asked_to_run_on_an_onnx_runtime_is_refused():
+    from aiopt.errors import InputError
+    from aiopt.llm.runners import open_causal_lm
+
+    folder, _ = tiny_gpt()
+    with pytest.raises(InputError, match="export it"):
+        open_causal_lm(folder, runtime="openvino")

@@ -93,7 +93,8 @@ def _median_time(run: Callable[[], float], repeats: int) -> float:
     return statistics.median(run() for _ in range(repeats))
 
 
-def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | None, say: Callable[[str], None]) -> dict:
+def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | None, say: Callable[[str], None],
+                   runtime: str | None = None) -> dict:
     from aiopt.artifacts import artifact_size
     from aiopt.bench.memory import PeakMemory
     from aiopt.llm.generate import GenerateConfig, generate_ids
@@ -101,7 +102,7 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
 
     tracker = PeakMemory("cpu")
     tracker.start()
-    lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=config.threads)
+    lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=config.threads, runtime=runtime)
     shape = lm.shape
     context = shape.context_length or 1 << 30
     rng = np.random.default_rng(0)
@@ -170,8 +171,18 @@ def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dic
     return {"perplexity": math.exp(nll / count), "next_token_accuracy": correct / count, "tokens": count, "split": "sotu test"}
 
 
+def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
+    """A folder runs on torch; an ONNX export on each ONNX runtime asked for (default ONNX Runtime)."""
+    from aiopt.hf import is_hf_folder
+
+    if is_hf_folder(artifact):
+        return [None]
+    chosen = [r for r in runtimes if r != "torch"]
+    return chosen or [None]
+
+
 def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, command: str | None = None,
-                         say: Callable[[str], None] = lambda message: None) -> dict:
+                         say: Callable[[str], None] = lambda message: None, runtimes: tuple[str, ...] = ()) -> dict:
     import os
 
     from aiopt.bench.machine import available_cores, describe_machine
@@ -181,7 +192,8 @@ def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, co
     config = GenerativeBenchConfig(**{**asdict(config), "threads": threads})
     say(f"measuring the read bandwidth on {threads} threads")
     bandwidth = measure_read_bandwidth(threads, size_bytes=config.bandwidth_bytes)
-    records = [bench_artifact(a, config, bandwidth["bytes_per_s"], say) for a in artifacts]
+    records = [bench_artifact(a, config, bandwidth["bytes_per_s"], say, runtime)
+               for a in artifacts for runtime in _runtimes_for(a, runtimes)]
     return {"kind": "generative", "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "settings": asdict(config), "bandwidth": bandwidth, "records": records, "command": command}
 

@@ -112,13 +112,13 @@ class TextStream:
 
 
 def generate_text(artifact, prompt: str, config: GenerateConfig, write: Callable[[str], None] | None = None,
-                  threads: int | None = None) -> dict:
+                  threads: int | None = None, runtime: str | None = None) -> dict:
     """Generate from any generative artifact; `write` receives the new text as it comes."""
     from aiopt.hf import load_tokenizer
     from aiopt.llm.runners import open_causal_lm
 
     config.check()  # before any loading: a bad --max-new-tokens fails at once
-    lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=threads)
+    lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=threads, runtime=runtime)
     tokenizer = load_tokenizer(tokenizer_folder)
     ids = tokenizer(prompt, add_special_tokens=False, return_tensors="np")["input_ids"]
     eos = metadata.get("eos_token_id", (metadata.get("config") or {}).get("eos_token_id"))

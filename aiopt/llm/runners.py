@@ -94,7 +94,58 @@ class OrtCausalLM:
         return self._run(tokens, present, past)
 
 
-def open_causal_lm(artifact, threads: int | None = None):
+class OpenVINOCausalLM(OrtCausalLM):
+    """The same ONNX export compiled by OpenVINO (FP32 precision hint): inputs and outputs as on
+    ONNX Runtime, so the loop is shared. The ONNX Runtime GenAI builder's graph uses
+    com.microsoft operators OpenVINO does not read; export with --exporter torch for OpenVINO."""
+
+    runtime = "openvino"
+
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            from aiopt.errors import MissingDependencyError
+
+            raise MissingDependencyError("--runtime openvino needs OpenVINO; run: pip install 'aiopt[openvino]'") from exc
+        from aiopt.artifacts import _first_line
+
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        try:
+            compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        except Exception as exc:  # noqa: BLE001 -- OpenVINO's own error, in one line
+            raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({_first_line(exc)}); "
+                                        "export with --exporter torch for OpenVINO") from exc
+        self.request, self.shape = compiled.create_infer_request(), shape
+        names = [i.get_any_name() for i in compiled.inputs]
+        self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
+        self.takes_positions, self.takes_mask = "position_ids" in names, "attention_mask" in names
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
+        if not self.past_inputs or "logits" not in self.output_names:
+            raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs, so it cannot generate with a KV cache; "
+                                        "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+
+    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
+        batch, length = ids.shape
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        if self.takes_mask:
+            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+        if self.takes_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+        if past_arrays is None:
+            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
+            past_arrays = [empty] * len(self.past_inputs)
+        feed.update(zip(self.past_inputs, past_arrays))
+        results = self.request.infer(feed)
+        values = {name: results[index] for index, name in enumerate(self.output_names)}
+        return values["logits"], ([values[name] for name in self.present_for], past + length)
+
+
+RUNTIMES = ("onnxruntime", "openvino")
+
+
+def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = None):
     """(runner, tokenizer folder, metadata) for a causal-LM folder, an aiopt KV export folder or its model.onnx."""
     import json
 
@@ -109,6 +160,10 @@ def open_causal_lm(artifact, threads: int | None = None):
 
         raise InputError(f"{path} does not exist; pass a causal-LM Hugging Face folder or an ONNX exported by aiopt export")
     if path.is_dir() and is_hf_folder(path):
+        if runtime not in (None, "torch"):
+            from aiopt.errors import InputError
+
+            raise InputError(f"a Hugging Face folder runs on torch; export it (aiopt export {path} --format onnx) for --runtime {runtime}")
         if threads:
             torch.set_num_threads(threads)
         model, config = load_causal_lm(path)
@@ -127,7 +182,16 @@ def open_causal_lm(artifact, threads: int | None = None):
         raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
                                     "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
     shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
-    return OrtCausalLM(onnx_path, shape, threads), onnx_path.parent, metadata
+    if runtime not in (None, *RUNTIMES):
+        from aiopt.errors import InputError
+
+        raise InputError(f"--runtime {runtime!r} does not run an ONNX causal LM; choose {' or '.join(RUNTIMES)}")
+    if runtime == "openvino" and "genai" in str(metadata.get("exporter")):
+        # its com.microsoft GroupQueryAttention compiles on OpenVINO but fails past batch 1 (OpenVINO 2026.4)
+        raise UnsupportedModelError(f"{onnx_path} was written by ONNX Runtime GenAI's builder, whose GroupQueryAttention graph OpenVINO "
+                                    "does not run correctly; export with --exporter torch for OpenVINO")
+    runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
+    return runner(onnx_path, shape, threads), onnx_path.parent, metadata
 
 
 def _onnx_metadata(onnx_path: Path) -> dict:

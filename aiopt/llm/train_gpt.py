@@ -25,7 +25,7 @@ EOS = "<|endoftext|>"
 
 @dataclass(frozen=True)
 class GPTRecipe:
-    steps: int = 3000
+    steps: int = 1200
     batch_size: int = 16
     lr: float = 2e-3
     warmup: int = 100
