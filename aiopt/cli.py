@@ -251,12 +251,13 @@ def inspect(
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
+    kv_tokens: Optional[int] = typer.Option(None, "--kv-tokens", help="Causal LMs: tokens the KV-cache memory is given for (default: the context length)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show an artifact's format, parameters, size, input/output spec, metadata and lineage."""
     from aiopt.inspect import inspect_artifact
 
-    info = inspect_artifact(artifact, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    info = inspect_artifact(artifact, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype), kv_tokens=kv_tokens)
     if as_json:
         _emit_json(info)
         return

@@ -19,7 +19,7 @@ def generate(
     temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (> 0); implies --sample."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling: the same seed gives the same text."),
     threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the runtime (default: all cores)."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default) or openvino."),
+    runtime: Optional[str] = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default), openvino, or onnxruntime-genai (an --exporter genai export)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate text from a causal language model, streamed as it comes."""
@@ -91,8 +91,11 @@ def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, thread
     from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
 
     outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in (("json", json_file), ("markdown", markdown_file)) if path}
+    # Generative settings without flags of their own on `aiopt bench` (its options are the classifiers').
     new_tokens = int(os.environ.get("AIOPT_BENCH_NEW_TOKENS", "64"))
-    config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens)
+    perplexity_tokens = int(os.environ.get("AIOPT_BENCH_PERPLEXITY_TOKENS", "4096"))
+    config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens,
+                                   perplexity_tokens=perplexity_tokens)
     document = run_generative_bench(artifacts, config, command=command_line(), say=_say, runtimes=tuple(backends or ()))
     text = markdown(document)
     if "json" in outputs:

@@ -54,5 +54,20 @@ def test_inspect_shows_the_geometry_and_memory_of_a_causal_lm():
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     assert info["kv_cache_bytes_per_token"] == 2 * info["layers"] * info["kv_heads"] * head_dim * 4
     assert info["kv_cache_bytes"] == info["kv_cache_bytes_per_token"] * 128
-    table = run_cli("inspect", str(folder))
-    assert "KV heads" in table.stdout and "KV cache" in table.stdout
+    table = run_cli("inspect", str(folder), "--kv-tokens", "1000")
+    assert "KV heads" in table.stdout and "KV cache" in table.stdout and "for 1000 tokens" in table.stdout
+
+
+def test_genai_builder_route_is_validated_and_runs_on_both_onnx_runtimes(tmp_path):
+    pytest.importorskip("onnxruntime_genai")
+    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
+    from aiopt.llm.generate import GenerateConfig, generate_text
+
+    folder, _ = tiny_gpt()
+    result = export_causal_lm_onnx(folder, tmp_path / "genai", KVExportConfig(exporter="genai"))
+    assert "onnxruntime-genai" in result["exporter"] and result["validation"]["max_abs_diff"] <= 1e-3
+    assert (tmp_path / "genai" / "genai_config.json").is_file()
+    expected = generate_text(folder, "My fellow Americans", GenerateConfig(max_new_tokens=24))["tokens"]
+    for runtime in ("onnxruntime", "onnxruntime-genai"):
+        got = generate_text(tmp_path / "genai", "My fellow Americans", GenerateConfig(max_new_tokens=24), runtime=runtime)
+        assert got["runtime"] == runtime and got["tokens"] == expected

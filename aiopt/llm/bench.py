@@ -124,6 +124,9 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
     decode = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
     prompt_length = min(config.decode_prompt, context - config.new_tokens - 1)
     for batch in config.batch_sizes:
+        if batch > 1 and lm.runtime == "onnxruntime-genai":
+            record["skipped"].append(f"decode at batch {batch}: aiopt's loop runs the ONNX Runtime GenAI runtime one sequence at a time")
+            continue
         say(f"{artifact}: decode {config.new_tokens} tokens at batch {batch}")
         prompt = rng.integers(0, shape.vocab_size, (batch, prompt_length))
         runs = [generate_ids(lm, prompt, decode) for _ in range(max(1, config.repeats - 1))]
@@ -177,7 +180,10 @@ def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
 
     if is_hf_folder(artifact):
         return [None]
-    chosen = [r for r in runtimes if r != "torch"]
+    folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
+    genai = (folder / "genai_config.json").is_file()
+    # the GenAI runtime reads only its builder's folders; OpenVINO does not run that builder's graph
+    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (r != "openvino" or not genai)]
     return chosen or [None]
 
 

@@ -95,6 +95,8 @@ class Shape:
 def describe_causal_lm(folder, kv_tokens: int | None = None) -> dict:
     """The inspect block for a causal-LM folder, read from config.json and the weights' header
     (no model is built): parameters, geometry, weight bytes, KV cache bytes."""
+    if kv_tokens is not None and kv_tokens < 1:
+        raise InputError(f"--kv-tokens must be at least 1, got {kv_tokens}")
     config = read_config(folder)
     shape = Shape.from_config(config)
     params, weight_bytes, dtypes = _safetensors_sizes(Path(folder))

@@ -64,6 +64,8 @@ def generate_ids(lm, prompt: np.ndarray, config: GenerateConfig, eos_token_id: i
     check_fits(prompt.shape[1], config.max_new_tokens, lm.shape.context_length)
     eos = set(eos_token_id if isinstance(eos_token_id, list) else [] if eos_token_id is None else [eos_token_id])
     rng = np.random.default_rng(config.seed)
+    if hasattr(lm, "max_length"):  # a runtime that reserves its KV cache up front
+        lm.max_length = prompt.shape[1] + config.max_new_tokens
     result = Generation(prompt_tokens=int(prompt.shape[1]))
     start = time.perf_counter()
     logits, state = lm.prefill(prompt, last_only=True)

@@ -142,7 +142,40 @@ class OpenVINOCausalLM(OrtCausalLM):
         return values["logits"], ([values[name] for name in self.present_for], past + length)
 
 
-RUNTIMES = ("onnxruntime", "openvino")
+class GenAICausalLM:
+    """ONNX Runtime GenAI's own runtime (og.Generator) on a folder its model builder wrote
+    (genai_config.json): the KV cache in its shared past/present buffers. One sequence at a time:
+    its append_tokens takes a batch only once, so the lock-step loop here cannot feed batch > 1."""
+
+    runtime = "onnxruntime-genai"
+
+    def __init__(self, folder: Path, shape: Shape, threads: int | None = None):
+        import json
+
+        import onnxruntime_genai as og
+
+        config = og.Config(str(folder))
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.og, self.model, self.shape = og, og.Model(config), shape
+        self.max_length: int | None = None  # tokens the generator reserves its cache for; generate_ids sets it
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        if ids.shape[0] != 1:
+            raise UnsupportedModelError("the ONNX Runtime GenAI runtime runs one sequence at a time here; use batch 1 (or --runtime onnxruntime)")
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.max_length or self.shape.context_length or 2048, do_sample=False, batch_size=1)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(np.ascontiguousarray(ids, dtype=np.int32))
+        logits = generator.get_output("logits")
+        return (logits[:, -1:] if last_only else logits), generator
+
+    def step(self, tokens: np.ndarray, state):
+        state.append_tokens(np.ascontiguousarray(tokens, dtype=np.int32))
+        return state.get_output("logits")[:, -1:], state
+
+
+RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-genai")
 
 
 def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = None):
@@ -190,6 +223,16 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
         # its com.microsoft GroupQueryAttention compiles on OpenVINO but fails past batch 1 (OpenVINO 2026.4)
         raise UnsupportedModelError(f"{onnx_path} was written by ONNX Runtime GenAI's builder, whose GroupQueryAttention graph OpenVINO "
                                     "does not run correctly; export with --exporter torch for OpenVINO")
+    if runtime == "onnxruntime-genai":
+        if not (onnx_path.parent / "genai_config.json").is_file():
+            raise UnsupportedModelError(f"{onnx_path.parent} has no genai_config.json; export with --exporter genai for the ONNX Runtime GenAI runtime")
+        try:
+            import onnxruntime_genai  # noqa: F401
+        except ImportError as exc:
+            from aiopt.errors import MissingDependencyError
+
+            raise MissingDependencyError("--runtime onnxruntime-genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+        return GenAICausalLM(onnx_path.parent, shape, threads), onnx_path.parent, metadata
     runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
     return runner(onnx_path, shape, threads), onnx_path.parent, metadata
 
