@@ -216,7 +216,7 @@ def train(
     dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Training data: mnist1d (default) or digits; gpt trains on sotu."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt; gpt: a folder named gpt)."),
     device: str = DEVICE_OPTION,
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -224,7 +224,10 @@ def train(
     """Train a reference model (CPU or CUDA), evaluate it on the test split and write a checkpoint."""
     from aiopt.reference_models.train import train_reference_model
 
-    output = output or f"{model.split(':')[0]}.pt"
+    from aiopt.reference_models import get_entry
+
+    name = model.split(":")[0]
+    output = output or (name if get_entry(model).kind == "causal-lm" else f"{name}.pt")  # a causal LM is a folder
     with _progress("train") as progress:
         on_epoch = _epoch_bar(progress, escape(model))
         result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch, device=device)

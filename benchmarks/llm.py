@@ -103,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                                    ttft_prompts=(128, 512) if not args.quick else (32, 64), decode_prompt=128 if not args.quick else 32,
                                    perplexity_tokens=4096 if args.quick else 0)  # random weights: no perplexity worth reporting
     document = run_generative_bench([str(folder), *map(str, exports)], config, command=" ".join(["python", "benchmarks/llm.py", *sys.argv[1:]]),
-                                    say=lambda message: print(message, file=sys.stderr, flush=True))
+                                    say=lambda message: print(message, file=sys.stderr, flush=True),
+                                    runtimes=("onnxruntime", "onnxruntime-genai"))
     document["generate_same_tokens"] = same
     document["model"] = "gpt:tiny" if args.quick else "Qwen2.5-0.5B configuration, random weights (seed 0)"
     text = f"Model: {document['model']}; greedy tokens torch vs ONNX Runtime identical: {same}\n\n" + markdown(document)
