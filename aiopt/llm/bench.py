@@ -67,7 +67,7 @@ def _read_weight_bytes(shape: Shape, params: int | None, dtype_bytes: int = 4) -
 
 
 def _params(artifact, lm, metadata: dict) -> int | None:
-    if getattr(lm, "model", None) is not None:
+    if lm.runtime == "torch":
         return sum(p.numel() for p in lm.model.parameters())
     if metadata.get("params"):
         return int(metadata["params"])
