@@ -30,6 +30,7 @@ def test_export_has_past_key_values_with_dynamic_batch_sequence_and_past():
     assert (out / "tokenizer.json").is_file() and not (out / "config.json").exists()
 
 
+@pytest.mark.slow  # a second export of its own (~15 s on a quiet machine, a minute on a loaded one)
 def test_export_past_its_tolerance_writes_nothing(tmp_path):
     from aiopt.errors import UnsupportedModelError
     from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
@@ -58,6 +59,7 @@ def test_inspect_shows_the_geometry_and_memory_of_a_causal_lm():
     assert "KV heads" in table.stdout and "KV cache" in table.stdout and "for 1000 tokens" in table.stdout
 
 
+@pytest.mark.slow  # a GenAI-builder export of its own
 def test_genai_builder_route_is_validated_and_runs_on_both_onnx_runtimes(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
