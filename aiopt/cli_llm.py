@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
 
 import typer
 from rich.markup import escape
@@ -16,10 +15,10 @@ def generate(
     prompt: str = typer.Option(..., "--prompt", "-p", help="Text to continue."),
     max_new_tokens: int = typer.Option(64, "--max-new-tokens", "-n", help="Tokens to generate, at least 1 (fewer if the model ends the text)."),
     greedy: bool = typer.Option(True, "--greedy/--sample", help="Most likely token each step (default), or sample with --temperature and --seed."),
-    temperature: Optional[float] = typer.Option(None, "--temperature", help="Sampling temperature (> 0); implies --sample."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (> 0); implies --sample."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling: the same seed gives the same text."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Threads for the runtime (default: all cores)."),
-    runtime: Optional[str] = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default), openvino, or onnxruntime-genai (an --exporter genai export)."),
+    threads: int | None = typer.Option(None, "--threads", help="Threads for the runtime (default: all cores)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default), openvino, or onnxruntime-genai (an --exporter genai export)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate text from a causal language model, streamed as it comes."""

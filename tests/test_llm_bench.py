@@ -5,7 +5,6 @@ import json
 import shutil
 
 import pytest
-
 from conftest import run_cli
 from llm_tiny import tiny_export, tiny_gpt
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import run_cli
 from llm_tiny import tiny_export, tiny_gpt
 

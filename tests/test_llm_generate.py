@@ -7,7 +7,6 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 from llm_tiny import tiny_export, tiny_gpt
 

@@ -5,7 +5,6 @@ import json
 
 import numpy as np
 import pytest
-
 from llm_tiny import tiny_gpt
 
 pytest.importorskip("transformers")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import statistics
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -120,7 +119,7 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
             continue
         say(f"{artifact}: time to first token at prompt {length}")
         prompt = rng.integers(0, shape.vocab_size, (1, length))
-        record["ttft_ms"][str(length)] = 1000 * _median_time(lambda: generate_ids(lm, prompt, one_token).ttft_s, config.repeats)
+        record["ttft_ms"][str(length)] = 1000 * _median_time(lambda prompt=prompt: generate_ids(lm, prompt, one_token).ttft_s, config.repeats)
     decode = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
     prompt_length = min(config.decode_prompt, context - config.new_tokens - 1)
     for batch in config.batch_sizes:
@@ -246,11 +245,11 @@ def markdown(document: dict) -> str:
                 f"{d['fraction_of_limit']:.2f}" if "fraction_of_limit" in d else "-",
                 (f"{memory / (1 << 20):.0f} MiB" if memory else "-") if first else "", (f"{ppl:.2f}" if ppl else "-") if first else ""]) + " |")
     prompts = sorted({d["prompt_tokens"] for r in document["records"] for d in r["decode"]})
-    lines += ["", f"Decode: greedy, prompt of {'/'.join(map(str, prompts)) or settings['decode_prompt']} random tokens (at most "
+    lines += ["", (f"Decode: greedy, prompt of {'/'.join(map(str, prompts)) or settings['decode_prompt']} random tokens (at most "
               f"{settings['decode_prompt']}, within the context), {settings['new_tokens']} new tokens, end-of-text ignored; "
               "tok/s counts every sequence of the batch. Limit: batch x bandwidth / (weights read per step, the tied embedding as the "
               "output layer, + the batch's KV cache at the mean context). TTFT: prefill and the first token, median of "
-              f"{settings['repeats']}."]
+              f"{settings['repeats']}.")]
     for r in document["records"]:
         for skipped in r["skipped"]:
             lines.append(f"- {r['artifact']}: skipped {skipped}")

@@ -113,7 +113,7 @@ class OpenVINOCausalLM(OrtCausalLM):
         config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         try:
             compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
-        except Exception as exc:  # noqa: BLE001 -- OpenVINO's own error, in one line
+        except Exception as exc:
             raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({_first_line(exc)}); "
                                         "export with --exporter torch for OpenVINO") from exc
         self.request, self.shape = compiled.create_infer_request(), shape
@@ -247,7 +247,7 @@ def _onnx_metadata(onnx_path: Path) -> dict:
 
     try:
         model = onnx.load_model(str(onnx_path), load_external_data=False)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         raise InputError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)})") from exc
     props = {p.key: p.value for p in model.metadata_props}
     try:

@@ -129,7 +129,7 @@ class Bigram:
         rows = self.rows[:, None]
         mixed = np.where(rows > 0, self.lam * self.pairs / np.maximum(rows, 1) + (1 - self.lam) * self.unigram[None, :], self.unigram[None, :])
         best = mixed.argmax(axis=1)
-        return {"perplexity": float(math.exp(nll)), "next_token_accuracy": float((best[prev] == nxt).mean()), "tokens": int(len(nxt)),
+        return {"perplexity": float(math.exp(nll)), "next_token_accuracy": float((best[prev] == nxt).mean()), "tokens": len(nxt),
                 "lambda": self.lam, "smoothing": "bigram interpolated with add-one unigram, lambda chosen on validation"}
 
 
@@ -227,7 +227,7 @@ def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, 
     metadata = {
         "aiopt_version": aiopt.__version__, "step": "train", "architecture": name, "size": size, "task": "causal-lm",
         "config": config_to_dict(config),
-        "dataset": corpus.describe() | {"tokens": {k: int(len(v)) for k, v in streams.items()}},
+        "dataset": corpus.describe() | {"tokens": {k: len(v) for k, v in streams.items()}},
         "metrics": {"split": "test", **quality, "bigram": baseline,
                     "perplexity_vs_bigram": quality["perplexity"] / baseline["perplexity"]},
         "params_count": params,
