@@ -221,11 +221,11 @@ def _epoch_bar(progress, description: str) -> Callable:
 
 @_command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")
 def train(
-    model: str = typer.Argument(..., help="Reference model: cnn, lstm or transformer; add :tiny or :base (default) for the size."),
-    dataset: str = typer.Option("mnist1d", "--dataset", "-d", help="Training data: mnist1d or digits."),
+    model: str = typer.Argument(..., help="Reference model: cnn, lstm, transformer, or gpt (a language model, written as a folder); add :tiny or :base (default) for the size."),
+    dataset: Optional[str] = typer.Option(None, "--dataset", "-d", help="Training data: mnist1d (default) or digits; gpt trains on sotu."),
     epochs: Optional[int] = typer.Option(None, "--epochs", help="Epochs (default: the model's tuned recipe)."),
     seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same weights."),
-    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt)."),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pt; gpt: a folder named gpt)."),
     device: str = DEVICE_OPTION,
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
@@ -233,7 +233,10 @@ def train(
     """Train a reference model (CPU or CUDA), evaluate it on the test split and write a checkpoint."""
     from aiopt.reference_models.train import train_reference_model
 
-    output = output or f"{model.split(':')[0]}.pt"
+    from aiopt.reference_models import get_entry
+
+    name = model.split(":")[0]
+    output = output or (name if get_entry(model).kind == "causal-lm" else f"{name}.pt")  # a causal LM is a folder
     with _progress("train") as progress:
         on_epoch = _epoch_bar(progress, escape(model))
         result = train_reference_model(model, output, dataset=dataset, epochs=epochs, seed=seed, force=force, on_epoch=on_epoch, device=device)
@@ -241,13 +244,16 @@ def train(
         "path": result.path, "architecture": result.architecture, "size": result.size, "dataset": result.dataset,
         "accuracy": result.accuracy, "params": result.params, "train_seconds": result.train_seconds,
         "epochs": result.metadata["training"]["epochs"], "seed": seed,
+        **({"perplexity": result.metadata["metrics"]["perplexity"], "bigram_perplexity": result.metadata["metrics"]["bigram"]["perplexity"]}
+           if "bigram" in result.metadata.get("metrics", {}) else {}),
     }
     if as_json:
         _emit_json(summary)
         return
     table = _table(f"trained {result.architecture}:{result.size} on {result.dataset}", ("field", "value"))
-    for key in ("path", "params", "epochs", "train_seconds", "accuracy"):
-        table.add_row(key, f"{summary[key]:.4f}" if key == "accuracy" else escape(str(summary[key])))
+    for key in ("path", "params", "epochs", "train_seconds", "accuracy", "perplexity", "bigram_perplexity"):
+        if key in summary:
+            table.add_row(key, f"{summary[key]:.4f}" if key in ("accuracy", "perplexity", "bigram_perplexity") else escape(str(summary[key])))
     stdout.print(table)
 
 
@@ -257,12 +263,13 @@ def inspect(
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
+    kv_tokens: Optional[int] = typer.Option(None, "--kv-tokens", help="Causal LMs: tokens the KV-cache memory is given for (default: the context length)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Show an artifact's format, parameters, size, input/output spec, metadata and lineage."""
     from aiopt.inspect import inspect_artifact
 
-    info = inspect_artifact(artifact, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype))
+    info = inspect_artifact(artifact, trust_pickle=trust_pickle, input_spec=_input_spec(input_shape, input_dtype), kv_tokens=kv_tokens)
     if as_json:
         _emit_json(info)
         return
@@ -277,6 +284,8 @@ def inspect(
         table.add_row("lineage" if index == 0 else "", escape(f"{step.get('step')}: {step.get('artifact')}" + (f" (acc {accuracy:.4f})" if accuracy is not None else "")))
     if info["metadata"].get("command"):
         table.add_row("command", escape(info["metadata"]["command"]))
+    if info.get("causal_lm"):
+        cli_llm.causal_lm_rows(table, info["causal_lm"])
     stdout.print(table)
 
 
@@ -300,6 +309,7 @@ def export(
     workspace: int = typer.Option(1024, "--workspace", help="tensorrt: builder workspace in MiB."),
     timing_cache: Optional[str] = typer.Option(None, "--timing-cache", help="tensorrt: timing cache file, reused and updated."),
     seq_len: int = typer.Option(128, "--seq-len", help="onnx: length the sequence axis (seq) is traced at; validated at two other lengths."),
+    exporter: str = typer.Option("torch", "--exporter", help="onnx, causal-LM folders: torch (torch.onnx dynamo, KV cache as inputs/outputs) or genai (ONNX Runtime GenAI's model builder)."),
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
     trust_pickle: bool = TRUST_PICKLE_OPTION,
@@ -334,6 +344,11 @@ def export(
         return
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
+    from aiopt.llm.causal_lm import is_causal_lm_folder
+
+    if is_causal_lm_folder(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
+        cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, opset, force, as_json)
+        return
     from aiopt.export.onnx import OnnxExportConfig
     from aiopt.steps import StepHooks, run_step
 
@@ -547,6 +562,11 @@ def bench(
     force: bool = FORCE_OPTION,
 ) -> None:
     """Measure latency percentiles, throughput, accuracy, size and memory of artifacts, side by side."""
+    from aiopt.llm.bench import is_generative
+
+    if all(is_generative(a) for a in artifacts):  # causal LMs: TTFT, tokens/s and the bandwidth limit (aiopt.llm.bench)
+        cli_llm.bench_generative(list(artifacts), batch_size, threads, json_file, markdown_file, force, backend)
+        return
     from aiopt.bench import report as reports
     from aiopt.measure.latency import LatencyConfig
     from aiopt.bench.measure import BenchConfig, run_bench
@@ -793,3 +813,6 @@ def _size(size_bytes: int) -> str:
 
 def main() -> None:
     app()
+
+
+from aiopt import cli_llm  # noqa: E402,F401  registers `aiopt generate` (commands for generative models)

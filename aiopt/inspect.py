@@ -7,7 +7,8 @@ from aiopt.artifacts import artifact_sha256, artifact_size, count_parameters, lo
 from aiopt.specs import TensorSpec, specs_to_json
 
 
-def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_spec: list[TensorSpec] | None = None) -> dict:
+def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_spec: list[TensorSpec] | None = None,
+                     kv_tokens: int | None = None) -> dict:
     loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec, verify_integrity=False)  # shown, not refused
     metadata = loaded.metadata
     return {
@@ -24,4 +25,16 @@ def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_
         "dataset": (metadata.get("dataset") or {}).get("name"),
         "lineage": metadata.get("lineage", []),
         "metadata": metadata,
+        "causal_lm": _causal_lm(loaded, kv_tokens),
     }
+
+
+def _causal_lm(loaded, kv_tokens: int | None = None) -> dict | None:
+    """Layers, heads, KV heads, context, vocabulary and memory of a causal-LM folder (None otherwise)."""
+    from aiopt.artifacts import FORMAT_HF
+
+    if loaded.format != FORMAT_HF:
+        return None
+    from aiopt.llm.causal_lm import describe_causal_lm, is_causal_lm_folder
+
+    return describe_causal_lm(loaded.path, kv_tokens) if is_causal_lm_folder(loaded.path) else None

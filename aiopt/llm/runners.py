@@ -1,0 +1,264 @@
+"""One interface over the runtimes a causal LM runs on: prefill a batch of prompts, then step
+one token at a time, the KV cache carried in an opaque state.
+
+    logits, state = lm.prefill(ids)          # ids int64 (batch, prompt); logits (batch, prompt or 1, vocab)
+    logits, state = lm.step(tokens, state)   # tokens int64 (batch, 1); logits (batch, 1, vocab)
+
+TorchCausalLM runs transformers' model with its DynamicCache; OrtCausalLM runs an ONNX export
+with past_key_values inputs and present outputs (aiopt.llm.export_kv) on ONNX Runtime.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm.causal_lm import Shape
+
+
+class TorchCausalLM:
+    runtime = "torch"
+
+    def __init__(self, model, shape: Shape):
+        self.model, self.shape = model.eval(), shape
+
+    @torch.inference_mode()
+    def _run(self, ids: np.ndarray, cache, past: int, last_only: bool):
+        from transformers import DynamicCache
+
+        cache = cache if cache is not None else DynamicCache(config=self.model.config)
+        batch, length = ids.shape
+        out = self.model(input_ids=torch.from_numpy(np.ascontiguousarray(ids, dtype=np.int64)),
+                         attention_mask=torch.ones(batch, past + length, dtype=torch.int64),
+                         position_ids=torch.arange(past, past + length).expand(batch, length),
+                         cache=cache, use_cache=True, logits_to_keep=1 if last_only else 0)
+        return out.logits.float().numpy(), (out.past_key_values, past + length)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        return self._run(ids, None, 0, last_only)
+
+    def step(self, tokens: np.ndarray, state):
+        cache, past = state
+        return self._run(tokens, cache, past, True)
+
+
+class OrtCausalLM:
+    runtime = "onnxruntime"
+
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+        self.shape = shape
+        names = [i.name for i in self.session.get_inputs()]
+        self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
+        if not self.past_inputs:
+            raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
+                                        "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+        self.takes_positions = "position_ids" in names
+        self.takes_mask = "attention_mask" in names
+        # present.{i}.{kv} feeds past_key_values.{i}.{kv} next step, matched by name, not by position
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        outputs = set(self.output_names)
+        self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
+        missing = [name for name in self.present_for if name not in outputs]
+        if "logits" not in outputs or missing:
+            raise UnsupportedModelError(f"{onnx_path} lacks the outputs a KV-cache model has (logits and {', '.join(missing[:2]) or 'present.*'}); "
+                                        "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+
+    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
+        batch, length = ids.shape
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        if self.takes_mask:
+            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+        if self.takes_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+        if past_arrays is None:
+            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
+            past_arrays = [empty] * len(self.past_inputs)
+        feed.update(zip(self.past_inputs, past_arrays))
+        values = dict(zip(self.output_names, self.session.run(None, feed)))
+        return values["logits"], ([values[name] for name in self.present_for], past + length)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        logits, state = self._run(ids, None, 0)
+        return (logits[:, -1:] if last_only else logits), state
+
+    def step(self, tokens: np.ndarray, state):
+        present, past = state
+        return self._run(tokens, present, past)
+
+
+class OpenVINOCausalLM(OrtCausalLM):
+    """The same ONNX export compiled by OpenVINO (FP32 precision hint): inputs and outputs as on
+    ONNX Runtime, so the loop is shared. The ONNX Runtime GenAI builder's graph uses
+    com.microsoft operators OpenVINO does not read; export with --exporter torch for OpenVINO."""
+
+    runtime = "openvino"
+
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as exc:
+            from aiopt.errors import MissingDependencyError
+
+            raise MissingDependencyError("--runtime openvino needs OpenVINO; run: pip install 'aiopt[openvino]'") from exc
+        from aiopt.artifacts import _first_line
+
+        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        try:
+            compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
+        except Exception as exc:
+            raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({_first_line(exc)}); "
+                                        "export with --exporter torch for OpenVINO") from exc
+        self.request, self.shape = compiled.create_infer_request(), shape
+        names = [i.get_any_name() for i in compiled.inputs]
+        self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
+        self.takes_positions, self.takes_mask = "position_ids" in names, "attention_mask" in names
+        self.output_names = [o.get_any_name() for o in compiled.outputs]
+        self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
+        if not self.past_inputs or "logits" not in self.output_names:
+            raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs, so it cannot generate with a KV cache; "
+                                        "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+
+    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
+        batch, length = ids.shape
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        if self.takes_mask:
+            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+        if self.takes_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+        if past_arrays is None:
+            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
+            past_arrays = [empty] * len(self.past_inputs)
+        feed.update(zip(self.past_inputs, past_arrays))
+        results = self.request.infer(feed)
+        values = {name: results[index] for index, name in enumerate(self.output_names)}
+        return values["logits"], ([values[name] for name in self.present_for], past + length)
+
+
+class GenAICausalLM:
+    """ONNX Runtime GenAI's own runtime (og.Generator) on a folder its model builder wrote
+    (genai_config.json): the KV cache in its shared past/present buffers. One sequence at a time:
+    its append_tokens takes a batch only once, so the lock-step loop here cannot feed batch > 1."""
+
+    runtime = "onnxruntime-genai"
+
+    def __init__(self, folder: Path, shape: Shape, threads: int | None = None):
+        import json
+
+        import onnxruntime_genai as og
+
+        config = og.Config(str(folder))
+        if threads:
+            config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+        self.og, self.model, self.shape = og, og.Model(config), shape
+        self.max_length: int | None = None  # tokens the generator reserves its cache for; generate_ids sets it
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        if ids.shape[0] != 1:
+            raise UnsupportedModelError("the ONNX Runtime GenAI runtime runs one sequence at a time here; use batch 1 (or --runtime onnxruntime)")
+        params = self.og.GeneratorParams(self.model)
+        params.set_search_options(max_length=self.max_length or self.shape.context_length or 2048, do_sample=False, batch_size=1)
+        generator = self.og.Generator(self.model, params)
+        generator.append_tokens(np.ascontiguousarray(ids, dtype=np.int32))
+        logits = generator.get_output("logits")
+        return (logits[:, -1:] if last_only else logits), generator
+
+    def step(self, tokens: np.ndarray, state):
+        state.append_tokens(np.ascontiguousarray(tokens, dtype=np.int32))
+        return state.get_output("logits")[:, -1:], state
+
+
+RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-genai")
+
+
+def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = None):
+    """(runner, tokenizer folder, metadata) for a causal-LM folder, an aiopt KV export folder or its model.onnx."""
+    import json
+
+    from aiopt.hf import is_hf_folder
+    from aiopt.llm.causal_lm import load_causal_lm
+    from aiopt.llm.export_kv import ONNX_FILE
+    from aiopt.llm.folder_io import METADATA_FILE
+
+    path = Path(artifact)
+    if not path.exists():
+        from aiopt.errors import InputError
+
+        raise InputError(f"{path} does not exist; pass a causal-LM Hugging Face folder or an ONNX exported by aiopt export")
+    if path.is_dir() and is_hf_folder(path):
+        if runtime not in (None, "torch"):
+            from aiopt.errors import InputError
+
+            raise InputError(f"a Hugging Face folder runs on torch; export it (aiopt export {path} --format onnx) for --runtime {runtime}")
+        if threads:
+            torch.set_num_threads(threads)
+        model, config = load_causal_lm(path)
+        meta_file = path / METADATA_FILE
+        metadata = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
+        return TorchCausalLM(model, Shape.from_config(config)), path, {**metadata, "config": config}
+    onnx_path = path / ONNX_FILE if path.is_dir() else path
+    if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
+        from aiopt.errors import InputError
+
+        raise InputError(f"{path} is neither a Hugging Face folder (config.json) nor an ONNX model; pass one of them")
+    metadata = _onnx_metadata(onnx_path)
+    kv = metadata.get("kv_cache")
+    if not kv:
+        names = _onnx_input_names(onnx_path)
+        raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
+                                    "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    if runtime not in (None, *RUNTIMES):
+        from aiopt.errors import InputError
+
+        raise InputError(f"--runtime {runtime!r} does not run an ONNX causal LM; choose {' or '.join(RUNTIMES)}")
+    if runtime == "openvino" and "genai" in str(metadata.get("exporter")):
+        # its com.microsoft GroupQueryAttention compiles on OpenVINO but fails past batch 1 (OpenVINO 2026.4)
+        raise UnsupportedModelError(f"{onnx_path} was written by ONNX Runtime GenAI's builder, whose GroupQueryAttention graph OpenVINO "
+                                    "does not run correctly; export with --exporter torch for OpenVINO")
+    if runtime == "onnxruntime-genai":
+        if not (onnx_path.parent / "genai_config.json").is_file():
+            raise UnsupportedModelError(f"{onnx_path.parent} has no genai_config.json; export with --exporter genai for the ONNX Runtime GenAI runtime")
+        try:
+            import onnxruntime_genai  # noqa: F401
+        except ImportError as exc:
+            from aiopt.errors import MissingDependencyError
+
+            raise MissingDependencyError("--runtime onnxruntime-genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+        return GenAICausalLM(onnx_path.parent, shape, threads), onnx_path.parent, metadata
+    runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
+    return runner(onnx_path, shape, threads), onnx_path.parent, metadata
+
+
+def _onnx_metadata(onnx_path: Path) -> dict:
+    import json
+
+    import onnx
+
+    from aiopt.artifacts import METADATA_KEY, _first_line
+    from aiopt.errors import InputError
+
+    try:
+        model = onnx.load_model(str(onnx_path), load_external_data=False)
+    except Exception as exc:
+        raise InputError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)})") from exc
+    props = {p.key: p.value for p in model.metadata_props}
+    try:
+        return json.loads(props.get(METADATA_KEY) or "{}")
+    except ValueError:
+        return {}
+
+
+def _onnx_input_names(onnx_path: Path) -> list[str]:
+    import onnx
+
+    model = onnx.load_model(str(onnx_path), load_external_data=False)
+    initializers = {i.name for i in model.graph.initializer}
+    return [i.name for i in model.graph.input if i.name not in initializers]
