@@ -332,8 +332,9 @@ def export(
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
     from aiopt.llm.causal_lm import is_causal_lm_folder
+    from aiopt.llm.quantize import kv_export_metadata
 
-    if is_causal_lm_folder(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
+    if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
         cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, opset, force, as_json)
         return
     from aiopt.export.onnx import OnnxExportConfig
@@ -456,8 +457,9 @@ def quantize(
 ) -> None:
     """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
     from aiopt.llm.causal_lm import is_causal_lm_folder
+    from aiopt.llm.quantize import kv_export_metadata
 
-    if is_causal_lm_folder(model):  # a causal LM: weight-only recipes of each runtime, picked by measurement (aiopt.llm.quantize)
+    if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM: weight-only recipes of each runtime, picked by measurement (aiopt.llm.quantize)
         from aiopt.cli_llm_quantize import quantize_causal_lm_command
 
         quantize_causal_lm_command(model, output, method, backend, calibration, calib_samples, candidate, batch_size, max_perplexity_increase,

@@ -163,17 +163,18 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
     """Measure every candidate, write the winner's folder; returns its metadata with the report."""
     from aiopt.bench.machine import available_cores
     from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
-    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
+    from aiopt.llm.export_kv import ONNX_FILE, KVExportConfig, export_causal_lm_onnx
     from aiopt.llm.folder_io import check_output_folder
     from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
     from aiopt.llm.recipes_openvino import has_bf16_units
 
     config.check()
-    require_causal_lm_folder(folder)
+    exported = kv_export_metadata(folder)  # an aiopt KV-cache export is quantized as it is; a folder is exported first
+    hf_config = None if exported else require_causal_lm_folder(folder)
     out = check_output_folder(output, folder, force=force)
     bf16 = has_bf16_units()
     recipes, rows = _recipes(config, bf16)
-    shape = Shape.from_config(require_causal_lm_folder(folder))
+    shape = Shape(**{k: exported["kv_cache"][k] for k in Shape.__dataclass_fields__}) if exported else Shape.from_config(hf_config)
     context = shape.context_length or 1 << 30
     calibration = (calibration_windows(config.calibration, folder, min(config.calib_window, context), config.calib_samples)
                    if config.calibration else None)  # bad calibration fails before any work
@@ -190,7 +191,8 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         bandwidth = measure_read_bandwidth(threads)["bytes_per_s"]
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     try:
-        export = export_causal_lm_onnx(folder, work / "fp32", KVExportConfig(), say=say)
+        export = ({**exported, "onnx": str(Path(folder) / ONNX_FILE)} if exported
+                  else export_causal_lm_onnx(folder, work / "fp32", KVExportConfig(), say=say))
         fp32_onnx = Path(export["onnx"])
         reference = Row("ort-fp32", "onnxruntime", "ONNX Runtime FP32 (the KV-cache export, the reference)", path=fp32_onnx)
         measured = [reference]
@@ -225,7 +227,7 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         report = _report(measured + rows, winner, config, prompt_len, bandwidth, threads, bf16, len(windows) and windows.size - len(windows))
         if winner is None:
             closest = min((r for r in measured[1:] if r.status == "measured"), key=_distance, default=None)
-            where = (f"; closest: {closest.name} (perplexity +{closest.perplexity_increase * 100:.2f}%, agreement {closest.agreement:.3f})"
+            where = (f"; closest: {closest.name} (perplexity {closest.perplexity_increase * 100:+.2f}%, agreement {closest.agreement:.3f})"
                      if closest else "")
             raise CheckFailedError(f"no candidate is within the quality floor (perplexity +{config.max_perplexity_increase * 100:g}%, "
                                    f"agreement {config.min_agreement:g}){where}; nothing written. Loosen --max-perplexity-increase/--min-agreement")
@@ -233,6 +235,23 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"path": str(out), **metadata}
+
+
+def kv_export_metadata(path) -> dict | None:
+    """The metadata of an aiopt KV-cache export folder (torch.onnx route), else None."""
+    path = Path(path)
+    if not (path.is_dir() and (path / "model.onnx").is_file()):
+        return None
+    from aiopt.llm.export_kv import ONNX_FILE
+    from aiopt.llm.runners import _onnx_metadata
+
+    metadata = _onnx_metadata(path / ONNX_FILE)
+    if not metadata.get("kv_cache") or metadata.get("step") != "export":
+        return None
+    if "genai" in str(metadata.get("exporter")):
+        raise InputError(f"{path} was written by ONNX Runtime GenAI's builder, whose graph OpenVINO does not run; "
+                         "quantize the Hugging Face folder, or an export made with --exporter torch")
+    return metadata
 
 
 def _build(recipe, fp32_onnx: Path, target: Path, calibration, shape) -> Path:
@@ -257,7 +276,7 @@ def _select(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
             continue
         row.passes_floor = row.perplexity_increase <= config.max_perplexity_increase and row.agreement >= config.min_agreement
         if not row.passes_floor:
-            row.why = (f"below the quality floor: perplexity +{row.perplexity_increase * 100:.2f}% (at most "
+            row.why = (f"below the quality floor: perplexity {row.perplexity_increase * 100:+.2f}% (at most "
                        f"+{config.max_perplexity_increase * 100:g}%), agreement {row.agreement:.3f} (at least {config.min_agreement:g})")
     within = [r for r in rows[1:] if r.passes_floor]
     if not within:
