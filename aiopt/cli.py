@@ -468,7 +468,7 @@ def quantize(
     from aiopt.compress.quantize import QuantizeConfig
     from aiopt.steps import StepHooks, run_step
 
-    config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples or 256,
+    config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=256 if calib_samples is None else calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
                             device=device, min_cosine=min_cosine, metric=metric, batch_sizes=tuple(batch_size or (1, 64)),
                             candidates=tuple(candidate or ()))

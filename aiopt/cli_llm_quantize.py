@@ -21,7 +21,7 @@ def quantize_causal_lm_command(model: str, output: str | None, method: str, back
     if method != "auto":
         raise InputError(f"--method {method} is for classifier models; for a causal LM choose recipes with --candidate (e.g. ort-int4-b32, ov-int8-asym)")
     config = LMQuantizeConfig(backend=backend, candidates=tuple(candidates or ()), max_perplexity_increase=max_perplexity_increase,
-                              min_agreement=min_agreement, calibration=calibration, calib_samples=calib_samples or 32,
+                              min_agreement=min_agreement, calibration=calibration, calib_samples=32 if calib_samples is None else calib_samples,
                               batch_sizes=tuple(batch_sizes or (1,)), prompt_len=prompt_len, new_tokens=new_tokens, eval_tokens=eval_tokens)
     output = output or str(Path(model.rstrip("/")).with_name(Path(model.rstrip("/")).name + ".quant"))
     # torch.onnx and NNCF print progress on stdout, which carries only results here.
