@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import run_cli
 from llm_tiny import tiny_gpt
 
@@ -113,9 +112,8 @@ def _outlier_export(target: Path) -> Path:
     block-wise INT4 then rounds the rest of each such block to zero, so no INT4 recipe keeps
     FP32's perplexity (FP32 here is this same graph, so the floor is relative to it)."""
     import onnx
-    from onnx import numpy_helper
-
     from llm_tiny import tiny_export
+    from onnx import numpy_helper
 
     shutil.copytree(tiny_export()[0], target)
     model = onnx.load_model(str(target / "model.onnx"))

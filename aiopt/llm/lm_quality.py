@@ -20,7 +20,7 @@ class Score:
     argmax: np.ndarray  # the greedy next token at every scored position, for agreement with the reference
     tokens: int
 
-    def agreement(self, reference: "Score") -> float:
+    def agreement(self, reference: Score) -> float:
         return float((self.argmax == reference.argmax).mean())
 
 

@@ -84,7 +84,11 @@ class Row:
 
 def _recipes(config: LMQuantizeConfig, bf16: bool) -> tuple[list, list[Row]]:
     """(recipes to build, rows for those that cannot be built here)."""
-    from aiopt.llm.recipes_llamacpp import llamacpp_missing, llamacpp_recipes, require_llamacpp
+    from aiopt.llm.recipes_llamacpp import (
+        llamacpp_missing,
+        llamacpp_recipes,
+        require_llamacpp,
+    )
     from aiopt.llm.recipes_openvino import openvino_recipes
     from aiopt.llm.recipes_ort import ort_recipes
 
@@ -341,8 +345,9 @@ def _write(winner: Row, export: dict, out: Path, report: dict, folder) -> dict:
 def markdown_table(report: dict) -> str:
     """Every candidate: quality, size, TTFT, tokens/s, fraction of the bandwidth limit, why it lost."""
     timing = report["timing"]
-    lines = [f"| candidate | runtime | perplexity | vs FP32 | agreement | size | TTFT p{timing['prompt_len']} | "
-             f"tok/s b{timing['batch_sizes'][0]} | of limit | result |", "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    header = (f"| candidate | runtime | perplexity | vs FP32 | agreement | size | TTFT p{timing['prompt_len']} | "
+              f"tok/s b{timing['batch_sizes'][0]} | of limit | result |")
+    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["candidates"]:
         mark = "**" if r["name"] == report["chosen"] else ""
         d = r["decode"][0] if r["decode"] else {}

@@ -38,8 +38,11 @@ def ort_recipes() -> list[OrtRecipe]:
 def build_ort(recipe: OrtRecipe, fp32_onnx: Path, target: Path) -> Path:
     """Write the quantized graph to target/model.onnx (its metadata is stamped later)."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import (DefaultWeightOnlyQuantConfig, HQQWeightOnlyQuantConfig,
-                                                                 MatMulNBitsQuantizer)
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        HQQWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
     if recipe.algorithm == "hqq":
