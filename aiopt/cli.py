@@ -345,8 +345,9 @@ def export(
     if format != "onnx":
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
     from aiopt.llm.causal_lm import is_causal_lm_folder
+    from aiopt.llm.quantize import kv_export_metadata
 
-    if is_causal_lm_folder(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
+    if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM exports with its KV cache, to a folder (aiopt.llm.export_kv)
         cli_llm.export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, opset, force, as_json)
         return
     from aiopt.export.onnx import OnnxExportConfig
@@ -443,13 +444,13 @@ def _spec_text(spec: dict) -> str:
 
 @_command(epilog="Example: aiopt quantize cnn.pt   (every candidate measured here; the fastest that keeps quality is written)")
 def quantize(
-    model: str = typer.Argument(..., help="Model to quantize: aiopt .pt, TorchScript, .pt2 or ONNX."),
+    model: str = typer.Argument(..., help="Model to quantize: aiopt .pt, TorchScript, .pt2, ONNX, or a causal-LM Hugging Face folder."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="ONNX file to write (default: MODEL.int8.onnx, or MODEL.fp32.onnx when FP32 is fastest)."),
     method: str = typer.Option("auto", "--method", help="auto (measure every candidate here, write the fastest that keeps quality), or force one: static, dynamic, fp16, bf16."),
     backend: str = typer.Option("auto", "--backend", help="auto (ONNX Runtime and OpenVINO candidates), or force onnxruntime, openvino, torch, or tensorrt (symmetric INT8 QDQ for TensorRT)."),
     calibration: Optional[str] = typer.Option(None, "--calibration", help="Calibration data: DATA.npz, mnist1d or digits (default: the model's training split)."),
     calib_method: str = typer.Option("minmax", "--calib-method", help="minmax, entropy or percentile."),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="Calibration samples drawn from the data."),
+    calib_samples: Optional[int] = typer.Option(None, "--calib-samples", help="Calibration samples drawn from the data (default 256; causal LMs: 32 windows of the --calibration text)."),
     per_channel: bool = typer.Option(True, "--per-channel/--per-tensor", help="Per-channel or per-tensor weight scales."),
     exclude: Optional[List[str]] = typer.Option(None, "--exclude", help="ONNX node name to keep in float (repeatable)."),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help="Quality floor for class outputs (auto: default 0.005 = half a point; a forced recipe keeps its most harmful layers in float until the drop fits)."),
@@ -462,6 +463,11 @@ def quantize(
     objective: str = typer.Option("auto", "--objective", help="auto: the fastest within the floor that is no larger than the input; latency: the fastest within the floor, whatever its size (e.g. two graphs routed by batch size)."),
     data: Optional[str] = typer.Option(None, "--data", help="Evaluation data: .npz, mnist1d or digits (default: the model's test split)."),
     seed: int = typer.Option(0, "--seed", help="Seed for drawing calibration samples."),
+    max_perplexity_increase: float = typer.Option(0.02, "--max-perplexity-increase", help="Causal LMs: quality floor, held-out perplexity at most this much above FP32's (0.02 = 2%)."),
+    min_agreement: float = typer.Option(0.9, "--min-agreement", help="Causal LMs: quality floor, share of held-out positions whose greedy next token equals FP32's."),
+    prompt_len: int = typer.Option(512, "--prompt-len", help="Causal LMs: prompt tokens for time to first token and decode (clipped to the context)."),
+    new_tokens: int = typer.Option(32, "--new-tokens", help="Causal LMs: decode steps timed."),
+    eval_tokens: int = typer.Option(4096, "--eval-tokens", help="Causal LMs: held-out tokens scored for perplexity and agreement."),
     device: str = DEVICE_OPTION,
     seq_len: int = SEQ_LEN_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
@@ -471,10 +477,19 @@ def quantize(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
+    from aiopt.llm.causal_lm import is_causal_lm_folder
+    from aiopt.llm.quantize import kv_export_metadata
+
+    if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM: weight-only recipes of each runtime, picked by measurement (aiopt.llm.quantize)
+        from aiopt.cli_llm_quantize import quantize_causal_lm_command
+
+        quantize_causal_lm_command(model, output, method, backend, calibration, calib_samples, candidate, batch_size, max_perplexity_increase,
+                                   min_agreement, prompt_len, new_tokens, eval_tokens, force, as_json)
+        return
     from aiopt.compress.quantize import QuantizeConfig
     from aiopt.steps import StepHooks, run_step
 
-    config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=calib_samples,
+    config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=256 if calib_samples is None else calib_samples,
                             per_channel=per_channel, exclude=tuple(exclude or ()), max_accuracy_drop=max_accuracy_drop, data=data, seed=seed, seq_len=seq_len,
                             device=device, min_cosine=min_cosine, metric=tuple(metric) if metric else None, batch_sizes=tuple(batch_size or (1, 64)),
                             candidates=tuple(candidate or ()), objective=objective, fit_batch_sizes=not batch_size,

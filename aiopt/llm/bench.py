@@ -40,6 +40,10 @@ def is_generative(artifact) -> bool:
     from aiopt.llm.runners import _onnx_metadata
 
     path = Path(artifact)
+    from aiopt.llm.recipes_openvino import is_ir
+
+    if is_ir(path):  # an OpenVINO IR written by aiopt quantize (runners refuse others in one line)
+        return True
     if path.is_dir():
         if is_causal_lm_folder(path):
             return True

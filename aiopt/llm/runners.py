@@ -101,7 +101,7 @@ class OpenVINOCausalLM(OrtCausalLM):
 
     runtime = "openvino"
 
-    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32"):
         try:
             import openvino as ov
         except ImportError as exc:
@@ -110,7 +110,7 @@ class OpenVINOCausalLM(OrtCausalLM):
             raise MissingDependencyError("--runtime openvino needs OpenVINO; run: pip install 'aiopt[openvino]'") from exc
         from aiopt.artifacts import _first_line
 
-        config = {"INFERENCE_PRECISION_HINT": "f32", **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         try:
             compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
         except Exception as exc:
@@ -203,6 +203,12 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
         meta_file = path / METADATA_FILE
         metadata = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         return TorchCausalLM(model, Shape.from_config(config)), path, {**metadata, "config": config}
+    from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
+
+    if recipes_openvino.is_ir(path):
+        return recipes_openvino.open_ir_artifact(path, threads, runtime)
+    if recipes_llamacpp.is_gguf(path):
+        return recipes_llamacpp.open_gguf(path, threads, runtime)
     onnx_path = path / ONNX_FILE if path.is_dir() else path
     if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
         from aiopt.errors import InputError
