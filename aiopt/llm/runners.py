@@ -82,8 +82,11 @@ class OrtCausalLM:
             empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
             past_arrays = [empty] * len(self.past_inputs)
         feed.update(zip(self.past_inputs, past_arrays))
-        values = dict(zip(self.output_names, self.session.run(None, feed)))
+        values = self._infer(feed)
         return values["logits"], ([values[name] for name in self.present_for], past + length)
+
+    def _infer(self, feed: dict) -> dict:
+        return dict(zip(self.output_names, self.session.run(None, feed)))
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         logits, state = self._run(ids, None, 0)
@@ -126,20 +129,9 @@ class OpenVINOCausalLM(OrtCausalLM):
             raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs, so it cannot generate with a KV cache; "
                                         "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
 
-    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
-        batch, length = ids.shape
-        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
-        if self.takes_mask:
-            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
-        if self.takes_positions:
-            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
-        if past_arrays is None:
-            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
-            past_arrays = [empty] * len(self.past_inputs)
-        feed.update(zip(self.past_inputs, past_arrays))
+    def _infer(self, feed: dict) -> dict:  # the feed and the loop are ONNX Runtime's (OrtCausalLM._run)
         results = self.request.infer(feed)
-        values = {name: results[index] for index, name in enumerate(self.output_names)}
-        return values["logits"], ([values[name] for name in self.present_for], past + length)
+        return {name: results[index] for index, name in enumerate(self.output_names)}
 
 
 class GenAICausalLM:
