@@ -321,6 +321,22 @@ def integrity_record(model, metadata_key: str = "aiopt.json") -> dict:
     return {"sha256": onnx_checksum(model, metadata_key), "over": INTEGRITY_OVER}
 
 
+def unseal(model, metadata_key: str = "aiopt.json") -> None:
+    """Drop the checksum a tool (NNCF, ORT's converters, aiopt's own graph rewrites) copied from the
+    aiopt file it started from: the derived file is not what aiopt sealed, so it loads as "absent"
+    instead of "changed since aiopt wrote it"; the writer that ships a file seals it anew."""
+    import json
+
+    for prop in model.metadata_props:
+        if prop.key == metadata_key:
+            try:
+                data = json.loads(prop.value)
+            except ValueError:
+                return
+            if isinstance(data, dict) and data.pop("integrity", None) is not None:
+                prop.value = json.dumps(data)
+
+
 def integrity_status(model, metadata: dict, path, metadata_key: str = "aiopt.json") -> str:
     """"ok", "mismatch" (changed since aiopt wrote it) or "absent" (an older or foreign file)."""
     record = metadata.get("integrity")

@@ -23,7 +23,7 @@ def test_debug_takes_effect_inside_and_nothing_leaks_out(tmp_path):
 
     argv, state, handler = list(sys.argv), dict(cli._state), signal.getsignal(signal.SIGINT)
     fresh, here = run_cli("--debug", "inspect", "nope.pt", cwd=tmp_path), invoke_cli("--debug", "inspect", "nope.pt", cwd=tmp_path)
-    assert here.returncode == fresh.returncode == 1
+    assert here.returncode == fresh.returncode == 2  # --debug shows the traceback and keeps the exit code (a missing file: 2)
     assert "Traceback" in here.stderr and here.stderr.strip().splitlines()[-1] == fresh.stderr.strip().splitlines()[-1]
     assert (sys.argv, dict(cli._state), signal.getsignal(signal.SIGINT)) == (argv, state, handler)
     assert invoke_cli("inspect", "nope.pt", cwd=tmp_path).stderr.startswith("error: ")  # --debug did not stick

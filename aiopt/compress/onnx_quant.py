@@ -11,6 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiopt.artifact_checks import unseal
 from aiopt.errors import UnsupportedModelError
 
 # Ops whose INT8 form ONNX Runtime's static QDQ path does not accelerate on CPU: recurrent
@@ -163,6 +164,7 @@ def convert_float16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -
     with _quiet():
         converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude)))
         converted.topological_sort()  # the converter appends its input casts at the end of the graph
+    unseal(converted.model)  # a converted graph: the source's checksum no longer holds
     onnx.save_model(converted.model, str(target))
     return kept
 
@@ -203,5 +205,6 @@ def convert_bfloat16(source: Path, target: Path, exclude: tuple[str, ...] = ()) 
     for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
         if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
             value.type.tensor_type.elem_type = TensorProto.BFLOAT16
+    unseal(model)
     onnx.save_model(model, str(target))
     return kept

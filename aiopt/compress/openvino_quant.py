@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from aiopt.artifact_checks import unseal
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.runtime.openvino_backend import import_from_extra
 
@@ -126,6 +127,7 @@ def _save(model, target: Path) -> None:
 
     from aiopt.fileio import atomic_path
 
+    unseal(model)  # NNCF keeps the source's metadata, checksum included
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
 

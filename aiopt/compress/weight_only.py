@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from aiopt.artifact_checks import unseal
+
 MIN_ELEMENTS = 1024  # smaller tensors are not worth two nodes
 # Per op, (input index, axis of the output channels) of the weights worth compressing.
 _WEIGHTS = {
@@ -68,5 +70,6 @@ def quantize_weights_int8(source: Path, target: Path) -> list[str]:
     nodes = decode + list(graph.node)
     del graph.node[:]
     graph.node.extend(nodes)
+    unseal(model)  # a rewritten graph: the source's checksum no longer holds
     onnx.save_model(model, str(target))
     return list(chosen)
