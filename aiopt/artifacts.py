@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, check_input_sizes, check_integrity, companion_path, integrity_status
-from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError
+from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError, first_line
 from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
 
@@ -344,7 +344,7 @@ def _load_torch_archive(path: Path, trust_pickle: bool) -> LoadedModel:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path} is not a valid checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
+        raise InputError(f"{path} is not a valid checkpoint ({first_line(exc)}); re-create or re-copy it") from exc
     return _from_torch_payload(path, payload)
 
 
@@ -374,7 +374,7 @@ def _trusted_unpickle(path: Path) -> Any:
             with open(path, "rb") as fh:
                 return pickle.load(fh)
         except Exception as exc:
-            raise InputError(f"{path} is not a valid pickle or checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
+            raise InputError(f"{path} is not a valid pickle or checkpoint ({first_line(exc)}); re-create or re-copy it") from exc
 
 
 def _from_checkpoint(path: Path, payload: dict) -> LoadedModel:
@@ -475,19 +475,14 @@ def _load_export(path: Path, members: list[str], trust_pickle: bool) -> LoadedMo
         if "weights only load failed" in f"{exc} {cause}".lower():
             raise UnsafeFileError(f"{path} holds pickled objects that would run code on load, so it was not loaded; {_TRUST_HINT}") from exc
         if "cuda" in f"{exc} {cause}".lower() and not torch.cuda.is_available():
-            raise InputError(f"{path} holds CUDA tensors and this machine has no CUDA GPU ({_first_line(cause)}); load it where there "
+            raise InputError(f"{path} holds CUDA tensors and this machine has no CUDA GPU ({first_line(cause)}); load it where there "
                              "is one, or re-export it with --device cpu") from exc
-        raise InputError(f"{path} is not a valid torch.export program ({_first_line(cause)}); re-create or re-copy it") from exc
+        raise InputError(f"{path} is not a valid torch.export program ({first_line(cause)}); re-create or re-copy it") from exc
     metadata = _parse_metadata(extra.get(METADATA_KEY), path)
     spec = specs_from_json(metadata.get("inputs")) or _export_input_spec(program)
     loaded = LoadedModel(path, FORMAT_EXPORT, program.module(), metadata, spec)
     loaded.metadata.setdefault("params_count", sum(int(t.numel()) for t in program.state_dict.values()))
     return loaded
-
-
-def _first_line(exc: BaseException) -> str:
-    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _export_input_spec(program) -> list[TensorSpec]:
@@ -519,20 +514,20 @@ def _load_pickle(path: Path, trust_pickle: bool) -> LoadedModel:
             for _ in pickletools.genops(fh):
                 pass
     except Exception as exc:
-        raise InputError(f"{path} is not a valid checkpoint (a damaged pickle: {_first_line(exc)}); re-create or re-copy it") from exc
+        raise InputError(f"{path} is not a valid checkpoint (a damaged pickle: {first_line(exc)}); re-create or re-copy it") from exc
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         if not trust_pickle:
             raise UnsafeFileError(
-                f"{path} is a pickle that needs more than tensors to load ({_first_line(exc)[:120]}); loading it would run code from "
+                f"{path} is a pickle that needs more than tensors to load ({first_line(exc)[:120]}); loading it would run code from "
                 f"the file, so it was not loaded; {_TRUST_HINT}"
             ) from exc
         return _trusted_module(path, _trusted_unpickle(path))
     except Exception as exc:
         if trust_pickle:
             return _trusted_module(path, _trusted_unpickle(path))
-        raise InputError(f"{path} is not a valid checkpoint ({_first_line(exc)}); re-create or re-copy it") from exc
+        raise InputError(f"{path} is not a valid checkpoint ({first_line(exc)}); re-create or re-copy it") from exc
     return _from_torch_payload(path, payload)
 
 
@@ -559,7 +554,7 @@ def _load_onnx(path: Path, verify_integrity: bool = True) -> LoadedModel:
         # By path, so external data resolves against the model's folder, not the working directory.
         onnx.checker.check_model(str(path))
     except (onnx.checker.ValidationError, ValueError, OSError) as exc:
-        raise InputError(f"{path} is not a valid ONNX model ({_first_line(exc)})") from exc
+        raise InputError(f"{path} is not a valid ONNX model ({first_line(exc)})") from exc
     props = {p.key: p.value for p in model.metadata_props}
     metadata = _parse_metadata(props.get(METADATA_KEY), path)
     # before external data is read in: the checksum was taken over the model as saved

@@ -38,3 +38,9 @@ class MissingDependencyError(AioptError):
     """The backend or hardware asked for is absent (no CUDA, no TensorRT)."""
 
     exit_code = 4
+
+
+def first_line(exc: BaseException) -> str:
+    """An exception from a library, as one line of an aiopt error: its type and first non-empty line."""
+    text = next((line.strip() for line in str(exc).splitlines() if line.strip()), "")
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__

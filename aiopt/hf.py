@@ -27,8 +27,8 @@ import numpy as np
 import torch
 
 from aiopt.artifact_checks import check_hf_config, check_safetensors
-from aiopt.artifacts import FORMAT_HF, LoadedModel, _first_line
-from aiopt.errors import InputError, MissingDependencyError, UnsafeFileError, UnsupportedModelError
+from aiopt.artifacts import FORMAT_HF, LoadedModel
+from aiopt.errors import InputError, MissingDependencyError, UnsafeFileError, UnsupportedModelError, first_line
 from aiopt.specs import TensorSpec, specs_to_json
 
 INSTALL_HINT = "pip install 'aiopt[hf]'"
@@ -82,7 +82,7 @@ def load_tokenizer(folder):
         # trust_remote_code=False: never the code of a tokenizer_config.json's auto_map, and no prompt on the terminal
         return transformers.AutoTokenizer.from_pretrained(str(folder), local_files_only=True, trust_remote_code=False)
     except Exception as exc:
-        raise InputError(f"{folder}: its tokenizer files cannot be loaded ({_first_line(exc)}); re-save the tokenizer") from exc
+        raise InputError(f"{folder}: its tokenizer files cannot be loaded ({first_line(exc)}); re-save the tokenizer") from exc
 
 
 def load_hf_folder(path, trust_pickle: bool = False) -> LoadedModel:
@@ -187,7 +187,7 @@ def _read_json(path: Path) -> Any:
     except FileNotFoundError as exc:
         raise InputError(f"{path} is missing; a model folder needs it") from exc
     except (OSError, ValueError) as exc:
-        raise InputError(f"{path} is not valid JSON ({_first_line(exc)}); re-save the folder with save_pretrained") from exc
+        raise InputError(f"{path} is not valid JSON ({first_line(exc)}); re-save the folder with save_pretrained") from exc
 
 
 def _check_weights(folder: Path, trust_pickle: bool) -> bool:
@@ -242,8 +242,8 @@ def _load_transformer(transformers, folder: Path, task: str, use_safetensors: bo
         if "trust_remote_code" in text or "custom code" in text:
             raise UnsupportedModelError(f"{folder} needs Python code shipped with it (trust_remote_code), which aiopt does not run") from exc
         if "Unrecognized" in text or "does not recognize" in text or "model_type" in text:
-            raise UnsupportedModelError(f"{folder}: transformers does not know this model type ({_first_line(exc)}); upgrade transformers") from exc
-        raise InputError(f"{folder} cannot be loaded as a Hugging Face model ({_first_line(exc)}); re-save it with save_pretrained") from exc
+            raise UnsupportedModelError(f"{folder}: transformers does not know this model type ({first_line(exc)}); upgrade transformers") from exc
+        raise InputError(f"{folder} cannot be loaded as a Hugging Face model ({first_line(exc)}); re-save it with save_pretrained") from exc
     # A head or encoder weight the file lacks would run with random values: refuse. (The pooler of
     # an encoder saved without one is unused by every output here.)
     missing = sorted(k for k in info.get("missing_keys", ()) if not k.split(".")[0] == "pooler" and ".pooler." not in k)
@@ -277,7 +277,7 @@ def _output_spec(module: HFModule, inputs: list[TensorSpec], task: str, vocab_si
         try:
             out = module(*(torch.from_numpy(feed[s.name]) for s in inputs))
         except Exception as exc:
-            raise UnsupportedModelError(f"the model fails on a sample batch of tokens ({_first_line(exc)})") from exc
+            raise UnsupportedModelError(f"the model fails on a sample batch of tokens ({first_line(exc)})") from exc
     if task == "features":
         return TensorSpec("last_hidden_state", ("batch", "seq", *out.shape[2:]), "float32")
     return TensorSpec("sentence_embedding" if task == "embedding" else "logits", ("batch", *out.shape[1:]), "float32")

@@ -8,7 +8,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.errors import InputError, UnsupportedModelError, first_line
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
@@ -150,7 +150,6 @@ def _safetensors_sizes(folder: Path) -> tuple[int | None, int | None, set[str]]:
 
 def load_causal_lm(folder):
     """(model in float32, eval mode; config dict) from a causal-LM folder."""
-    from aiopt.artifacts import _first_line
     from aiopt.hf import _check_weights, _float32, import_transformers
 
     folder = Path(folder).resolve()
@@ -165,7 +164,7 @@ def load_causal_lm(folder):
         text = str(exc)
         if "trust_remote_code" in text or "custom code" in text:
             raise UnsupportedModelError(f"{folder} needs Python code shipped with it (trust_remote_code), which aiopt does not run") from exc
-        raise InputError(f"{folder} cannot be loaded as a causal LM ({_first_line(exc)}); re-save it with save_pretrained") from exc
+        raise InputError(f"{folder} cannot be loaded as a causal LM ({first_line(exc)}); re-save it with save_pretrained") from exc
     missing = sorted(k for k in info.get("missing_keys", ()) if "lm_head" not in k or not Shape.from_config(config).tied_embeddings)
     if missing:
         raise InputError(f"{folder}: the weights lack {len(missing)} tensor(s) the model needs ({', '.join(missing[:3])}); "

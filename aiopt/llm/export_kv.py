@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aiopt.errors import UnsupportedModelError
+from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 
@@ -140,9 +140,8 @@ def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
                                      input_names=["input_ids", "attention_mask", "position_ids", *past_names(shape.layers)],
                                      output_names=["logits", *present_names(shape.layers)], optimize=True, verbose=False)
     except Exception as exc:
-        from aiopt.artifacts import _first_line
 
-        raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({_first_line(exc)})") from exc
+        raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({first_line(exc)})") from exc
 
 
 def _export_genai(folder, target: Path, say) -> str:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.errors import CheckFailedError, InputError
+from aiopt.errors import CheckFailedError, InputError, first_line
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "llamacpp")
 
@@ -222,11 +222,10 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
             except Exception as exc:  # noqa: BLE001 -- a recipe the tool or runtime cannot make is a row, not the end
                 if recipe is None:
                     raise
-                from aiopt.artifacts import _first_line
 
                 if row not in measured:
                     measured.append(row)
-                row.status, row.why = "failed", _first_line(exc)
+                row.status, row.why = "failed", first_line(exc)
         winner = _select(measured, config)
         report = _report(measured + rows, winner, config, prompt_len, bandwidth, threads, bf16, len(windows) and windows.size - len(windows))
         if winner is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aiopt.errors import UnsupportedModelError
+from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.llm.causal_lm import Shape
 
 
@@ -111,13 +111,12 @@ class OpenVINOCausalLM(OrtCausalLM):
             from aiopt.errors import MissingDependencyError
 
             raise MissingDependencyError("--runtime openvino needs OpenVINO; run: pip install 'aiopt[openvino]'") from exc
-        from aiopt.artifacts import _first_line
 
         config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         try:
             compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
         except Exception as exc:
-            raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({_first_line(exc)}); "
+            raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({first_line(exc)}); "
                                         "export with --exporter torch for OpenVINO") from exc
         self.request, self.shape = compiled.create_infer_request(), shape
         names = [i.get_any_name() for i in compiled.inputs]
@@ -240,13 +239,13 @@ def _onnx_metadata(onnx_path: Path) -> dict:
 
     import onnx
 
-    from aiopt.artifacts import METADATA_KEY, _first_line
+    from aiopt.artifacts import METADATA_KEY
     from aiopt.errors import InputError
 
     try:
         model = onnx.load_model(str(onnx_path), load_external_data=False)
     except Exception as exc:
-        raise InputError(f"{onnx_path} is not a readable ONNX model ({_first_line(exc)})") from exc
+        raise InputError(f"{onnx_path} is not a readable ONNX model ({first_line(exc)})") from exc
     props = {p.key: p.value for p in model.metadata_props}
     try:
         return json.loads(props.get(METADATA_KEY) or "{}")
