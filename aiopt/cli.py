@@ -19,6 +19,7 @@ from rich.table import Table
 
 import aiopt
 from aiopt.errors import AioptError
+from aiopt.fileio import human_size
 
 app = typer.Typer(
     name="aiopt",
@@ -507,7 +508,7 @@ def quantize(
     table = _table(f"quantized {escape(model)} -> {escape(result.path)} ({result.method})", ("", "FP32", (report.get("stored_precision") or ("fp16" if result.method == "fp16" else "int8")).upper()))
     if report["accuracy"] is not None:
         table.add_row(f"accuracy ({report['eval_data']})", f"{report['fp32_accuracy']:.4f}", f"{report['accuracy']:.4f}")
-    table.add_row("size", _size(report["fp32_size_bytes"]), _size(report["size_bytes"]))
+    table.add_row("size", human_size(report["fp32_size_bytes"]), human_size(report["size_bytes"]))
     table.add_row(f"latency p50, batch {latency['batch_size']}", f"{latency['fp32_p50_ms']:.3f} ms", f"{latency['p50_ms']:.3f} ms")
     stdout.print(table)
     agreement = report["agreement_with_parent"]
@@ -539,7 +540,7 @@ def _selection_table(model: str, path: str, report: dict) -> None:
         quality = (c["quality"] or {}).get(quality_key) if not every_output else c.get("quality_summary")
         cell = "-" if quality is None else (quality if isinstance(quality, str) else f"{quality:.4f}")
         mark = "chosen" if c["name"] == selection["chosen"] else short_reason(c["problem"] or "")  # the whole reason: --json
-        table.add_row(escape(c["name"]), c["runtime"], c["precision"], escape(cell), _size(c["size_bytes"]) if c["size_bytes"] else "-",
+        table.add_row(escape(c["name"]), c["runtime"], c["precision"], escape(cell), human_size(c["size_bytes"]) if c["size_bytes"] else "-",
                       *[f"{c['latency_ms'][str(b)]:.3f} ms" + (" ⚠" if str(b) in (c.get("unsteady") or {}) else "") if str(b) in c["latency_ms"] else "-"
                         for b in batches],
                       *[f"{c['speedup_vs_fp32'][str(b)]:.2f}x" if c["speedup_vs_fp32"].get(str(b)) else "-" for b in batches],
@@ -650,7 +651,7 @@ def _bench_table(document: dict) -> None:
         table.add_row(escape(name), r["backend"], r["device"], str(r["batch_size"]),
                       f"{r['latency_ms']['p50']:.3f}" + (" ⚠" if r.get("unsteady") else ""), f"{r['latency_ms']['p99']:.3f}",
                       f"{r['throughput']:,.0f}", "-" if r["accuracy"] is None else f"{r['accuracy']:.4f}",
-                      "-" if r["agreement"] is None else f"{r['agreement']:.4f}", escape(speedup_text(r)), _size(r["size_bytes"]))
+                      "-" if r["agreement"] is None else f"{r['agreement']:.4f}", escape(speedup_text(r)), human_size(r["size_bytes"]))
     stdout.print(table)
     if document.get("unsteady"):
         stdout.print(f"⚠ {escape(document['unsteady'])}")
@@ -821,9 +822,6 @@ def optimize(
         stdout.print(f"report: {escape(str(result.outdir / 'report.html'))}" + (f"; rebuild: {escape(str(result.outdir / 'reproduce.sh'))}" if best else ""))
     result.raise_if_failed()
 
-
-def _size(size_bytes: int) -> str:
-    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
 
 
 def main() -> None:

@@ -7,6 +7,7 @@ import typer
 from rich.markup import escape
 
 from aiopt.cli import JSON_OPTION, _command, _emit_json, stderr
+from aiopt.fileio import human_size
 
 
 @_command(epilog='Example: aiopt generate gpt/ --prompt "My fellow Americans" --max-new-tokens 64 --greedy')
@@ -66,15 +67,14 @@ def export_causal_lm(folder: str, output: str, exporter: str, opset: int, force:
 
 def causal_lm_rows(table, info: dict) -> None:
     """inspect's rows for a causal LM: geometry and memory."""
-    from aiopt.cli import _size
 
     table.add_row("causal LM", escape(f"{info['architecture']}: {info['layers']} layers, {info['heads']} heads, {info['kv_heads']} KV heads "
                                       f"(head dim {info['head_dim']}), hidden {info['hidden_size']}"))
     table.add_row("context / vocabulary", f"{info['context_length']} tokens / {info['vocab_size']:,}"
                   + (" (embedding tied to the output layer)" if info["tied_embeddings"] else ""))
     if info["weights_bytes"] is not None:
-        table.add_row("weights", f"{info['params']:,} parameters, {_size(info['weights_bytes'])} ({info['weights_dtype']})")
-    table.add_row("KV cache", f"{_size(info['kv_cache_bytes_per_token'])} per token, {_size(info['kv_cache_bytes'])} for "
+        table.add_row("weights", f"{info['params']:,} parameters, {human_size(info['weights_bytes'])} ({info['weights_dtype']})")
+    table.add_row("KV cache", f"{human_size(info['kv_cache_bytes_per_token'])} per token, {human_size(info['kv_cache_bytes'])} for "
                   f"{info['kv_cache_tokens']} tokens (batch 1, {info['kv_cache_dtype']})")
 
 

@@ -166,3 +166,10 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def human_size(size_bytes: int | None) -> str:
+    """Bytes as a reader wants them in a table or a message: KiB below one MiB, MiB above; "-" when unknown."""
+    if size_bytes is None:
+        return "-"
+    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"

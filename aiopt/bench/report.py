@@ -12,6 +12,7 @@ from pathlib import Path
 
 from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.errors import InputError
+from aiopt.fileio import human_size
 
 
 def to_json(document: dict) -> str:
@@ -87,7 +88,7 @@ class Best:
         text = f"{name} [{self.best['backend']}]: {self.speedup:.1f}x faster than {base} (FP32 PyTorch) at {where}"
         if self.accuracy_change is not None:
             text += f", accuracy {self.baseline['accuracy']:.1%} -> {self.best['accuracy']:.1%}"
-        return text + f", size {_size(self.baseline.get('size_bytes'))} -> {_size(self.best.get('size_bytes'))}"
+        return text + f", size {human_size(self.baseline.get('size_bytes'))} -> {human_size(self.best.get('size_bytes'))}"
 
 
 def best_per_model(document: dict) -> list[Best]:
@@ -130,7 +131,7 @@ def _summary_markdown(document: dict) -> list[str]:
         flag = " ⚠" if b.unsteady else ""
         accuracy = _fmt(b.best.get("accuracy"), ".1%") if b.accuracy_change is None else \
             f"{base['accuracy']:.1%} -> {b.best['accuracy']:.1%} ({b.accuracy_change * 100:+.1f} pt)"
-        size = _size(b.best.get("size_bytes")) if not base else f"{_size(base.get('size_bytes'))} -> {_size(b.best.get('size_bytes'))}"
+        size = human_size(b.best.get("size_bytes")) if not base else f"{human_size(base.get('size_bytes'))} -> {human_size(b.best.get('size_bytes'))}"
         lines.append(f"| {b.model} | {b.device} | {b.batch_size} | {b.best.get('label') or b.best['artifact']} | {b.best['backend']} | "
                      f"{b.best['latency_ms']['p50']:.3f}{flag} | {'-' if b.speedup is None else f'{b.speedup:.2f}x'}{flag} | {accuracy} | {size} |")
     return lines + [""]
@@ -139,11 +140,6 @@ def _summary_markdown(document: dict) -> list[str]:
 def _fmt(value, spec: str = ".3f", none: str = "-") -> str:
     return none if value is None else format(value, spec)
 
-
-def _size(size_bytes: int | None) -> str:
-    if size_bytes is None:
-        return "-"
-    return f"{size_bytes / 1024:.1f} KiB" if size_bytes < 1 << 20 else f"{size_bytes / (1 << 20):.2f} MiB"
 
 
 def markdown(document: dict, violations: list[Violation] | None = None) -> str:
@@ -173,8 +169,8 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
         lines.append(
             f"| {name} | {r['backend']} | {r['device']} | {r['batch_size']} | {lat['p50']:.3f}{flag} | {lat['p90']:.3f} | {lat['p99']:.3f} | "
             f"{lat['mean']:.3f} ± {lat['std']:.3f} | {_fmt(r['throughput'], ',.0f')} | {_fmt(r['accuracy'], '.4f')} | {_fmt(r['agreement'], '.4f')} | "
-            f"{_speedup(r)} | {_size(r['size_bytes'])} | "
-            f"{_fmt(r['params'], ',d')} | {_size(r['peak_memory_bytes'])} |"
+            f"{_speedup(r)} | {human_size(r['size_bytes'])} | "
+            f"{_fmt(r['params'], ',d')} | {human_size(r['peak_memory_bytes'])} |"
         )
     flagged = [r for r in document["records"] if r.get("unsteady")]
     if flagged or document.get("unsteady"):

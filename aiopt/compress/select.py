@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.compress.candidates import Candidate
+from aiopt.fileio import human_size
 from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import LatencyConfig
 from aiopt.measure.quality import QualityFloor, compare_outputs
@@ -199,13 +200,13 @@ def choose(candidates: list[Candidate], reference: Candidate, batch_sizes: tuple
         unlimited = choose(candidates, reference, batch_sizes, floor, eligible)
         for c in candidates:
             if not c.problem and c is not reference and c.size_bytes > max_size_bytes:
-                c.problem = f"{TOO_LARGE}: {_mib(c.size_bytes)} > {_mib(max_size_bytes)} (--objective latency allows it)"
+                c.problem = f"{TOO_LARGE}: {human_size(c.size_bytes)} > {human_size(max_size_bytes)} (--objective latency allows it)"
         selection = choose(candidates, reference, batch_sizes, floor, eligible)
         faster = unlimited.chosen
         if faster is not None and selection.chosen is not None and faster is not selection.chosen and faster.problem:
             gain = ", ".join(f"{selection.chosen.latency_ms[b] / faster.latency_ms[b]:.2f}x at batch {b}" for b in batch_sizes)
-            selection.notes.append(f"not shipped: {faster.name} ({gain} vs the chosen {selection.chosen.name}) is {_mib(faster.size_bytes)}, "
-                                   f"larger than the input ({_mib(max_size_bytes)}); --objective latency ships it")
+            selection.notes.append(f"not shipped: {faster.name} ({gain} vs the chosen {selection.chosen.name}) is {human_size(faster.size_bytes)}, "
+                                   f"larger than the input ({human_size(max_size_bytes)}); --objective latency ships it")
         return selection
     timed = [c for c in candidates if not c.problem and all(b in c.latency_ms for b in batch_sizes)
              and (eligible is None or c.name in eligible)]
@@ -313,9 +314,6 @@ def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:
                       serving={**c.serving, "inference_precision": "bf16"})
             for c in candidates if c.runtime == "openvino" and not c.problem and "inference_precision" not in c.serving]
 
-
-def _mib(size_bytes: int) -> str:
-    return f"{size_bytes / (1 << 20):.2f} MiB" if size_bytes >= 1 << 20 else f"{size_bytes / 1024:.1f} KiB"
 
 
 def _geomean(c: Candidate, batch_sizes: tuple[int, ...]) -> float:
