@@ -83,11 +83,20 @@ def test_reports_flag_unsteady_records_and_headlines():
 
     document = {"schema_version": 1, "command": "aiopt bench", "settings": {"threads": 2, "warmup": 1, "min_runs": 1, "min_time": 1, "rounds": 1},
                 "machine": {"cpu": "cpu", "cores": 2, "python": "3", "gpu": None}, "unsteady": "1 of 2 figures are unsteady",
-                "records": [record("cnn.pt", 0.30, 0.32, True, None), record("cnn.p50.pt", 140.0, 150.0, False, "machine busy? rounds' p50 differ 9.0x")]}
-    assert "UNSTEADY" in headline(document)
+                "records": [record("cnn.pt", 0.30, 0.32, True, None), record("cnn.int8.onnx", 0.12, 0.13, False, None),
+                            record("cnn.p50.pt", 140.0, 150.0, False, "machine busy? rounds' p50 differ 9.0x")]}
+    # every unsteady row is marked in the tables ...
     assert "⚠ unsteady" in markdown(document) and "rounds' p50 differ" in markdown(document)
     page = render_html(document)
     assert "class=unsteady" in page and ("rounds&#x27; p50 differ" in page or "rounds' p50 differ" in page)
+    # ... but a candidate 1000x slower than the best cannot have changed the verdict: the headline stands
+    assert "cnn.int8.onnx" in headline(document) and "UNSTEADY" not in headline(document)
+    # an unsteady candidate within reach of the best, or an unsteady best, flags the headline
+    document["records"][2] = record("cnn.p50.pt", 0.15, 0.40, False, "machine busy? p90 2.7x p50")
+    assert "UNSTEADY" in headline(document) and "cnn.p50.pt" in headline(document)
+    document["records"][2] = record("cnn.p50.pt", 140.0, 150.0, False, None)
+    document["records"][1] = record("cnn.int8.onnx", 0.12, 0.30, False, "machine busy? p90 2.5x p50")
+    assert "UNSTEADY" in headline(document)
 
 
 def test_default_batch_sizes_shrink_when_one_run_would_take_seconds():

@@ -13,6 +13,7 @@ from pathlib import Path
 from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.errors import InputError
 from aiopt.fileio import human_size
+from aiopt.measure.latency import MAX_ROUND_DISAGREEMENT
 
 
 def to_json(document: dict) -> str:
@@ -52,7 +53,7 @@ class Best:
     batch_size: int
     best: dict
     baseline: dict | None
-    flagged: tuple = ()  # records of the group whose timing is unsteady: any may have changed the verdict
+    flagged: tuple = ()  # unsteady records of the group that may have changed the verdict (could_have_won)
 
     @property
     def speedup(self) -> float | None:
@@ -106,8 +107,20 @@ def best_per_model(document: dict) -> list[Best]:
             candidates = [r for r in candidates if r.get("accuracy") is not None and r["accuracy"] >= baseline["accuracy"] - ACCURACY_BUDGET - 1e-9]
         best = min(candidates, key=lambda r: (r["latency_ms"]["p50"], r.get("size_bytes") or 0))
         model = (baseline.get("label") or baseline["artifact"]) if baseline else root or NO_BASELINE
-        found.append(Best(model, device, batch, best, baseline, tuple(r for r in records if r.get("unsteady"))))
+        found.append(Best(model, device, batch, best, baseline, tuple(r for r in candidates if could_have_won(r, best))))
     return found
+
+
+def could_have_won(record: dict, best: dict) -> bool:
+    """Whether an unsteady record may have changed the verdict: its fastest round (its p50 when no
+    rounds were kept), given a quiet machine's round-to-round spread, comes within reach of the best's
+    p50. A candidate many times slower than the best stays slower whatever the noise, so its flag
+    marks its own row, not the headline."""
+    if not record.get("unsteady") or record is best:
+        return False
+    latency = record["latency_ms"]
+    fastest = min([r for r in latency.get("round_p50") or () if r > 0] or [latency["p50"]])
+    return fastest <= best["latency_ms"]["p50"] * MAX_ROUND_DISAGREEMENT
 
 
 def headline(document: dict, batch_size: int = 64) -> str:
