@@ -321,7 +321,7 @@ def _example(loaded: LoadedModel, spec: list[TensorSpec], batch_size: int, seq_l
         return example_inputs(spec, batch_size, seq_len)
     import torch
 
-    from aiopt.hf import sample_inputs
+    from aiopt.artifacts.hf import sample_inputs
 
     feed = sample_inputs(spec, loaded.metadata, batch_size, seq_len, seed=batch_size)
     return tuple(torch.from_numpy(feed[s.name]) for s in spec)
@@ -350,7 +350,7 @@ def embed_metadata(model, metadata: dict) -> None:
     """Store aiopt's metadata in the model, with the checksum of its graph and weights (computed
     without this entry), which load_model checks: a file changed since is refused. Call it last,
     right before saving."""
-    from aiopt.artifact_checks import integrity_record
+    from aiopt.artifacts.checks import integrity_record
 
     for prop in list(model.metadata_props):
         if prop.key == METADATA_KEY:

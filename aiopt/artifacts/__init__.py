@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from aiopt.artifact_checks import MissingCompanionError, check_artifact_metadata, check_input_sizes, check_integrity, companion_path, integrity_status
+from aiopt.artifacts.checks import MissingCompanionError, check_artifact_metadata, check_input_sizes, check_integrity, companion_path, integrity_status
 from aiopt.errors import InputError, UnsafeFileError, UnsupportedModelError, first_line
 from aiopt.fileio import atomic_path, sha256_file, write_with
 from aiopt.specs import TensorSpec, specs_from_json
@@ -244,7 +244,7 @@ def load_model(
     path = _check_readable(path)
     kind, members = ("folder", []) if path.is_dir() else _sniff(path)
     if kind == "folder":
-        from aiopt.hf import load_hf_folder
+        from aiopt.artifacts.hf import load_hf_folder
 
         loaded = load_hf_folder(path, trust_pickle)
     elif kind == "zip":

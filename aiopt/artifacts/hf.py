@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aiopt.artifact_checks import check_hf_config, check_safetensors
+from aiopt.artifacts.checks import check_hf_config, check_safetensors
 from aiopt.artifacts import FORMAT_HF, LoadedModel
 from aiopt.errors import InputError, MissingDependencyError, UnsafeFileError, UnsupportedModelError, first_line
 from aiopt.specs import TensorSpec, specs_to_json
