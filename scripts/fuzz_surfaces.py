@@ -49,7 +49,7 @@ class Surfaces:
         from onnx import TensorProto, helper, numpy_helper
 
         import onnx
-        from aiopt.export.onnx import embed_metadata
+        from aiopt.artifacts import embed_metadata
         from aiopt.fileio import sha256_file
 
         def model(name):

@@ -92,7 +92,7 @@ def test_code_in_the_tokenizer_folder_an_onnx_file_names_never_runs(tmp_path):
     """An ONNX file whose metadata names a hostile folder for its tokenizer: `aiopt run` on text."""
     from onnx import TensorProto, helper
 
-    from aiopt.export.onnx import embed_metadata
+    from aiopt.artifacts import embed_metadata
 
     marker = tmp_path / "MARKER"
     folder = evil_folder(tmp_path / "evil", marker)
