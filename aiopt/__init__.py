@@ -28,7 +28,7 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'aiopt' has no attribute {name!r}")
 
 
-# The reference models register their builder with the artifact format registry when imported:
-# imported here, every entry point (CLI, `python -m aiopt`, `from aiopt.artifacts import load_model`)
-# can rebuild an aiopt checkpoint. Both packages import torch only inside functions (lean import).
+# The reference models register their builder with aiopt.architectures when imported: imported
+# here, every entry point (CLI, `python -m aiopt`, `from aiopt.artifacts import load_model`) can
+# rebuild an aiopt checkpoint. It imports only aiopt.errors and aiopt.architectures (lean import).
 from aiopt import reference_models  # noqa: E402,F401

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from aiopt import reference_models
-from aiopt.artifacts import FORMAT_AIOPT, FORMATS, load_model, registered_architectures, save_checkpoint
+from aiopt.architectures import registered_architectures
+from aiopt.artifacts import FORMAT_AIOPT, FORMATS, load_model, save_checkpoint
 from aiopt.artifacts.probe import probe
 from aiopt.errors import InputError
 
@@ -69,3 +70,12 @@ def test_the_first_format_to_claim_a_file_is_its_own(tmp_path):
     for file, expected in [(path, "checkpoint"), (script, "torchscript"), (legacy, "torch_pickle"), (garbage, "onnx")]:
         claims = [f.__name__.rsplit(".", 1)[-1] for f in FORMATS if f.sniff(probe(file))]
         assert claims[0] == expected, (file, claims)
+
+
+def test_registration_at_import_aiopt_loads_no_format_module():
+    code = ("import sys, aiopt\nfrom aiopt.architectures import registered_architectures\n"
+            "assert registered_architectures(), 'nothing registered'\n"
+            "loaded = [m for m in sys.modules if m.startswith('aiopt.artifacts') or m in ('torch', 'numpy', 'zipfile')]\n"
+            "assert not loaded, loaded")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr

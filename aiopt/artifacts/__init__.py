@@ -7,7 +7,7 @@ tried in the order of registry.FORMATS:
 - torchscript: a TorchScript archive (torch.jit), with aiopt metadata in the extra file `aiopt.json`.
 - checkpoint: the aiopt checkpoint, a torch zip archive holding {"aiopt_format", "metadata" (JSON
   text), "state_dict"}; loads with torch.load(weights_only=True) and is rebuilt by the builder its
-  architecture registered (register_architectures; aiopt.reference_models registers its own).
+  architecture registered with aiopt.architectures (aiopt.reference_models registers its own).
 - torch_pickle: a legacy torch.save file or a raw pickle. Unpickling a module runs code, so it is
   refused unless the caller passes trust_pickle=True (pickles.py).
 - onnx: an ONNX model, with aiopt metadata in metadata_props["aiopt.json"] (sealed by a checksum).
@@ -28,7 +28,7 @@ from aiopt.artifacts.base import (
     METADATA_KEY,
     LoadedModel,
 )
-from aiopt.artifacts.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, register_architectures, registered_architectures, save_checkpoint
+from aiopt.artifacts.checkpoint import CHECKPOINT_FORMAT, CHECKPOINT_VERSION, save_checkpoint
 from aiopt.artifacts.files import artifact_files, artifact_sha256, artifact_size, copy_artifact, route_path
 from aiopt.artifacts.lineage import child_metadata, command_line, lineage_entry, now_iso, parent_record, with_own_lineage
 from aiopt.artifacts.onnx import ONNX_DTYPES, count_onnx_parameters, embed_metadata, onnx_value_specs, save_onnx_artifact
@@ -40,6 +40,6 @@ __all__ = [
     "FORMAT_TORCHSCRIPT", "METADATA_KEY", "ONNX_DTYPES", "LoadedModel", "artifact_files", "artifact_sha256", "artifact_size",
     "child_metadata", "command_line", "copy_artifact", "count_onnx_parameters", "count_parameters", "embed_metadata",
     "example_inputs", "lineage_entry", "load_model", "now_iso", "onnx_value_specs", "output_spec", "parent_record", "probe_outputs",
-    "register_architectures", "registered_architectures", "require_input_spec", "route_path", "save_checkpoint",
+    "require_input_spec", "route_path", "save_checkpoint",
     "save_onnx_artifact", "with_own_lineage",
 ]

@@ -3,16 +3,17 @@
 from its architecture's registered builder; a torch archive that pickles anything more (a whole
 nn.Module) loads only with the trust_pickle opt-in.
 
-Architectures register here (`register_architectures`): aiopt.reference_models registers its
-builder when imported, and `import aiopt` imports it, so every entry point can rebuild them while
-this package never imports a model family."""
+The module is rebuilt by the builder its architecture registered (aiopt.architectures):
+aiopt.reference_models registers its own when imported, and `import aiopt` imports it, so every
+entry point can rebuild them while this package never imports a model family."""
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
+from aiopt.architectures import builder_for, registered_architectures
 from aiopt.artifacts.base import FORMAT_AIOPT, LoadedModel
 from aiopt.artifacts.checks import check_artifact_metadata
 from aiopt.artifacts.lineage import with_own_lineage
@@ -24,21 +25,6 @@ from aiopt.specs import specs_from_json
 
 CHECKPOINT_FORMAT = "aiopt-checkpoint"
 CHECKPOINT_VERSION = 1
-
-# architecture name (as a checkpoint's metadata records it) -> build(name, config dict) -> nn.Module
-_ARCHITECTURES: dict[str, Callable[[str, Any], Any]] = {}
-
-
-def register_architectures(names: Iterable[str], build: Callable[[str, Any], Any]) -> None:
-    """Let checkpoints of these architectures load: `build(name, config)` makes the module their
-    state_dict is loaded into (config as stored in the metadata)."""
-    for name in names:
-        _ARCHITECTURES[name] = build
-
-
-def registered_architectures() -> tuple[str, ...]:
-    return tuple(_ARCHITECTURES)
-
 
 def save_checkpoint(model, metadata: dict, path: str | os.PathLike) -> Path:
     """Write an aiopt checkpoint atomically. `metadata` must be JSON-able (checked here)."""
@@ -96,9 +82,9 @@ def from_torch_payload(path: Path, payload: Any) -> LoadedModel:
 
 
 def _build(name: Any, config: Any):
-    build = _ARCHITECTURES.get(str(name).partition(":")[0])
+    build = builder_for(str(name))
     if build is None:
-        raise InputError(f"unknown model {name!r}; known models: {', '.join(_ARCHITECTURES) or 'none registered'} "
+        raise InputError(f"unknown model {name!r}; known models: {', '.join(registered_architectures()) or 'none registered'} "
                          "(a checkpoint names its architecture; was it written by a newer aiopt?)")
     return build(name, config)
 

@@ -3,8 +3,8 @@
 `cnn:tiny` selects a size; the default size is `base`. Adding a model is adding one entry (and
 its name in ARCHITECTURES).
 
-Importing this package registers build_model with the artifact format registry, so aiopt
-checkpoints of these architectures load; `import aiopt` imports it, so that holds at every entry
+Importing this package registers build_model with aiopt.architectures, so aiopt checkpoints
+of these architectures load (artifacts/checkpoint.py rebuilds them through it); `import aiopt` imports it, so that holds at every entry
 point (the CLI, `python -m aiopt`, the library) while aiopt.artifacts imports no model family.
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from aiopt.artifacts import register_architectures
+from aiopt.architectures import register_architectures
 from aiopt.errors import InputError
 
 DEFAULT_SIZE = "base"
