@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from aiopt.version import __version__
 
 __all__ = ["__version__", "load_model", "save_checkpoint", "inspect_artifact", "train_reference_model", "AioptError"]
 
@@ -26,3 +26,9 @@ def __getattr__(name: str) -> Any:
 
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aiopt' has no attribute {name!r}")
+
+
+# The reference models register their builder with aiopt.architectures when imported: imported
+# here, every entry point (CLI, `python -m aiopt`, `from aiopt.artifacts import load_model`) can
+# rebuild an aiopt checkpoint. It imports only aiopt.errors and aiopt.architectures (lean import).
+from aiopt import reference_models  # noqa: E402,F401

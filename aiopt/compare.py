@@ -80,7 +80,7 @@ def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int, seq_len:
         if data is not None:
             raise
     if "hf" in metadata:  # token ids within the vocabulary, with padding: zeros would be all padding
-        from aiopt.hf import sample_inputs
+        from aiopt.artifacts.hf import sample_inputs
 
         return EvalData(sample_inputs(spec, metadata, samples, seq_len), None, f"{samples} random token batches (seed 0)")
     rng = np.random.default_rng(0)

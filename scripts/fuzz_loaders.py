@@ -53,7 +53,7 @@ def _seeds(folder: Path) -> dict[str, bytes]:
         [numpy_helper.from_array(np.ones((40, 10), np.float32), "w")],
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    from aiopt.export.onnx import embed_metadata
+    from aiopt.artifacts import embed_metadata
 
     # as aiopt writes it: with the checksum of its graph and weights, so changed weights are refused
     embed_metadata(model, {"inputs": [{"name": "x", "shape": ["batch", 40], "dtype": "float32"}]})

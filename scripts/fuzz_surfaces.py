@@ -49,7 +49,7 @@ class Surfaces:
         from onnx import TensorProto, helper, numpy_helper
 
         import onnx
-        from aiopt.export.onnx import embed_metadata
+        from aiopt.artifacts import embed_metadata
         from aiopt.fileio import sha256_file
 
         def model(name):
@@ -77,7 +77,7 @@ class Surfaces:
         import torch
         from transformers import BertConfig, BertModel, BertTokenizerFast
 
-        from aiopt.hf import import_transformers
+        from aiopt.artifacts.hf import import_transformers
 
         import_transformers()
         folder = self.seed_dir / "bert"
@@ -191,7 +191,7 @@ class Surfaces:
         return _outcome(lambda: load_model(folder))
 
     def hf_tokenizer(self, rng: random.Random, case: Path) -> str:
-        from aiopt.hf import load_tokenizer
+        from aiopt.artifacts.hf import load_tokenizer
 
         folder = case / "bert"
         shutil.copytree(self.hf, folder)

@@ -38,7 +38,7 @@ def with_metadata(source, target, **fields):
     import onnx
 
     from aiopt.artifacts import METADATA_KEY
-    from aiopt.export.onnx import embed_metadata
+    from aiopt.artifacts import embed_metadata
 
     model = onnx.load(str(source))
     metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])

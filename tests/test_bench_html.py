@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from aiopt.bench.html import NO_ACCURACY, pareto_front, render_html, write_plots
+from aiopt.bench.html import NO_ACCURACY, render_html, write_plots
+from aiopt.bench.plots import pareto_front
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SKIP_REASON = "TensorRT is not installed: pip install 'aiopt[tensorrt]'"
@@ -154,7 +155,7 @@ def test_html_summary_comes_before_the_plots_and_groups_plots_per_model():
 
 
 def test_point_numbers_do_not_cover_each_other():
-    from aiopt.bench.html import _figures
+    from aiopt.bench.plots import model_figures as _figures
 
     # six artifacts at nearly the same latency and accuracy: names written beside them would pile up
     records = [_record("m.pt", "torch", 1, 1.0, 0.95, 1000, is_baseline=True, baseline="m.pt")]

@@ -24,7 +24,7 @@ def make_bert_folder(folder, tokenizer: bool = True, sentence: bool = False, num
     sentence-transformers head (mean pooling + Normalize) or a classification head."""
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
-    from aiopt.hf import import_transformers
+    from aiopt.artifacts.hf import import_transformers
 
     import_transformers()  # quiet: no progress bars from save_pretrained
     folder.mkdir(parents=True, exist_ok=True)
@@ -141,7 +141,7 @@ def test_missing_transformers_names_the_extra(monkeypatch):
     import sys
 
     from aiopt.errors import MissingDependencyError
-    from aiopt.hf import import_transformers
+    from aiopt.artifacts.hf import import_transformers
 
     monkeypatch.setitem(sys.modules, "transformers", None)  # as if not installed
     with pytest.raises(MissingDependencyError, match=r"pip install 'aiopt\[hf\]'"):

@@ -9,13 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 from aiopt.artifacts import load_model
 from aiopt.compress.common import load_reference_checkpoint
 from aiopt.measure.torch_model import torch_logits
-from aiopt.compress.prune import (
-    PruneConfig,
-    _sparsity_for_target,
-    _torch_pruning_helpers,
-    prune_checkpoint,
-    two_of_four_holds,
-)
+from aiopt.compress.prune import PruneConfig, prune_checkpoint, two_of_four_holds
+from aiopt.compress.prune_channels import _sparsity_for_target, _torch_pruning_helpers
 from aiopt.data import load_dataset
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.evaluate import accuracy

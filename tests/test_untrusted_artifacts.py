@@ -41,7 +41,7 @@ def tree(root):
 def matmul_onnx(path, input_name="x", metadata=None, weight=1.0):
     from onnx import TensorProto, helper, numpy_helper
 
-    from aiopt.export.onnx import embed_metadata
+    from aiopt.artifacts import embed_metadata
 
     graph = helper.make_graph([helper.make_node("MatMul", [input_name, "w"], ["logits"])], "g",
                               [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, ["batch", 4])],

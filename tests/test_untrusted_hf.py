@@ -92,7 +92,7 @@ def test_code_in_the_tokenizer_folder_an_onnx_file_names_never_runs(tmp_path):
     """An ONNX file whose metadata names a hostile folder for its tokenizer: `aiopt run` on text."""
     from onnx import TensorProto, helper
 
-    from aiopt.export.onnx import embed_metadata
+    from aiopt.artifacts import embed_metadata
 
     marker = tmp_path / "MARKER"
     folder = evil_folder(tmp_path / "evil", marker)
@@ -132,7 +132,7 @@ def test_config_sizes_are_checked_before_building(tmp_path, change, fragment):
 
 
 def test_the_memory_limit_can_be_raised(tmp_path):
-    from aiopt.artifact_checks import estimate_model_bytes, max_model_memory, parse_bytes
+    from aiopt.artifacts.checks import estimate_model_bytes, max_model_memory, parse_bytes
 
     params, needed = estimate_model_bytes({"num_hidden_layers": 2, "hidden_size": 32, "num_attention_heads": 2, "vocab_size": 100}, "c")
     assert params > 2 * 4 * 32 * 32 and needed > 4 * params

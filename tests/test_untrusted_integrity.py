@@ -60,7 +60,7 @@ def test_a_changed_graph_is_refused_and_a_file_without_checksum_loads(tmp_path):
 def test_checksum_ignores_its_own_entry_and_reembedding_keeps_it_valid(tmp_path):
     from conftest import with_metadata
 
-    from aiopt.artifact_checks import onnx_checksum
+    from aiopt.artifacts.checks import onnx_checksum
     from aiopt.artifacts import load_model
 
     path = matmul_onnx(tmp_path / "m.onnx")

@@ -353,11 +353,9 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inpu
     """The chosen file at `out`, its metadata embedded; a by-batch choice whose routes use other
     graphs writes each as a companion file beside it first (`OUT-STEM.upto-bN.onnx`), named with
     its sha256 in the main file's routes."""
-    import onnx
-
-    from aiopt.artifacts import child_metadata, onnx_value_specs, with_own_lineage
-    from aiopt.export.onnx import check_onnx, embed_metadata
-    from aiopt.fileio import atomic_path, check_output_path, sha256_file
+    from aiopt.artifacts import child_metadata, onnx_value_specs, save_onnx_artifact
+    from aiopt.export.onnx import check_onnx
+    from aiopt.fileio import check_output_path, sha256_file
 
     model = check_onnx(chosen.path)
     quality = report["quality"]
@@ -379,9 +377,7 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inpu
         companion = check_onnx(route["path"])
         metadata = child_metadata(loaded, "quantize", runtime=route["runtime"], serving=route["serving"], companion_of=out.name,
                                   serves_batches_up_to=route["max_batch"], recipe=route["candidate"], **common)
-        embed_metadata(companion, with_own_lineage(metadata, target))
-        with atomic_path(target) as tmp:
-            onnx.save_model(companion, str(tmp))
+        save_onnx_artifact(companion, metadata, target)
         files[route["path"]] = {"file": target.name, "sha256": sha256_file(target)}
     if routes:
         # the routes as the artifact records them: companion file names, never this run's work paths
@@ -398,10 +394,8 @@ def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inpu
         quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
         selection=_compact(report["selection"], report["metric"]), metrics=metrics, agreement_with_parent=quality,
     )
-    embed_metadata(model, with_own_lineage(metadata, out))
     try:
-        with atomic_path(out) as tmp:
-            onnx.save_model(model, str(tmp))
+        save_onnx_artifact(model, metadata, out)
     except BaseException:  # no companion without its main file
         for _, target in companions:
             target.unlink(missing_ok=True)

@@ -11,7 +11,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiopt.artifact_checks import unseal
+from aiopt.artifacts.checks import unseal
 from aiopt.errors import UnsupportedModelError
 
 # Ops whose INT8 form ONNX Runtime's static QDQ path does not accelerate on CPU: recurrent

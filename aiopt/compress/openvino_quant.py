@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.artifact_checks import unseal
+from aiopt.artifacts.checks import unseal
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.runtime.openvino_backend import import_from_extra
 

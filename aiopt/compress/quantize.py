@@ -537,11 +537,8 @@ def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: s
 
 
 def _write(result: Path, out: Path, loaded, spec, report: dict) -> None:
-    import onnx
-
-    from aiopt.artifacts import child_metadata, onnx_value_specs, with_own_lineage
-    from aiopt.export.onnx import check_onnx, embed_metadata
-    from aiopt.fileio import atomic_path
+    from aiopt.artifacts import child_metadata, onnx_value_specs, save_onnx_artifact
+    from aiopt.export.onnx import check_onnx
 
     model = check_onnx(result)
     accuracy = report.get("accuracy")
@@ -554,8 +551,6 @@ def _write(result: Path, out: Path, loaded, spec, report: dict) -> None:
         metrics={"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics"),
         agreement_with_parent=report["agreement_with_parent"],
     )
-    embed_metadata(model, with_own_lineage(metadata, out))
-    with atomic_path(out) as tmp:
-        onnx.save_model(model, str(tmp))
+    save_onnx_artifact(model, metadata, out)
     report["_metadata"] = metadata
 

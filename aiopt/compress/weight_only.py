@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.artifact_checks import unseal
+from aiopt.artifacts.checks import unseal
 
 MIN_ELEMENTS = 1024  # smaller tensors are not worth two nodes
 # Per op, (input index, axis of the output channels) of the weights worth compressing.

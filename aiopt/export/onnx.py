@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
 import os
 import re
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, METADATA_KEY, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
+from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, save_onnx_artifact
 from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
 from aiopt.fileio import atomic_path, check_output_path, is_write_error
 from aiopt.specs import TensorSpec
@@ -105,8 +104,7 @@ def export_onnx(
             metrics=({"accuracy": accuracy, "split": "test", "measured_on": "onnxruntime"} if accuracy is not None else loaded.metadata.get("metrics")),
             agreement_with_parent=parent_agreement,
         )
-        embed_metadata(model, with_own_lineage(metadata, out))
-        _save(model, tmp)
+        save_onnx_artifact(model, metadata, out, write_to=tmp)
     return OnnxExportResult(str(out), exporter, config.opset, validation, config.simplify, nodes_before, nodes_after, accuracy, metadata)
 
 
@@ -321,7 +319,7 @@ def _example(loaded: LoadedModel, spec: list[TensorSpec], batch_size: int, seq_l
         return example_inputs(spec, batch_size, seq_len)
     import torch
 
-    from aiopt.hf import sample_inputs
+    from aiopt.artifacts.hf import sample_inputs
 
     feed = sample_inputs(spec, loaded.metadata, batch_size, seq_len, seed=batch_size)
     return tuple(torch.from_numpy(feed[s.name]) for s in spec)
@@ -344,18 +342,6 @@ def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: Load
     parent = run_batches(TorchRunner(loaded.model, torch_spec, output_names), data)[0]
     agreement = check_against_parent(parent, exported, "the exported ONNX model")
     return accuracy(exported, data.labels), {**agreement, "inputs": "test split"}
-
-
-def embed_metadata(model, metadata: dict) -> None:
-    """Store aiopt's metadata in the model, with the checksum of its graph and weights (computed
-    without this entry), which load_model checks: a file changed since is refused. Call it last,
-    right before saving."""
-    from aiopt.artifact_checks import integrity_record
-
-    for prop in list(model.metadata_props):
-        if prop.key == METADATA_KEY:
-            model.metadata_props.remove(prop)
-    model.metadata_props.add(key=METADATA_KEY, value=json.dumps({**metadata, "integrity": integrity_record(model, METADATA_KEY)}))
 
 
 def _save(model, path: Path) -> None:

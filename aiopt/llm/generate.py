@@ -116,7 +116,7 @@ class TextStream:
 def generate_text(artifact, prompt: str, config: GenerateConfig, write: Callable[[str], None] | None = None,
                   threads: int | None = None, runtime: str | None = None) -> dict:
     """Generate from any generative artifact; `write` receives the new text as it comes."""
-    from aiopt.hf import load_tokenizer
+    from aiopt.artifacts.hf import load_tokenizer
     from aiopt.llm.runners import open_causal_lm
 
     config.check()  # before any loading: a bad --max-new-tokens fails at once

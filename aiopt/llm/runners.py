@@ -173,7 +173,7 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
     """(runner, tokenizer folder, metadata) for a causal-LM folder, an aiopt KV export folder or its model.onnx."""
     import json
 
-    from aiopt.hf import is_hf_folder
+    from aiopt.artifacts.hf import is_hf_folder
     from aiopt.llm.causal_lm import load_causal_lm
     from aiopt.llm.export_kv import ONNX_FILE
     from aiopt.llm.folder_io import METADATA_FILE

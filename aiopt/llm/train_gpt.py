@@ -49,7 +49,7 @@ def train_tokenizer(texts, vocab_size: int, max_chars: int | None = None):
     """A byte-level BPE (GPT-2's scheme) trained on `texts`, wrapped for transformers."""
     from tokenizers import ByteLevelBPETokenizer
 
-    from aiopt.hf import import_transformers
+    from aiopt.artifacts.hf import import_transformers
 
     PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
@@ -209,7 +209,7 @@ def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, 
     streams = {split: token_stream(tokenizer, getattr(corpus, split)) for split in ("train", "validation", "test")}
 
     set_seed(recipe.seed)
-    from aiopt.hf import import_transformers
+    from aiopt.artifacts.hf import import_transformers
 
     LlamaForCausalLM = import_transformers().LlamaForCausalLM
 

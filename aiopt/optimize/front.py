@@ -70,7 +70,7 @@ def rows_from(trials) -> list[Row]:
 
 def pareto(rows: list[Row]) -> list[Row]:
     """Measured candidates no other beats on both quality and the objective, by objective."""
-    from aiopt.bench.html import pareto_front
+    from aiopt.bench.plots import pareto_front
 
     measured = [r for r in rows if r.state == "COMPLETE" and r.duplicate_of is None and r.objective is not None]
     return [row for _, _, row in pareto_front([(r.objective, r.quality, r) for r in measured])]

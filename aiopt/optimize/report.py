@@ -179,11 +179,11 @@ def markdown(document: dict) -> str:
 def pareto_plot(document: dict) -> bytes:
     """Quality against the objective: every measured trial, the front joined, the choice starred,
     the budget as a dashed line. PNG bytes."""
-    from aiopt.bench.html import _figure, _png
+    from aiopt.bench.plots import new_figure, png_bytes
 
     metric = document["budget"]["metric"]
     size = document["objective"] == "size"
-    figure = _figure(7.0, 4.4)
+    figure = new_figure(7.0, 4.4)
     ax = figure.subplots()
     measured = [t for t in document["trials"] if t["state"] == "COMPLETE" and t["objective"] is not None and t["duplicate_of"] is None]
 
@@ -210,7 +210,7 @@ def pareto_plot(document: dict) -> bytes:
     ax.set_title("quality vs " + ("size" if size else "latency") + f" ({len(measured)} measured trials)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
-    return _png(figure)
+    return png_bytes(figure)
 
 
 def _budget_line(document: dict) -> float | None:

@@ -15,10 +15,22 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiopt.artifacts import artifact_sha256, load_model, output_spec, require_input_spec
 from aiopt.errors import AioptError, CheckFailedError, InputError, MissingDependencyError
+from aiopt.evaluate import eval_data, run_batches
+from aiopt.export.onnx import OnnxExportConfig
+from aiopt.measure.deployed import deployed_runner
+from aiopt.measure.quality import QualityFloor, choose_metric
 from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
-from aiopt.optimize.front import Row, best_text, closest, pareto, ranked, rows_from
+from aiopt.optimize.front import Row, best_text, closest, objective_value, pareto, ranked, rows_from
+from aiopt.optimize.report import write_json, write_reports
+from aiopt.optimize.space import Chain, first_guesses, space_for
+from aiopt.optimize.storage import GRACE_BEATS, StorageUnreachable
+from aiopt.optimize.study import OutdirLock, open_session, recover, tried
+from aiopt.optimize.trial import ChainRunner, Reference, TimeBudgetSpent, TrialResult
+from aiopt.optimize.verify import choose_verified, drop_off_front
 from aiopt.redact import mask_secrets
+from aiopt.steps import run_step
 
 # After this many chains in a row that were already tried, the sampler is stuck on what it
 # knows: an untried chain is queued instead (the budget is spent exploring, not stopped early).
@@ -47,8 +59,6 @@ def optimize(model: str | os.PathLike, outdir: str | os.PathLike, config: Optimi
 
     `on_trial(event)` after every trial (event["line"]: one line for a person), `say(message)`
     for the search's own messages, `on_step(message)` for the steps' progress inside a trial."""
-    from aiopt.optimize.study import OutdirLock
-
     start = time.monotonic()
     validate(config)
     _check_target(config.target)
@@ -90,15 +100,10 @@ class _Search:
 
     # ------------------------------------------------------------ setup
     def run(self) -> OptimizeResult:
-        from aiopt.artifacts import load_model
-        from aiopt.optimize.space import space_for
-        from aiopt.optimize.study import open_session, recover
-
         loaded = load_model(self.model)
         self.space = space_for(loaded, self.config)
         floor, reason, data = self._floor(loaded)
         settings = self._settings(floor)
-        from aiopt.optimize.space import first_guesses
 
         tries = [self.space.parse(text).params for text in self.config.tries] or [c.params for c in first_guesses(self.space)]
         self.session = open_session(self.config, self.outdir, settings, DIRECTIONS, tries)
@@ -115,7 +120,6 @@ class _Search:
                  f"study {self.config.study_name} in {self.session.storage_label}")
         self.reference = self._reference(loaded, floor, reason, data)
         self.setup_seconds = time.monotonic() - self.start
-        from aiopt.optimize.trial import ChainRunner
 
         self.runner = ChainRunner(self.model, self.outdir, self.space, self.config, self.reference, self.on_step)
         if self.deadline is not None and time.monotonic() >= self.deadline and not self._finished_before():
@@ -126,10 +130,6 @@ class _Search:
         return self._finish(loaded)
 
     def _floor(self, loaded):
-        from aiopt.artifacts import output_spec, require_input_spec
-        from aiopt.evaluate import eval_data
-        from aiopt.measure.quality import QualityFloor, choose_metric
-
         try:
             data = eval_data(require_input_spec(loaded), loaded.metadata, self.config.data, seq_len=self.config.seq_len)
         except InputError as exc:
@@ -142,8 +142,6 @@ class _Search:
         return QualityFloor(metric, self.config.accuracy_budget, self.config.min_cosine or 0.99), reason, data
 
     def _settings(self, floor) -> dict:
-        from aiopt.artifacts import artifact_sha256
-
         return {"model_sha256": artifact_sha256(self.model), "target": self.config.target, "budget": floor.to_dict(),
                 "objective": self.config.objective, "batch_sizes": list(self.config.batch_sizes), "space": self.space.to_dict(),
                 "data": self.config.data or "test split", "calibration": self.config.calibration or "training split",
@@ -151,18 +149,11 @@ class _Search:
 
     def _reference(self, loaded, floor, reason, data):
         """MODEL as FP32 ONNX on ONNX Runtime: the yardstick of quality and of every latency ratio."""
-        from aiopt.evaluate import run_batches
-        from aiopt.measure.deployed import deployed_runner
-        from aiopt.optimize.trial import Reference
-
         path = self.outdir / "reference.fp32.onnx"
         if not path.exists():
             if loaded.format == "onnx":
                 shutil.copyfile(loaded.path, path)
             else:
-                from aiopt.export.onnx import OnnxExportConfig
-                from aiopt.steps import run_step
-
                 run_step("export", self.model, path, OnnxExportConfig(seq_len=self.config.seq_len), self.on_step)
         runner, _ = deployed_runner(path, self.config.threads)
         return Reference(path, runner, run_batches(runner, data)[0], data, floor, reason)
@@ -243,16 +234,12 @@ class _Search:
     def _chains_taken(self, states: tuple[str, ...]) -> set[tuple]:
         """The chains of the study's trials in these states: a trial interrupted, or lost with its
         worker, does not take its chain (it is run again)."""
-        from aiopt.optimize.study import tried
-
         return {_chain_key(t.params) for t in self.session.trials(states) if t.state.name in ("RUNNING", "WAITING") or tried(t)}
 
     def _run_trial(self, trial, chain) -> bool:
         """Run one trial and tell Optuna; False when the time budget ended it."""
         import optuna
 
-        from aiopt.optimize.storage import StorageUnreachable
-        from aiopt.optimize.trial import TimeBudgetSpent, TrialResult
 
         started = time.monotonic()
         trial.set_user_attr("chain", chain.label())
@@ -316,8 +303,6 @@ class _Search:
         self.session.study.tell(trial, state=optuna.trial.TrialState.FAIL)
 
     def _values(self, measured) -> list[float]:
-        from aiopt.optimize.front import objective_value
-
         return [self.reference.floor.value(measured.quality), objective_value(measured, self.config.objective, self.config.batch_sizes)]
 
     def _record(self, trial, result, started: float) -> None:
@@ -328,7 +313,6 @@ class _Search:
         if result.measured is not None:
             trial.set_user_attr("measured", result.measured.to_dict())
             trial.set_constraint("quality_budget", _shortfall(self.reference.floor, result.measured))
-        from aiopt.optimize.report import write_json
 
         write_json(result.folder / "trial.json", {"trial": trial.number, **trial.user_attrs, "params": trial.params})
 
@@ -362,8 +346,6 @@ class _Search:
 
     # ------------------------------------------------------------ the end
     def _finish(self, loaded) -> OptimizeResult:
-        from aiopt.optimize.report import write_reports
-
         rows = rows_from(self.session.trials())
         finished = [r for r in rows if r.state in ("COMPLETE", "PRUNED")]
         if not finished and self.stopped_by_time:
@@ -371,9 +353,9 @@ class _Search:
                              f"(setup alone, the FP32 reference's export and measurement, took {describe_duration(self.setup_seconds)}; "
                              f"the budget ran out before {self.stopped_by_time}); give more time, e.g. --time-budget 20m")
         front = pareto(rows)
-        chosen, verified = self._choose(ranked(rows))
+        chosen, verified = choose_verified(ranked(rows), self.model, self.outdir, self.reference, self.config, self._rebuild, self.say)
         if self.config.keep == "pareto":
-            self._drop_off_front(rows, {r.number for r in front} | ({chosen.number} if chosen else set()))
+            drop_off_front(rows, {r.number for r in front} | ({chosen.number} if chosen else set()), self.runner.folder)
         problem = None
         if chosen is None:
             near = closest(rows)
@@ -383,42 +365,11 @@ class _Search:
         document = write_reports(self, rows, front, chosen, verified, problem, loaded)
         return OptimizeResult(document, self.outdir, verified["path"] if verified else None, problem)
 
-    def _choose(self, candidates: list[Row]):
-        """The best candidate within the budget, measured again as written to OUTDIR (rebuilt
-        here first when another worker ran it)."""
-        from aiopt.artifacts import copy_artifact
-        from aiopt.measure.deployed import measure_deployed
-
-        for row in candidates:
-            source = Path(row.artifact or "")
-            if not source.exists():
-                source = self._rebuild(row)
-            target = self.outdir / f"{_stem(self.model)}.optimized{source.suffix}"
-            copy_artifact(source, target, force=True)  # OUTDIR is this search's own: an earlier run's choice is replaced
-            again = measure_deployed(target, self.reference.runner, self.reference.outputs, self.reference.data, self.reference.floor,
-                                     self.config.batch_sizes, self.config.latency, self.config.threads)
-            if again.problem is None:
-                return row, {**again.to_dict(), "trial": row.number}
-            self.say(f"trial {row.number} misses the budget when measured again ({again.problem}); trying the next")
-            target.unlink()
-        return None, None
-
     def _rebuild(self, row: Row) -> Path:
-        from aiopt.optimize.space import Chain
-
+        """The artifact of a trial another worker ran, made here by running its chain again."""
         self.say(f"trial {row.number} ran on {row.worker}: rebuilding its chain here to verify it")
         result = self.runner.run(Chain(**row.params), row.number, None)
         return Path(result.artifact)
-
-    def _drop_off_front(self, rows: list[Row], keep: set[int]) -> None:
-        """--keep pareto: artifacts of trials off the front go (their trial.json stays)."""
-        for row in rows:
-            folder = self.runner.folder(row.number)
-            if row.number in keep or row.state not in ("COMPLETE", "PRUNED", "FAIL") or not folder.is_dir():
-                continue  # a trial still running (another worker sharing this folder) keeps its files
-            for path in folder.iterdir():
-                if path.name != "trial.json":
-                    path.unlink()
 
 
 class _SigintSeen:
@@ -452,8 +403,6 @@ def _chain_key(params: dict) -> tuple:
 
 def _grace_text(interval: int | None) -> str:
     """How long a worker may be silent before its trial is taken as lost."""
-    from aiopt.optimize.storage import GRACE_BEATS
-
     return f"{GRACE_BEATS * (interval or 0)} s"
 
 
@@ -472,11 +421,6 @@ def _shortfall(floor, measured) -> float:
     needed = floor.min_cosine if floor.metric == "cosine" else 1 - floor.max_accuracy_drop
     value = floor.value(quality)
     return max(1e-6, needed - value) if value is not None and value == value else 1.0
-
-
-def _stem(model: Path) -> str:
-    name = model.name
-    return name[: -len(model.suffix)] if model.suffix and model.is_file() else name
 
 
 def _trial_line(row: Row, search: _Search, best: Row | None) -> str:

@@ -1,6 +1,11 @@
 """Registry of reference models: name -> config class, builder, sizes and training recipe.
 
-`cnn:tiny` selects a size; the default size is `base`. Adding a model is adding one entry.
+`cnn:tiny` selects a size; the default size is `base`. Adding a model is adding one entry (and
+its name in ARCHITECTURES).
+
+Importing this package registers build_model with aiopt.architectures, so aiopt checkpoints
+of these architectures load (artifacts/checkpoint.py rebuilds them through it); `import aiopt` imports it, so that holds at every entry
+point (the CLI, `python -m aiopt`, the library) while aiopt.artifacts imports no model family.
 """
 from __future__ import annotations
 
@@ -9,9 +14,13 @@ import functools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from aiopt.architectures import register_architectures
 from aiopt.errors import InputError
 
 DEFAULT_SIZE = "base"
+# _entries()'s names, known without importing torch (registering them stays free at `import aiopt`);
+# tests/test_artifact_registry.py checks the two agree.
+ARCHITECTURES = ("cnn", "lstm", "transformer", "gpt")
 
 
 @dataclass(frozen=True)
@@ -114,3 +123,6 @@ def build_model(name: str, config: Any | dict):
 
 def config_to_dict(config: Any) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(config).items()}
+
+
+register_architectures(ARCHITECTURES, build_model)

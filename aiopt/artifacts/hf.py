@@ -11,25 +11,29 @@ The metadata's "hf" entry names the folder (for its tokenizer), the task and the
 later steps can tokenize text and pick the quality metric (cosine for embedding/features,
 accuracy or agreement for classification).
 
-transformers is imported inside the functions that need it (the `aiopt[hf]` extra). Weights load
+transformers is imported inside the functions that need it (the `aiopt[hf]` extra), and so are
+torch and numpy: this format sits in the artifact registry, which `import aiopt` loads. Weights load
 from safetensors only; pickled `.bin` weights need the trust_pickle opt-in, and code shipped in a
 folder (trust_remote_code) is never run.
 """
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import torch
-
-from aiopt.artifact_checks import check_hf_config, check_safetensors
-from aiopt.artifacts import FORMAT_HF, LoadedModel
+from aiopt.artifacts.base import FORMAT_HF, LoadedModel
+from aiopt.artifacts.checks import check_hf_config, check_safetensors
+from aiopt.artifacts.probe import Probe
 from aiopt.errors import InputError, MissingDependencyError, UnsafeFileError, UnsupportedModelError, first_line
 from aiopt.specs import TensorSpec, specs_to_json
+
+if TYPE_CHECKING:  # annotations only: torch and numpy load when a folder does
+    import numpy as np
+    import torch
 
 INSTALL_HINT = "pip install 'aiopt[hf]'"
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")
@@ -39,6 +43,14 @@ PICKLED_WEIGHTS = ("pytorch_model.bin", "pytorch_model.bin.index.json")
 # sentence-transformers modules rebuilt here; any other module (Dense, ...) would change the output
 _SENTENCE_MODULES = ("Transformer", "Pooling", "Normalize")
 _POOLING_MODES = {"mean_tokens": "mean", "cls_token": "cls", "max_tokens": "max"}
+
+
+def sniff(probe: Probe) -> bool:
+    return probe.is_dir  # probe() let only a folder with a config.json through
+
+
+def load(probe: Probe, trust_pickle: bool = False, verify_integrity: bool = True) -> LoadedModel:
+    return load_hf_folder(probe.path, trust_pickle)
 
 
 def is_hf_folder(path) -> bool:
@@ -88,10 +100,10 @@ def load_tokenizer(folder):
 def load_hf_folder(path, trust_pickle: bool = False) -> LoadedModel:
     """Load a Hugging Face folder (see the module docstring for what the model returns)."""
     folder = Path(path).resolve()
-    config_json = _read_json(folder / "config.json")
+    config_json = read_json(folder / "config.json")
     if not isinstance(config_json, dict):
         raise InputError(f"{folder / 'config.json'} is not a JSON object; re-save the folder with save_pretrained")
-    use_safetensors = _check_weights(folder, trust_pickle)
+    use_safetensors = check_weights(folder, trust_pickle)
     transformers = import_transformers()
     check_hf_config(folder, config_json, known_model_types(transformers))
     head = _sentence_head(folder)
@@ -102,7 +114,7 @@ def load_hf_folder(path, trust_pickle: bool = False) -> LoadedModel:
     input_names = _input_names(model, tokenizer)
     pooling, normalize = head or (None, False)
     output = "logits" if task == "classification" else "last_hidden_state"
-    module = HFModule(model, input_names, output, pooling, normalize).eval()
+    module = hf_module_class()(model, input_names, output, pooling, normalize).eval()
     inputs = [TensorSpec(name, ("batch", "seq"), "int64") for name in input_names]
     outputs = [_output_spec(module, inputs, task, getattr(model.config, "vocab_size", None))]
     hf = {
@@ -123,31 +135,41 @@ def load_hf_folder(path, trust_pickle: bool = False) -> LoadedModel:
     return LoadedModel(folder, FORMAT_HF, module, metadata, inputs)
 
 
-class HFModule(torch.nn.Module):
-    """A transformers model as a function of positional int64 tensors returning one tensor:
-    what torch.export, the ONNX exporter and the Runners expect."""
+@functools.cache
+def hf_module_class() -> type:
+    """HFModule, a torch.nn.Module: made on the first load of a folder, so that importing this
+    module (which `import aiopt` does, through the artifact registry) does not import torch."""
+    import torch
 
-    def __init__(self, model, input_names: list[str], output: str, pooling: str | None, normalize: bool):
-        super().__init__()
-        self.model, self.input_names, self.output = model, list(input_names), output
-        self.pooling, self.normalize = pooling, normalize
+    class HFModule(torch.nn.Module):
+        """A transformers model as a function of positional int64 tensors returning one tensor:
+        what torch.export, the ONNX exporter and the Runners expect."""
 
-    # Named parameters, not *inputs: torch.export matches dynamic shapes to the signature. The
-    # tensors map to self.input_names by position (a model may take fewer than three).
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
-                token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
-        features = dict(zip(self.input_names, (input_ids, attention_mask, token_type_ids)))
-        result = self.model(**features)
-        if self.output == "logits":
-            return result.logits
-        hidden = result.last_hidden_state
-        if self.pooling is None:
-            return hidden
-        return pool(hidden, features.get("attention_mask"), self.pooling, self.normalize)
+        def __init__(self, model, input_names: list[str], output: str, pooling: str | None, normalize: bool):
+            super().__init__()
+            self.model, self.input_names, self.output = model, list(input_names), output
+            self.pooling, self.normalize = pooling, normalize
+
+        # Named parameters, not *inputs: torch.export matches dynamic shapes to the signature. The
+        # tensors map to self.input_names by position (a model may take fewer than three).
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                    token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+            features = dict(zip(self.input_names, (input_ids, attention_mask, token_type_ids)))
+            result = self.model(**features)
+            if self.output == "logits":
+                return result.logits
+            hidden = result.last_hidden_state
+            if self.pooling is None:
+                return hidden
+            return pool(hidden, features.get("attention_mask"), self.pooling, self.normalize)
+
+    return HFModule
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str, normalize: bool) -> torch.Tensor:
     """sentence-transformers' Pooling (and Normalize): padding never counts."""
+    import torch
+
     if mode == "cls":
         pooled = hidden[:, 0]
     else:
@@ -166,6 +188,8 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor | None, mode: str, normalize: 
 def sample_inputs(spec: list[TensorSpec], metadata: dict | None, batch: int, seq: int, seed: int = 0) -> dict[str, np.ndarray]:
     """Token batches shaped like real ones: random ids within the vocabulary and right padding of
     varied length (row 0 full), so a check exercises the attention mask."""
+    import numpy as np
+
     rng = np.random.default_rng(seed)
     vocab = int(((metadata or {}).get("hf") or {}).get("vocab_size") or 100)
     lengths = np.concatenate([[seq], rng.integers(1, seq + 1, size=batch - 1)]) if batch > 1 else np.array([seq])
@@ -181,7 +205,8 @@ def sample_inputs(spec: list[TensorSpec], metadata: dict | None, batch: int, seq
 
 # ---------------------------------------------------------------- loading details
 
-def _read_json(path: Path) -> Any:
+def read_json(path: Path) -> Any:
+    """A JSON file of the folder; missing or invalid, one InputError saying so."""
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -190,7 +215,7 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path} is not valid JSON ({first_line(exc)}); re-save the folder with save_pretrained") from exc
 
 
-def _check_weights(folder: Path, trust_pickle: bool) -> bool:
+def check_weights(folder: Path, trust_pickle: bool) -> bool:
     """True for safetensors weights; pickled weights only with the opt-in (they can run code)."""
     if any(os.path.lexists(folder / name) for name in SAFE_WEIGHTS):
         check_safetensors(folder)
@@ -210,7 +235,7 @@ def _sentence_head(folder: Path) -> tuple[str, bool] | None:
     """(pooling mode, normalize) for a sentence-transformers folder, None for a plain one."""
     if not (folder / "modules.json").is_file():
         return None
-    modules = _read_json(folder / "modules.json")
+    modules = read_json(folder / "modules.json")
     if not isinstance(modules, list) or not all(isinstance(m, dict) for m in modules):
         raise InputError(f"{folder / 'modules.json'} is not a list of modules; re-save the folder with sentence-transformers")
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]
@@ -223,7 +248,7 @@ def _sentence_head(folder: Path) -> tuple[str, bool] | None:
     pooling_dir = folder / str(modules[kinds.index("Pooling")].get("path", ""))
     if not pooling_dir.resolve().is_relative_to(folder.resolve()):
         raise InputError(f"{folder / 'modules.json'} names a Pooling folder outside the model folder; re-save the folder with sentence-transformers")
-    config = _read_json(pooling_dir / "config.json")
+    config = read_json(pooling_dir / "config.json")
     modes = [mode for key, mode in _POOLING_MODES.items() if config.get(f"pooling_mode_{key}")]
     others = [k for k, v in config.items() if k.startswith("pooling_mode_") and v and k.removeprefix("pooling_mode_") not in _POOLING_MODES]
     if len(modes) != 1 or others:
@@ -236,7 +261,7 @@ def _load_transformer(transformers, folder: Path, task: str, use_safetensors: bo
     auto = transformers.AutoModelForSequenceClassification if task == "classification" else transformers.AutoModel
     try:
         model, info = auto.from_pretrained(str(folder), local_files_only=True, use_safetensors=use_safetensors, trust_remote_code=False,
-                                           output_loading_info=True, **_float32(transformers))
+                                           output_loading_info=True, **float32_kwargs(transformers))
     except Exception as exc:  # noqa: BLE001 -- config validation, model construction: any failure means this folder cannot be built
         text = str(exc)
         if "trust_remote_code" in text or "custom code" in text:
@@ -253,8 +278,10 @@ def _load_transformer(transformers, folder: Path, task: str, use_safetensors: bo
     return model.eval()
 
 
-def _float32(transformers) -> dict:
-    """Load in float32 whatever dtype the folder was saved in (the keyword is `dtype` from 4.56 on)."""
+def float32_kwargs(transformers) -> dict:
+    """from_pretrained's keyword to load in float32 whatever dtype the folder was saved in (`dtype` from 4.56 on)."""
+    import torch
+
     major, minor = (int(part) for part in transformers.__version__.split(".")[:2])
     return {"dtype" if (major, minor) >= (4, 56) else "torch_dtype": torch.float32}
 
@@ -270,8 +297,10 @@ def _input_names(model, tokenizer) -> list[str]:
     return names
 
 
-def _output_spec(module: HFModule, inputs: list[TensorSpec], task: str, vocab_size: int | None) -> TensorSpec:
+def _output_spec(module, inputs: list[TensorSpec], task: str, vocab_size: int | None) -> TensorSpec:
     """The output's shape from one tiny run: hidden size or label count as the model has them."""
+    import torch
+
     feed = sample_inputs(inputs, {"hf": {"vocab_size": vocab_size}}, batch=1, seq=4)
     with torch.inference_mode():
         try:
