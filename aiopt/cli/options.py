@@ -3,9 +3,14 @@ declaration on the config field (aiopt.options) so that flag, default and help c
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+import inspect
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, List, Optional
 
 import typer
+from typer.models import ArgumentInfo
 
 from aiopt.errors import InputError
 from aiopt.options import command_default
@@ -25,24 +30,50 @@ INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
 SEQ_LEN_OPTION = typer.Option(128, "--seq-len", help="Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data.")
 
 
-def step_option(step: str, name: str, **settings: Any) -> Any:
-    """The typer option of config field `name` of `step`, as declared on the field."""
-    found = get_step(step)
-    declared = found.options[name]
-    return typer.Option(command_default(found.config_class, name, declared), *declared.flags, help=declared.help, **settings)
+def step_options(*steps: str) -> Callable:
+    """Give a command the options of its steps' configs, generated from their one declaration on the
+    config fields: typer reads them from the signature set here (after the command's arguments),
+    and the command receives them in `**options`, named as the fields. A field two steps share
+    (export's precision) is one option, declared by the first step named."""
+
+    def decorate(function: Callable) -> Callable:
+        signature = inspect.signature(function)
+        own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
+        added: dict[str, inspect.Parameter] = {}
+        for name in steps:
+            step = get_step(name)
+            hints = typing.get_type_hints(step.config_class)
+            for field, declared in step.options.items():
+                if field not in added and field not in signature.parameters:
+                    option = typer.Option(command_default(step.config_class, field, declared), *declared.flags, help=declared.help)
+                    added[field] = inspect.Parameter(field, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=_cli_type(hints[field]))
+        arguments = [p for p in own if isinstance(p.default, ArgumentInfo)]
+        function.__signature__ = signature.replace(parameters=[*arguments, *added.values(), *(p for p in own if p not in arguments)])
+        return function
+
+    return decorate
+
+
+def _cli_type(hint: Any) -> Any:
+    """The type typer parses a field's flag as: a tuple field is a repeatable option (a list)."""
+    union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+    kinds = [k for k in typing.get_args(hint) if k is not type(None)] if union else [hint]
+    repeated = [k for k in kinds if typing.get_origin(k) is tuple]
+    if repeated:
+        return Optional[List[typing.get_args(repeated[0])[0]]]
+    return Optional[kinds[0]] if union else hint
 
 
 def config_of(step: str, values: dict[str, Any], **overrides: Any) -> Any:
     """The step's frozen config from a command's parameters, named as its fields (a command's
-    `locals()`): a list becomes a tuple, and an option not given (None) takes the field's default."""
+    `locals()`): a list becomes a tuple, and an option not given (None, or no value of a repeatable
+    one) takes the field's default."""
     config_class = get_step(step).config_class
     settings = {}
     for field in dataclasses.fields(config_class):
-        if field.name in values:
-            value = values[field.name]
+        value = values.get(field.name)
+        if value is not None and value != [] and value != ():
             settings[field.name] = tuple(value) if isinstance(value, list) else value
-            if value is None and field.default is not None:
-                del settings[field.name]
     return config_class(**{**settings, **overrides})
 
 

@@ -14,7 +14,7 @@ from rich.table import Table
 from aiopt.cli.app import command
 from aiopt.cli.llm import export_causal_lm
 from aiopt.cli.options import (FORCE_OPTION, INPUT_DTYPE_OPTION, INPUT_SHAPE_OPTION, JSON_OPTION, TRUST_PICKLE_OPTION, config_of,
-                               input_spec, step_option)
+                               input_spec, step_options)
 from aiopt.cli.render import emit_json, epoch_bar, json_or_line, progress, say, stdout, table
 from aiopt.errors import InputError
 from aiopt.export.torch_cuda import default_output as torch_cuda_output
@@ -26,43 +26,29 @@ EXPORT_SUFFIX = {"onnx": ".onnx", "tensorrt": ".engine", "torch-tensorrt": ".trt
 
 
 @command(epilog="Example: aiopt export cnn.pt --format onnx -o cnn.onnx   |   aiopt export cnn.pt --format tensorrt --precision fp16 -o cnn.engine")
+@step_options("export", "export-tensorrt", "export-torch-cuda")  # --precision: TensorRT's and torch-cuda's, one flag
 def export(
     model: str = typer.Argument(..., help="PyTorch artifact (aiopt .pt, TorchScript, .pt2); for tensorrt also an ONNX model."),
     format: str = typer.Option("onnx", "--format", "-f", help="onnx, tensorrt (engine + sidecar), torch-tensorrt (ExportedProgram with TensorRT engines) or torch-cuda (.pt2 run as CUDA graphs)."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="File to write (default: MODEL with the format's suffix)."),
-    opset: int = step_option("export", "opset"),
-    dynamic_batch: bool = step_option("export", "dynamic_batch"),
-    atol: float = step_option("export", "atol"),
-    rtol: float = step_option("export", "rtol"),
-    simplify: bool = step_option("export", "simplify"),
-    precision: str = step_option("export-tensorrt", "precision"),  # TensorRT's and torch-cuda's precision: one flag
-    batch_sizes: Optional[List[int]] = step_option("export-torch-cuda", "batch_sizes"),
-    device: Optional[str] = step_option("export-torch-cuda", "device"),
-    sparse: bool = step_option("export-tensorrt", "sparse"),
-    min_batch: int = step_option("export-tensorrt", "min_batch"),
-    opt_batch: int = step_option("export-tensorrt", "opt_batch"),
-    max_batch: int = step_option("export-tensorrt", "max_batch"),
-    workspace_mb: int = step_option("export-tensorrt", "workspace_mb"),
-    timing_cache: Optional[str] = step_option("export-tensorrt", "timing_cache"),
-    seq_len: int = step_option("export", "seq_len"),
     exporter: str = typer.Option("torch", "--exporter", help="onnx, causal-LM folders: torch (torch.onnx dynamo, KV cache as inputs/outputs) or genai (ONNX Runtime GenAI's model builder)."),
+    trust_pickle: bool = TRUST_PICKLE_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
-    trust_pickle: bool = TRUST_PICKLE_OPTION,
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
+    **options: Any,
 ) -> None:
     """Export a PyTorch model to ONNX (validated against PyTorch at two batch sizes) or to a TensorRT engine."""
-    options = locals()
     spec = input_spec(input_shape, input_dtype)
     if format not in ("onnx", "tensorrt", "torch-tensorrt", "torch-cuda"):
         raise InputError(f"--format {format!r} is not available; choose onnx, tensorrt, torch-tensorrt or torch-cuda")
     if format == "onnx" and (is_causal_lm_folder(model) or kv_export_metadata(model)):  # a causal LM exports with its KV cache, to a folder
-        export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, opset, force, as_json)
+        export_causal_lm(model, output or str(Path(model.rstrip("/")).with_suffix(".onnx")), exporter, options["opset"], force, as_json)
         return
     step = "export" if format == "onnx" else f"export-{format}"
     config = config_of(step, options)
-    output = output or str(torch_cuda_output(model, precision) if format == "torch-cuda" else Path(model).with_suffix(EXPORT_SUFFIX[format]))
+    output = output or str(torch_cuda_output(model, options["precision"]) if format == "torch-cuda" else Path(model).with_suffix(EXPORT_SUFFIX[format]))
     hooks = StepHooks(say=say, force=force, trust_pickle=trust_pickle, input_spec=spec)
     result = run_step(step, model, output, config, hooks=hooks).result
     if format in ("tensorrt", "torch-tensorrt"):
@@ -90,20 +76,18 @@ def _onnx_export_table(result) -> None:
 
 
 @command(epilog="Example: aiopt deploy cnn.int8.onnx --triton model_repository/ --max-batch 64 --instances 2")
+@step_options("deploy")
 def deploy(
     artifact: str = typer.Argument(..., help="An ONNX model or a TensorRT engine (with its sidecar)."),
     triton: str = typer.Option(..., "--triton", help="Triton model repository folder to write into."),
-    name: Optional[str] = step_option("deploy", "name"),
-    max_batch: int = step_option("deploy", "max_batch"),
-    instances: int = step_option("deploy", "instances"),
-    runtime: Optional[str] = step_option("deploy", "runtime"),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
+    **options: Any,
 ) -> None:
     """Write a Triton Inference Server model repository entry: config.pbtxt and the model file."""
-    result = run_step("deploy", artifact, triton, config_of("deploy", locals()), hooks=StepHooks(say=say, force=force)).result
+    result = run_step("deploy", artifact, triton, config_of("deploy", options), hooks=StepHooks(say=say, force=force)).result
     notes = "".join(f"\nnote: {escape(note)}" for note in result.notes)
-    json_or_line(result.to_dict(), as_json, f"wrote {escape(result.config)} and {escape(result.path)} ({result.platform}, max_batch_size {result.max_batch_size}){notes}")
+    json_or_line(result.to_dict(), as_json, f"wrote {escape(result.config)} and {escape(result.file)} ({result.platform}, max_batch_size {result.max_batch_size}){notes}")
 
 
 def _train_step(step: str, source: str, output: str | None, suffix: str, config: Any, force: bool, as_json: bool,
@@ -119,20 +103,13 @@ def _train_step(step: str, source: str, output: str | None, suffix: str, config:
 
 
 @command(epilog="Example: aiopt prune cnn.pt --method channel --sparsity 0.5 --finetune-epochs 10 -o cnn.p50.pt")
+@step_options("prune")
 def prune(
     model: str = typer.Argument(..., help="An aiopt checkpoint of a reference architecture (cnn, lstm, transformer)."),
-    method: str = step_option("prune", "method"),
-    sparsity: float = step_option("prune", "sparsity"),
-    finetune_epochs: int = step_option("prune", "finetune_epochs"),
-    scope: str = step_option("prune", "scope"),
-    steps: int = step_option("prune", "steps"),
-    target_params: Optional[float] = step_option("prune", "target_params"),
-    lr: Optional[float] = step_option("prune", "lr"),
-    dataset: Optional[str] = step_option("prune", "dataset"),
-    seed: int = step_option("prune", "seed"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Checkpoint to write (default: MODEL.pruned.pt)."),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
+    **options: Any,
 ) -> None:
     """Prune a model (structured channels/heads, unstructured, or 2:4), fine-tune it, and report what it cost."""
     def render(result) -> Table:
@@ -143,26 +120,18 @@ def prune(
                      + (f", {result.accuracy_after_finetune:.4f} fine-tuned" if result.accuracy_after_finetune is not None else ""))
         return rows
 
-    _train_step("prune", model, output, ".pruned.pt", config_of("prune", locals()), force, as_json,
+    _train_step("prune", model, output, ".pruned.pt", config_of("prune", options), force, as_json,
                 lambda bars: epoch_bar(bars, "fine-tuning"), render)
 
 
 @command(epilog="Example: aiopt distill cnn.pt --width 0.45 -o cnn.kd.pt   |   aiopt distill cnn.pt --student cnn:tiny -o cnn.kd.pt")
+@step_options("distill")
 def distill(
     teacher: str = typer.Argument(..., help="The teacher: an aiopt checkpoint of a reference architecture."),
-    student: Optional[str] = step_option("distill", "student"),
-    width: Optional[float] = step_option("distill", "width"),
-    temperature: Optional[float] = step_option("distill", "temperature"),
-    alpha: Optional[float] = step_option("distill", "alpha"),
-    feature_weight: Optional[float] = step_option("distill", "feature_weight"),
-    epochs: Optional[int] = step_option("distill", "epochs"),
-    lr: Optional[float] = step_option("distill", "lr"),
-    dataset: Optional[str] = step_option("distill", "dataset"),
-    compare_alone: bool = step_option("distill", "compare_alone"),
-    seed: int = step_option("distill", "seed"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="Student checkpoint to write (default: TEACHER.kd.pt)."),
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
+    **options: Any,
 ) -> None:
     """Train a smaller student from a teacher (soft targets + labels) and compare it with the student trained alone."""
     def watch(bars) -> Callable:
@@ -183,4 +152,4 @@ def distill(
         return rows
 
     # None (not given) leaves a loss setting to the student architecture's measured default.
-    _train_step("distill", teacher, output, ".kd.pt", config_of("distill", locals()), force, as_json, watch, render)
+    _train_step("distill", teacher, output, ".kd.pt", config_of("distill", options), force, as_json, watch, render)

@@ -20,7 +20,7 @@ class StepHooks:
 
 
 def key(name: str):
-    """A typed field read from the document under another name (deploy's path is its "file")."""
+    """A typed field read from the document under another name (deploy's path is its "repository")."""
     return field(metadata={"key": name})
 
 

@@ -82,8 +82,8 @@ class Quantized(StepResult):
 
 @dataclass(frozen=True)
 class Deployed(StepResult):
-    path: str = key("file")  # the model file in the repository
-    repository: str | None = None
+    path: str = key("repository")  # what `aiopt deploy --triton` names: the repository folder
+    file: str | None = None  # the model file written into it
     model: str | None = None
     platform: str | None = None
     config: str | None = None
