@@ -1,6 +1,6 @@
 """Hostile artifact metadata (issue 23): by-batch routes naming files outside the artifact, links,
 malformed serving settings; copy_artifact, inspect, bench and deploy all check them the same way
-(aiopt.artifact_checks), end in one line with exit 2, and write nothing outside their output.
+(aiopt.artifacts.checks), end in one line with exit 2, and write nothing outside their output.
 Triton: names checked, every string escaped, nothing written before everything is checked."""
 from __future__ import annotations
 

@@ -49,23 +49,24 @@ from pathlib import Path
 from typing import Any
 
 from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.options import option
 
 
 @dataclass(frozen=True)
 class DistillConfig:
-    student: str | None = None  # registry spec (cnn:tiny) or path to an aiopt checkpoint
-    width: float | None = None  # or a width multiplier of the teacher's architecture, in (0, 1]
+    student: str | None = option(None, "--student", "Student: a registry name with size (cnn:tiny) or an aiopt checkpoint to start from.")
+    width: float | None = option(None, "--width", "Or: the teacher's architecture at this width (0.5 = half the channels).")
     # None: the student architecture's measured default (DEFAULTS below, module docstring).
-    temperature: float | None = None
-    alpha: float | None = None  # weight of the soft-target term
+    temperature: float | None = option(None, "--temperature", "Softmax temperature of the soft targets (default: the student architecture's, README).")
+    alpha: float | None = option(None, "--alpha", "Weight of the soft-target loss, 1 - alpha on the labels (default: the student architecture's).")
     # Weight of hidden-state matching (FitNets): the student's representation, projected to the
     # teacher's width, regresses onto the teacher's; 0 turns it off. See FEATURE_LAYERS.
-    feature_weight: float | None = None
-    epochs: int | None = None  # default: DEFAULTS, else the student architecture's recipe epochs
-    lr: float | None = None  # default: the student architecture's recipe learning rate
-    seed: int = 0
-    dataset: str | None = None  # override the teacher's recorded dataset
-    compare_alone: bool = True  # also train the student without the teacher, for the report
+    feature_weight: float | None = option(None, "--feature-weight", "Weight of hidden-state matching (FitNets; student of the teacher's architecture); 0 turns it off. Default: 1 for LSTM/Transformer students, 0 for CNN.")
+    epochs: int | None = option(None, "--epochs", "Training epochs, for the student with the teacher and alone (default: the student's recipe; an LSTM student 60).")
+    lr: float | None = option(None, "--lr", "Learning rate (default: the student's recipe).")
+    seed: int = option(0, "--seed", "Random seed.")
+    dataset: str | None = option(None, "--dataset", "Training data (default: the teacher's dataset).")
+    compare_alone: bool = option(True, "--baseline/--no-baseline", "Also train the student alone with the same budget, to show what distillation bought.")
 
 
 # Per student architecture, measured on MNIST-1D (module docstring): hidden-state matching is

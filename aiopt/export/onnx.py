@@ -28,6 +28,7 @@ import numpy as np
 
 from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, save_onnx_artifact
 from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
+from aiopt.options import option
 from aiopt.fileio import atomic_path, check_output_path, is_write_error
 from aiopt.specs import TensorSpec
 
@@ -37,12 +38,12 @@ VALIDATION_BATCH_SIZES = (1, 7)  # two sizes, neither the export example's, to p
 
 @dataclass(frozen=True)
 class OnnxExportConfig:
-    opset: int = DEFAULT_OPSET
-    dynamic_batch: bool = True
-    atol: float = 1e-4
-    rtol: float = 1e-3
-    simplify: bool = True
-    seq_len: int = 128  # traced length of symbolic dims other than the batch ("seq")
+    opset: int = option(DEFAULT_OPSET, "--opset", "ONNX opset version.")
+    dynamic_batch: bool = option(True, "--dynamic-batch/--static-batch", "Keep the batch dimension dynamic.")
+    atol: float = option(1e-4, "--atol", "Absolute tolerance of ONNX Runtime vs PyTorch outputs.")
+    rtol: float = option(1e-3, "--rtol", "Relative tolerance of ONNX Runtime vs PyTorch outputs.")
+    simplify: bool = option(True, "--simplify/--no-simplify", "Simplify the graph with onnxslim, then validate again.")
+    seq_len: int = option(128, "--seq-len", "onnx: length the sequence axis (seq) is traced at; validated at two other lengths.")
 
 
 @dataclass

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
+from aiopt.options import option
 # What loading an engine needs lives with the runtime (below this layer); re-exported for the builders here
 from aiopt.runtime.tensorrt_sidecar import INSTALL_HINT, SIDECAR_SUFFIX, check_sidecar, current_gpu, import_tensorrt, sidecar_path  # noqa: F401
 
@@ -26,13 +27,13 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8")
 
 @dataclass(frozen=True)
 class TensorRTConfig:
-    precision: str = "fp16"
-    sparse: bool = False  # let TensorRT pick 2:4 sparse kernels (weights pruned with aiopt prune --method 2:4)
-    min_batch: int = 1
-    opt_batch: int = 8
-    max_batch: int = 64
-    workspace_mb: int = 1024
-    timing_cache: str | None = None  # read if present, written back after the build
+    precision: str = option("fp16", "--precision", "tensorrt/torch-cuda: fp32, fp16, bf16; tensorrt also int8 (from a QDQ model, aiopt quantize --backend tensorrt).")
+    sparse: bool = option(False, "--sparse", "tensorrt: allow 2:4 sparse kernels (weights pruned with aiopt prune --method 2:4).")
+    min_batch: int = option(1, "--min-batch", "tensorrt: smallest batch of the optimisation profile.")
+    opt_batch: int = option(8, "--opt-batch", "tensorrt: batch the kernels are tuned for.")
+    max_batch: int = option(64, "--max-batch", "tensorrt: largest batch of the optimisation profile.")
+    workspace_mb: int = option(1024, "--workspace", "tensorrt: builder workspace in MiB.")
+    timing_cache: str | None = option(None, "--timing-cache", "tensorrt: timing cache file, reused and updated.")
 
 
 def validate(config: TensorRTConfig) -> None:

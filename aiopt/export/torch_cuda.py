@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiopt.errors import InputError
+from aiopt.options import option
 # How an artifact's buckets are read lives with the runtime (below this layer); re-exported here
 from aiopt.runtime.buckets import REEXPORT_HINT, bucket_for, buckets_of  # noqa: F401
 
@@ -38,9 +39,10 @@ WARN_ACCURACY_DROP = 0.005
 
 @dataclass(frozen=True)
 class TorchCudaConfig:
-    precision: str = "fp16"
-    batch_sizes: tuple[int, ...] = DEFAULT_BUCKETS  # the buckets compiled and captured on load
-    device: str | None = None  # where to export and validate; None: cuda if present, else cpu
+    # one --precision on `aiopt export` sets this and TensorRTConfig.precision: its help is declared there
+    precision: str = option("fp16", "--precision", "fp32, fp16 or bf16.")
+    batch_sizes: tuple[int, ...] = option(DEFAULT_BUCKETS, ("--batch-size", "-b"), "torch-cuda: batch buckets compiled and captured on load (repeatable; default 1 and 256).", cli_default=None)
+    device: str | None = option(None, "--device", "torch-cuda: export and validate on cpu or cuda (default: cuda when present).")
 
 
 def validate(config: TorchCudaConfig) -> None:

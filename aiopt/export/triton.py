@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from aiopt.errors import InputError
+from aiopt.options import option
 
 # numpy/ONNX dtype names -> Triton's DataType enum names
 TRITON_TYPES = {
@@ -33,11 +34,11 @@ TRITON_TYPES = {
 
 @dataclass(frozen=True)
 class TritonConfig:
-    name: str | None = None  # default: the artifact's file name without suffixes
-    max_batch: int = 64
-    instances: int = 1
+    name: str | None = option(None, "--name", "Model name in the repository (default: the file name).")
+    max_batch: int = option(64, "--max-batch", "max_batch_size; dynamic batching fills batches up to it.")
+    instances: int = option(1, "--instances", "Model instances (instance_group count).")
     queue_delay_us: int = 100  # dynamic batching waits at most this long to fill a batch
-    runtime: str | None = None  # ONNX: onnxruntime | openvino; default: the runtime the artifact was measured on
+    runtime: str | None = option(None, "--runtime", "ONNX: onnxruntime or openvino (default: the runtime the artifact was measured fastest on).")
 
 
 RUNTIMES = ("onnxruntime", "openvino")

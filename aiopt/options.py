@@ -1,0 +1,56 @@
+"""An option is declared once, on its config field: flag(s), help text and default.
+
+`option(default, "--flag", "help")` is a `dataclasses.field` whose metadata holds an `Option`.
+The CLI builds its typer options from it (aiopt.cli.options) and the step registry writes the
+reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree. A config whose
+file cannot carry the metadata yet declares the same `Option`s in a dict beside its step
+(aiopt.steps.declared); moving one onto its field is then a cut and paste.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+SAME = object()  # the command's default is the field's default
+
+
+@dataclass(frozen=True)
+class Option:
+    flags: tuple[str, ...]  # e.g. ("--batch-size", "-b") or ("--per-channel/--per-tensor",)
+    help: str
+    cli_default: Any = SAME  # where the command defaults differently (None: "not given", resolved by the command)
+    always: bool = False  # written to a reproduce command even at the config's default (the command's default differs)
+
+    @property
+    def written(self) -> str:
+        """The form a reproduce command writes: the last flag (the short one when there is one)."""
+        return self.flags[-1]
+
+
+def option(default: Any, flags: str | tuple[str, ...], help: str, **settings: Any) -> Any:
+    """A dataclass field with its default and the command-line option that sets it."""
+    declared = Option(flags if isinstance(flags, tuple) else (flags,), help, **settings)
+    return dataclasses.field(default=default, metadata={"option": declared})
+
+
+def declared_options(config_class: type, overlay: dict[str, Option] | None = None) -> dict[str, Option]:
+    """Field name -> Option for every field of `config_class` that has a flag (on the field, or in
+    `overlay` for a config that cannot carry it yet), in the dataclass's order."""
+    overlay = overlay or {}
+    found = {}
+    for field in dataclasses.fields(config_class):
+        declared = field.metadata.get("option") or overlay.get(field.name)
+        if declared is not None:
+            found[field.name] = declared
+    return found
+
+
+def field_default(config_class: type, name: str) -> Any:
+    field = {f.name: f for f in dataclasses.fields(config_class)}[name]
+    return field.default_factory() if field.default is dataclasses.MISSING else field.default
+
+
+def command_default(config_class: type, name: str, declared: Option) -> Any:
+    """What the command line gives the field when its flag is absent."""
+    return field_default(config_class, name) if declared.cli_default is SAME else declared.cli_default
