@@ -487,7 +487,7 @@ def quantize(
         quantize_causal_lm_command(model, output, method, backend, calibration, calib_samples, candidate, batch_size, max_perplexity_increase,
                                    min_agreement, prompt_len, new_tokens, eval_tokens, force, as_json)
         return
-    from aiopt.compress.quantize import QuantizeConfig
+    from aiopt.quantize.run import QuantizeConfig
     from aiopt.steps import StepHooks, run_step
 
     config = QuantizeConfig(method=method, backend=backend, calibration=calibration, calib_method=calib_method, calib_samples=256 if calib_samples is None else calib_samples,

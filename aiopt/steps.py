@@ -128,7 +128,7 @@ def _export(source: str, output: str, config, hooks: StepHooks) -> tuple[Any, di
 
 
 def _quantize(source: str, output: str | None, config, hooks: StepHooks) -> tuple[Any, dict, dict]:
-    from aiopt.compress.quantize import quantize_artifact
+    from aiopt.quantize.run import quantize_artifact
 
     result = quantize_artifact(source, output, config, force=hooks.force, trust_pickle=hooks.trust_pickle, input_spec=hooks.input_spec,
                                on_progress=hooks.say)
@@ -142,7 +142,7 @@ def _registry() -> dict[str, Step]:
     # The config classes are imported here: `import aiopt.steps` stays light.
     from aiopt.compress.distill import DistillConfig
     from aiopt.compress.prune import PruneConfig
-    from aiopt.compress.quantize import QuantizeConfig
+    from aiopt.quantize.run import QuantizeConfig
     from aiopt.export.onnx import OnnxExportConfig
 
     return {

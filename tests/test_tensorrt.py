@@ -46,7 +46,7 @@ def test_int8_uses_the_symmetric_qdq_model(tiny_cnn, tmp_path):
 
 
 def test_an_already_quantized_onnx_is_not_converted_again(tiny_cnn, tmp_path):
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.quantize.run import QuantizeConfig, quantize_artifact
 
     int8 = tmp_path / "m.int8.onnx"
     quantize_artifact(tiny_cnn, int8, QuantizeConfig(method="static"))  # the default may ship FP32: force INT8

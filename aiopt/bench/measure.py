@@ -373,7 +373,7 @@ def _compiled_peer(module, input_spec: list[TensorSpec], output_names: list[str]
     import torch
 
     from aiopt.artifacts import example_inputs
-    from aiopt.compress.torch_quant import reduce_precision
+    from aiopt.quantize.recipes.torch import reduce_precision
     from aiopt.runtime.cuda_graph import WARMUP_CALLS, require_cuda
     from aiopt.runtime.torch_backend import TorchRunner
 

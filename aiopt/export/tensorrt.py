@@ -66,14 +66,14 @@ def profile_shapes(input_spec, config: TensorRTConfig) -> dict[str, dict[str, li
 def prepare_onnx(source: str | os.PathLike, work: Path, precision: str, trust_pickle: bool = False, input_spec=None) -> tuple[Path, dict]:
     """The ONNX TensorRT should build, carrying its precision. Returns (path, how it was made)."""
     from aiopt.artifacts import FORMAT_ONNX, load_model
-    from aiopt.compress import onnx_quant
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
 
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     quantization = loaded.metadata.get("quantization") or {}
     if precision == "int8":
         if loaded.format == FORMAT_ONNX and quantization.get("target") == "tensorrt-explicit-quantization":
             return Path(source), {"source": "QDQ model from aiopt quantize --backend tensorrt"}
-        from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+        from aiopt.quantize.run import QuantizeConfig, quantize_artifact
 
         target = work / "int8-qdq.onnx"
         result = quantize_artifact(source, target, QuantizeConfig(backend="tensorrt"), force=True, trust_pickle=trust_pickle, input_spec=input_spec)

@@ -61,7 +61,7 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
     import torch
 
     from aiopt.artifacts import METADATA_KEY, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
-    from aiopt.compress.torch_quant import reduce_precision
+    from aiopt.quantize.recipes.torch import reduce_precision
     from aiopt.fileio import atomic_path, check_output_path, write_with
     from aiopt.runtime.torch_backend import torch_device
 

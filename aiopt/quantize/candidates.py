@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
 
 
 @dataclass
@@ -73,7 +73,7 @@ def static_int8(prepared: Path, target: Path, calibration, spec, options: onnx_q
                 cache: Path, recurrent_dynamic: bool = True) -> None:
     """Static QDQ INT8. Recurrent cells get no speed from QDQ on ONNX Runtime: the rest is
     quantized statically, then LSTM nodes dynamically (DynamicQuantizeLSTM runs in INT8)."""
-    from aiopt.compress.calibration import OrtCalibrationReader
+    from aiopt.quantize.calibration import OrtCalibrationReader
 
     reader = OrtCalibrationReader(calibration, spec)
     if not recurrent or not recurrent_dynamic:
@@ -129,7 +129,7 @@ def _nncf(ctx: BuildContext) -> Candidate:
     _require_openvino()
     if ctx.calibration is None:
         raise Unavailable("no calibration data (pass --calibration)")
-    from aiopt.compress.openvino_quant import nncf_int8
+    from aiopt.quantize.recipes.openvino import nncf_int8
 
     target = ctx.target("int8-nncf-openvino")
     batches = _calibration_batches(ctx)
@@ -138,7 +138,7 @@ def _nncf(ctx: BuildContext) -> Candidate:
 
 
 def _weights_int8(ctx: BuildContext) -> Candidate:
-    from aiopt.compress.weight_only import quantize_weights_int8
+    from aiopt.quantize.recipes.weight_only import quantize_weights_int8
 
     target = ctx.target("int8-weights")
     touched = quantize_weights_int8(ctx.prepared, target)
@@ -150,7 +150,7 @@ def _weights_int8(ctx: BuildContext) -> Candidate:
 
 
 def _calibration_batches(ctx: BuildContext, batch_size: int = 32) -> list[dict]:
-    from aiopt.compress.calibration import OrtCalibrationReader
+    from aiopt.quantize.calibration import OrtCalibrationReader
 
     reader = OrtCalibrationReader(ctx.calibration, ctx.spec, batch_size)
     return list(iter(reader.get_next, None))

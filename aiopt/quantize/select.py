@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.compress.candidates import Candidate
+from aiopt.quantize.candidates import Candidate
 from aiopt.fileio import human_size
 from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import LatencyConfig

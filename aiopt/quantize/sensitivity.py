@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
 
 
 # Samples the activations are collected on: ORT keeps every saved tensor of every batch in memory,
@@ -63,7 +63,7 @@ def rank_on_calibration(float_path: Path, qdq_path: Path, calibration, spec, wor
     """rank_sensitive_nodes on the first RANKING_SAMPLES calibration samples, in one batch."""
     from dataclasses import replace
 
-    from aiopt.compress.calibration import OrtCalibrationReader
+    from aiopt.quantize.calibration import OrtCalibrationReader
 
     key = (str(float_path), str(qdq_path), Path(qdq_path).stat().st_mtime_ns)
     if key not in _RANKED:  # the diagnosis and mixed precision may both ask for the same file

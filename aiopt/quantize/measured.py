@@ -11,9 +11,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
-from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
+from aiopt.quantize.candidates import BUILDERS, BuildContext, Candidate, build_all
+from aiopt.quantize.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
                                   measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
 from aiopt.errors import CheckFailedError, InputError
 from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, judge_outputs, metric_for, parse_metric_options
@@ -32,8 +32,8 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
     import onnx
 
     from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
-    from aiopt.compress.calibration import calibration_set
-    from aiopt.compress.quantize import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
+    from aiopt.quantize.calibration import calibration_set
+    from aiopt.quantize.run import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
     from aiopt.fileio import check_output_path
     from aiopt.hardware import detect_cpu, int8_kernel_for
 
@@ -114,8 +114,8 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, reference_
     """Build, check and time every candidate; then try storing the winner's remaining float
     weights in INT8, kept only when it costs neither quality nor speed. `reference_outputs`:
     the FP32 graph's (select.Reference); `size_limit`: bytes the shipped files may take at most."""
-    from aiopt.compress.precision import relabel
-    from aiopt.compress.sensitivity import diagnose
+    from aiopt.quantize.precision import relabel
+    from aiopt.quantize.sensitivity import diagnose
 
     allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
     if config.backend == "openvino" and config.method == "static":
@@ -163,7 +163,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
     with). Tried only when no INT8 recipe met it."""
     from dataclasses import replace
 
-    from aiopt.compress.sensitivity import rank_on_calibration
+    from aiopt.quantize.sensitivity import rank_on_calibration
 
     by_name = {c.name: c for c in candidates}
     static = by_name.get("int8-static-per-channel")
@@ -198,7 +198,7 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
 
 def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
     """The winner with its remaining float weights stored in INT8: smaller, same kernels."""
-    from aiopt.compress.weight_only import quantize_weights_int8
+    from aiopt.quantize.recipes.weight_only import quantize_weights_int8
 
     chosen = selection.chosen
     if chosen is None or chosen.runtime == "dispatch" or chosen.precision == "int8-weights":
@@ -293,7 +293,7 @@ def _hold_out(calibration, data: str | None):
 
 def _default_output(source, chosen: Candidate) -> Path:
     """Named by what the written files hold (compress/precision.py), not by the recipe."""
-    from aiopt.compress.precision import output_suffix
+    from aiopt.quantize.precision import output_suffix
 
     source = Path(source)
     files = [chosen.path, *[f for f in chosen.files if f != chosen.path]]
@@ -311,7 +311,7 @@ def _nothing_meets(selection: Selection) -> str:
 
 
 def _report(selection: Selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32: Path) -> dict:
-    from aiopt.compress.precision import describe
+    from aiopt.quantize.precision import describe
 
     chosen = selection.chosen
     quality = chosen.quality or {}

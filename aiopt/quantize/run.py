@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
 from aiopt.errors import InputError
 
 METHODS = ("auto", "static", "dynamic", "fp16", "bf16")
@@ -93,7 +93,7 @@ def _validate(config: QuantizeConfig) -> None:
         raise InputError("--max-accuracy-drop works with --backend onnxruntime or tensorrt")
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
-    from aiopt.compress.candidates import BUILDERS
+    from aiopt.quantize.candidates import BUILDERS
     from aiopt.measure.quality import parse_metric_options
     from aiopt.specs import parse_fixed_inputs
 
@@ -125,7 +125,7 @@ def quantize_artifact(
     on_progress: Callable[[str], None] | None = None,
 ) -> QuantizeResult:
     from aiopt.artifacts import load_model, require_input_spec
-    from aiopt.compress.calibration import calibration_set
+    from aiopt.quantize.calibration import calibration_set
     from aiopt.fileio import check_output_path
 
     _validate(config)
@@ -134,7 +134,7 @@ def quantize_artifact(
     _check_device(config)
     say = on_progress or (lambda message: None)
     if config.by_measurement:
-        from aiopt.compress.auto import quantize_by_measurement
+        from aiopt.quantize.measured import quantize_by_measurement
 
         return quantize_by_measurement(source, output, config, force, trust_pickle, input_spec, say)
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
@@ -190,7 +190,7 @@ def fit_batch_sizes(prepared: Path, spec, data, config: QuantizeConfig, say) -> 
 def _honest_default(written: Path, out: Path, output, source, config: QuantizeConfig, report: dict, say, force: bool) -> Path:
     """The default name says what the written graph holds: a forced INT8 recipe that quantized
     nothing (ONNX Runtime's dynamic INT8 leaves Conv layers alone) is written as `.fp32`."""
-    from aiopt.compress.precision import graph_precision
+    from aiopt.quantize.precision import graph_precision
     from aiopt.fileio import check_output_path
 
     stored = graph_precision(written)
@@ -362,7 +362,7 @@ class _QuantizeJob:
         return target
 
     def _static(self, target: Path, exclude: tuple[str, ...]) -> None:
-        from aiopt.compress.candidates import static_int8
+        from aiopt.quantize.candidates import static_int8
 
         if self.for_tensorrt:  # TensorRT's explicit quantization: symmetric INT8 everywhere
             options = onnx_quant.StaticInt8Options(
@@ -502,7 +502,7 @@ def _quantize_torch(loaded, spec, config: QuantizeConfig, method: str, reason: s
     import torch
 
     from aiopt.artifacts import child_metadata, example_inputs, output_spec, with_own_lineage
-    from aiopt.compress import torch_quant
+    from aiopt.quantize.recipes import torch as torch_quant
     from aiopt.fileio import atomic_path
     from aiopt.runtime.torch_backend import TorchRunner
 

@@ -110,7 +110,7 @@ def _pooled_matmuls(model) -> list[str]:
 @contextlib.contextmanager
 def _quiet():
     """NNCF draws progress bars on stdout (where --json goes) and logs per-step chatter."""
-    from aiopt.compress.onnx_quant import _quiet as quiet_stdout
+    from aiopt.quantize.recipes.onnxruntime import _quiet as quiet_stdout
 
     logger = logging.getLogger("nncf")
     level = logger.level
