@@ -324,7 +324,8 @@ def export(
 
     spec = _input_spec(input_shape, input_dtype)
     if format in ("tensorrt", "torch-tensorrt"):
-        from aiopt.export.tensorrt import TensorRTConfig, export_tensorrt, export_torch_tensorrt
+        from aiopt.export.tensorrt import TensorRTConfig, export_torch_tensorrt
+        from aiopt.quantize.tensorrt import export_tensorrt
 
         config = TensorRTConfig(precision=precision, sparse=sparse, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
                                 workspace_mb=workspace, timing_cache=timing_cache)
@@ -388,7 +389,7 @@ def run(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Run an artifact over the inputs in an .npz file and write its outputs."""
-    from aiopt.runtime import run_npz
+    from aiopt.measure.run_outputs import run_npz
 
     result = run_npz(artifact, input, output, device=device, backend=backend, force=force, trust_pickle=trust_pickle,
                      input_spec=_input_spec(input_shape, input_dtype), seq_len=seq_len)

@@ -84,7 +84,7 @@ def test_by_batch_artifact_serves_small_batches_from_a_companion_file(gru_onnx, 
     from aiopt import runtime
     from aiopt.artifacts import artifact_files, artifact_size, copy_artifact, load_model
     from aiopt.quantize.recipes import onnxruntime as onnx_quant
-    from aiopt.quantize.measured import _write_chosen
+    from aiopt.quantize.write import write_chosen as _write_chosen
     from aiopt.quantize.candidates import Candidate
     from aiopt.quantize.select import by_batch
     from aiopt.errors import InputError

@@ -142,7 +142,8 @@ def test_a_candidate_below_the_floor_names_its_noisiest_layers(detector, tmp_pat
     from aiopt.artifacts import load_model
     from aiopt.quantize.recipes import onnxruntime as onnx_quant
     from aiopt.quantize.calibration import CalibrationSet
-    from aiopt.quantize.candidates import Candidate, static_int8
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.recipes.onnxruntime import static_int8
     from aiopt.quantize.sensitivity import diagnose
 
     spec = load_model(detector).input_spec

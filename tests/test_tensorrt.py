@@ -13,10 +13,10 @@ from aiopt.export.tensorrt import (
     TensorRTConfig,
     check_sidecar,
     make_sidecar,
-    prepare_onnx,
     profile_shapes,
     sidecar_path,
 )
+from aiopt.quantize.tensorrt import prepare_onnx
 from aiopt.specs import TensorSpec
 
 SPEC = [TensorSpec("x", ("batch", 40), "float32")]
@@ -115,7 +115,7 @@ def test_an_engine_on_a_cpu_is_refused_with_one_line(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_builds_runs_and_agrees_with_onnxruntime(tiny_cnn, tmp_path, precision):
     from aiopt import runtime
-    from aiopt.export.tensorrt import export_tensorrt
+    from aiopt.quantize.tensorrt import export_tensorrt
 
     engine = tmp_path / f"m.{precision}.engine"
     cache = tmp_path / "timing.cache"
