@@ -15,7 +15,7 @@ from aiopt.errors import InputError
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)  # 0: no pruning
 DISTILL_WIDTHS = (0.0, 0.45, 0.6)  # 0: no distillation
-# Recipes (aiopt.quantize.candidates.BUILDERS) for --target cpu, in the order trials try them.
+# Recipes (aiopt.quantize.registry.MEASURED) for --target cpu, in the order trials try them.
 # "auto" is what `aiopt quantize` with no flags ships: every recipe measured here, each batch size
 # routed to its fastest. It comes first: a chain ending in it is never slower than quantize's own
 # choice for that model, and pruning or distillation before it then only adds speed.

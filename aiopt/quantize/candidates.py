@@ -59,6 +59,8 @@ class BuildContext:
     nodes: list[tuple[str, str]]
     exclude: tuple[str, ...] = ()
     outputs: list = field(default_factory=list)  # output specs of the FP32 graph
+    calib_method: str = "minmax"  # static recipes: ONNX Runtime's calibration method (--calib-method)
+    calibration_providers: tuple[str, ...] = ()  # where calibration runs (empty: ONNX Runtime's CPU)
 
     @property
     def recurrent(self) -> list[str]:

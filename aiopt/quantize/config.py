@@ -9,7 +9,7 @@ from pathlib import Path
 from aiopt.errors import InputError
 from aiopt.measure.quality import parse_metric_options
 from aiopt.quantize.recipes.onnxruntime import CALIB_METHODS
-from aiopt.quantize.registry import BUILDERS
+from aiopt.quantize.registry import MEASURED
 from aiopt.specs import parse_fixed_inputs
 
 METHODS = ("auto", "static", "dynamic", "fp16", "bf16")
@@ -44,7 +44,7 @@ class QuantizeConfig:
     min_cosine: float = 0.99
     batch_sizes: tuple[int, ...] = (1, 64)
     seq_len: int = 128  # text data: tokens per sample
-    candidates: tuple[str, ...] = ()  # restrict the choice to these recipes (registry.BUILDERS); empty: all
+    candidates: tuple[str, ...] = ()  # restrict the choice to these recipes (registry.MEASURED); empty: all
     objective: str = "auto"  # OBJECTIVES
     fit_batch_sizes: bool = False  # shrink the largest batch size when one run at it would take seconds (the CLI's default -b)
 
@@ -69,14 +69,10 @@ def default_output(source: str | os.PathLike, config: QuantizeConfig, method: st
 
 
 def validate(config: QuantizeConfig) -> None:
-    if config.method not in METHODS:
-        raise InputError(f"unknown --method {config.method!r}; choose one of {', '.join(METHODS)}")
-    if config.objective not in OBJECTIVES:
-        raise InputError(f"unknown --objective {config.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-    if config.backend not in BACKENDS:
-        raise InputError(f"unknown --backend {config.backend!r}; choose one of {', '.join(BACKENDS)}")
-    if config.calib_method not in CALIB_METHODS:
-        raise InputError(f"unknown --calib-method {config.calib_method!r}; choose one of {', '.join(CALIB_METHODS)}")
+    for flag, value, choices in (("--method", config.method, METHODS), ("--objective", config.objective, OBJECTIVES),
+                                 ("--backend", config.backend, BACKENDS), ("--calib-method", config.calib_method, CALIB_METHODS)):
+        if value not in choices:
+            raise InputError(f"unknown {flag} {value!r}; choose one of {', '.join(choices)}")
     if config.backend == "tensorrt" and config.method not in ("auto", "static"):
         raise InputError("--backend tensorrt writes a static INT8 QDQ model; drop --method or use --method static "
                          "(for FP16 engines: aiopt export --format tensorrt --precision fp16)")
@@ -93,9 +89,9 @@ def validate(config: QuantizeConfig) -> None:
     bad_state = next((pair for pair in config.state if "=" not in pair or pair.startswith("=") or pair.endswith("=")), None)
     if bad_state is not None:
         raise InputError(f"--state {bad_state!r} is malformed; write INPUT=OUTPUT, e.g. --state state=stateN")
-    unknown = [name for name in config.candidates if name not in BUILDERS]
+    unknown = [name for name in config.candidates if name not in MEASURED]
     if unknown:
-        raise InputError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(BUILDERS)}")
+        raise InputError(f"unknown candidate {unknown[0]!r}; choose from {', '.join(MEASURED)}")
     if config.backend == "openvino" and config.method not in ("auto", "static"):
         raise InputError("--backend openvino writes FP32 or NNCF static INT8; drop --method or use --method static")
     if config.min_cosine is not None and not 0 < config.min_cosine <= 1:

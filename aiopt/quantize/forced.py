@@ -5,17 +5,18 @@ build it on ONNX Runtime, measure it against the FP32 graph it came from, and (w
 from __future__ import annotations
 
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 from aiopt.artifacts import load_model, require_input_spec
 from aiopt.errors import InputError
 from aiopt.evaluate import accuracy, run_batches
-from aiopt.export.float16 import FLOAT32_SENSITIVE_OPS, convert_float16
+from aiopt.export.float16 import FLOAT32_SENSITIVE_OPS
 from aiopt.fileio import check_output_path
 from aiopt.hardware import detect_cpu, int8_kernel_for
 from aiopt.quantize.against_parent import measure_against_parent
 from aiopt.quantize.calibration import calibration_set
-from aiopt.quantize.candidates import RECURRENT_OPS
+from aiopt.quantize.candidates import RECURRENT_OPS, BuildContext
 from aiopt.quantize.config import QuantizeConfig, QuantizeResult, default_output
 from aiopt.quantize.precision import graph_precision
 from aiopt.quantize.prepare import (
@@ -25,6 +26,7 @@ from aiopt.quantize.prepare import (
     taken_by,
 )
 from aiopt.quantize.recipes import onnxruntime as ort
+from aiopt.quantize.registry import BUILDERS, forced_recipe
 from aiopt.quantize.write import write_forced
 from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner, providers_for
 from aiopt.specs import parse_fixed_inputs, with_fixed_values
@@ -102,8 +104,11 @@ class _QuantizeJob:
         self.cpu = detect_cpu()
         self.kernel = int8_kernel_for(self.cpu)
         self.nodes = ort.graph_nodes(prepared)
-        self.recurrent = [name for name, op in self.nodes if op in RECURRENT_OPS]
         self._trial = 0
+        self.recipe = forced_recipe(method, config.backend, config.per_channel)
+        self.ctx = BuildContext(prepared, work, self.spec, calibration, self.kernel, self.nodes, tuple(config.exclude),
+                                calib_method=config.calib_method, calibration_providers=self._providers())
+        self.recurrent = self.ctx.recurrent
 
     def _providers(self) -> tuple[str, ...]:
         return () if self.config.device == "cpu" else tuple(providers_for(self.config.device))
@@ -147,32 +152,13 @@ class _QuantizeJob:
 
     # ------------------------------------------------------------ building
     def _quantize(self, exclude: tuple[str, ...]) -> Path:
+        """The named recipe built by its registry entry (the measured choice's builder), with
+        `exclude` kept in float; each build kept under its own name (layer selection compares them)."""
         self._trial += 1
+        built = BUILDERS[self.recipe](replace(self.ctx, exclude=exclude))
         target = self.work / f"candidate-{self._trial}.onnx"
-        if self.method == "fp16":
-            convert_float16(self.prepared, target, exclude)
-        elif self.method == "dynamic":
-            ort.quantize_dynamic_int8(self.prepared, target, self.config.per_channel, self.kernel.reduce_range, exclude=exclude)
-        else:
-            self._static(target, exclude)
+        Path(built.path).replace(target)
         return target
-
-    def _static(self, target: Path, exclude: tuple[str, ...]) -> None:
-        if self.for_tensorrt:  # TensorRT's explicit quantization: symmetric INT8 everywhere
-            options = ort.StaticInt8Options(
-                per_channel=self.config.per_channel, activation_type="int8", weight_type="int8", symmetric_activations=True,
-                calib_method=self.config.calib_method, exclude=exclude, extra={"QuantizeBias": False},
-                calibration_providers=self._providers(),
-            )
-        else:
-            options = ort.StaticInt8Options(
-                per_channel=self.config.per_channel, reduce_range=self.kernel.reduce_range,
-                activation_type=self.kernel.activation_type, weight_type=self.kernel.weight_type,
-                calib_method=self.config.calib_method, exclude=exclude, calibration_providers=self._providers(),
-            )
-        # TensorRT takes QDQ around every op, recurrent cells included
-        ort.static_int8(self.prepared, target, self.calibration, self.spec, options, self.recurrent, self.work / "calibration-cache.json",
-                    recurrent_dynamic=not self.for_tensorrt)
 
     # ------------------------------------------------------------ layer selection
     def _candidate_layers(self) -> list[str]:

@@ -39,7 +39,7 @@ from aiopt.quantize.precision import describe, output_suffix, relabel
 from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, prepare_fp32
 from aiopt.quantize.recipes import onnxruntime as onnx_quant
 from aiopt.quantize.recipes.weight_only import quantize_weights_int8
-from aiopt.quantize.registry import BUILDERS, build_all
+from aiopt.quantize.registry import BUILDERS, MEASURED, build_all
 from aiopt.quantize.select import (
     TIE,
     TOO_LARGE,
@@ -146,7 +146,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, reference_
     """Build, check and time every candidate; then try storing the winner's remaining float
     weights in INT8, kept only when it costs neither quality nor speed. `reference_outputs`:
     the FP32 graph's (select.Reference); `size_limit`: bytes the shipped files may take at most."""
-    allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
+    allowed = [n for n in (config.candidates or MEASURED) if config.backend != "openvino" or "openvino" in n]
     if config.backend == "openvino" and config.method == "static":
         allowed = ["int8-nncf-openvino"]
     # FP32 on ONNX Runtime is always built and timed: it is the yardstick of every ratio
@@ -309,7 +309,7 @@ def _hold_out(calibration, data: str | None):
 
 
 def _default_output(source, chosen: Candidate) -> Path:
-    """Named by what the written files hold (compress/precision.py), not by the recipe."""
+    """Named by what the written files hold (precision.py), not by the recipe."""
     source = Path(source)
     files = [chosen.path, *[f for f in chosen.files if f != chosen.path]]
     return source.with_name(source.name.removesuffix(source.suffix) + output_suffix(files))

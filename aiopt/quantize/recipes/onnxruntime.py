@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.errors import UnsupportedModelError
-from aiopt.export.float16 import quiet_tools
+from aiopt.export.float16 import convert_float16, quiet_tools
 from aiopt.export.onnx import control_flow_nodes, simplify
 from aiopt.quantize.calibration import OrtCalibrationReader
 from aiopt.quantize.candidates import (
@@ -166,7 +166,8 @@ def static(per_channel: bool, reduce_range: bool | None) -> Callable[[BuildConte
         rr = ctx.kernel.reduce_range if reduce_range is None else reduce_range
         name = f"int8-static-{'per-channel' if per_channel else 'per-tensor'}" + ("" if reduce_range is None else "-full-range")
         options = StaticInt8Options(per_channel=per_channel, reduce_range=rr, activation_type=ctx.kernel.activation_type,
-                                               weight_type=ctx.kernel.weight_type, exclude=ctx.exclude)
+                                    weight_type=ctx.kernel.weight_type, calib_method=ctx.calib_method, exclude=ctx.exclude,
+                                    calibration_providers=ctx.calibration_providers)
         target = ctx.target(name)
         static_int8(ctx.prepared, target, ctx.calibration, ctx.spec, options, ctx.recurrent, ctx.work / "calibration-cache.json")
         return Candidate(name, "int8", "onnxruntime", target, {"method": "static", "format": "QDQ", "per_channel": per_channel,
@@ -184,3 +185,27 @@ def dynamic(per_channel: bool) -> Callable[[BuildContext], Candidate]:
         quantize_dynamic_int8(ctx.prepared, target, per_channel, ctx.kernel.reduce_range, exclude=ctx.exclude)
         return Candidate(name, "int8", "onnxruntime", target, {"method": "dynamic", "per_channel": per_channel, "reduce_range": ctx.kernel.reduce_range})
     return build
+
+
+def tensorrt_static(per_channel: bool) -> Callable[[BuildContext], Candidate]:
+    """TensorRT's explicit quantization: symmetric INT8 QDQ around every op, recurrent cells included."""
+    def build(ctx: BuildContext) -> Candidate:
+        if ctx.calibration is None:
+            raise Unavailable("no calibration data (pass --calibration)")
+        name = "int8-static-tensorrt" + ("" if per_channel else "-per-tensor")
+        options = StaticInt8Options(per_channel=per_channel, activation_type="int8", weight_type="int8", symmetric_activations=True,
+                                    calib_method=ctx.calib_method, exclude=ctx.exclude, extra={"QuantizeBias": False},
+                                    calibration_providers=ctx.calibration_providers)
+        target = ctx.target(name)
+        static_int8(ctx.prepared, target, ctx.calibration, ctx.spec, options, ctx.recurrent, ctx.work / "calibration-cache.json",
+                    recurrent_dynamic=False)
+        return Candidate(name, "int8", "tensorrt", target, {"method": "static", "format": "QDQ", "symmetric": True, "per_channel": per_channel,
+                                                           "calibration": ctx.calibration.source})
+    return build
+
+
+def fp16(ctx: BuildContext) -> Candidate:
+    """FP16 weights and compute, float32 at the edges, numerically sensitive ops kept in FP32."""
+    target = ctx.target("fp16")
+    kept = convert_float16(ctx.prepared, target, ctx.exclude)
+    return Candidate("fp16", "fp16", "onnxruntime", target, {"method": "fp16", "kept_float32": kept})
