@@ -5,14 +5,7 @@ from __future__ import annotations
 from aiopt.evaluate import accuracy, run_batches
 from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import LatencyConfig, measure_latency
-from aiopt.measure.quality import (
-    QualityFloor,
-    check_against_parent,
-    compare_all,
-    judge_outputs,
-    metric_for,
-    output_kind,
-)
+from aiopt.measure.quality import QualityFloor, check_against_parent, compare_all, judge_outputs, metric_for, output_kind
 from aiopt.specs import TensorSpec
 
 

@@ -19,12 +19,7 @@ from aiopt.quantize.calibration import calibration_set
 from aiopt.quantize.candidates import RECURRENT_OPS, BuildContext
 from aiopt.quantize.config import QuantizeConfig, QuantizeResult, default_output
 from aiopt.quantize.precision import graph_precision
-from aiopt.quantize.prepare import (
-    evaluation_data,
-    fit_batch_sizes,
-    prepare_fp32,
-    taken_by,
-)
+from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, prepare_fp32, taken_by
 from aiopt.quantize.recipes import onnxruntime as ort
 from aiopt.quantize.registry import BUILDERS, forced_recipe
 from aiopt.quantize.write import write_forced
@@ -44,9 +39,7 @@ def quantize_forced(source, output, config: QuantizeConfig, force: bool, trust_p
     out = check_output_path(output or default_output(source, config, method), source, config.calibration, config.data, force=force)
     say(f"method: {method} ({reason})")
     if config.backend == "torch":
-        from aiopt.quantize.forced_torch import (
-            quantize_torch,  # loads torch: only --backend torch pays for it
-        )
+        from aiopt.quantize.forced_torch import quantize_torch  # loads torch: only --backend torch pays for it
 
         return quantize_torch(loaded, spec, config, method, reason, out)
     with tempfile.TemporaryDirectory(prefix="aiopt-quantize-") as work:

@@ -7,12 +7,7 @@ from pathlib import Path
 
 import torch
 
-from aiopt.artifacts import (
-    child_metadata,
-    example_inputs,
-    output_spec,
-    with_own_lineage,
-)
+from aiopt.artifacts import child_metadata, example_inputs, output_spec, with_own_lineage
 from aiopt.errors import InputError
 from aiopt.fileio import atomic_path
 from aiopt.quantize.against_parent import measure_against_parent

@@ -13,24 +13,12 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from aiopt.artifacts import (
-    artifact_size,
-    load_model,
-    onnx_value_specs,
-    require_input_spec,
-)
+from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
 from aiopt.errors import CheckFailedError, InputError
 from aiopt.evaluate import EvalData, run_batches
 from aiopt.fileio import check_output_path
 from aiopt.hardware import detect_cpu, int8_kernel_for
-from aiopt.measure.quality import (
-    DEFAULT_MAX_ACCURACY_DROP,
-    QualityFloor,
-    compare_outputs,
-    judge_outputs,
-    metric_for,
-    parse_metric_options,
-)
+from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, compare_outputs, judge_outputs, metric_for, parse_metric_options
 from aiopt.measure.streaming import parse_state_pairs
 from aiopt.quantize.calibration import calibration_set
 from aiopt.quantize.candidates import BuildContext, Candidate
@@ -40,22 +28,8 @@ from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, prepare_fp3
 from aiopt.quantize.recipes import onnxruntime as onnx_quant
 from aiopt.quantize.recipes.weight_only import quantize_weights_int8
 from aiopt.quantize.registry import BUILDERS, MEASURED, build_all
-from aiopt.quantize.select import (
-    TIE,
-    TOO_LARGE,
-    UNSTEADY_VERDICT,
-    Reference,
-    Selection,
-    bf16_on_openvino,
-    by_batch,
-    choose,
-    confirm_fastest,
-    make_runner,
-    measure_quality,
-    measure_speed,
-    single_threaded,
-    twins_on_other_runtime,
-)
+from aiopt.quantize.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest,
+                                    make_runner, measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
 from aiopt.quantize.sensitivity import diagnose, rank_on_calibration
 from aiopt.quantize.write import write_chosen
 from aiopt.specs import fixed_batch, parse_fixed_inputs, with_fixed_values

@@ -20,12 +20,7 @@ from aiopt.fileio import human_size
 from aiopt.hardware import detect_cpu
 from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import LatencyConfig, measure_interleaved_steady
-from aiopt.measure.quality import (
-    QualityFloor,
-    compare_all,
-    compare_one,
-    compare_outputs,
-)
+from aiopt.measure.quality import QualityFloor, compare_all, compare_one, compare_outputs
 from aiopt.measure.streaming import run_streams, stream_plan
 from aiopt.quantize.candidates import Candidate
 from aiopt.runtime import runner_for

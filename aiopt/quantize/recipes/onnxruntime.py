@@ -15,12 +15,7 @@ from aiopt.errors import UnsupportedModelError
 from aiopt.export.float16 import convert_float16, quiet_tools
 from aiopt.export.onnx import control_flow_nodes, simplify
 from aiopt.quantize.calibration import OrtCalibrationReader
-from aiopt.quantize.candidates import (
-    RECURRENT_OPS,
-    BuildContext,
-    Candidate,
-    Unavailable,
-)
+from aiopt.quantize.candidates import RECURRENT_OPS, BuildContext, Candidate, Unavailable
 
 # Ops that carry the model's multiply-accumulates: what is worth quantizing.
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")

@@ -80,10 +80,7 @@ def nncf_int8(source: Path, target: Path, calibration: list[dict[str, np.ndarray
 def _quantize_options(nncf, transformer: bool, ignored: list[str], smooth_quant: bool) -> dict:
     """NNCF's own defaults, spelled out for the record: PERFORMANCE (symmetric activations),
     and MIXED (asymmetric activations, which the outputs of GELU and softmax need) for Transformers."""
-    from nncf.quantization.advanced_parameters import (
-        AdvancedQuantizationParameters,
-        AdvancedSmoothQuantParameters,
-    )
+    from nncf.quantization.advanced_parameters import AdvancedQuantizationParameters, AdvancedSmoothQuantParameters
 
     preset = nncf.QuantizationPreset.MIXED if transformer else nncf.QuantizationPreset.PERFORMANCE
     options = {"preset": preset, "model_type": nncf.ModelType.TRANSFORMER if transformer else None,
