@@ -81,7 +81,7 @@ def build_pipeline(name: str, size: str, work: Path, quick: bool, steps: list, c
     With `cuda_buckets` (a CUDA run) the torch-cuda FP16 artifact joins, built for those batch sizes."""
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
     from aiopt.compress.prune import PruneConfig, prune_checkpoint
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.quantize.run import QuantizeConfig, quantize_artifact
     from aiopt.export.onnx import export_onnx
     from aiopt.reference_models import get_entry
     from aiopt.reference_models.train import train_reference_model

@@ -21,7 +21,7 @@ RECORD_KEYS = {"artifact", "backend", "device", "batch_size", "latency_ms", "thr
 @pytest.fixture(scope="module")
 def family(tiny_cnn, tmp_path_factory) -> dict[str, Path]:
     """A trained checkpoint and its INT8 and static-batch ONNX descendants, in one folder."""
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.quantize.run import QuantizeConfig, quantize_artifact
     from aiopt.export.onnx import OnnxExportConfig, export_onnx
 
     folder = tmp_path_factory.mktemp("bench")

@@ -34,7 +34,7 @@ def gru_onnx(tmp_path_factory):
 def test_weight_only_int8_makes_a_gru_model_3x_smaller_with_float_kernels(gru_onnx, tmp_path):
     import onnx
 
-    from aiopt.compress.weight_only import quantize_weights_int8
+    from aiopt.quantize.recipes.weight_only import quantize_weights_int8
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 
     source, spec = gru_onnx
@@ -83,10 +83,10 @@ def test_by_batch_artifact_serves_small_batches_from_a_companion_file(gru_onnx, 
     by batch size when loaded, copied together, refused when the companion is missing or altered."""
     from aiopt import runtime
     from aiopt.artifacts import artifact_files, artifact_size, copy_artifact, load_model
-    from aiopt.compress import onnx_quant
-    from aiopt.compress.auto import _write_chosen
-    from aiopt.compress.candidates import Candidate
-    from aiopt.compress.select import by_batch
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
+    from aiopt.quantize.write import write_chosen as _write_chosen
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.select import by_batch
     from aiopt.errors import InputError
     from aiopt.measure.quality import QualityFloor
     from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
@@ -178,9 +178,9 @@ def test_cosine_floor_and_collapse_guard():
 
 def test_sensitive_layers_are_ranked_by_ort_qdq_debugger(gru_onnx, tmp_path):
     """Mixed precision's ranking: ORT's QDQ debugger (it iterates over the reader) on real files."""
-    from aiopt.compress import onnx_quant
-    from aiopt.compress.calibration import CalibrationSet, OrtCalibrationReader
-    from aiopt.compress.sensitivity import rank_sensitive_nodes
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
+    from aiopt.quantize.calibration import CalibrationSet, OrtCalibrationReader
+    from aiopt.quantize.sensitivity import rank_sensitive_nodes
 
     source, spec = gru_onnx
     calibration = CalibrationSet({"x": np.random.default_rng(0).standard_normal((64, 40)).astype(np.float32)}, "random", None)
@@ -206,8 +206,8 @@ def test_dispatch_rule_keeps_one_file_when_the_other_wins_only_by_noise():
 
 
 def test_by_batch_within_noise_ships_one_file_and_reports_the_route_it_takes(gru_onnx, tmp_path):
-    from aiopt.compress.candidates import Candidate
-    from aiopt.compress.select import by_batch
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.select import by_batch
     from aiopt.measure.quality import QualityFloor
 
     source, _ = gru_onnx

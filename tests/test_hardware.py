@@ -1,13 +1,5 @@
-"""aiopt.hardware: one place that reads the CPU's features; the old import path still works."""
-from aiopt import hardware
+"""aiopt.hardware: one place that reads the CPU's features."""
 from aiopt.hardware import CpuFeatures, detect_cpu
-
-
-def test_old_import_path_is_the_same_code():
-    from aiopt.compress import cpu
-
-    assert cpu.detect_cpu is hardware.detect_cpu and cpu.int8_kernel_for is hardware.int8_kernel_for
-    assert cpu.CpuFeatures is hardware.CpuFeatures
 
 
 def test_bf16_units_from_flags(tmp_path):

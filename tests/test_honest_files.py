@@ -52,16 +52,16 @@ def test_inspect_counts_constant_nodes_and_subgraphs(detector, tmp_path):
 
 
 def test_precision_is_read_from_the_written_graph(detector, tmp_path):
-    from aiopt.compress import onnx_quant
-    from aiopt.compress.candidates import Candidate
-    from aiopt.compress.precision import graph_precision, output_suffix, relabel
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.precision import graph_precision, output_suffix, relabel
 
     prepared = tmp_path / "prepared.onnx"
     onnx_quant.preprocess(detector, prepared)
     dynamic = tmp_path / "dynamic.onnx"
     onnx_quant.quantize_dynamic_int8(prepared, dynamic, True, False)  # ORT's dynamic INT8 leaves Conv layers in float
     weights = tmp_path / "weights.onnx"
-    from aiopt.compress.weight_only import quantize_weights_int8
+    from aiopt.quantize.recipes.weight_only import quantize_weights_int8
 
     assert quantize_weights_int8(prepared, weights)
     assert graph_precision(detector) == graph_precision(dynamic) == "fp32"
@@ -85,8 +85,8 @@ def test_forced_int8_that_quantizes_nothing_is_not_named_int8(detector, tmp_path
 
 
 def test_a_faster_route_larger_than_the_input_is_not_shipped_by_default(tmp_path):
-    from aiopt.compress.candidates import Candidate
-    from aiopt.compress.select import choose
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.select import choose
     from aiopt.measure.quality import QualityFloor
 
     def file(name: str, size: int) -> Path:
@@ -112,7 +112,7 @@ def test_quantize_names_the_detector_by_its_contents_and_keeps_it_within_the_inp
     """Recipes that quantize nothing on this conv net (dynamic INT8) and FP32 on OpenVINO (in BF16
     where the CPU has it): whatever wins, the name matches the file and the files fit the input."""
     from aiopt.artifacts import artifact_files, artifact_size
-    from aiopt.compress.precision import artifact_precision
+    from aiopt.quantize.precision import artifact_precision
 
     # 96 channels (0.65 MB): the few KiB of aiopt metadata a written graph carries stay inside the 1% allowance
     model = dense_map_detector(tmp_path / "det.onnx", channels=96)
@@ -140,10 +140,11 @@ def test_a_candidate_below_the_floor_names_its_noisiest_layers(detector, tmp_pat
     """ORT's QDQ debugger on calibration data (no labels): one short line per candidate, the
     layers in the recipe; a zero bias (0 dB by construction) never hides the real culprit."""
     from aiopt.artifacts import load_model
-    from aiopt.compress import onnx_quant
-    from aiopt.compress.calibration import CalibrationSet
-    from aiopt.compress.candidates import Candidate, static_int8
-    from aiopt.compress.sensitivity import diagnose
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
+    from aiopt.quantize.calibration import CalibrationSet
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.recipes.onnxruntime import static_int8
+    from aiopt.quantize.sensitivity import diagnose
 
     spec = load_model(detector).input_spec
     prepared = tmp_path / "prepared.onnx"
@@ -162,7 +163,7 @@ def test_a_candidate_below_the_floor_names_its_noisiest_layers(detector, tmp_pat
 
 
 def test_the_runtime_precision_is_reported_beside_the_stored_one():
-    from aiopt.compress.precision import compute_precision
+    from aiopt.quantize.precision import compute_precision
 
     assert compute_precision("fp32", "openvino", {"inference_precision": "bf16"}) == "BF16 (OpenVINO inference precision)"
     assert compute_precision("fp32", "onnxruntime", {}) == "FP32"

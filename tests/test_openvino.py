@@ -106,7 +106,7 @@ def test_bench_without_openvino_exits_4_with_the_install_line(cnn_onnx):
 
 
 def test_nncf_int8_runs_on_openvino_and_agrees_with_fp32(cnn_onnx, tmp_path):
-    from aiopt.compress.openvino_quant import nncf_int8
+    from aiopt.quantize.recipes.openvino import nncf_int8
 
     data = load_dataset("mnist1d")
     calibration = [{"x": data.x_train[i:i + 32].astype(np.float32)} for i in range(0, 256, 32)]

@@ -126,8 +126,8 @@ def test_the_runner_feeds_fixed_inputs_and_checks_the_batch_on_its_own_axis(vad)
 
 
 def test_a_scalar_input_without_a_value_and_a_fixed_batch_are_said_before_any_build(vad, tmp_path):
-    from aiopt.compress.auto import _at_the_fixed_batch
-    from aiopt.compress.quantize import QuantizeConfig
+    from aiopt.quantize.measured import _at_the_fixed_batch
+    from aiopt.quantize.run import QuantizeConfig
 
     result = run_cli("quantize", str(vad), "--calibration", str(vad.parent / "calib.npz"), "-o", str(tmp_path / "q.onnx"))
     assert result.returncode == 2 and "--input sr=" in result.stderr and "building" not in result.stderr

@@ -10,7 +10,7 @@ import pytest
 from conftest import run_cli, invoke_cli
 
 from aiopt.artifacts import METADATA_KEY, load_model
-from aiopt.compress.cpu import CpuFeatures, detect_cpu, int8_kernel_for
+from aiopt.hardware import CpuFeatures, detect_cpu, int8_kernel_for
 from aiopt.fileio import sha256_file
 
 
@@ -73,8 +73,8 @@ def _saturating_matmul(folder: Path) -> tuple[Path, np.ndarray, np.ndarray]:
 
 
 def _int8_error(model: Path, x: np.ndarray, expected: np.ndarray, reduce_range: bool, folder: Path) -> float:
-    from aiopt.compress import onnx_quant
-    from aiopt.compress.calibration import CalibrationSet, OrtCalibrationReader
+    from aiopt.quantize.recipes import onnxruntime as onnx_quant
+    from aiopt.quantize.calibration import CalibrationSet, OrtCalibrationReader
     from aiopt.runtime.onnxruntime_backend import make_session
     from aiopt.specs import TensorSpec
 
@@ -154,8 +154,8 @@ def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_f
 
 
 def test_selection_never_picks_a_candidate_slower_at_some_batch_and_prefers_the_smaller_of_a_tie(tmp_path):
-    from aiopt.compress.candidates import Candidate
-    from aiopt.compress.select import choose
+    from aiopt.quantize.candidates import Candidate
+    from aiopt.quantize.select import choose
     from aiopt.measure.quality import QualityFloor
 
     def candidate(name: str, precision: str, size: int, b1: float, b64: float) -> Candidate:

@@ -244,7 +244,7 @@ def test_device_cuda_without_gpu_exit_4(tmp_path, tiny_cnn):
 
 def test_calibration_is_deterministic(tmp_path, tiny_cnn):
     """Two static INT8 runs with the same seed give the same scales, zero points and weights."""
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.quantize.run import QuantizeConfig, quantize_artifact
 
     def weights(path: Path) -> str:
         digest = hashlib.sha256()

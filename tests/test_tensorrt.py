@@ -13,10 +13,10 @@ from aiopt.export.tensorrt import (
     TensorRTConfig,
     check_sidecar,
     make_sidecar,
-    prepare_onnx,
     profile_shapes,
     sidecar_path,
 )
+from aiopt.quantize.tensorrt import prepare_onnx
 from aiopt.specs import TensorSpec
 
 SPEC = [TensorSpec("x", ("batch", 40), "float32")]
@@ -46,7 +46,7 @@ def test_int8_uses_the_symmetric_qdq_model(tiny_cnn, tmp_path):
 
 
 def test_an_already_quantized_onnx_is_not_converted_again(tiny_cnn, tmp_path):
-    from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
+    from aiopt.quantize.run import QuantizeConfig, quantize_artifact
 
     int8 = tmp_path / "m.int8.onnx"
     quantize_artifact(tiny_cnn, int8, QuantizeConfig(method="static"))  # the default may ship FP32: force INT8
@@ -115,7 +115,7 @@ def test_an_engine_on_a_cpu_is_refused_with_one_line(tmp_path):
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_engine_builds_runs_and_agrees_with_onnxruntime(tiny_cnn, tmp_path, precision):
     from aiopt import runtime
-    from aiopt.export.tensorrt import export_tensorrt
+    from aiopt.quantize.tensorrt import export_tensorrt
 
     engine = tmp_path / f"m.{precision}.engine"
     cache = tmp_path / "timing.cache"

@@ -373,12 +373,12 @@ def _compiled_peer(module, input_spec: list[TensorSpec], output_names: list[str]
     import torch
 
     from aiopt.artifacts import example_inputs
-    from aiopt.compress.torch_quant import reduce_precision
+    from aiopt.export.torch_precision import cast_to
     from aiopt.runtime.cuda_graph import WARMUP_CALLS, require_cuda
     from aiopt.runtime.torch_backend import TorchRunner
 
     device_ = require_cuda(device, f"the {PEER_BACKEND} peer")
-    compiled = torch.compile(reduce_precision(module, "fp16").to(device_), mode="reduce-overhead")
+    compiled = torch.compile(cast_to(module, "fp16").to(device_), mode="reduce-overhead")
     runner = TorchRunner(compiled, input_spec, output_names, device, source)
     runner.backend = PEER_BACKEND
     start = time.perf_counter()

@@ -14,7 +14,7 @@ from aiopt.cli.render import emit_json, epoch_bar, json_or_line, notes, progress
 from aiopt.compare import compare_artifacts
 from aiopt.inspect import inspect_artifact
 from aiopt.reference_models import get_entry
-from aiopt.runtime import run_npz
+from aiopt.measure.run_outputs import run_npz
 
 
 @command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")

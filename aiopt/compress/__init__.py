@@ -1,1 +1,1 @@
-"""Compression: pruning, quantization and distillation, each writing a new artifact."""
+"""Compression that changes the network: pruning and distillation, each writing a new artifact (quantization: aiopt.quantize)."""

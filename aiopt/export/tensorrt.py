@@ -14,10 +14,15 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs, require_input_spec
 from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
+from aiopt.export.float16 import convert_bfloat16, convert_float16
+from aiopt.export.onnx import export_onnx
+from aiopt.fileio import atomic_path, check_output_path, sha256_file, write_bytes_atomic
 from aiopt.options import option
 # What loading an engine needs lives with the runtime (below this layer); re-exported for the builders here
 from aiopt.runtime.tensorrt_sidecar import INSTALL_HINT, SIDECAR_SUFFIX, check_sidecar, current_gpu, import_tensorrt, sidecar_path  # noqa: F401
@@ -64,42 +69,38 @@ def profile_shapes(input_spec, config: TensorRTConfig) -> dict[str, dict[str, li
     return shapes
 
 
-def prepare_onnx(source: str | os.PathLike, work: Path, precision: str, trust_pickle: bool = False, input_spec=None) -> tuple[Path, dict]:
-    """The ONNX TensorRT should build, carrying its precision. Returns (path, how it was made)."""
-    from aiopt.artifacts import FORMAT_ONNX, load_model
-    from aiopt.compress import onnx_quant
+def is_tensorrt_qdq(loaded) -> bool:
+    """Whether `loaded` is the symmetric QDQ ONNX `aiopt quantize --backend tensorrt` writes."""
+    return loaded.format == FORMAT_ONNX and (loaded.metadata.get("quantization") or {}).get("target") == "tensorrt-explicit-quantization"
 
+
+def prepare_onnx(source: str | os.PathLike, work: Path, precision: str, trust_pickle: bool = False, input_spec=None) -> tuple[Path, dict]:
+    """The ONNX TensorRT should build, carrying its precision. Returns (path, how it was made).
+    INT8 takes the QDQ model of `aiopt quantize --backend tensorrt` as it is; making one from
+    another model is quantization, composed above this layer (quantize/tensorrt.py)."""
     loaded = load_model(source, trust_pickle=trust_pickle, input_spec=input_spec)
     quantization = loaded.metadata.get("quantization") or {}
     if precision == "int8":
-        if loaded.format == FORMAT_ONNX and quantization.get("target") == "tensorrt-explicit-quantization":
+        if is_tensorrt_qdq(loaded):
             return Path(source), {"source": "QDQ model from aiopt quantize --backend tensorrt"}
-        from aiopt.compress.quantize import QuantizeConfig, quantize_artifact
-
-        target = work / "int8-qdq.onnx"
-        result = quantize_artifact(source, target, QuantizeConfig(backend="tensorrt"), force=True, trust_pickle=trust_pickle, input_spec=input_spec)
-        return target, {"source": "aiopt quantize --backend tensorrt", "accuracy": result.report.get("accuracy")}
+        raise InputError(f"--precision int8 builds from the QDQ model of aiopt quantize --backend tensorrt; {source} is not one")
     if loaded.format == FORMAT_ONNX:
         if quantization:
             raise InputError(f"{source} is already quantized ({quantization.get('method')}); build it with --precision int8, or pass the FP32 model")
         fp32 = Path(source)
     else:
-        from aiopt.export.onnx import export_onnx
-
         fp32 = work / "fp32.onnx"
         export_onnx(source, fp32, force=True, trust_pickle=trust_pickle, input_spec=input_spec)
     if precision == "fp32":
         return fp32, {"source": "fp32 ONNX"}
     target = work / f"{precision}.onnx"
-    kept = onnx_quant.convert_float16(fp32, target) if precision == "fp16" else onnx_quant.convert_bfloat16(fp32, target)
+    kept = convert_float16(fp32, target) if precision == "fp16" else convert_bfloat16(fp32, target)
     return target, {"source": f"{precision} conversion", "kept_float32": kept}
 
 
 # ---------------------------------------------------------------- sidecar
 
 def make_sidecar(config: TensorRTConfig, onnx_path: Path, input_spec, output_names: list[str], tensorrt_version: str, gpu: dict, preparation: dict) -> dict:
-    from aiopt.fileio import sha256_file
-
     return {
         "format": "aiopt-tensorrt-engine",
         "format_version": 1,
@@ -127,8 +128,6 @@ def _network_flags(trt) -> int:
 def build_engine(onnx_path: Path, engine_path: Path, config: TensorRTConfig, input_spec) -> str:
     """Build and write a serialized engine (strongly typed, one optimisation profile); returns
     the TensorRT version. The timing cache is read from and written back to config.timing_cache."""
-    from aiopt.fileio import atomic_path, write_bytes_atomic
-
     trt = import_tensorrt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -159,18 +158,17 @@ def build_engine(onnx_path: Path, engine_path: Path, config: TensorRTConfig, inp
 
 
 def export_tensorrt(source: str | os.PathLike, output: str | os.PathLike, config: TensorRTConfig = TensorRTConfig(), force: bool = False,
-                    trust_pickle: bool = False, input_spec=None) -> dict:
+                    trust_pickle: bool = False, input_spec=None, prepare: Callable = prepare_onnx) -> dict:
     """`aiopt export --format tensorrt`: prepare the ONNX, build the engine, write the sidecar.
+    `prepare`: how the ONNX is made (prepare_onnx's signature; quantize/tensorrt.py passes one that
+    quantizes a model for INT8).
 
     Without TensorRT (or a GPU) it stops with one line saying what to install and what it would
     have built, after checking everything that can be checked here."""
-    from aiopt.artifacts import load_model, onnx_value_specs, require_input_spec
-    from aiopt.fileio import check_output_path, write_bytes_atomic
-
     validate(config)
     out = check_output_path(output, source, force=force)
     with tempfile.TemporaryDirectory(prefix="aiopt-tensorrt-") as work:
-        onnx_path, preparation = prepare_onnx(source, Path(work), config.precision, trust_pickle, input_spec)
+        onnx_path, preparation = prepare(source, Path(work), config.precision, trust_pickle, input_spec)
         prepared = load_model(onnx_path)
         spec = require_input_spec(prepared)
         shapes = profile_shapes(spec, config)
@@ -196,9 +194,6 @@ def export_torch_tensorrt(source: str | os.PathLike, output: str | os.PathLike, 
     engines (torch_tensorrt's dynamo path), with the same batch profile and precision rules.
     Its sidecar records what it was built for, like an engine's."""
     import torch
-
-    from aiopt.artifacts import load_model, require_input_spec
-    from aiopt.fileio import atomic_path, check_output_path, write_bytes_atomic
 
     validate(config)
     if config.precision == "int8":

@@ -4,7 +4,7 @@ These models are launch-bound on a GPU (../shared/gpu-notes.md: tens of microsec
 launch, far more than the math at small batch), so the lever is running the whole forward as one
 replayed CUDA graph, not precision alone. The artifact is a `torch.export` program (`.pt2`):
   - reduced precision inside, float32 at the edges: the module casts its input to fp16/bf16 and
-    its output back, LayerNorm runs in float32 (torch_quant.reduce_precision), attention goes
+    its output back, LayerNorm runs in float32 (export/torch_precision.py), attention goes
     through scaled_dot_product_attention whose fused kernels accumulate the softmax in float32;
   - a dynamic batch dim up to the largest bucket, and the buckets in its metadata: on CUDA the
     Runner compiles the program once per bucket and captures each as a CUDA graph
@@ -63,7 +63,7 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
     import torch
 
     from aiopt.artifacts import METADATA_KEY, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
-    from aiopt.compress.torch_quant import reduce_precision
+    from aiopt.export.torch_precision import cast_to
     from aiopt.fileio import atomic_path, check_output_path, write_with
     from aiopt.runtime.torch_backend import torch_device
 
@@ -81,7 +81,7 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
     torch_device(device)  # --device cuda without a GPU: exit 4 here
     buckets = tuple(sorted(set(config.batch_sizes)))
     parent = loaded.model.eval()
-    module = parent if config.precision == "fp32" else reduce_precision(parent, config.precision)
+    module = parent if config.precision == "fp32" else cast_to(parent, config.precision)
     module = module.to(device).eval()
     example = tuple(t.to(device) for t in example_inputs(spec, batch_size=min(2, buckets[-1])))
     batch = torch.export.Dim("batch", min=1, max=max(buckets[-1], 2))

@@ -38,7 +38,7 @@ class OpenVINORecipe:
 
 
 def has_bf16_units(flags=None) -> bool:
-    from aiopt.compress.cpu import detect_cpu
+    from aiopt.hardware import detect_cpu
 
     flags = detect_cpu().flags if flags is None else flags
     return any(flag in flags for flag in BF16_FLAGS)

@@ -15,7 +15,7 @@ from aiopt.errors import InputError
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)  # 0: no pruning
 DISTILL_WIDTHS = (0.0, 0.45, 0.6)  # 0: no distillation
-# Recipes (aiopt.compress.candidates.BUILDERS) for --target cpu, in the order trials try them.
+# Recipes (aiopt.quantize.registry.MEASURED) for --target cpu, in the order trials try them.
 # "auto" is what `aiopt quantize` with no flags ships: every recipe measured here, each batch size
 # routed to its fastest. It comes first: a chain ending in it is never slower than quantize's own
 # choice for that model, and pruning or distillation before it then only adds speed.
@@ -122,7 +122,7 @@ def cpu_recipes(metadata: dict, architecture: str | None, calibration_given: boo
 
     has_calibration = calibration_given or ((metadata.get("dataset") or {}).get("name")) in DATASETS
     openvino = importlib.util.find_spec("openvino") is not None
-    nncf = openvino and importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("aiopt.compress.openvino_quant") is not None
+    nncf = openvino and importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("aiopt.quantize.recipes.openvino") is not None
     full_range_differs = int8_kernel_for(detect_cpu()).reduce_range
     recipes = []
     for name in CPU_RECIPES:

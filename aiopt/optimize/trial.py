@@ -102,7 +102,7 @@ class ChainRunner:
         """(step, config) in order; the quantize floor is filled in when the steps before it are known."""
         from aiopt.compress.distill import DistillConfig
         from aiopt.compress.prune import PruneConfig
-        from aiopt.compress.quantize import QuantizeConfig
+        from aiopt.quantize.run import QuantizeConfig
 
         steps: list[tuple[str, object]] = []
         if chain.distill:

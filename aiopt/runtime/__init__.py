@@ -6,6 +6,7 @@ torch). TensorRT engines join as a third backend with the export issue's engine 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Callable
 
 from aiopt.errors import InputError
@@ -81,16 +82,18 @@ def _has_all(rule: list[dict]) -> bool:
     return all(e["runtime"] in modules and importlib.util.find_spec(modules[e["runtime"]]) is not None for e in rule)
 
 
-def _route_runner(loaded, spec, route: dict, device, threads):
+def _route_runner(loaded, spec, route: dict, device, threads, work_routes: bool = False):
     """The Runner of one by-batch route: its runtime, on the main file or on the companion file
-    it names, with its own serving settings (e.g. OpenVINO's inference precision)."""
+    it names, with its own serving settings (e.g. OpenVINO's inference precision). `work_routes`:
+    the route names its file by `path` (a candidate in this run's work folder, never read from an artifact)."""
     import dataclasses
 
     from aiopt.artifacts import route_path
 
-    if "serving" in route or route.get("file"):
+    if "serving" in route or route.get("file") or work_routes:
         metadata = {**loaded.metadata, "serving": route.get("serving", {})}
-        loaded = dataclasses.replace(loaded, path=route_path(loaded.path, route), metadata=metadata)
+        path = Path(route["path"]) if work_routes else route_path(loaded.path, route)
+        loaded = dataclasses.replace(loaded, path=path, metadata=metadata)
     return _FACTORIES[route["runtime"]](loaded, spec, device, capped_threads(threads, route.get("serving") or {}))
 
 
@@ -131,10 +134,12 @@ def load(
 
 
 def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads: int | None = None,
-               trim_padding: bool | None = None) -> Runner:
-    """A Runner for an artifact already loaded with `aiopt.artifacts.load_model` (not an engine).
+               trim_padding: bool | None = None, work_routes: bool = False) -> Runner:
+    """A Runner for an artifact already loaded with `aiopt.artifacts.load_model` (not an engine),
+    or described as one (a quantize candidate: quantize/candidates.py `Candidate.as_loaded`).
 
-    `trim_padding`: wrap it in a PaddingTrimRunner (None: when the artifact's metadata asks for it)."""
+    `trim_padding`: wrap it in a PaddingTrimRunner (None: when the artifact's metadata asks for it).
+    `work_routes`: by-batch routes name their files by `path` (a candidate still in its work folder)."""
     from aiopt.artifacts import require_input_spec
 
     if backend is not None and backend not in _FACTORIES:
@@ -143,7 +148,7 @@ def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads:
     if backend is None and loaded.metadata.get("dispatch") and _has_all(loaded.metadata["dispatch"]):
         from aiopt.runtime.dispatch import BatchDispatchRunner
 
-        routes = [(route["max_batch"], _route_runner(loaded, spec, route, device, threads)) for route in loaded.metadata["dispatch"]]
+        routes = [(route["max_batch"], _route_runner(loaded, spec, route, device, threads, work_routes)) for route in loaded.metadata["dispatch"]]
         runner = BatchDispatchRunner(routes, str(loaded.path))
     else:
         backend = backend or _default_backend(loaded)
@@ -158,29 +163,3 @@ def runner_for(loaded, device: str = "cpu", backend: str | None = None, threads:
 
 
 __all__ = ["Runner", "load", "runner_for", "BACKENDS"]
-
-
-def run_npz(path: str | os.PathLike, data: str | os.PathLike, output: str | os.PathLike, device: str = "cpu",
-            backend: str | None = None, force: bool = False, trust_pickle: bool = False,
-            input_spec: list[TensorSpec] | None = None, batch_size: int = 256, seq_len: int = 128) -> dict:
-    """Run an artifact over the inputs in `data` (.npz, or .txt tokenized at `seq_len`) and write its
-    outputs to `output` (.npz)."""
-    import numpy as np
-
-    from aiopt.artifacts import load_model
-    from aiopt.evaluate import eval_data, run_batches
-    from aiopt.fileio import atomic_path, check_output_path
-
-    out = check_output_path(output, path, data, force=force)
-    if backend == "tensorrt" or str(path).endswith(ENGINE_SUFFIXES):
-        runner, metadata = load(path, device=device, backend=backend), None
-    else:  # loaded once: the metadata names the tokenizer a text file needs
-        loaded = load_model(path, trust_pickle=trust_pickle, input_spec=input_spec)
-        runner, metadata = runner_for(loaded, device, backend), loaded.metadata
-    inputs = eval_data(runner.input_spec, metadata, data, seq_len=seq_len)
-    outputs = dict(zip(runner.output_names, run_batches(runner, inputs, batch_size)))
-    with atomic_path(out) as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez(fh, **outputs)
-    return {"path": str(out), "backend": runner.backend, "device": runner.device, "samples": len(inputs),
-            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()}, "notes": list(inputs.notes)}

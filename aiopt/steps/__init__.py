@@ -28,7 +28,7 @@ from typing import Any
 from aiopt.artifacts import lineage_entry
 from aiopt.compress.distill import DistillConfig
 from aiopt.compress.prune import PruneConfig
-from aiopt.compress.quantize import QuantizeConfig
+from aiopt.quantize.config import QuantizeConfig
 from aiopt.errors import InputError
 from aiopt.export.onnx import OnnxExportConfig
 from aiopt.export.tensorrt import TensorRTConfig

@@ -6,9 +6,10 @@ from typing import Any
 
 from aiopt.compress.distill import distill_checkpoint
 from aiopt.compress.prune import prune_checkpoint
-from aiopt.compress.quantize import quantize_artifact
+from aiopt.quantize.run import quantize_artifact
 from aiopt.export.onnx import export_onnx
-from aiopt.export.tensorrt import export_tensorrt, export_torch_tensorrt
+from aiopt.export.tensorrt import export_torch_tensorrt
+from aiopt.quantize.tensorrt import export_tensorrt
 from aiopt.export.torch_cuda import export_torch_cuda
 from aiopt.export.triton import deploy_triton
 from aiopt.steps.contract import StepHooks

@@ -11,8 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aiopt.data import DATASETS, load_dataset, load_npz
 from aiopt.errors import InputError
 from aiopt.evaluate import EvalData, check_against_spec
+from aiopt.specs import fed_by_data, fixed_batch, to_model_layout
+from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
 
 SELECTION_SAMPLES = 1000
 
@@ -33,11 +36,8 @@ def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict
     """Calibration inputs from `source` (a built-in dataset name, `.npz`, or `.txt` tokenized by the
     model's Hugging Face tokenizer at `seq_len`), else the model's own dataset; None when neither
     is known (the caller falls back to dynamic quantization)."""
-    from aiopt.data import DATASETS, load_dataset
-
     if samples < 1:
         raise InputError(f"--calib-samples must be at least 1, got {samples}")
-    from aiopt.specs import fed_by_data
 
     input_spec = fed_by_data(input_spec)  # fixed inputs come from the spec, not the data
     names = [s.name for s in input_spec]
@@ -66,9 +66,6 @@ def calibration_set(source: str | os.PathLike | None, input_spec, metadata: dict
 
 
 def _user_inputs(source, input_spec, metadata: dict, seq_len: int) -> tuple[dict[str, np.ndarray], tuple[str, ...]]:
-    from aiopt.data import load_npz
-    from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
-
     if is_text_file(source):
         inputs, notes = load_texts(source, tokenizer_folder(metadata, source), input_spec, seq_len)
         return inputs, tuple(notes)
@@ -92,8 +89,6 @@ class OrtCalibrationReader:
     """Feeds calibration batches to ONNX Runtime's calibrator (its CalibrationDataReader protocol)."""
 
     def __init__(self, calibration: CalibrationSet, input_spec, batch_size: int = 32):
-        from aiopt.specs import fixed_batch
-
         fixed = fixed_batch(input_spec)
         # A static-batch model takes exactly its batch size: drop the incomplete last batch.
         self.batch_size, self.static_batch = (fixed, True) if fixed else (batch_size, False)
@@ -116,8 +111,6 @@ class OrtCalibrationReader:
     def rewind(self) -> None:
         total = len(self.calibration)
         end = total - total % self.batch_size if self.static_batch else total
-
-        from aiopt.specs import to_model_layout
 
         def batches():
             for start in range(0, end, self.batch_size):

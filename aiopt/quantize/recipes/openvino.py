@@ -22,6 +22,10 @@ import numpy as np
 
 from aiopt.artifacts.checks import unseal
 from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.export.float16 import quiet_tools
+from aiopt.fileio import atomic_path
+from aiopt.quantize.calibration import OrtCalibrationReader
+from aiopt.quantize.candidates import BuildContext, Candidate, Unavailable
 from aiopt.runtime.openvino_backend import import_from_extra
 
 ROUTE = "nncf-onnx-qdq"
@@ -110,13 +114,11 @@ def _pooled_matmuls(model) -> list[str]:
 @contextlib.contextmanager
 def _quiet():
     """NNCF draws progress bars on stdout (where --json goes) and logs per-step chatter."""
-    from aiopt.compress.onnx_quant import _quiet as quiet_stdout
-
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.ERROR)
     try:
-        with quiet_stdout():
+        with quiet_tools():
             yield
     finally:
         logger.setLevel(level)
@@ -125,8 +127,6 @@ def _quiet():
 def _save(model, target: Path) -> None:
     import onnx
 
-    from aiopt.fileio import atomic_path
-
     unseal(model)  # NNCF keeps the source's metadata, checksum included
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
@@ -134,3 +134,32 @@ def _save(model, target: Path) -> None:
 
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+
+
+# ---------------------------------------------------------------- the registry's builders
+
+def fp32(ctx: BuildContext) -> Candidate:
+    _require_openvino()
+    return Candidate("fp32-openvino", "fp32", "openvino", ctx.prepared, {"graph": "the same FP32 ONNX, run by OpenVINO"})
+
+
+def nncf(ctx: BuildContext) -> Candidate:
+    _require_openvino()
+    if ctx.calibration is None:
+        raise Unavailable("no calibration data (pass --calibration)")
+    target = ctx.target("int8-nncf-openvino")
+    batches = _calibration_batches(ctx)
+    info = nncf_int8(ctx.prepared, target, batches, transformer=ctx.is_transformer, ignored_scope=list(ctx.exclude))
+    return Candidate("int8-nncf-openvino", "int8", "openvino", Path(info.get("path", target)), {"method": "NNCF post-training INT8", **info})
+
+
+def _calibration_batches(ctx: BuildContext, batch_size: int = 32) -> list[dict]:
+    reader = OrtCalibrationReader(ctx.calibration, ctx.spec, batch_size)
+    return list(iter(reader.get_next, None))
+
+
+def _require_openvino() -> None:
+    try:
+        import openvino  # noqa: F401
+    except ImportError as exc:
+        raise Unavailable("OpenVINO is not installed (pip install 'aiopt[openvino]')") from exc

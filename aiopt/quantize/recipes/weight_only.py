@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.artifacts.checks import unseal
+from aiopt.quantize.candidates import BuildContext, Candidate, Unavailable
 
 MIN_ELEMENTS = 1024  # smaller tensors are not worth two nodes
 # Per op, (input index, axis of the output channels) of the weights worth compressing.
@@ -73,3 +74,13 @@ def quantize_weights_int8(source: Path, target: Path) -> list[str]:
     unseal(model)  # a rewritten graph: the source's checksum no longer holds
     onnx.save_model(model, str(target))
     return list(chosen)
+
+
+def weights_int8(ctx: BuildContext) -> Candidate:
+    target = ctx.target("int8-weights")
+    touched = quantize_weights_int8(ctx.prepared, target)
+    if not touched:
+        raise Unavailable("no float weights large enough to store in INT8")
+    return Candidate("int8-weights", "int8-weights", "onnxruntime", target,
+                     {"method": "weight-only INT8 (per output channel), folded back to float when the session loads: FP32 compute",
+                      "tensors": touched})

@@ -1,30 +1,28 @@
-"""Thin wrappers over ONNX Runtime's quantization tools: pre-processing, static QDQ INT8,
-dynamic INT8, and FP16/BF16 conversion. Policy (what to quantize, for which target) lives
-in quantize.py; this module only knows how to ask ONNX Runtime for it.
+"""ONNX Runtime's recipes: thin wrappers over its quantization tools (pre-processing, static QDQ
+INT8, dynamic INT8; the FP16/BF16 conversion is export/float16.py, which TensorRT builds share),
+and the builders the registry names for them. Policy (what to quantize, for which target) lives
+in the callers (forced.py, measured.py); this module only knows how to ask ONNX Runtime for it.
 """
 from __future__ import annotations
 
 import contextlib
-import io
-import logging
-import warnings
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.artifacts.checks import unseal
 from aiopt.errors import UnsupportedModelError
+from aiopt.export.float16 import convert_float16, quiet_tools
+from aiopt.export.onnx import control_flow_nodes, simplify
+from aiopt.quantize.calibration import OrtCalibrationReader
+from aiopt.quantize.candidates import RECURRENT_OPS, BuildContext, Candidate, Unavailable
 
-# Ops whose INT8 form ONNX Runtime's static QDQ path does not accelerate on CPU: recurrent
-# cells. Their dynamic INT8 kernels (DynamicQuantizeLSTM) do run in INT8.
-RECURRENT_OPS = ("LSTM", "GRU")
 # Ops that carry the model's multiply-accumulates: what is worth quantizing.
 COMPUTE_OPS = ("Conv", "MatMul", "Gemm")
 DYNAMIC_OPS = ("MatMul", "Gemm", "LSTM", "GRU", "Attention")
-# Kept in float when converting to FP16/BF16: their reductions lose accuracy in 16 bits.
-FLOAT32_SENSITIVE_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceL2", "Pow", "Sqrt", "Erf", "Exp", "Log")
 
 CALIB_METHODS = ("minmax", "entropy", "percentile")
-BF16_OPSET = 22
 
 
 @dataclass(frozen=True)
@@ -41,20 +39,6 @@ class StaticInt8Options:
     calibration_providers: tuple[str, ...] = ()  # empty: ONNX Runtime's default (CPU)
 
 
-@contextlib.contextmanager
-def _quiet():
-    """ORT's quantizer logs and prints per-node chatter; users see our summary instead."""
-    logger = logging.getLogger()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        logger.setLevel(level)
-
-
 def preprocess(source: Path, target: Path) -> str:
     """ORT's quantization pre-processing (symbolic shape inference + graph optimisation).
 
@@ -65,8 +49,6 @@ def preprocess(source: Path, target: Path) -> str:
     """
     import onnx
     from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    from aiopt.export.onnx import simplify
 
     attempts = (("direct", False, {}), ("onnxslim-folded", True, {}), ("onnxslim-folded+auto-merge", True, {"auto_merge": True, "guess_output_rank": True}),
                 # control flow left on dynamic shapes ("if batch == 1"): symbolic inference cannot follow it, onnx's own can
@@ -80,13 +62,11 @@ def preprocess(source: Path, target: Path) -> str:
         try:
             # ORT's symbolic shape inference drops debug files (sym_shape_infer_temp.onnx and its
             # external data) into the working folder when it gives up: keep them in ours.
-            with _quiet(), contextlib.chdir(target.parent):
+            with quiet_tools(), contextlib.chdir(target.parent):
                 quant_pre_process(str(Path(model_path).resolve()), str(target.resolve()), **options)
             return name
         except Exception as exc:  # noqa: BLE001 -- symbolic shape inference raises plain Exceptions
             errors.append(f"{name}: {str(exc).splitlines()[0][:160] if str(exc) else type(exc).__name__}")
-    from aiopt.export.onnx import control_flow_nodes
-
     flow = control_flow_nodes(onnx.load(str(source), load_external_data=False))
     if flow:
         raise UnsupportedModelError(f"ONNX Runtime's quantization pre-processing cannot follow the control flow in this graph ({', '.join(flow[:3])}); "
@@ -123,7 +103,7 @@ def quantize_static_qdq(source: Path, target: Path, reader, options: StaticInt8O
     if options.calib_method == "percentile":
         extra.setdefault("CalibPercentile", 99.999)
     try:
-        with _quiet():
+        with quiet_tools():
             quantize_static(
                 str(source), str(target), reader if not cache.is_file() else None,
                 quant_format=QuantFormat.QDQ, op_types_to_quantize=list(options.op_types),
@@ -144,67 +124,84 @@ def quantize_dynamic_int8(source: Path, target: Path, per_channel: bool, reduce_
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     try:
-        with _quiet():
+        with quiet_tools():
             quantize_dynamic(str(source), str(target), op_types_to_quantize=list(op_types), per_channel=per_channel,
                              reduce_range=reduce_range, weight_type=QuantType.QInt8, nodes_to_exclude=list(exclude))
     except Exception as exc:
         raise UnsupportedModelError(f"ONNX Runtime's dynamic quantization failed: {str(exc).splitlines()[0][:300]}") from exc
 
 
-def convert_float16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -> list[str]:
-    """FP16 weights and compute, float32 inputs/outputs, numerically sensitive ops kept in FP32.
+# ---------------------------------------------------------------- the registry's builders
 
-    Returns the names of the nodes kept in FP32."""
-    import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-    from onnxruntime.transformers.onnx_model import OnnxModel
+def static_int8(prepared: Path, target: Path, calibration, spec, options: StaticInt8Options, recurrent: list[str],
+                cache: Path, recurrent_dynamic: bool = True) -> None:
+    """Static QDQ INT8. Recurrent cells get no speed from QDQ on ONNX Runtime: the rest is
+    quantized statically, then LSTM nodes dynamically (DynamicQuantizeLSTM runs in INT8)."""
+    reader = OrtCalibrationReader(calibration, spec)
+    if not recurrent or not recurrent_dynamic:
+        quantize_static_qdq(prepared, target, reader, options, cache)
+        return
+    partial = target.with_suffix(".static.onnx")
+    quantize_static_qdq(prepared, partial, reader, options, cache)
+    dynamic = tuple(n for n in recurrent if n not in options.exclude)
+    if dynamic:
+        quantize_dynamic_int8(partial, target, options.per_channel, options.reduce_range,
+                                         op_types=RECURRENT_OPS, exclude=tuple(n for n in recurrent if n in options.exclude))
+    else:
+        shutil.copyfile(partial, target)
 
-    model = onnx.load(str(source))
-    kept = [n.name for n in model.graph.node if n.op_type in FLOAT32_SENSITIVE_OPS or n.name in exclude]
-    with _quiet():
-        converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True, op_block_list=list(FLOAT32_SENSITIVE_OPS), node_block_list=list(exclude)))
-        converted.topological_sort()  # the converter appends its input casts at the end of the graph
-    unseal(converted.model)  # a converted graph: the source's checksum no longer holds
-    onnx.save_model(converted.model, str(target))
-    return kept
+
+def fp32(ctx: BuildContext) -> Candidate:
+    return Candidate("fp32", "fp32", "onnxruntime", ctx.prepared, {"graph": "ONNX Runtime pre-processed FP32"})
 
 
-def convert_bfloat16(source: Path, target: Path, exclude: tuple[str, ...] = ()) -> list[str]:
-    """BF16 as TensorRT's strongly typed builder wants it: the FP16 conversion's layout (same ops
-    kept in FP32, same casts), retyped to BF16, weights rounded from the original FP32 values.
-    ONNX Runtime's CPU kernels do not run BF16; TensorRT (or onnx's checker here) does the checking."""
-    import numpy as np
-    import onnx
-    import onnx.version_converter
-    from onnx import TensorProto, helper, numpy_helper
+def static(per_channel: bool, reduce_range: bool | None) -> Callable[[BuildContext], Candidate]:
+    def build(ctx: BuildContext) -> Candidate:
+        if ctx.calibration is None:
+            raise Unavailable("no calibration data (pass --calibration)")
+        rr = ctx.kernel.reduce_range if reduce_range is None else reduce_range
+        name = f"int8-static-{'per-channel' if per_channel else 'per-tensor'}" + ("" if reduce_range is None else "-full-range")
+        options = StaticInt8Options(per_channel=per_channel, reduce_range=rr, activation_type=ctx.kernel.activation_type,
+                                    weight_type=ctx.kernel.weight_type, calib_method=ctx.calib_method, exclude=ctx.exclude,
+                                    calibration_providers=ctx.calibration_providers)
+        target = ctx.target(name)
+        static_int8(ctx.prepared, target, ctx.calibration, ctx.spec, options, ctx.recurrent, ctx.work / "calibration-cache.json")
+        return Candidate(name, "int8", "onnxruntime", target, {"method": "static", "format": "QDQ", "per_channel": per_channel,
+                                                                "reduce_range": rr, "calibration": ctx.calibration.source,
+                                                                "recurrent_nodes_dynamic": ctx.recurrent})
+    return build
 
-    # ONNX's Conv (and a few other ops) take bfloat16 only from opset 22: upgrade the graph first.
-    fp32 = onnx.load(str(source))
-    if max((o.version for o in fp32.opset_import if o.domain in ("", "ai.onnx")), default=0) < BF16_OPSET:
-        fp32 = onnx.version_converter.convert_version(fp32, BF16_OPSET)
-    upgraded = target.with_suffix(".opset22.onnx")
-    onnx.save_model(fp32, str(upgraded))
-    kept = convert_float16(upgraded, target, exclude)
-    model = onnx.load(str(target))
-    originals = {t.name: t for t in fp32.graph.initializer}
 
-    def retyped(tensor):
-        base = originals.get(tensor.name, tensor)
-        values = numpy_helper.to_array(base).astype(np.float32)
-        return helper.make_tensor(tensor.name, TensorProto.BFLOAT16, list(values.shape), values.flatten().tolist())
+def dynamic(per_channel: bool) -> Callable[[BuildContext], Candidate]:
+    # Per-tensor is not only the coarser choice: ORT's DynamicQuantizeLSTM runs per-tensor weights
+    # about 2x faster at batch 64 than per-channel ones (benchmarks/peers.py, LSTM).
+    def build(ctx: BuildContext) -> Candidate:
+        name = "int8-dynamic" if per_channel else "int8-dynamic-per-tensor"
+        target = ctx.target(name)
+        quantize_dynamic_int8(ctx.prepared, target, per_channel, ctx.kernel.reduce_range, exclude=ctx.exclude)
+        return Candidate(name, "int8", "onnxruntime", target, {"method": "dynamic", "per_channel": per_channel, "reduce_range": ctx.kernel.reduce_range})
+    return build
 
-    for index, tensor in enumerate(model.graph.initializer):
-        if tensor.data_type == TensorProto.FLOAT16:
-            model.graph.initializer[index].CopyFrom(retyped(tensor))
-    for node in model.graph.node:
-        for attribute in node.attribute:
-            if node.op_type == "Cast" and attribute.name == "to" and attribute.i == TensorProto.FLOAT16:
-                attribute.i = TensorProto.BFLOAT16
-            elif attribute.type == onnx.AttributeProto.TENSOR and attribute.t.data_type == TensorProto.FLOAT16:
-                attribute.t.CopyFrom(retyped(attribute.t))
-    for value in [*model.graph.value_info, *model.graph.input, *model.graph.output]:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT16:
-            value.type.tensor_type.elem_type = TensorProto.BFLOAT16
-    unseal(model)
-    onnx.save_model(model, str(target))
-    return kept
+
+def tensorrt_static(per_channel: bool) -> Callable[[BuildContext], Candidate]:
+    """TensorRT's explicit quantization: symmetric INT8 QDQ around every op, recurrent cells included."""
+    def build(ctx: BuildContext) -> Candidate:
+        if ctx.calibration is None:
+            raise Unavailable("no calibration data (pass --calibration)")
+        name = "int8-static-tensorrt" + ("" if per_channel else "-per-tensor")
+        options = StaticInt8Options(per_channel=per_channel, activation_type="int8", weight_type="int8", symmetric_activations=True,
+                                    calib_method=ctx.calib_method, exclude=ctx.exclude, extra={"QuantizeBias": False},
+                                    calibration_providers=ctx.calibration_providers)
+        target = ctx.target(name)
+        static_int8(ctx.prepared, target, ctx.calibration, ctx.spec, options, ctx.recurrent, ctx.work / "calibration-cache.json",
+                    recurrent_dynamic=False)
+        return Candidate(name, "int8", "tensorrt", target, {"method": "static", "format": "QDQ", "symmetric": True, "per_channel": per_channel,
+                                                           "calibration": ctx.calibration.source})
+    return build
+
+
+def fp16(ctx: BuildContext) -> Candidate:
+    """FP16 weights and compute, float32 at the edges, numerically sensitive ops kept in FP32."""
+    target = ctx.target("fp16")
+    kept = convert_float16(ctx.prepared, target, ctx.exclude)
+    return Candidate("fp16", "fp16", "onnxruntime", target, {"method": "fp16", "kept_float32": kept})

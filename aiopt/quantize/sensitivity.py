@@ -9,10 +9,12 @@ range). The most sensitive nodes are the ones worth keeping in float.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
-
+from aiopt.export.float16 import quiet_tools
+from aiopt.quantize.calibration import OrtCalibrationReader
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
 
 # Samples the activations are collected on: ORT keeps every saved tensor of every batch in memory,
 # and a Transformer's are large (all-MiniLM-L6-v2 on 256 sentences used over 24 GB).
@@ -34,7 +36,7 @@ def rank_sensitive_nodes(float_path: Path, qdq_path: Path, reader, work: Path) -
     )
 
     augmented_qdq = work / "sensitivity-qdq.onnx"
-    with onnx_quant._quiet():
+    with quiet_tools():
         # each activation before quantization (QuantizeLinear's input) and after (DequantizeLinear's output)
         modify_model_output_intermediate_tensors(str(qdq_path), str(augmented_qdq), op_types_for_saving=["QuantizeLinear", "DequantizeLinear"])
         reader.rewind()
@@ -61,9 +63,6 @@ def _finite(value: float) -> float:
 
 def rank_on_calibration(float_path: Path, qdq_path: Path, calibration, spec, work: Path) -> list[tuple[str, float]]:
     """rank_sensitive_nodes on the first RANKING_SAMPLES calibration samples, in one batch."""
-    from dataclasses import replace
-
-    from aiopt.compress.calibration import OrtCalibrationReader
 
     key = (str(float_path), str(qdq_path), Path(qdq_path).stat().st_mtime_ns)
     if key not in _RANKED:  # the diagnosis and mixed precision may both ask for the same file

@@ -8,16 +8,23 @@ them wins: that is how weight-only INT8 ships when it costs no speed, and never 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from aiopt.compress.candidates import Candidate
+from aiopt.errors import AioptError
+from aiopt.evaluate import run_batches
 from aiopt.fileio import human_size
+from aiopt.hardware import detect_cpu
 from aiopt.measure.deployed import batch_feed
-from aiopt.measure.latency import LatencyConfig
-from aiopt.measure.quality import QualityFloor, compare_outputs
+from aiopt.measure.latency import LatencyConfig, measure_interleaved_steady
+from aiopt.measure.quality import QualityFloor, compare_all, compare_one, compare_outputs
+from aiopt.measure.streaming import run_streams, stream_plan
+from aiopt.quantize.candidates import Candidate
+from aiopt.runtime import runner_for
+from aiopt.runtime.dispatch import dispatch_rule, route_for
 
 TIE = 0.03
 QUICK = LatencyConfig(warmup=3, min_runs=5, min_time=0.25, rounds=3)
@@ -52,30 +59,10 @@ class Selection:
 
 
 def make_runner(candidate: Candidate, spec, threads: int | None = None, outputs=None):
-    """The Runner the candidate would ship with (its runtime; padding trimmed when it says so)."""
-    from aiopt.runtime.base import capped_threads
-
-    threads = capped_threads(threads, candidate.serving)
-    if candidate.serving.get("trim_padding"):
-        from aiopt.runtime.trim_padding import PaddingTrimRunner
-
-        serving = {k: v for k, v in candidate.serving.items() if k != "trim_padding"}
-        plain = Candidate(candidate.name, candidate.precision, candidate.runtime, candidate.path, candidate.recipe, serving=serving)
-        return PaddingTrimRunner(make_runner(plain, spec, threads), outputs)
-    if candidate.runtime == "dispatch":
-        from aiopt.runtime.dispatch import BatchDispatchRunner
-
-        routes = [(route["max_batch"], make_runner(Candidate(route["candidate"], candidate.precision, route["runtime"], Path(route["path"]),
-                                                             serving=route["serving"]), spec, threads))
-                  for route in candidate.recipe["dispatch"]]
-        return BatchDispatchRunner(routes, str(candidate.path))
-    if candidate.runtime == "openvino":
-        from aiopt.runtime.openvino_backend import OpenVinoRunner
-
-        return OpenVinoRunner(str(candidate.path), spec, threads=threads, precision=candidate.serving.get("inference_precision", "f32"))
-    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
-
-    return OnnxRuntimeRunner(str(candidate.path), spec, threads=threads)
+    """The Runner the candidate would ship with (its runtime; by-batch routes; padding trimmed
+    when it says so), made by the one runner factory, `runtime.runner_for`."""
+    backend = None if candidate.runtime == "dispatch" else candidate.runtime
+    return runner_for(candidate.as_loaded(spec, outputs), backend=backend, threads=threads, work_routes=True)
 
 
 @dataclass
@@ -91,11 +78,6 @@ class Reference:
 
     @classmethod
     def measure(cls, runner, data, pairs: dict[str, str] | None = None) -> "Reference":
-        from aiopt.evaluate import run_batches
-        from aiopt.measure.streaming import run_streams
-
-        from aiopt.errors import AioptError
-
         pairs = dict(pairs or {})
         outputs = run_batches(runner, data)
         try:
@@ -106,10 +88,6 @@ class Reference:
     def judge(self, runner, data, floor: QualityFloor, produced: list[np.ndarray] | None = None) -> dict:
         """Quality of `runner` on `data`: every output chunk by chunk, and streaming for a stateful
         model (each run feeds back its own state); the floor judges both, the worse decides."""
-        from aiopt.evaluate import run_batches
-        from aiopt.measure.quality import compare_all, compare_one
-        from aiopt.measure.streaming import run_streams, stream_plan
-
         produced = produced if produced is not None else run_batches(runner, data)
         if not floor.judges:
             return compare_outputs(self.outputs[0], produced[0], data.labels)
@@ -131,8 +109,6 @@ class Reference:
 
 def measure_quality(candidates: list[Candidate], reference: Reference, data, spec, floor: QualityFloor, say, outputs=None) -> dict[str, object]:
     """Quality of each candidate on `data`; returns the runners of those that meet the floor."""
-    from aiopt.errors import AioptError
-
     runners = {}
     for candidate in candidates:
         if candidate.problem:
@@ -154,8 +130,6 @@ def measure_quality(candidates: list[Candidate], reference: Reference, data, spe
 def measure_speed(candidates: list[Candidate], runners: dict, data, spec, batch_sizes: tuple[int, ...], say, config: LatencyConfig = QUICK) -> None:
     """p50 of every runnable candidate at each batch size, all candidates interleaved (all again,
     once, when a figure says the machine was busy; one still unsteady is flagged on its candidate)."""
-    from aiopt.measure.latency import measure_interleaved_steady
-
     timed = [c for c in candidates if c.name in runners]
     for batch in batch_sizes:
         feed = batch_feed(data, spec, batch)
@@ -259,8 +233,6 @@ def by_batch(finalists: list[Candidate], batch_sizes: tuple[int, ...], floor: Qu
     artifact that routes every batch size to its fastest (runtime/dispatch.py): the same file on
     two runtimes, or two files (e.g. dynamic INT8 on ONNX Runtime for batch 1, NNCF INT8 in BF16
     on OpenVINO for batch 64). Its quality is its worst route's; its size, its files' sum."""
-    from aiopt.runtime.dispatch import dispatch_rule, route_for
-
     routable = [c for c in finalists if not c.problem and c.runtime != "dispatch" and all(b in c.latency_ms for b in batch_sizes)]
     if len(batch_sizes) < 2 or len(routable) < 2:
         return []
@@ -291,8 +263,6 @@ def single_threaded(candidates: list[Candidate], batch_sizes: tuple[int, ...], e
     """The `count` fastest candidates at the smallest batch size, run on one thread: a small
     model's batch 1 often runs faster on one thread than on two, which spend more time handing
     work over than doing it (measured here, not assumed; a route of a by-batch artifact may use it)."""
-    import os
-
     smallest = min(batch_sizes)
     timed = [c for c in candidates if not c.problem and c.name in eligible and c.runtime != "dispatch" and smallest in c.latency_ms
              and not c.serving.get("threads")]
@@ -306,8 +276,6 @@ def bf16_on_openvino(candidates: list[Candidate]) -> list[Candidate]:
     """Each OpenVINO candidate that met the floor, run with OpenVINO's bfloat16 inference
     precision as well, on CPUs with BF16 units (what OpenVINO does by default there; aiopt pins
     FP32 unless a measured artifact asks for BF16)."""
-    from aiopt.hardware import detect_cpu
-
     if not detect_cpu().has_bf16:
         return []
     return [Candidate(f"{c.name}+bf16", "bf16" if c.precision == "fp32" else c.precision, "openvino", c.path, dict(c.recipe),

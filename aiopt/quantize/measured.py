@@ -7,18 +7,32 @@ with a line saying so.
 """
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
-from aiopt.compress import onnx_quant
-from aiopt.compress.candidates import BUILDERS, BuildContext, Candidate, build_all
-from aiopt.compress.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest, make_runner,
-                                  measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
+from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
 from aiopt.errors import CheckFailedError, InputError
-from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, judge_outputs, metric_for, parse_metric_options
+from aiopt.evaluate import EvalData, run_batches
+from aiopt.fileio import check_output_path
+from aiopt.hardware import detect_cpu, int8_kernel_for
+from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, QualityFloor, compare_outputs, judge_outputs, metric_for, parse_metric_options
 from aiopt.measure.streaming import parse_state_pairs
-from aiopt.specs import parse_fixed_inputs, with_fixed_values
+from aiopt.quantize.calibration import calibration_set
+from aiopt.quantize.candidates import BuildContext, Candidate
+from aiopt.quantize.config import QuantizeResult
+from aiopt.quantize.precision import describe, output_suffix, relabel
+from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, prepare_fp32
+from aiopt.quantize.recipes import onnxruntime as onnx_quant
+from aiopt.quantize.recipes.weight_only import quantize_weights_int8
+from aiopt.quantize.registry import BUILDERS, MEASURED, build_all
+from aiopt.quantize.select import (TIE, TOO_LARGE, UNSTEADY_VERDICT, Reference, Selection, bf16_on_openvino, by_batch, choose, confirm_fastest,
+                                    make_runner, measure_quality, measure_speed, single_threaded, twins_on_other_runtime)
+from aiopt.quantize.sensitivity import diagnose, rank_on_calibration
+from aiopt.quantize.write import write_chosen
+from aiopt.specs import fixed_batch, parse_fixed_inputs, with_fixed_values
 
 # A trimmed-padding runner must reproduce the untrimmed outputs to rounding.
 MIN_TRIM_COSINE = 0.9999
@@ -31,11 +45,6 @@ SIZE_SLACK = 1.01
 def quantize_by_measurement(source, output, config, force: bool, trust_pickle: bool, input_spec, say):
     import onnx
 
-    from aiopt.artifacts import artifact_size, load_model, onnx_value_specs, require_input_spec
-    from aiopt.compress.calibration import calibration_set
-    from aiopt.compress.quantize import QuantizeResult, evaluation_data, fit_batch_sizes, prepare_fp32
-    from aiopt.fileio import check_output_path
-    from aiopt.hardware import detect_cpu, int8_kernel_for
 
     if output is not None:  # a bad -o fails before the work
         check_output_path(output, source, config.calibration, config.data, force=force)
@@ -81,16 +90,13 @@ def quantize_by_measurement(source, output, config, force: bool, trust_pickle: b
         out = Path(output) if output is not None else _default_output(source, chosen)
         check_output_path(out, source, config.calibration, config.data, force=force)
         report = _report(selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, work / "fp32.onnx")
-        _write_chosen(chosen, out, loaded, spec, report, (source, config.calibration, config.data), force)
+        write_chosen(chosen, out, loaded, spec, report, (source, config.calibration, config.data), force)
         say(selection.verdict)
     return QuantizeResult(str(out), "auto", selection.verdict, report.pop("_metadata"), report)
 
 
 def _at_the_fixed_batch(spec, config, say):
     """A model whose batch is fixed is timed at that batch only, said before anything is built."""
-    from dataclasses import replace
-
-    from aiopt.specs import fixed_batch
 
     fixed = fixed_batch(spec)
     if fixed is None or config.batch_sizes == (fixed,):
@@ -114,10 +120,7 @@ def select(ctx: BuildContext, data, floor: QualityFloor, config, say, reference_
     """Build, check and time every candidate; then try storing the winner's remaining float
     weights in INT8, kept only when it costs neither quality nor speed. `reference_outputs`:
     the FP32 graph's (select.Reference); `size_limit`: bytes the shipped files may take at most."""
-    from aiopt.compress.precision import relabel
-    from aiopt.compress.sensitivity import diagnose
-
-    allowed = [n for n in (config.candidates or BUILDERS) if config.backend != "openvino" or "openvino" in n]
+    allowed = [n for n in (config.candidates or MEASURED) if config.backend != "openvino" or "openvino" in n]
     if config.backend == "openvino" and config.method == "static":
         allowed = ["int8-nncf-openvino"]
     # FP32 on ONNX Runtime is always built and timed: it is the yardstick of every ratio
@@ -161,9 +164,6 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
     (ranked by ONNX Runtime's SQNR on calibration data), a few more each time, until it meets
     the floor; the first that does becomes a candidate (returned with the runner it was measured
     with). Tried only when no INT8 recipe met it."""
-    from dataclasses import replace
-
-    from aiopt.compress.sensitivity import rank_on_calibration
 
     by_name = {c.name: c for c in candidates}
     static = by_name.get("int8-static-per-channel")
@@ -198,8 +198,6 @@ def _mixed_precision(ctx: BuildContext, candidates: list[Candidate], reference_o
 
 def _try_int8_weights(selection: Selection, ctx: BuildContext, data, reference_outputs, floor: QualityFloor, say) -> None:
     """The winner with its remaining float weights stored in INT8: smaller, same kernels."""
-    from aiopt.compress.weight_only import quantize_weights_int8
-
     chosen = selection.chosen
     if chosen is None or chosen.runtime == "dispatch" or chosen.precision == "int8-weights":
         return
@@ -224,9 +222,7 @@ def _try_trim_padding(selection: Selection, ctx: BuildContext, data, reference_o
         return
     variant = Candidate(f"{chosen.name}+trim-padding", chosen.precision, chosen.runtime, chosen.path, dict(chosen.recipe),
                         serving={**chosen.serving, "trim_padding": True})
-    from aiopt.evaluate import run_batches
 
-    from aiopt.measure.quality import compare_outputs
 
     untrimmed = run_batches(make_runner(chosen, ctx.spec, outputs=ctx.outputs), data)
     trim_runner = make_runner(variant, ctx.spec, outputs=ctx.outputs)
@@ -271,17 +267,12 @@ def _head_to_head(selection: Selection, variant: Candidate, ctx: BuildContext, d
 
 
 def _has_openvino() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("openvino") is not None
 
 
 def _hold_out(calibration, data: str | None):
     """Without --data and without a built-in test split, a user's calibration file is split:
     the last quarter is kept out of calibration and measures quality instead."""
-    from dataclasses import replace
-
-    from aiopt.evaluate import EvalData
 
     if calibration is None or data is not None or calibration.selection is not None or len(calibration) < 8:
         return calibration, None
@@ -292,9 +283,7 @@ def _hold_out(calibration, data: str | None):
 
 
 def _default_output(source, chosen: Candidate) -> Path:
-    """Named by what the written files hold (compress/precision.py), not by the recipe."""
-    from aiopt.compress.precision import output_suffix
-
+    """Named by what the written files hold (precision.py), not by the recipe."""
     source = Path(source)
     files = [chosen.path, *[f for f in chosen.files if f != chosen.path]]
     return source.with_name(source.name.removesuffix(source.suffix) + output_suffix(files))
@@ -311,8 +300,6 @@ def _nothing_meets(selection: Selection) -> str:
 
 
 def _report(selection: Selection, floor, metric_reason, data, calibration, kernel, preprocessing, source_export, fp32: Path) -> dict:
-    from aiopt.compress.precision import describe
-
     chosen = selection.chosen
     quality = chosen.quality or {}
     held = describe(chosen)
@@ -329,75 +316,3 @@ def _report(selection: Selection, floor, metric_reason, data, calibration, kerne
                              "speedup": selection.speedup(chosen, b)} for b in selection.batch_sizes},
         "selection": selection.to_dict(),
     }
-
-
-def _compact(selection: dict, metric: str) -> dict:
-    """What the artifact keeps of the choice (the full record is in the command's report): a
-    small model must not double in size from its own metadata."""
-    key = {"accuracy": "accuracy", "agreement": "top1_agreement", "cosine": "mean_cosine"}.get(metric)
-    rows = [{"name": c["name"], "runtime": c["runtime"], "size_bytes": c["size_bytes"], **({metric: (c["quality"] or {}).get(key)} if key else {}),
-             **({"outputs": _verdicts(c["quality"])} if (c["quality"] or {}).get("outputs") else {}),
-             "p50_ms": c["latency_ms"], "problem": c["problem"]} for c in selection["candidates"]]
-    return {**{k: v for k, v in selection.items() if k != "candidates"}, "candidates": rows}
-
-
-def _verdicts(quality: dict) -> dict:
-    """Each output's kind, figures and verdict, chunk by chunk and (stateful models) streaming."""
-    streaming = (quality.get("streaming") or {}).get("outputs", {})
-    return {name: {**{k: v for k, v in figures.items() if k != "finite"},
-                   **({"streaming": {k: v for k, v in streaming[name].items() if k not in ("finite", "kind")}} if name in streaming else {})}
-            for name, figures in quality["outputs"].items()}
-
-
-def _write_chosen(chosen: Candidate, out: Path, loaded, spec, report: dict, inputs: tuple, force: bool) -> None:
-    """The chosen file at `out`, its metadata embedded; a by-batch choice whose routes use other
-    graphs writes each as a companion file beside it first (`OUT-STEM.upto-bN.onnx`), named with
-    its sha256 in the main file's routes."""
-    from aiopt.artifacts import child_metadata, onnx_value_specs, save_onnx_artifact
-    from aiopt.export.onnx import check_onnx
-    from aiopt.fileio import check_output_path, sha256_file
-
-    model = check_onnx(chosen.path)
-    quality = report["quality"]
-    metrics = ({"accuracy": quality["accuracy"], "split": "test", "measured_on": chosen.runtime} if quality.get("accuracy") is not None
-               else loaded.metadata.get("metrics"))
-    routes = chosen.recipe.get("dispatch")
-    # one companion per graph other than the main file's (two routes may share one: e.g. two thread counts)
-    first_route = {}
-    for route in routes or []:
-        if Path(route["path"]) != chosen.path:
-            first_route.setdefault(route["path"], route)
-    companions = [(route, out.with_name(f"{out.name.removesuffix('.onnx')}.upto-b{route['max_batch']}.onnx")) for route in first_route.values()]
-    for _, target in companions:  # all refused before any is written
-        check_output_path(target, *inputs, force=force)
-    common = dict(format="onnx", quality_metric=report["metric"], inputs=[s.to_dict() for s in spec],
-                  outputs=[o.to_dict() for o in onnx_value_specs(model.graph.output)])
-    files = {}
-    for route, target in companions:
-        companion = check_onnx(route["path"])
-        metadata = child_metadata(loaded, "quantize", runtime=route["runtime"], serving=route["serving"], companion_of=out.name,
-                                  serves_batches_up_to=route["max_batch"], recipe=route["candidate"], **common)
-        save_onnx_artifact(companion, metadata, target)
-        files[route["path"]] = {"file": target.name, "sha256": sha256_file(target)}
-    if routes:
-        # the routes as the artifact records them: companion file names, never this run's work paths
-        routes = [{**{k: v for k, v in route.items() if k != "path"}, **files.get(route["path"], {})} for route in routes]
-        report["recipe"] = {**report["recipe"], "dispatch": routes}
-        report["files"] = [out.name, *(f["file"] for f in files.values())]
-    # the main file alone serves as its own (last) route does; a by-batch choice's own serving (padding trim) applies to every route
-    main_serving = {**routes[-1]["serving"], **chosen.serving} if routes else chosen.serving
-    serving = {"runtime": routes[-1]["runtime"] if routes else chosen.runtime, **({"dispatch": routes} if routes else {})}
-    if main_serving:
-        serving["serving"] = main_serving
-    metadata = child_metadata(
-        loaded, "quantize", **serving, **common,
-        quantization={k: v for k, v in report.items() if k not in ("latency", "selection")},
-        selection=_compact(report["selection"], report["metric"]), metrics=metrics, agreement_with_parent=quality,
-    )
-    try:
-        save_onnx_artifact(model, metadata, out)
-    except BaseException:  # no companion without its main file
-        for _, target in companions:
-            target.unlink(missing_ok=True)
-        raise
-    report["_metadata"] = metadata

@@ -1,0 +1,1 @@
+"""One module per runtime that quantizes: ONNX Runtime, OpenVINO (NNCF), PyTorch, weight-only INT8."""
