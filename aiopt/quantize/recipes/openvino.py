@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.artifacts.checks import unseal
-from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.export.float16 import quiet_tools
 from aiopt.fileio import atomic_path
 from aiopt.quantize.calibration import OrtCalibrationReader
@@ -57,9 +57,9 @@ def nncf_int8(source: Path, target: Path, calibration: list[dict[str, np.ndarray
             # NNCF counts dataset items; ours are batches of `rows` samples.
             quantized = nncf.quantize(model, nncf.Dataset(calibration), subset_size=math.ceil(subset_size / rows), **options)
         except nncf.ValidationError as exc:
-            raise InputError(f"NNCF refused the quantization settings: {_first_line(exc)}") from exc
+            raise InputError(f"NNCF refused the quantization settings: {first_line(exc)}") from exc
         except Exception as exc:
-            raise UnsupportedModelError(f"NNCF could not quantize the model: {_first_line(exc)}") from exc
+            raise UnsupportedModelError(f"NNCF could not quantize the model: {first_line(exc)}") from exc
     _save(quantized, Path(target))
     return {
         "path": str(target),
@@ -130,10 +130,6 @@ def _save(model, target: Path) -> None:
     unseal(model)  # NNCF keeps the source's metadata, checksum included
     with atomic_path(target) as tmp:
         onnx.save_model(model, str(tmp))
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
 
 
 # ---------------------------------------------------------------- the registry's builders
