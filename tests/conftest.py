@@ -12,6 +12,40 @@ from pathlib import Path
 import pytest
 
 
+def pytest_addoption(parser):
+    parser.addoption("--cpu-times", type=int, default=0, metavar="N",
+                     help="list the N tests that took the most CPU seconds (this process and its finished children; "
+                          "steadier than wall time on a shared machine)")
+
+
+_cpu_seconds: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not item.config.getoption("--cpu-times"):
+        yield
+        return
+    start = _cpu_now()
+    yield
+    _cpu_seconds[item.nodeid] = _cpu_now() - start  # setup (a fixture's first user pays for it), call and teardown
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("--cpu-times")
+    if count and _cpu_seconds:
+        terminalreporter.write_sep("=", f"most CPU seconds (total {sum(_cpu_seconds.values()):.1f} s over {len(_cpu_seconds)} tests)")
+        for nodeid, seconds in sorted(_cpu_seconds.items(), key=lambda kv: -kv[1])[:count]:
+            terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = _cuda_available()
     tensorrt = importlib.util.find_spec("tensorrt") is not None
