@@ -2,6 +2,7 @@
 with a reason where the hardware or library is absent, so plain `pytest` is green on CPU."""
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import subprocess
@@ -9,6 +10,40 @@ import sys
 from pathlib import Path
 
 import pytest
+
+
+def pytest_addoption(parser):
+    parser.addoption("--cpu-times", type=int, default=0, metavar="N",
+                     help="list the N tests that took the most CPU seconds (this process and its finished children; "
+                          "steadier than wall time on a shared machine)")
+
+
+_cpu_seconds: dict[str, float] = {}
+
+
+def _cpu_now() -> float:
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item, nextitem):
+    if not item.config.getoption("--cpu-times"):
+        yield
+        return
+    start = _cpu_now()
+    yield
+    _cpu_seconds[item.nodeid] = _cpu_now() - start  # setup (a fixture's first user pays for it), call and teardown
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    count = config.getoption("--cpu-times")
+    if count and _cpu_seconds:
+        terminalreporter.write_sep("=", f"most CPU seconds (total {sum(_cpu_seconds.values()):.1f} s over {len(_cpu_seconds)} tests)")
+        for nodeid, seconds in sorted(_cpu_seconds.items(), key=lambda kv: -kv[1])[:count]:
+            terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -59,11 +94,12 @@ def run_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None =
 def invoke_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the `aiopt` command line in this process (typer's CliRunner), for tests of what a
     command does rather than of the process around it: same app, same error handling and exit
-    codes, `sys.argv` as the real entry point sees it, stdout and stderr apart. Saves the start
-    of a fresh interpreter (importing torch) per call. Keep `run_cli` where the process itself is
-    the subject: the entry point's exit codes, interrupts, concurrency, import leanness, and
-    output that C libraries write straight to file descriptor 2."""
-    import contextlib
+    codes, `sys.argv` as the real entry point sees it, stdout and stderr apart, and what C
+    libraries write straight to file descriptors 1 and 2 caught too (placed before the Python
+    text). Saves the start of a fresh interpreter (importing torch, several seconds) per call.
+    Keep `run_cli` where the process itself is the subject: the entry point's exit codes,
+    interrupts, concurrency, import leanness, output through a pipe, and the absence of warnings
+    that a library gives once per process (in-process, an earlier test may have used them up)."""
     import signal
     import traceback
 
@@ -78,7 +114,7 @@ def invoke_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | Non
         sys.argv = ["aiopt", *args]
         # what the module reads from the environment when a fresh process imports it
         cli._state.update(debug=bool({**os.environ, **environment}.get("AIOPT_DEBUG")), interrupted=False)
-        with contextlib.chdir(cwd or os.getcwd()):
+        with contextlib.chdir(cwd or os.getcwd()), _file_descriptors_caught() as written:
             result = CliRunner(env=environment).invoke(cli.app, list(args), catch_exceptions=True)
     finally:
         sys.argv = argv
@@ -89,11 +125,37 @@ def invoke_cli(*args: str, cwd: str | os.PathLike | None = None, env: dict | Non
             import torch
 
             torch.set_num_threads(threads)
-    stderr = result.stderr
+    # what C libraries (ONNX Runtime's logger, OpenVINO) wrote straight to the descriptors comes first,
+    # as it would in a fresh process, where it precedes the final error line
+    stdout, stderr = written[1] + result.stdout, written[2] + result.stderr
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         # as an uncaught exception in a real process: the traceback on stderr, exit 1
         stderr += "".join(traceback.format_exception(result.exception))
-    return subprocess.CompletedProcess(["aiopt", *args], result.exit_code, result.stdout, stderr)
+    return subprocess.CompletedProcess(["aiopt", *args], result.exit_code, stdout, stderr)
+
+
+@contextlib.contextmanager
+def _file_descriptors_caught():
+    """Catch what is written to file descriptors 1 and 2 below Python (C libraries) while the
+    command runs; CliRunner sees only sys.stdout and sys.stderr. Yields {1: text, 2: text}, filled on exit."""
+    import ctypes
+    import tempfile
+
+    written = {1: "", 2: ""}
+    saved = {fd: os.dup(fd) for fd in written}
+    files = {fd: tempfile.TemporaryFile() for fd in written}
+    try:
+        for fd, file in files.items():
+            os.dup2(file.fileno(), fd)
+        yield written
+    finally:
+        ctypes.CDLL(None).fflush(None)  # C stdio buffers, before the descriptors go back
+        for fd, file in files.items():
+            os.dup2(saved[fd], fd)
+            os.close(saved[fd])
+            file.seek(0)
+            written[fd] = file.read().decode(errors="replace")
+            file.close()
 
 
 def _torch_threads() -> int | None:
@@ -110,3 +172,33 @@ def tiny_cnn(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("models") / "cnn-tiny.pt"
     train_reference_model("cnn:tiny", str(path), dataset="mnist1d", epochs=3, seed=0)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn_onnx(tiny_cnn, tmp_path_factory) -> Path:
+    """`tiny_cnn` exported to ONNX with the defaults (cnn.onnx), shared (read only) by the OpenVINO and Triton tests."""
+    from aiopt.export.onnx import export_onnx
+
+    path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
+    export_onnx(tiny_cnn, path)
+    return path
+
+
+def _trained(tmp_path_factory, name: str, epochs: int) -> Path:
+    from aiopt.reference_models.train import train_reference_model
+
+    path = tmp_path_factory.mktemp("models") / f"{name.replace(':', '-')}.pt"
+    train_reference_model(name, str(path), dataset="mnist1d", epochs=epochs, seed=0)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_lstm(tmp_path_factory) -> Path:
+    """An lstm:tiny trained for two epochs, shared (read only) by the quantize, prune and export tests."""
+    return _trained(tmp_path_factory, "lstm:tiny", epochs=2)
+
+
+@pytest.fixture(scope="session")
+def tiny_transformer(tmp_path_factory) -> Path:
+    """A transformer:tiny trained for two epochs, shared (read only) by the quantize, prune, export and torch-cuda tests."""
+    return _trained(tmp_path_factory, "transformer:tiny", epochs=2)

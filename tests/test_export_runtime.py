@@ -11,15 +11,14 @@ from aiopt.artifacts import load_model
 from aiopt.compare import compare_artifacts
 from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
 from aiopt.export.onnx import OnnxExportConfig, export_onnx
-from aiopt.reference_models.train import train_reference_model
 from aiopt.specs import parse_input_shapes
 from conftest import run_cli, invoke_cli
 
 
 @pytest.fixture(scope="module")
-def tiny_models(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny")
-    return {name: train_reference_model(f"{name}:tiny", str(folder / f"{name}.pt"), epochs=1).path for name in ("cnn", "lstm", "transformer")}
+def tiny_models(tiny_cnn, tiny_lstm, tiny_transformer):
+    """conftest's trained checkpoints (shared with other modules), as path strings."""
+    return {"cnn": str(tiny_cnn), "lstm": str(tiny_lstm), "transformer": str(tiny_transformer)}
 
 
 @pytest.mark.parametrize("name", ["cnn", "lstm", "transformer"])

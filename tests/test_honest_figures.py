@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import run_cli
+from conftest import invoke_cli
 
 
 def test_a_wide_spread_or_disagreeing_rounds_flag_a_figure():
@@ -57,12 +57,12 @@ def _mlp(path: Path) -> Path:
 
 def test_bench_gives_the_speedup_against_the_parent_in_the_same_run(tmp_path):
     parent = _mlp(tmp_path / "mlp.onnx")
-    result = run_cli("quantize", str(parent), "--method", "dynamic")
+    result = invoke_cli("quantize", str(parent), "--method", "dynamic")
     assert result.returncode == 0, result.stderr
     child = tmp_path / "mlp.int8.onnx"
     report = tmp_path / "r.json"
-    result = run_cli("bench", str(parent), str(child), "-b", "1", "--warmup", "1", "--min-runs", "3", "--min-time", "0.05", "--rounds", "1",
-                     "--json", str(report), "--markdown", str(tmp_path / "r.md"))
+    result = invoke_cli("bench", str(parent), str(child), "-b", "1", "--warmup", "1", "--min-runs", "3", "--min-time", "0.05", "--rounds", "1",
+                        "--json", str(report), "--markdown", str(tmp_path / "r.md"))
     assert result.returncode == 0, result.stderr
     records = {Path(r["artifact"]).name: r for r in json.loads(report.read_text())["records"]}
     assert records["mlp.int8.onnx"]["parent"] == str(parent) and records["mlp.onnx"]["parent"] is None

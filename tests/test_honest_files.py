@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 from honest_models import dense_map_detector, detector_images
 
 
@@ -42,11 +42,11 @@ def _if_model(path: Path) -> Path:
 
 
 def test_inspect_counts_constant_nodes_and_subgraphs(detector, tmp_path):
-    result = run_cli("inspect", str(detector), "--json")
+    result = invoke_cli("inspect", str(detector), "--json")
     assert result.returncode == 0, result.stderr
     # 3x3 convs 3->24->24->24 and a 1x1 head 24->1, weights and biases, all Constant nodes
     assert json.loads(result.stdout)["params"] == 24 * 3 * 9 + 24 + 2 * (24 * 24 * 9 + 24) + 24 + 1
-    result = run_cli("inspect", str(_if_model(tmp_path / "if.onnx")), "--json")
+    result = invoke_cli("inspect", str(_if_model(tmp_path / "if.onnx")), "--json")
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["params"] == 4 + 16 + 16  # the initializer and both branches' weights
 
@@ -76,7 +76,7 @@ def test_precision_is_read_from_the_written_graph(detector, tmp_path):
 def test_forced_int8_that_quantizes_nothing_is_not_named_int8(detector, tmp_path):
     model = tmp_path / "det.onnx"
     model.write_bytes(detector.read_bytes())
-    result = run_cli("quantize", str(model), "--method", "dynamic", "--json")
+    result = invoke_cli("quantize", str(model), "--method", "dynamic", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
     assert report["path"] == str(tmp_path / "det.fp32.onnx") and report["stored_precision"] == "fp32"
@@ -116,7 +116,7 @@ def test_quantize_names_the_detector_by_its_contents_and_keeps_it_within_the_inp
 
     # 96 channels (0.65 MB): the few KiB of aiopt metadata a written graph carries stay inside the 1% allowance
     model = dense_map_detector(tmp_path / "det.onnx", channels=96)
-    result = run_cli("quantize", str(model), "--calibration", str(detector.parent / "images.npz"), "--candidate", "fp32",
+    result = invoke_cli("quantize", str(model), "--calibration", str(detector.parent / "images.npz"), "--candidate", "fp32",
                      "--candidate", "fp32-openvino", "--candidate", "int8-dynamic", "-b", "1", "-b", "4", "--json")
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
@@ -131,7 +131,7 @@ def test_quantize_names_the_detector_by_its_contents_and_keeps_it_within_the_inp
 
 def test_debug_keeps_the_exit_code(tmp_path):
     missing = str(tmp_path / "missing.onnx")
-    plain, debug = run_cli("inspect", missing), run_cli("--debug", "inspect", missing)
+    plain, debug = invoke_cli("inspect", missing), invoke_cli("--debug", "inspect", missing)
     assert plain.returncode == debug.returncode == 2
     assert "Traceback" in debug.stderr and "Traceback" not in plain.stderr
 
@@ -172,7 +172,7 @@ def test_the_runtime_precision_is_reported_beside_the_stored_one():
 
 
 def test_an_unknown_objective_is_refused_before_any_work(detector):
-    result = run_cli("quantize", str(detector), "--objective", "size")
+    result = invoke_cli("quantize", str(detector), "--objective", "size")
     assert result.returncode == 2 and "unknown --objective 'size'" in result.stderr and "auto, latency" in result.stderr
 
 

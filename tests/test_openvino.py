@@ -12,17 +12,14 @@ from aiopt import runtime  # noqa: E402
 from aiopt.compare import compare_artifacts  # noqa: E402
 from aiopt.data import load_dataset  # noqa: E402
 from aiopt.errors import InputError, MissingDependencyError  # noqa: E402
-from aiopt.export.onnx import export_onnx  # noqa: E402
 from conftest import invoke_cli, with_metadata  # noqa: E402
 
 INSTALL_LINE = "pip install 'aiopt[openvino]'"
 
 
 @pytest.fixture(scope="module")
-def cnn_onnx(tiny_cnn, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ov") / "cnn.onnx"
-    export_onnx(tiny_cnn, out)
-    return out
+def cnn_onnx(tiny_cnn_onnx):
+    return tiny_cnn_onnx
 
 
 def test_runner_matches_onnxruntime_at_any_batch(cnn_onnx):

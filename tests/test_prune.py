@@ -16,18 +16,12 @@ from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.evaluate import accuracy
 from aiopt.fileio import sha256_file
 from aiopt.reference_models import build_model, make_config
-from aiopt.reference_models.train import train_reference_model
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory, tiny_cnn):
-    """Tiny checkpoints of the three architectures (the conftest cnn:tiny is shared)."""
-    folder = tmp_path_factory.mktemp("prune")
-    paths = {"cnn": tiny_cnn}
-    for name in ("lstm", "transformer"):
-        paths[name] = folder / f"{name}.pt"
-        train_reference_model(f"{name}:tiny", str(paths[name]), epochs=2, seed=0)
-    return paths
+def models(tiny_cnn, tiny_lstm, tiny_transformer):
+    """Tiny checkpoints of the three architectures (conftest's, shared with other modules)."""
+    return {"cnn": tiny_cnn, "lstm": tiny_lstm, "transformer": tiny_transformer}
 
 
 def _reloads_as_measured(result, pruned_path):

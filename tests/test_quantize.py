@@ -7,29 +7,11 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from conftest import run_cli, invoke_cli
+from conftest import invoke_cli
 
 from aiopt.artifacts import METADATA_KEY, load_model
 from aiopt.hardware import CpuFeatures, detect_cpu, int8_kernel_for
 from aiopt.fileio import sha256_file
-
-
-@pytest.fixture(scope="module")
-def tiny_lstm(tmp_path_factory) -> Path:
-    from aiopt.reference_models.train import train_reference_model
-
-    path = tmp_path_factory.mktemp("lstm") / "lstm-tiny.pt"
-    train_reference_model("lstm:tiny", str(path), epochs=2, seed=0)
-    return path
-
-
-@pytest.fixture(scope="module")
-def tiny_transformer(tmp_path_factory) -> Path:
-    from aiopt.reference_models.train import train_reference_model
-
-    path = tmp_path_factory.mktemp("transformer") / "transformer-tiny.pt"
-    train_reference_model("transformer:tiny", str(path), epochs=2, seed=0)
-    return path
 
 
 def _copy(src: Path, folder: Path) -> Path:
@@ -268,7 +250,7 @@ def test_bad_calibration_data_is_refused(tiny_cnn, tmp_path, arrays, expected):
     data = tmp_path / "calib.npz"
     np.savez(data, **arrays)
     out = tmp_path / "out.onnx"
-    result = run_cli("quantize", str(tiny_cnn), "--calibration", str(data), "-o", str(out))
+    result = invoke_cli("quantize", str(tiny_cnn), "--calibration", str(data), "-o", str(out))
     assert result.returncode == 2, result.stderr
     assert expected in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not out.exists()
@@ -292,7 +274,7 @@ def test_bad_options_are_refused(tiny_cnn, tmp_path, args, expected):
     unlabelled = tmp_path / "unlabelled.npz"
     np.savez(unlabelled, x=np.random.default_rng(0).normal(size=(16, 40)).astype(np.float32))
     args = [a.replace("{noisy}", str(unlabelled)) for a in args]
-    result = run_cli("quantize", str(tiny_cnn), *args, "-o", str(tmp_path / "out.onnx"))
+    result = invoke_cli("quantize", str(tiny_cnn), *args, "-o", str(tmp_path / "out.onnx"))
     assert result.returncode == 2 and expected in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "out.onnx").exists()
 

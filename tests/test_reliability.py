@@ -1,4 +1,6 @@
-"""The reliability issue's table of bad inputs, through the real `aiopt` entry point.
+"""The reliability issue's table of bad inputs, through the real `aiopt` entry point in a fresh
+process where the process is the subject (full disk, signals, kills, two writers, what ONNX
+Runtime's C logger writes); the other rows run the same app in this process (`invoke_cli`).
 
 Rows tested here: full disk and unwritable folder during a write, Ctrl-C during train/quantize/
 bench (and Ctrl-C that a library turns into its own error), a kill during a forced overwrite,
@@ -28,7 +30,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper
 
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 
 
 def _digest(path: Path) -> str:
@@ -101,7 +103,7 @@ def _unwritable_folder(tmp_path: Path) -> Path:
 
 def test_unwritable_output_folder(tmp_path, tiny_cnn):
     folder = _unwritable_folder(tmp_path)
-    result = run_cli("export", str(tiny_cnn), "-o", str(folder / "cnn.onnx"))
+    result = invoke_cli("export", str(tiny_cnn), "-o", str(folder / "cnn.onnx"))
     assert result.returncode == 2, result.stderr
     assert "cannot write" in result.stderr and str(folder) in result.stderr
     assert not (folder / "cnn.onnx").exists()
@@ -228,7 +230,7 @@ def test_op_onnxruntime_lacks_exits_3_naming_it(tmp_path, model_with_op_ort_lack
 
 def test_labels_out_of_range_exit_2(tmp_path, tiny_cnn):
     np.savez(tmp_path / "bad.npz", x=np.zeros((4, 40), np.float32), y=np.array([0, 1, 2, 99]))
-    result = run_cli("compare", str(tiny_cnn), str(tiny_cnn), "--data", "bad.npz", cwd=tmp_path)
+    result = invoke_cli("compare", str(tiny_cnn), str(tiny_cnn), "--data", "bad.npz", cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "labels range 0..99" in result.stderr and "10 outputs" in result.stderr
 
@@ -236,7 +238,7 @@ def test_labels_out_of_range_exit_2(tmp_path, tiny_cnn):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU; the row is about machines without one")
 def test_device_cuda_without_gpu_exit_4(tmp_path, tiny_cnn):
     np.savez(tmp_path / "x.npz", x=np.zeros((2, 40), np.float32))
-    result = run_cli("run", str(tiny_cnn), "--input", "x.npz", "-o", "y.npz", "--device", "cuda", cwd=tmp_path)
+    result = invoke_cli("run", str(tiny_cnn), "--input", "x.npz", "-o", "y.npz", "--device", "cuda", cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "no CUDA GPU" in result.stderr
     assert not (tmp_path / "y.npz").exists()

@@ -16,14 +16,7 @@ from aiopt.artifacts import load_model
 from aiopt.errors import InputError, MissingDependencyError
 from aiopt.export.torch_cuda import TorchCudaConfig, bucket_for, buckets_of, export_torch_cuda
 from aiopt.reference_models.train import train_reference_model
-from conftest import run_cli, invoke_cli
-
-
-@pytest.fixture(scope="module")
-def tiny_transformer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("models") / "transformer-tiny.pt"
-    train_reference_model("transformer:tiny", str(path), epochs=2, seed=0)
-    return path
+from conftest import invoke_cli
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "bf16"])
@@ -172,7 +165,7 @@ def test_cuda_export_loads_on_cpu(tiny_cnn, tmp_path):
     ["quantize", "{model}", "--backend", "torch", "-o", "q.pt", "--device", "cuda"],
 ])
 def test_device_cuda_without_a_gpu_exits_4_everywhere(tiny_cnn, tmp_path, command):
-    result = run_cli(*(a.format(model=tiny_cnn) for a in command), cwd=tmp_path)
+    result = invoke_cli(*(a.format(model=tiny_cnn) for a in command), cwd=tmp_path)
     assert result.returncode == 4, result.stderr
     assert ("no CUDA GPU" in result.stderr or "not CUDAExecutionProvider" in result.stderr) and list(tmp_path.iterdir()) == []
     assert len(result.stderr.strip().splitlines()) == 1

@@ -11,12 +11,8 @@ from google.protobuf import text_format  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def onnx_model(tiny_cnn, tmp_path_factory):
-    from aiopt.export.onnx import export_onnx
-
-    path = tmp_path_factory.mktemp("triton") / "cnn.onnx"
-    export_onnx(tiny_cnn, path)
-    return path
+def onnx_model(tiny_cnn_onnx):
+    return tiny_cnn_onnx
 
 
 def _parse(path):
