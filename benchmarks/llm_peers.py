@@ -56,7 +56,8 @@ def run(model: Path, work: Path, prompt_len: int, new_tokens: int, repeats: int,
     from aiopt.llm.causal_lm import Shape, load_causal_lm
     from aiopt.llm.lm_quality import heldout_windows
     from aiopt.llm.quantize import LMQuantizeConfig, quantize_causal_lm
-    from aiopt.llm.runners import TorchCausalLM, open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.runners import TorchCausalLM
 
     model_torch, config = load_causal_lm(model)
     shape = Shape.from_config(config)

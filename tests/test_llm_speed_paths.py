@@ -36,7 +36,8 @@ def test_cache_kept_in_ort_values_gives_the_plain_calls_tokens_and_logits():
     import onnxruntime as ort
 
     from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.runners import OrtCausalLM, open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.runners import OrtCausalLM
 
     out, _ = tiny_export()
     fast, _, _ = open_causal_lm(out)
@@ -86,7 +87,7 @@ def _greedy_rows(lm, prompt: np.ndarray, steps: int) -> np.ndarray:
 def test_genai_runtime_decodes_a_batch_with_onnx_runtimes_tokens(tmp_path):
     pytest.importorskip("onnxruntime_genai")
     from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
     from llm_tiny import tiny_gpt
 
     folder, _ = tiny_gpt()

@@ -49,7 +49,7 @@ def is_generative(artifact) -> bool:
     """A causal-LM folder, an aiopt KV-cache export folder, or its model.onnx."""
     from aiopt.llm.causal_lm import is_causal_lm_folder
     from aiopt.llm.export_kv import ONNX_FILE
-    from aiopt.llm.runners import _onnx_metadata
+    from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
 
     path = Path(artifact)
     from aiopt.llm.recipes_openvino import is_ir
@@ -113,7 +113,7 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
     from aiopt.artifacts import artifact_size
     from aiopt.bench.memory import PeakMemory
     from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
 
     tracker = PeakMemory("cpu")
     tracker.start()

@@ -26,20 +26,12 @@ import torch
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.llm.kv_names import LOGITS_START, ONNX_FILE, past_names, present_names
+from aiopt.llm.runners import OrtCausalLM, TorchCausalLM
 
-ONNX_FILE = "model.onnx"
-LOGITS_START = "logits_start"  # optional input: the first position whose logits are computed (default 0: all)
 EXTERNAL_DATA_FROM = 1_500_000_000  # bytes of weights past which they go beside the graph (protobuf stops at 2 GB)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "generation_config.json")
-
-
-def past_names(layers: int) -> list[str]:
-    return [f"past_key_values.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
-
-
-def present_names(layers: int) -> list[str]:
-    return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
 @dataclass(frozen=True)
@@ -242,8 +234,6 @@ def _stamp(onnx_path: Path, metadata: dict) -> None:
 def validate_kv_onnx(model, onnx_path, shape: Shape, config: KVExportConfig) -> dict:
     """Logits of ONNX Runtime vs transformers: a prefill of `prompt_tokens`, then greedy decode
     steps fed the same tokens to both (batch 1), and a batch-2 prefill."""
-    from aiopt.llm.runners import OrtCausalLM, TorchCausalLM
-
     ort_lm, torch_lm = OrtCausalLM(onnx_path, shape), TorchCausalLM(model, shape)
     rng = np.random.default_rng(0)
     diffs = []
