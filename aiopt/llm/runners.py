@@ -62,6 +62,7 @@ class OrtCausalLM:
         options.log_severity_level = 3  # not the warning that `logits_start`, an input with a default, is not constant-folded
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
         self._ort, self.shape, self.keep_cache_in_ort = ort, shape, keep_cache_in_ort
+        self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
         # an input with a default is listed among the overridable initializers, not the inputs
         names = [i.name for i in self.session.get_inputs()] + [i.name for i in self.session.get_overridable_initializers()]
         self._read_signature(onnx_path, names, [o.name for o in self.session.get_outputs()])
@@ -106,11 +107,13 @@ class OrtCausalLM:
             feed.update(zip(self.past_inputs, past_values))
             values = dict(zip(self.output_names, self.session.run(None, feed)))
             return values["logits"], [values[name] for name in self.present_for]
-        # OrtValues in and out (IO binding cannot bind `logits_start`, an input with a default)
-        wrap = self._ort.OrtValue.ortvalue_from_numpy
-        inputs = {name: wrap(value) for name, value in feed.items()}
-        inputs.update((name, wrap(value) if isinstance(value, np.ndarray) else value) for name, value in zip(self.past_inputs, past_values))
-        values = dict(zip(self.output_names, self.session.run_with_ort_values(self.output_names, inputs)))
+        # OrtValues in and out (IO binding cannot bind `logits_start`, an input with a default), on the
+        # C++ session as the classifier runner does: the Python wrapper's per-call checks and
+        # wrapping cost a small model more than the copy they save (benchmarks/llm_speed_paths.py).
+        wrap, cpu = self._ort.capi._pybind_state.OrtValue.ortvalue_from_numpy, self._cpu
+        inputs = {name: wrap(value, cpu) for name, value in feed.items()}  # `feed` keeps the arrays alive through the run
+        inputs.update((name, wrap(value, cpu) if isinstance(value, np.ndarray) else value) for name, value in zip(self.past_inputs, past_values))
+        values = dict(zip(self.output_names, self.session._sess.run_with_ort_values(inputs, self.output_names, None)))
         return values["logits"].numpy(), [values[name] for name in self.present_for]
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
