@@ -56,7 +56,8 @@ def run(model: Path, work: Path, prompt_len: int, new_tokens: int, repeats: int,
     from aiopt.llm.causal_lm import Shape, load_causal_lm
     from aiopt.llm.lm_quality import heldout_windows
     from aiopt.llm.quantize import LMQuantizeConfig, quantize_causal_lm
-    from aiopt.llm.runners import TorchCausalLM, open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.runners import TorchCausalLM
 
     model_torch, config = load_causal_lm(model)
     shape = Shape.from_config(config)
@@ -171,10 +172,19 @@ def markdown(document: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def base_gpt(folder: Path) -> Path:
+    """gpt:base, cached where benchmarks/run.py keeps the reference checkpoints (trained when missing)."""
+    if not (folder / "model.safetensors").is_file():
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
+        subprocess.run([sys.executable, "-m", "aiopt", "train", "gpt:base", "-o", str(folder)], check=True, stdout=sys.stderr, env=env)
+    return folder
+
+
 def main() -> int:
     sys.path.insert(0, str(ROOT.parent))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a causal-LM Hugging Face folder (default: gpt:tiny trained here)")
+    parser.add_argument("--model", type=Path, help="a causal-LM Hugging Face folder, or `base`: gpt:base, trained once into "
+                        "benchmarks/.work/base/gpt beside the other reference checkpoints (default: gpt:tiny trained here)")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
@@ -185,6 +195,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="aiopt-llm-peers-") as work:
         work = Path(work)
         model = args.model
+        if model is not None and str(model) == "base":
+            model = base_gpt(ROOT / ".work" / "base" / "gpt")
         if model is None:
             model = work / "gpt-tiny"  # trained as a user would: aiopt train gpt:tiny
             env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}

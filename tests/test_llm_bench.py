@@ -51,8 +51,21 @@ def test_bench_reports_ttft_tokens_per_s_memory_perplexity_and_the_bandwidth_fra
 def test_bench_cli_writes_json_and_markdown_for_generative_artifacts(tmp_path):
     folder, _ = tiny_gpt()
     result = run_cli("bench", str(folder), "-b", "1", "--threads", "1", "--json", str(tmp_path / "r.json"), "--markdown", str(tmp_path / "r.md"),
-                     env={"AIOPT_BENCH_NEW_TOKENS": "4"})
+                     "--html", str(tmp_path / "r.html"), "--new-tokens", "4", "--prompt-len", "16", "--perplexity-tokens", "512")
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "r.json").read_text())
     assert document["kind"] == "generative" and document["records"][0]["runtime"] == "torch"
+    settings = document["settings"]
+    assert settings["new_tokens"] == 4 and settings["ttft_prompts"] == [16] and settings["perplexity_tokens"] == 512
+    assert list(document["records"][0]["ttft_ms"]) == ["16"] and document["records"][0]["perplexity"]["tokens"] <= 512
     assert "| batch |" in (tmp_path / "r.md").read_text()
+    page = (tmp_path / "r.html").read_text()
+    assert page.startswith("<!doctype html>") and "<th>decode tok/s</th>" in page and "TTFT p16" in page
+
+
+def test_bench_refuses_generative_settings_that_cannot_be_measured(tmp_path):
+    folder, _ = tiny_gpt()
+    for flags, word in ((["--new-tokens", "1"], "--new-tokens"), (["--prompt-len", "0"], "--prompt-len"), (["--perplexity-tokens", "-1"], "--perplexity-tokens")):
+        result = run_cli("bench", str(folder), "-b", "1", "--json", str(tmp_path / "r.json"), *flags)
+        assert result.returncode == 2 and word in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not (tmp_path / "r.json").exists()

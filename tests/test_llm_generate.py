@@ -56,7 +56,7 @@ def test_text_streams_to_stdout_and_sampling_repeats_with_its_seed():
 def test_runners_agree_on_a_batch_of_prompts():
     """Batch rows in lock-step (bench's batch 8) give each row its own greedy tokens."""
     from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
 
     folder, _ = tiny_gpt()
     torch_lm, _, _ = open_causal_lm(folder)
@@ -153,7 +153,7 @@ def test_openvino_runs_the_torch_route_export_with_the_same_greedy_tokens():
 
 def test_a_folder_asked_to_run_on_an_onnx_runtime_is_refused():
     from aiopt.errors import InputError
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
 
     folder, _ = tiny_gpt()
     with pytest.raises(InputError, match="export it"):

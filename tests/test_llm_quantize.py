@@ -63,7 +63,7 @@ def test_quantize_measures_each_candidate_in_its_runtime_and_generate_honours_th
     generated = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert json.loads(generated.stdout)["runtime"] == metadata["runtime"]
-    bench = run_cli("bench", str(out), "--batch-size", "1", env={"AIOPT_BENCH_NEW_TOKENS": "4"})
+    bench = run_cli("bench", str(out), "--batch-size", "1", "--new-tokens", "4")
     assert bench.returncode == 0, bench.stderr[-2000:]
 
 

@@ -16,7 +16,7 @@ from aiopt.bench.report import to_json
 from aiopt.cli.render import emit_json, say, stdout
 from aiopt.errors import InputError
 from aiopt.fileio import check_output_path, human_size, write_bytes_atomic
-from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
+from aiopt.llm.bench import GenerativeBenchConfig, html_page, markdown, run_generative_bench
 from aiopt.llm.quantize import LMQuantizeConfig, markdown_table, quantize_causal_lm
 
 
@@ -58,20 +58,22 @@ def causal_lm_rows(table, info: dict) -> None:
 
 
 def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, threads: int | None, json_file: str | None,
-                     markdown_file: str | None, force: bool, backends: list[str] | None = None) -> None:
+                     markdown_file: str | None, force: bool, backends: list[str] | None = None, html_file: str | None = None,
+                     prompt_lens: list[int] | None = None, new_tokens: int = 64, perplexity_tokens: int = 4096) -> None:
     """`aiopt bench` when every artifact is a generative model (aiopt.llm.bench)."""
-    outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in (("json", json_file), ("markdown", markdown_file)) if path}
-    # Generative settings without flags of their own on `aiopt bench` (its options are the classifiers').
-    new_tokens = int(os.environ.get("AIOPT_BENCH_NEW_TOKENS", "64"))
-    perplexity_tokens = int(os.environ.get("AIOPT_BENCH_PERPLEXITY_TOKENS", "4096"))
+    outputs = {name: check_output_path(path, *artifacts, force=force)
+               for name, path in (("json", json_file), ("markdown", markdown_file), ("html", html_file)) if path}
     config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens,
-                                   perplexity_tokens=perplexity_tokens)
+                                   perplexity_tokens=perplexity_tokens, **({"ttft_prompts": tuple(prompt_lens)} if prompt_lens else {}))
+    config.check()
     document = run_generative_bench(artifacts, config, command=command_line(), say=say, runtimes=tuple(backends or ()))
     text = markdown(document)
     if "json" in outputs:
         write_bytes_atomic(outputs["json"], to_json(document).encode())
     if "markdown" in outputs:
         write_bytes_atomic(outputs["markdown"], text.encode())
+    if "html" in outputs:
+        write_bytes_atomic(outputs["html"], html_page(document).encode())
     stdout.print(escape(text), soft_wrap=True)
 
 

@@ -32,12 +32,24 @@ class GenerativeBenchConfig:
     perplexity_window: int = 256
     bandwidth_bytes: int = 1 << 30  # buffer the read loop sums (at least 1 GiB: well past every cache)
 
+    def check(self) -> None:
+        from aiopt.errors import InputError
+
+        if self.new_tokens < 2:
+            raise InputError(f"--new-tokens must be at least 2 (the first comes with the prefill; decode is timed after it), got {self.new_tokens}")
+        if any(p < 1 for p in self.ttft_prompts):
+            raise InputError(f"--prompt-len must be at least 1, got {min(self.ttft_prompts)}")
+        if self.perplexity_tokens < 0:
+            raise InputError(f"--perplexity-tokens must be 0 (skip) or more, got {self.perplexity_tokens}")
+        if any(b < 1 for b in self.batch_sizes):
+            raise InputError(f"--batch-size must be at least 1, got {min(self.batch_sizes)}")
+
 
 def is_generative(artifact) -> bool:
     """A causal-LM folder, an aiopt KV-cache export folder, or its model.onnx."""
     from aiopt.llm.causal_lm import is_causal_lm_folder
     from aiopt.llm.export_kv import ONNX_FILE
-    from aiopt.llm.runners import _onnx_metadata
+    from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
 
     path = Path(artifact)
     from aiopt.llm.recipes_openvino import is_ir
@@ -101,7 +113,7 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
     from aiopt.artifacts import artifact_size
     from aiopt.bench.memory import PeakMemory
     from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
 
     tracker = PeakMemory("cpu")
     tracker.start()
@@ -127,9 +139,6 @@ def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | N
     decode = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
     prompt_length = min(config.decode_prompt, context - config.new_tokens - 1)
     for batch in config.batch_sizes:
-        if batch > 1 and lm.runtime == "onnxruntime-genai":
-            record["skipped"].append(f"decode at batch {batch}: aiopt's loop runs the ONNX Runtime GenAI runtime one sequence at a time")
-            continue
         say(f"{artifact}: decode {config.new_tokens} tokens at batch {batch}")
         prompt = rng.integers(0, shape.vocab_size, (batch, prompt_length))
         runs = [generate_ids(lm, prompt, decode) for _ in range(max(1, config.repeats - 1))]
@@ -258,3 +267,37 @@ def markdown(document: dict) -> str:
         for skipped in r["skipped"]:
             lines.append(f"- {r['artifact']}: skipped {skipped}")
     return "\n".join(lines) + "\n"
+
+
+def html_page(document: dict) -> str:
+    """One self-contained HTML page of the same report (markdown()'s headings, notes and table)."""
+    from html import escape
+
+    body, table = [], []
+
+    def flush_table() -> None:
+        if table:
+            rows = [row for row in table if not set(row.replace("|", "").strip()) <= set("-:")]
+            cells = [[escape(c.strip()) for c in row.strip().strip("|").split("|")] for row in rows]
+            head = "".join(f"<th>{c}</th>" for c in cells[0])
+            rest = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in cells[1:])
+            body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rest}</tbody></table>")
+            table.clear()
+
+    for line in markdown(document).splitlines():
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        flush_table()
+        if line.startswith("# "):
+            body.append(f"<h1>{escape(line[2:])}</h1>")
+        elif line.startswith("- "):
+            body.append(f"<ul><li>{escape(line[2:])}</li></ul>")
+        elif line.strip():
+            body.append(f"<p>{escape(line)}</p>")
+    flush_table()
+    style = ("body{font:14px/1.45 system-ui,sans-serif;color:#222;margin:2em auto;max-width:1200px;padding:0 1em}"
+             "table{border-collapse:collapse}th,td{border:1px solid #ccc;padding:.25em .6em}td{text-align:right}"
+             "td:first-child,td:nth-child(2){text-align:left}")
+    return (f"<!doctype html><html><head><meta charset=\"utf-8\"><title>aiopt bench (generative)</title><style>{style}</style></head>"
+            f"<body>{''.join(body)}</body></html>\n")

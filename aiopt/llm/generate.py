@@ -117,7 +117,7 @@ def generate_text(artifact, prompt: str, config: GenerateConfig, write: Callable
                   threads: int | None = None, runtime: str | None = None) -> dict:
     """Generate from any generative artifact; `write` receives the new text as it comes."""
     from aiopt.artifacts.hf import load_tokenizer
-    from aiopt.llm.runners import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm
 
     config.check()  # before any loading: a bad --max-new-tokens fails at once
     lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=threads, runtime=runtime)

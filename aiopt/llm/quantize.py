@@ -246,7 +246,7 @@ def kv_export_metadata(path) -> dict | None:
     if not (path.is_dir() and (path / "model.onnx").is_file()):
         return None
     from aiopt.llm.export_kv import ONNX_FILE
-    from aiopt.llm.runners import _onnx_metadata
+    from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
 
     metadata = _onnx_metadata(path / ONNX_FILE)
     if not metadata.get("kv_cache") or metadata.get("step") != "export":

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.errors import UnsupportedModelError
+from aiopt.llm.runners import OpenVINOCausalLM
 
 IR_FILE = "openvino_model.xml"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with BF16 dot-product units
@@ -90,8 +91,6 @@ def _feed(row: np.ndarray, shape) -> dict:
 
 
 def open_ir(path: Path, shape, threads: int | None, precision: str):
-    from aiopt.llm.runners import OpenVINOCausalLM
-
     return OpenVINOCausalLM(path, shape, threads, precision=precision)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.llm.causal_lm import Shape
+from aiopt.llm.kv_names import LOGITS_START
 
 
 class TorchCausalLM:
@@ -45,56 +46,82 @@ class TorchCausalLM:
 
 
 class OrtCausalLM:
+    """The KV cache stays in ONNX Runtime's own buffers between steps: the present outputs come
+    back as OrtValues and are fed as the next step's past, never copied out to numpy. A prefill
+    for generation feeds `logits_start` = -1 where the export has that input, so only the last
+    position's logits are computed."""
+
     runtime = "onnxruntime"
 
-    def __init__(self, onnx_path, shape: Shape, threads: int | None = None):
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, keep_cache_in_ort: bool = True):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
+        options.log_severity_level = 3  # not the warning that `logits_start`, an input with a default, is not constant-folded
         self.session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-        self.shape = shape
-        names = [i.name for i in self.session.get_inputs()]
+        self._ort, self.shape, self.keep_cache_in_ort = ort, shape, keep_cache_in_ort
+        self._cpu = ort.OrtDevice.make("cpu", 0)._get_c_device()
+        # an input with a default is listed among the overridable initializers, not the inputs
+        names = [i.name for i in self.session.get_inputs()] + [i.name for i in self.session.get_overridable_initializers()]
+        self._read_signature(onnx_path, names, [o.name for o in self.session.get_outputs()])
+
+    def _read_signature(self, onnx_path, names: list[str], output_names: list[str]) -> None:
         self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
         if not self.past_inputs:
             raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
                                         "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
         self.takes_positions = "position_ids" in names
         self.takes_mask = "attention_mask" in names
+        self.takes_logits_start = LOGITS_START in names
         # present.{i}.{kv} feeds past_key_values.{i}.{kv} next step, matched by name, not by position
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        outputs = set(self.output_names)
+        self.output_names = output_names
+        outputs = set(output_names)
         self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
         missing = [name for name in self.present_for if name not in outputs]
         if "logits" not in outputs or missing:
             raise UnsupportedModelError(f"{onnx_path} lacks the outputs a KV-cache model has (logits and {', '.join(missing[:2]) or 'present.*'}); "
                                         "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
 
-    def _run(self, ids: np.ndarray, past_arrays: list[np.ndarray] | None, past: int):
+    def _feed(self, ids: np.ndarray, past: int, last_only: bool) -> dict:
         batch, length = ids.shape
         feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
         if self.takes_mask:
             feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
         if self.takes_positions:
             feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
-        if past_arrays is None:
-            empty = np.zeros((batch, self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
-            past_arrays = [empty] * len(self.past_inputs)
-        feed.update(zip(self.past_inputs, past_arrays))
-        values = self._infer(feed)
-        return values["logits"], ([values[name] for name in self.present_for], past + length)
+        if last_only and length > 1 and self.takes_logits_start:
+            feed[LOGITS_START] = np.array([-1], dtype=np.int64)
+        return feed
 
-    def _infer(self, feed: dict) -> dict:
-        return dict(zip(self.output_names, self.session.run(None, feed)))
+    def _run(self, ids: np.ndarray, past_values: list | None, past: int, last_only: bool):
+        if past_values is None:
+            empty = np.zeros((ids.shape[0], self.shape.kv_heads, 0, self.shape.head_dim), dtype=np.float32)
+            past_values = [empty] * len(self.past_inputs)
+        logits, present = self._infer(self._feed(ids, past, last_only), past_values)
+        return (logits[:, -1:] if last_only else logits), (present, past + ids.shape[1])
+
+    def _infer(self, feed: dict, past_values: list) -> tuple[np.ndarray, list]:
+        if not self.keep_cache_in_ort:  # the plain call: every present copied out to numpy (kept to compare against)
+            feed.update(zip(self.past_inputs, past_values))
+            values = dict(zip(self.output_names, self.session.run(None, feed)))
+            return values["logits"], [values[name] for name in self.present_for]
+        # OrtValues in and out (IO binding cannot bind `logits_start`, an input with a default), on the
+        # C++ session as the classifier runner does: the Python wrapper's per-call checks and
+        # wrapping cost a small model more than the copy they save (benchmarks/llm_speed_paths.py).
+        wrap, cpu = self._ort.capi._pybind_state.OrtValue.ortvalue_from_numpy, self._cpu
+        inputs = {name: wrap(value, cpu) for name, value in feed.items()}  # `feed` keeps the arrays alive through the run
+        inputs.update((name, wrap(value, cpu) if isinstance(value, np.ndarray) else value) for name, value in zip(self.past_inputs, past_values))
+        values = dict(zip(self.output_names, self.session._sess.run_with_ort_values(inputs, self.output_names, None)))
+        return values["logits"].numpy(), [values[name] for name in self.present_for]
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
-        logits, state = self._run(ids, None, 0)
-        return (logits[:, -1:] if last_only else logits), state
+        return self._run(ids, None, 0, last_only)
 
     def step(self, tokens: np.ndarray, state):
         present, past = state
-        return self._run(tokens, present, past)
+        return self._run(tokens, present, past, True)
 
 
 class OpenVINOCausalLM(OrtCausalLM):
@@ -119,24 +146,21 @@ class OpenVINOCausalLM(OrtCausalLM):
             raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({first_line(exc)}); "
                                         "export with --exporter torch for OpenVINO") from exc
         self.request, self.shape = compiled.create_infer_request(), shape
-        names = [i.get_any_name() for i in compiled.inputs]
-        self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
-        self.takes_positions, self.takes_mask = "position_ids" in names, "attention_mask" in names
-        self.output_names = [o.get_any_name() for o in compiled.outputs]
-        self.present_for = [name.replace("past_key_values.", "present.", 1) for name in self.past_inputs]
-        if not self.past_inputs or "logits" not in self.output_names:
-            raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs, so it cannot generate with a KV cache; "
-                                        "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
+        self._read_signature(onnx_path, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
-    def _infer(self, feed: dict) -> dict:  # the feed and the loop are ONNX Runtime's (OrtCausalLM._run)
+    def _infer(self, feed: dict, past_values: list) -> tuple[np.ndarray, list]:  # the feed and the loop are OrtCausalLM's
+        feed.update(zip(self.past_inputs, past_values))
         results = self.request.infer(feed)
-        return {name: results[index] for index, name in enumerate(self.output_names)}
+        values = {name: results[index] for index, name in enumerate(self.output_names)}
+        return values["logits"], [values[name] for name in self.present_for]
 
 
 class GenAICausalLM:
     """ONNX Runtime GenAI's own runtime (og.Generator) on a folder its model builder wrote
-    (genai_config.json): the KV cache in its shared past/present buffers. One sequence at a time:
-    its append_tokens takes a batch only once, so the lock-step loop here cannot feed batch > 1."""
+    (genai_config.json): the KV cache in its shared past/present buffers. Any batch size: the
+    prompts go in with one append_tokens; each step hands the generator the tokens this loop
+    chose by setting its logits to pick exactly them (set_logits), lets it append them
+    (generate_next_token), and reads the next logits (get_logits, which runs the model)."""
 
     runtime = "onnxruntime-genai"
 
@@ -152,110 +176,17 @@ class GenAICausalLM:
         self.max_length: int | None = None  # tokens the generator reserves its cache for; generate_ids sets it
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
-        if ids.shape[0] != 1:
-            raise UnsupportedModelError("the ONNX Runtime GenAI runtime runs one sequence at a time here; use batch 1 (or --runtime onnxruntime)")
         params = self.og.GeneratorParams(self.model)
-        params.set_search_options(max_length=self.max_length or self.shape.context_length or 2048, do_sample=False, batch_size=1)
+        params.set_search_options(max_length=self.max_length or self.shape.context_length or 2048, do_sample=False, batch_size=ids.shape[0])
         generator = self.og.Generator(self.model, params)
         generator.append_tokens(np.ascontiguousarray(ids, dtype=np.int32))
         logits = generator.get_output("logits")
         return (logits[:, -1:] if last_only else logits), generator
 
     def step(self, tokens: np.ndarray, state):
-        state.append_tokens(np.ascontiguousarray(tokens, dtype=np.int32))
-        return state.get_output("logits")[:, -1:], state
-
-
-RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-genai")
-
-
-def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = None):
-    """(runner, tokenizer folder, metadata) for a causal-LM folder, an aiopt KV export folder or its model.onnx."""
-    import json
-
-    from aiopt.artifacts.hf import is_hf_folder
-    from aiopt.llm.causal_lm import load_causal_lm
-    from aiopt.llm.export_kv import ONNX_FILE
-    from aiopt.llm.folder_io import METADATA_FILE
-
-    path = Path(artifact)
-    if not path.exists():
-        from aiopt.errors import InputError
-
-        raise InputError(f"{path} does not exist; pass a causal-LM Hugging Face folder or an ONNX exported by aiopt export")
-    if path.is_dir() and is_hf_folder(path):
-        if runtime not in (None, "torch"):
-            from aiopt.errors import InputError
-
-            raise InputError(f"a Hugging Face folder runs on torch; export it (aiopt export {path} --format onnx) for --runtime {runtime}")
-        if threads:
-            torch.set_num_threads(threads)
-        model, config = load_causal_lm(path)
-        meta_file = path / METADATA_FILE
-        metadata = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
-        return TorchCausalLM(model, Shape.from_config(config)), path, {**metadata, "config": config}
-    from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
-
-    if recipes_openvino.is_ir(path):
-        return recipes_openvino.open_ir_artifact(path, threads, runtime)
-    if recipes_llamacpp.is_gguf(path):
-        return recipes_llamacpp.open_gguf(path, threads, runtime)
-    onnx_path = path / ONNX_FILE if path.is_dir() else path
-    if not onnx_path.is_file() or onnx_path.suffix != ".onnx":
-        from aiopt.errors import InputError
-
-        raise InputError(f"{path} is neither a Hugging Face folder (config.json) nor an ONNX model; pass one of them")
-    metadata = _onnx_metadata(onnx_path)
-    kv = metadata.get("kv_cache")
-    if not kv:
-        names = _onnx_input_names(onnx_path)
-        raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
-                                    "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
-    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
-    if runtime not in (None, *RUNTIMES):
-        from aiopt.errors import InputError
-
-        raise InputError(f"--runtime {runtime!r} does not run an ONNX causal LM; choose {' or '.join(RUNTIMES)}")
-    if runtime == "openvino" and "genai" in str(metadata.get("exporter")):
-        # its com.microsoft GroupQueryAttention compiles on OpenVINO but fails past batch 1 (OpenVINO 2026.4)
-        raise UnsupportedModelError(f"{onnx_path} was written by ONNX Runtime GenAI's builder, whose GroupQueryAttention graph OpenVINO "
-                                    "does not run correctly; export with --exporter torch for OpenVINO")
-    if runtime == "onnxruntime-genai":
-        if not (onnx_path.parent / "genai_config.json").is_file():
-            raise UnsupportedModelError(f"{onnx_path.parent} has no genai_config.json; export with --exporter genai for the ONNX Runtime GenAI runtime")
-        try:
-            import onnxruntime_genai  # noqa: F401
-        except ImportError as exc:
-            from aiopt.errors import MissingDependencyError
-
-            raise MissingDependencyError("--runtime onnxruntime-genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
-        return GenAICausalLM(onnx_path.parent, shape, threads), onnx_path.parent, metadata
-    runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
-    return runner(onnx_path, shape, threads), onnx_path.parent, metadata
-
-
-def _onnx_metadata(onnx_path: Path) -> dict:
-    import json
-
-    import onnx
-
-    from aiopt.artifacts import METADATA_KEY
-    from aiopt.errors import InputError
-
-    try:
-        model = onnx.load_model(str(onnx_path), load_external_data=False)
-    except Exception as exc:
-        raise InputError(f"{onnx_path} is not a readable ONNX model ({first_line(exc)})") from exc
-    props = {p.key: p.value for p in model.metadata_props}
-    try:
-        return json.loads(props.get(METADATA_KEY) or "{}")
-    except ValueError:
-        return {}
-
-
-def _onnx_input_names(onnx_path: Path) -> list[str]:
-    import onnx
-
-    model = onnx.load_model(str(onnx_path), load_external_data=False)
-    initializers = {i.name for i in model.graph.initializer}
-    return [i.name for i in model.graph.input if i.name not in initializers]
+        chosen = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        forced = np.full((len(chosen), self.shape.vocab_size), -np.inf, dtype=np.float32)
+        forced[np.arange(len(chosen)), chosen] = 0.0
+        state.set_logits(forced)
+        state.generate_next_token()
+        return state.get_logits().reshape(len(chosen), 1, -1), state

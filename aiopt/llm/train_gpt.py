@@ -35,6 +35,9 @@ class GPTRecipe:
     train_speeches: int | None = None  # train on the first N train speeches only (None: all; tiny uses few, for speed)
     seed: int = 0
     threads: int | None = None  # torch threads while training (None: torch's default); tiny uses 1
+    # Stop after this many seconds of training even if `steps` are not done, the learning rate
+    # annealed by whichever comes first (a busy shared machine); the metadata says where it stopped.
+    time_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -133,10 +136,16 @@ class Bigram:
                 "lambda": self.lam, "smoothing": "bigram interpolated with add-one unigram, lambda chosen on validation"}
 
 
-def _lr_at(step: int, recipe: GPTRecipe) -> float:
+def _progress(step: int, elapsed_s: float, recipe: GPTRecipe) -> float:
+    """How far along the cosine decay: by steps, or by the time budget when that runs out first."""
+    by_steps = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    return max(by_steps, elapsed_s / recipe.time_budget_s if recipe.time_budget_s else 0.0)
+
+
+def _lr_at(step: int, recipe: GPTRecipe, elapsed_s: float = 0.0) -> float:
     if step < recipe.warmup:
         return recipe.lr * (step + 1) / recipe.warmup
-    progress = (step - recipe.warmup) / max(1, recipe.steps - recipe.warmup)
+    progress = min(1.0, _progress(step, elapsed_s, recipe))
     return recipe.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
@@ -152,9 +161,13 @@ def train_lm(model, ids: np.ndarray, context: int, recipe: GPTRecipe, on_step: C
                                   lr=recipe.lr, betas=(0.9, 0.95))
     model.train()
     start, loss_value, report_every = time.perf_counter(), float("nan"), max(1, recipe.steps // 100)
+    steps_done = 0
     for step in range(recipe.steps):
+        elapsed = time.perf_counter() - start
+        if recipe.time_budget_s and step >= recipe.warmup and elapsed >= recipe.time_budget_s:
+            break
         for group in optimizer.param_groups:
-            group["lr"] = _lr_at(step, recipe)
+            group["lr"] = _lr_at(step, recipe, elapsed)
         starts = torch.randint(0, len(stream) - context - 1, (recipe.batch_size,), generator=generator)
         batch = torch.stack([stream[s:s + context + 1] for s in starts.tolist()])
         logits = model(input_ids=batch[:, :-1]).logits
@@ -166,12 +179,13 @@ def train_lm(model, ids: np.ndarray, context: int, recipe: GPTRecipe, on_step: C
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         loss_value = float(loss.detach())
+        steps_done = step + 1
         if on_step and ((step + 1) % report_every == 0 or step + 1 == recipe.steps):
             accuracy = float((logits.detach().argmax(-1) == batch[:, 1:]).float().mean())
             on_step(StepStats(step + 1, recipe.steps, loss_value, accuracy))
     model.eval()
-    return {"train_seconds": round(time.perf_counter() - start, 2), "final_loss": round(loss_value, 5),
-            "tokens_seen": recipe.steps * recipe.batch_size * context}
+    return {"train_seconds": round(time.perf_counter() - start, 2), "final_loss": round(loss_value, 5), "steps_done": steps_done,
+            "stopped_by_time_budget": steps_done < recipe.steps, "tokens_seen": steps_done * recipe.batch_size * context}
 
 
 def train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool = False,

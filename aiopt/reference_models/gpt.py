@@ -10,11 +10,12 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class GPTConfig:
     vocab_size: int = 4096
-    hidden_size: int = 256
+    # `base`, sized so its recipe trains in under 30 minutes on 2 quiet cores (docs/llm.md)
+    hidden_size: int = 192
     num_layers: int = 4
-    num_heads: int = 8
+    num_heads: int = 6
     num_kv_heads: int = 2
-    intermediate_size: int = 688
+    intermediate_size: int = 512
     context_length: int = 256
     rope_theta: float = 10000.0
 

@@ -1,0 +1,121 @@
+"""Same-run A/B of the ONNX Runtime causal-LM runner's speed paths, interleaved round by round on
+one session of one export, so that load and drift hit both sides alike:
+
+  before: every prompt position's logits computed by the prefill (then all but the last dropped),
+          and every step's present KV cache copied out of ONNX Runtime into numpy (session.run);
+  after:  the prefill feeds `logits_start` = -1 (only the last position reaches the output layer),
+          and the cache stays in ONNX Runtime's OrtValues between steps (run_with_ort_values).
+
+    python benchmarks/llm_speed_paths.py                         # a wide-vocabulary model (see WIDE), random weights
+    python benchmarks/llm_speed_paths.py --model benchmarks/.work/base/gpt --prompt-len 192
+    python benchmarks/llm_speed_paths.py --model EXPORT_FOLDER --rounds 7 --json out.json
+
+Reports TTFT and decode tokens/s medians of each side, the after/before ratios, and the load
+average at the start and the end; greedy tokens must be identical on both sides (exit 1 if not).
+A ratio measured on a busy machine is still a same-run ratio, but say the load with it.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent
+
+# Qwen2.5's vocabulary and tied output layer on a small body: the case where the output layer
+# dominates a prefill (a 512-token prompt: ~80 GFLOP in the output layer, ~12 in the layers).
+WIDE = dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=4, num_attention_heads=8, num_key_value_heads=2,  # noqa: C408
+            vocab_size=151936, max_position_embeddings=4096, rope_theta=1000000.0, rms_norm_eps=1e-6, tie_word_embeddings=True,
+            hidden_act="silu", use_sliding_window=False, bos_token_id=0, eos_token_id=0)
+
+
+def wide_folder(work: Path, seed: int = 0) -> Path:
+    folder = work / "wide-vocab-seed0"
+    if (folder / "model.safetensors").is_file():
+        return folder
+    import torch
+    import transformers
+
+    torch.manual_seed(seed)
+    model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**WIDE)).eval()
+    tmp = folder.with_name(folder.name + ".tmp")
+    model.save_pretrained(tmp, safe_serialization=True)
+    tmp.rename(folder)
+    return folder
+
+
+def export_of(model: Path, work: Path) -> Path:
+    """An aiopt KV export of `model` (a Hugging Face folder is exported once, cached in `work`)."""
+    from aiopt.llm.export_kv import ONNX_FILE, export_causal_lm_onnx
+
+    if (model / ONNX_FILE).is_file():
+        return model
+    target = work / f"{model.name}.speed.onnx"
+    if not (target / ONNX_FILE).is_file():
+        started = time.perf_counter()
+        export_causal_lm_onnx(model, target, say=lambda m: print(m, file=sys.stderr, flush=True))
+        print(f"exported {model} in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="a causal-LM folder or an aiopt KV export (default: WIDE with random weights)")
+    parser.add_argument("--work", default=str(ROOT / ".work"))
+    parser.add_argument("--prompt-len", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--json", help="write the result here too")
+    args = parser.parse_args(argv)
+
+    import numpy as np
+
+    from aiopt.llm.causal_lm import Shape
+    from aiopt.llm.generate import GenerateConfig, generate_ids
+    from aiopt.llm.runners import OrtCausalLM
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    export = export_of(Path(args.model) if args.model else wide_folder(work), work)
+    metadata = json.loads((export / "aiopt.json").read_text())
+    shape = Shape(**{k: metadata["kv_cache"][k] for k in Shape.__dataclass_fields__})
+    prompt_len = min(args.prompt_len, (shape.context_length or 1 << 30) - args.new_tokens - 1)
+    load_start = os.getloadavg()
+    lm = OrtCausalLM(export / "model.onnx", shape, threads=args.threads)
+    if not lm.takes_logits_start:
+        raise SystemExit(f"{export} has no logits_start input: export it again with this aiopt")
+    prompt = np.random.default_rng(0).integers(0, shape.vocab_size, (args.batch_size, prompt_len))
+    sides = {"before": (False, False), "after": (True, True)}  # (logits_start fed, cache kept in ORT)
+    ttft, decode, tokens = {s: [] for s in sides}, {s: [] for s in sides}, {}
+    generate_ids(lm, prompt[:, :8], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
+    for round_ in range(args.rounds):
+        for side in (("before", "after") if round_ % 2 == 0 else ("after", "before")):
+            lm.takes_logits_start, lm.keep_cache_in_ort = sides[side]
+            first = generate_ids(lm, prompt, GenerateConfig(max_new_tokens=1, stop_at_eos=False))
+            run = generate_ids(lm, prompt, GenerateConfig(max_new_tokens=args.new_tokens, stop_at_eos=False))
+            ttft[side].append(first.ttft_s * 1000)
+            decode[side].append(run.decode_tokens_per_s() * args.batch_size)
+            tokens.setdefault(side, run.tokens)
+    same = tokens["before"] == tokens["after"]
+    result = {"export": str(export), "prompt_len": prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+              "rounds": args.rounds, "threads": args.threads, "vocab_size": shape.vocab_size, "layers": shape.layers,
+              "ttft_ms": {s: statistics.median(v) for s, v in ttft.items()},
+              "decode_tokens_per_s": {s: statistics.median(v) for s, v in decode.items()},
+              "ttft_speedup": statistics.median(ttft["before"]) / statistics.median(ttft["after"]),
+              "decode_speedup": statistics.median(decode["after"]) / statistics.median(decode["before"]),
+              "per_round": {"ttft_ms": ttft, "decode_tokens_per_s": decode},
+              "same_greedy_tokens": same, "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())}
+    print(json.dumps(result, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1))
+    return 0 if same else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
