@@ -2,9 +2,7 @@
 
 `option(default, "--flag", "help")` is a `dataclasses.field` whose metadata holds an `Option`.
 The CLI builds its typer options from it (aiopt.cli.options) and the step registry writes the
-reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree. A config whose
-file cannot carry the metadata yet declares the same `Option`s in a dict beside its step
-(aiopt.steps.declared); moving one onto its field is then a cut and paste.
+reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree.
 """
 from __future__ import annotations
 
@@ -34,16 +32,9 @@ def option(default: Any, flags: str | tuple[str, ...], help: str, **settings: An
     return dataclasses.field(default=default, metadata={"option": declared})
 
 
-def declared_options(config_class: type, overlay: dict[str, Option] | None = None) -> dict[str, Option]:
-    """Field name -> Option for every field of `config_class` that has a flag (on the field, or in
-    `overlay` for a config that cannot carry it yet), in the dataclass's order."""
-    overlay = overlay or {}
-    found = {}
-    for field in dataclasses.fields(config_class):
-        declared = field.metadata.get("option") or overlay.get(field.name)
-        if declared is not None:
-            found[field.name] = declared
-    return found
+def declared_options(config_class: type) -> dict[str, Option]:
+    """Field name -> Option for every field of `config_class` that has a flag, in the dataclass's order."""
+    return {f.name: f.metadata["option"] for f in dataclasses.fields(config_class) if "option" in f.metadata}
 
 
 def field_default(config_class: type, name: str) -> Any:

@@ -30,6 +30,7 @@ from aiopt.evaluate import accuracy
 from aiopt.fileio import check_output_path
 from aiopt.measure.quality import check_against_parent
 from aiopt.measure.torch_model import count_macs_and_params, torch_logits
+from aiopt.options import option
 from aiopt.reference_models import build_model, config_to_dict, get_entry
 
 METHODS = ("magnitude", "channel", "2:4")
@@ -38,15 +39,17 @@ SCOPES = ("global", "layer")
 
 @dataclass(frozen=True)
 class PruneConfig:
-    method: str = "channel"  # magnitude | channel | 2:4
-    sparsity: float = 0.5  # fraction removed (ignored by 2:4, which is always 2 of every 4)
-    scope: str = "global"  # magnitude only: rank weights across all layers or within each
-    finetune_epochs: int = 0
-    steps: int = 1  # channel: rounds of prune -> fine-tune, the epochs split across them
-    target_params: float | None = None  # channel: keep at most this fraction of the parameters
-    lr: float | None = None  # fine-tune learning rate; default: the recipe's lr (channel), a third of it (magnitude, 2:4)
-    seed: int = 0
-    dataset: str | None = None  # override the dataset the model records
+    method: str = option("channel", "--method", "channel (removes channels/units/heads), magnitude (unstructured) or 2:4.", always=True)
+    sparsity: float = option(0.5, "--sparsity", "Fraction removed, strictly between 0 and 1 (2:4 is always 50% in groups of 4).", always=True)
+    scope: str = option("global", "--scope", "magnitude: rank weights across all layers (global) or within each (layer).")
+    # `aiopt prune` fine-tunes 10 epochs unless told; the config (and optimize) default to none
+    finetune_epochs: int = option(0, "--finetune-epochs",
+                                  "Fine-tuning epochs after pruning (0: none; the Transformer needs about 30 after channel pruning).", cli_default=10, always=True)
+    steps: int = option(1, "--steps", "channel: rounds of prune + fine-tune, the epochs split across them.")
+    target_params: float | None = option(None, "--target-params", "channel: keep at most this fraction of the parameters (searches the sparsity).")
+    lr: float | None = option(None, "--lr", "Fine-tuning learning rate (default: the recipe's for channel, a third of it for magnitude and 2:4).")
+    seed: int = option(0, "--seed", "Random seed.")
+    dataset: str | None = option(None, "--dataset", "Fine-tuning data (default: the dataset the model records).")
 
 
 @dataclass(frozen=True)

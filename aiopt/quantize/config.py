@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.errors import InputError
-from aiopt.measure.quality import parse_metric_options
+from aiopt.measure.quality import DEFAULT_MAX_ACCURACY_DROP, parse_metric_options
+from aiopt.options import option
 from aiopt.quantize.recipes.onnxruntime import CALIB_METHODS
 from aiopt.quantize.registry import MEASURED
 from aiopt.specs import parse_fixed_inputs
@@ -24,28 +25,45 @@ _SUFFIX = {"static": ".int8", "dynamic": ".int8", "fp16": ".fp16", "bf16": ".bf1
 
 @dataclass(frozen=True)
 class QuantizeConfig:
-    method: str = "auto"
-    backend: str = "auto"
-    calibration: str | None = None  # DATA.npz or a built-in dataset name; default: the model's training split
-    calib_method: str = "minmax"
-    calib_samples: int = 256
-    per_channel: bool = True
-    exclude: tuple[str, ...] = ()
-    max_accuracy_drop: float | None = None  # in accuracy units (0.01 = one point)
-    data: str | None = None  # evaluation data; default: the model's test split
+    method: str = option("auto", "--method",
+                         "auto (measure every candidate here, write the fastest that keeps quality), or force one: static, dynamic, fp16, bf16.")
+    backend: str = option("auto", "--backend",
+                          "auto (ONNX Runtime and OpenVINO candidates), or force onnxruntime, openvino, torch, or tensorrt (symmetric INT8 QDQ for TensorRT).")
+    calibration: str | None = option(None, "--calibration", "Calibration data: DATA.npz, mnist1d or digits (default: the model's training split).")
+    calib_method: str = option("minmax", "--calib-method", "minmax, entropy or percentile.")
+    # the command's None: 256 for classifiers, 32 text windows for a causal LM (resolved by the command)
+    calib_samples: int = option(256, "--calib-samples",
+                                "Calibration samples drawn from the data (default 256; causal LMs: 32 windows of the --calibration text).", cli_default=None)
+    per_channel: bool = option(True, "--per-channel/--per-tensor", "Per-channel or per-tensor weight scales.")
+    exclude: tuple[str, ...] = option((), "--exclude", "ONNX node name to keep in float (repeatable).", cli_default=None)
+    # in accuracy units (0.01 = one point)
+    max_accuracy_drop: float | None = option(None, "--max-accuracy-drop",
+                                             f"Quality floor for class outputs (auto: default {DEFAULT_MAX_ACCURACY_DROP:g} = half a point; a forced recipe keeps its most harmful layers in float until the drop fits).")
+    data: str | None = option(None, "--data", "Evaluation data: .npz, mnist1d or digits (default: the model's test split).")
     latency_batch: int = 64
-    seed: int = 0
-    device: str = "cpu"  # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
+    seed: int = option(0, "--seed", "Seed for drawing calibration samples.")
+    # where calibration and evaluation run (cuda: ORT's CUDA provider, or PyTorch on CUDA)
+    device: str = option("cpu", "--device", "cpu or cuda (no GPU: exit 4).")
     # Chosen by measurement (method auto): the quality floor and the batch sizes timed.
     # accuracy | agreement | cosine (the first output), and/or OUTPUT=KIND[@threshold] per output; default: from each output (measure.quality)
-    metric: str | tuple[str, ...] | None = None
-    fixed_inputs: tuple[str, ...] = ()  # NAME=VALUE: inputs that always take one value (a sample rate), fed by the Runner
-    state: tuple[str, ...] = ()  # IN=OUT: recurrent state fed back (default: detected from names and shapes)
-    min_cosine: float = 0.99
-    batch_sizes: tuple[int, ...] = (1, 64)
-    seq_len: int = 128  # text data: tokens per sample
-    candidates: tuple[str, ...] = ()  # restrict the choice to these recipes (registry.MEASURED); empty: all
-    objective: str = "auto"  # OBJECTIVES
+    metric: str | tuple[str, ...] | None = option(None, "--metric",
+                                                  "accuracy, agreement or cosine for the first output, or OUTPUT=KIND[@threshold] for any output (KIND: class, probability, map, embedding, regression, state, exact; repeatable; default: from what each output is).")
+    fixed_inputs: tuple[str, ...] = option((), "--input",
+                                           "NAME=VALUE: an input that always takes one value, e.g. --input sr=16000 (recorded in the artifact and fed by its Runner; control flow on it is folded away).", cli_default=None)
+    state: tuple[str, ...] = option((), "--state",
+                                    "IN=OUT: a recurrent state the model returns and is fed back (quality also measured streaming; default: detected from names and shapes).", cli_default=None)
+    min_cosine: float = option(0.99, "--min-cosine", "Quality floor for embeddings and other continuous outputs: mean cosine similarity to FP32.")
+    # without -b the command may shrink the largest batch size for a slow model (fit_batch_sizes)
+    batch_sizes: tuple[int, ...] = option((1, 64), ("--batch-size", "-b"),
+                                          "Batch sizes the candidates are timed at (repeatable; default 1 and 64).", cli_default=None, always=True)
+    seq_len: int = option(128, "--seq-len",
+                          "Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data.")
+    # restrict the choice to these recipes (registry.MEASURED); empty: all
+    candidates: tuple[str, ...] = option((), "--candidate",
+                                         "Choose only among these recipes (repeatable; names as in the report, e.g. int8-dynamic).", cli_default=None)
+    # one of OBJECTIVES
+    objective: str = option("auto", "--objective",
+                            "auto: the fastest within the floor that is no larger than the input; latency: the fastest within the floor, whatever its size (e.g. two graphs routed by batch size).")
     fit_batch_sizes: bool = False  # shrink the largest batch size when one run at it would take seconds (the CLI's default -b)
 
     @property

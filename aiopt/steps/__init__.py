@@ -37,7 +37,6 @@ from aiopt.export.triton import TritonConfig
 from aiopt.options import Option, declared_options
 from aiopt.steps import results, transforms
 from aiopt.steps.contract import StepHooks, StepResult
-from aiopt.steps.declared import PRUNE_OPTIONS, QUANTIZE_OPTIONS
 
 __all__ = ["STEPS", "Step", "StepHooks", "StepOutcome", "StepResult", "command_line", "flags_for", "get_step", "run_step"]
 
@@ -50,12 +49,11 @@ class Step:
     run: Callable[[str, str | None, Any, StepHooks], tuple[StepResult, dict, dict]]  # -> (result, metadata, record)
     command: tuple[str, ...] = ()  # the aiopt command and its fixed flags (default: the step's name)
     output_flag: str = "-o"
-    overlay: dict[str, Option] = field(default_factory=dict)  # options of a config that cannot carry them on its fields yet
 
     @property
     def options(self) -> dict[str, Option]:
         """Config field -> its declared option, in the dataclass's order."""
-        return declared_options(self.config_class, self.overlay)
+        return declared_options(self.config_class)
 
     @property
     def flags(self) -> dict[str, str]:
@@ -64,14 +62,14 @@ class Step:
 
 
 STEPS: dict[str, Step] = {step.name: step for step in (
-    Step("prune", PruneConfig, results.Pruned, transforms.prune, overlay=PRUNE_OPTIONS),
+    Step("prune", PruneConfig, results.Pruned, transforms.prune),
     Step("distill", DistillConfig, results.Distilled, transforms.distill),
     Step("export", OnnxExportConfig, results.ExportedOnnx, transforms.export),
     Step("export-tensorrt", TensorRTConfig, results.BuiltTensorRT, transforms.export_tensorrt_step, command=("export", "--format", "tensorrt")),
     Step("export-torch-tensorrt", TensorRTConfig, results.BuiltTensorRT, transforms.export_torch_tensorrt_step,
          command=("export", "--format", "torch-tensorrt")),
     Step("export-torch-cuda", TorchCudaConfig, results.ExportedTorchCuda, transforms.export_torch_cuda_step, command=("export", "--format", "torch-cuda")),
-    Step("quantize", QuantizeConfig, results.Quantized, transforms.quantize, overlay=QUANTIZE_OPTIONS),
+    Step("quantize", QuantizeConfig, results.Quantized, transforms.quantize),
     Step("deploy", TritonConfig, results.Deployed, transforms.deploy, output_flag="--triton"),
 )}
 
