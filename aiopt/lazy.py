@@ -18,7 +18,7 @@ GPU_NOTE = " on a machine with an NVIDIA GPU"
 # top-level package -> the install line a user needs for it
 INSTALL = {
     "onnxruntime": "pip install onnxruntime",
-    "onnxruntime_genai": "pip install 'aiopt[llm]'",
+    "onnxruntime_genai": "pip install onnxruntime-genai",
     "openvino": "pip install 'aiopt[openvino]'",
     "openvino_genai": "pip install openvino-genai",
     "nncf": "pip install 'aiopt[openvino]'",
@@ -43,10 +43,12 @@ def install_line(module: str) -> str:
     return INSTALL.get(top, f"pip install {top}")
 
 
-def optional_import(module: str, purpose: str | None = None) -> ModuleType:
-    """Import `module` now; absent, raise MissingDependencyError naming what needs it and the install line."""
+def optional_import(module: str, purpose: str | None = None, label: str | None = None) -> ModuleType:
+    """Import `module` now; absent, raise MissingDependencyError naming what needs it (`purpose`, e.g.
+    a flag), the library (`label`, e.g. "ONNX Runtime"; default: its package name) and the install line."""
     try:
         return importlib.import_module(module)
     except ImportError as exc:
-        need = f"{purpose} needs {module.split('.')[0]}" if purpose else f"{module.split('.')[0]} is not installed"
+        library = label or module.split(".")[0]
+        need = f"{purpose} needs {library}" if purpose else f"{library} is not installed"
         raise MissingDependencyError(f"{need}; run: {install_line(module)}") from exc

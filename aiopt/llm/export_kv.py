@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from aiopt.errors import UnsupportedModelError, first_line
+from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 from aiopt.llm.kv_names import LOGITS_START, ONNX_FILE, past_names, present_names
@@ -146,12 +147,7 @@ def _export_genai(folder, target: Path, say) -> str:
     import sys
     import tempfile
 
-    from aiopt.errors import MissingDependencyError
-
-    try:
-        import onnxruntime_genai
-    except ImportError as exc:
-        raise MissingDependencyError("--exporter genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+    onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")
     say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder (fp32, cpu)")
     with tempfile.TemporaryDirectory(dir=target.parent) as cache:
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", "fp32",

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import torch
 
-from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError, first_line
+from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.artifacts.hf import is_hf_folder
 from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
 from aiopt.llm.causal_lm import Shape, load_causal_lm
+from aiopt.lazy import optional_import
 from aiopt.llm.folder_io import METADATA_FILE
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.runners import GenAICausalLM, OpenVINOCausalLM, OrtCausalLM, TorchCausalLM
@@ -58,10 +59,7 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
     if runtime == "onnxruntime-genai":
         if not (onnx_path.parent / "genai_config.json").is_file():
             raise UnsupportedModelError(f"{onnx_path.parent} has no genai_config.json; export with --exporter genai for the ONNX Runtime GenAI runtime")
-        try:
-            import onnxruntime_genai  # noqa: F401
-        except ImportError as exc:
-            raise MissingDependencyError("--runtime onnxruntime-genai needs ONNX Runtime GenAI; run: pip install onnxruntime-genai") from exc
+        optional_import("onnxruntime_genai", "--runtime onnxruntime-genai", "ONNX Runtime GenAI")
         return GenAICausalLM(onnx_path.parent, shape, threads), onnx_path.parent, metadata
     runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
     return runner(onnx_path, shape, threads), onnx_path.parent, metadata

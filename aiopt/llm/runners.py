@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from aiopt.errors import UnsupportedModelError, first_line
+from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape
 from aiopt.llm.kv_names import LOGITS_START
 
@@ -132,12 +133,7 @@ class OpenVINOCausalLM(OrtCausalLM):
     runtime = "openvino"
 
     def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32"):
-        try:
-            import openvino as ov
-        except ImportError as exc:
-            from aiopt.errors import MissingDependencyError
-
-            raise MissingDependencyError("--runtime openvino needs OpenVINO; run: pip install 'aiopt[openvino]'") from exc
+        ov = optional_import("openvino", "--runtime openvino", "OpenVINO")
 
         config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         try:

@@ -7,6 +7,7 @@ import re
 import numpy as np
 
 from aiopt.errors import MissingDependencyError, UnsupportedModelError
+from aiopt.lazy import optional_import
 from aiopt.runtime.base import Runner
 from aiopt.specs import TensorSpec
 
@@ -18,11 +19,7 @@ _PROVIDERS = {
 
 
 def import_onnxruntime():
-    try:
-        import onnxruntime
-    except ImportError as exc:
-        raise MissingDependencyError("ONNX Runtime is not installed; run: pip install onnxruntime") from exc
-    return onnxruntime
+    return optional_import("onnxruntime", label="ONNX Runtime")
 
 
 def providers_for(device: str) -> list[str]:

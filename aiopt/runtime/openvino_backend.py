@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from aiopt.errors import MissingDependencyError, UnsupportedModelError
+from aiopt.lazy import optional_import
 from aiopt.runtime.base import Runner
 from aiopt.specs import TensorSpec
 
@@ -13,12 +14,7 @@ INSTALL_HINT = "pip install 'aiopt[openvino]'"
 
 def import_from_extra(module: str, label: str):
     """A module of the `aiopt[openvino]` extra (openvino, nncf); its absence names the install line."""
-    import importlib
-
-    try:
-        return importlib.import_module(module)
-    except ImportError as exc:
-        raise MissingDependencyError(f"{label} is not installed; run: {INSTALL_HINT}") from exc
+    return optional_import(module, label=label)
 
 
 def import_openvino():
