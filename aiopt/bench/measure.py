@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import importlib.util
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path

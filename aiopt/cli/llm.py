@@ -4,7 +4,6 @@ rows. The commands route here; `aiopt generate` is in aiopt.cli.generate."""
 from __future__ import annotations
 
 import contextlib
-import os
 import sys
 import warnings
 from pathlib import Path

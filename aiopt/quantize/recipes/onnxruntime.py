@@ -11,7 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiopt.artifacts.checks import unseal
 from aiopt.errors import UnsupportedModelError
 from aiopt.export.float16 import convert_float16, quiet_tools
 from aiopt.export.onnx import control_flow_nodes, simplify
