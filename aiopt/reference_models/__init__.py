@@ -68,7 +68,7 @@ def _entries() -> dict[str, ModelEntry]:
                    "base": {}},
             train_defaults={"tiny": {"steps": 40, "batch_size": 8, "lr": 3e-3, "warmup": 10, "eval_tokens": 8192, "tokenizer_chars": 400_000,
                                      "train_speeches": 12, "threads": 1},
-                            "base": {"steps": 500, "batch_size": 16, "lr": 3e-3, "warmup": 30}},
+                            "base": {"steps": 2400, "batch_size": 16, "lr": 3e-3, "warmup": 60}},
             kind="causal-lm",
         ),
     }
