@@ -5,6 +5,10 @@ import os
 
 import numpy as np
 
+from aiopt import runtime
+from aiopt.artifacts import load_model
+from aiopt.artifacts.hf import sample_inputs
+from aiopt.errors import InputError
 from aiopt.evaluate import EvalData, accuracy, eval_data, run_batches
 from aiopt.measure.quality import choose_metric, compare_one, compare_outputs, judge_outputs
 from aiopt.specs import TensorSpec, parse_fixed_inputs, to_sample_first, with_fixed_values
@@ -29,9 +33,6 @@ def compare_artifacts(
     split the reference was trained on, else `samples` random inputs drawn from the input spec
     (sequence axes `seq_len` long).
     """
-    from aiopt import runtime
-    from aiopt.artifacts import load_model
-
     if str(reference).endswith(runtime.ENGINE_SUFFIXES):
         first, metadata = runtime.load(reference, device, backend_reference), {}
     else:  # loaded once, for its Runner and its metadata
@@ -72,16 +73,12 @@ def compare_artifacts(
 
 
 def _inputs(spec: list[TensorSpec], metadata: dict, data, samples: int, seq_len: int) -> EvalData:
-    from aiopt.errors import InputError
-
     try:
         return eval_data(spec, metadata, data, seq_len=seq_len)
     except InputError:
         if data is not None:
             raise
     if "hf" in metadata:  # token ids within the vocabulary, with padding: zeros would be all padding
-        from aiopt.artifacts.hf import sample_inputs
-
         return EvalData(sample_inputs(spec, metadata, samples, seq_len), None, f"{samples} random token batches (seed 0)")
     rng = np.random.default_rng(0)
     arrays = {}

@@ -14,7 +14,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from aiopt.errors import InputError
+from aiopt.errors import InputError, MissingDependencyError
 from aiopt.fileio import atomic_path
 
 # Bump when the preprocessing below changes, so stale caches are not reused.
@@ -90,8 +90,6 @@ def _generate_mnist1d() -> dict[str, np.ndarray]:
     try:
         from mnist1d.data import get_dataset_args, make_dataset
     except ImportError as exc:  # pragma: no cover - mnist1d is a core dependency
-        from aiopt.errors import MissingDependencyError
-
         raise MissingDependencyError("MNIST-1D needs the mnist1d package; run: pip install mnist1d") from exc
     # make_dataset reseeds the global numpy/random generators; keep the caller's streams intact.
     np_state, py_state = np.random.get_state(), random.getstate()

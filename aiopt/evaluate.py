@@ -10,7 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from aiopt.data import DATASETS, load_dataset, load_npz
 from aiopt.errors import InputError
+from aiopt.specs import fed_by_data, fixed_batch, to_model_layout
+from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
 
 
 @dataclass(frozen=True)
@@ -31,11 +34,6 @@ def eval_data(input_spec, metadata: dict | None = None, data: str | os.PathLike 
               seq_len: int = 128) -> EvalData:
     """Data to evaluate on: a user `.npz`, a `.txt` (one text per line, tokenized by the model's
     Hugging Face tokenizer at `seq_len`), else the test split of the dataset the model was trained on."""
-    from aiopt.data import DATASETS, load_dataset, load_npz
-    from aiopt.text_data import is_text_file, load_texts, tokenizer_folder
-
-    from aiopt.specs import fed_by_data
-
     input_spec = fed_by_data(input_spec)  # fixed inputs (a sample rate) come from the spec, not the data
     names = [s.name for s in input_spec]
     if is_text_file(data):
@@ -83,8 +81,6 @@ def _kind(dtype: str) -> str:
 def run_batches(runner, data: EvalData, batch_size: int = 256) -> list[np.ndarray]:
     """All outputs of `runner` over `data`, concatenated per output (on axis 0; an output whose
     batch sits elsewhere, a returned state, is concatenated on the axis of that input's batch)."""
-    from aiopt.specs import fixed_batch, to_model_layout
-
     fixed = fixed_batch(runner.input_spec)
     if fixed:  # a static-batch model takes exactly its batch size
         batch_size = fixed

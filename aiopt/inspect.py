@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import os
 
-from aiopt.artifacts import artifact_sha256, artifact_size, count_parameters, load_model, output_spec
+from aiopt.artifacts import FORMAT_HF, artifact_sha256, artifact_size, count_parameters, load_model, output_spec
+from aiopt.llm.causal_lm import describe_causal_lm, is_causal_lm_folder
 from aiopt.specs import TensorSpec, specs_to_json
 
 
@@ -31,10 +32,7 @@ def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_
 
 def _causal_lm(loaded, kv_tokens: int | None = None) -> dict | None:
     """Layers, heads, KV heads, context, vocabulary and memory of a causal-LM folder (None otherwise)."""
-    from aiopt.artifacts import FORMAT_HF
-
     if loaded.format != FORMAT_HF:
         return None
-    from aiopt.llm.causal_lm import describe_causal_lm, is_causal_lm_folder
 
     return describe_causal_lm(loaded.path, kv_tokens) if is_causal_lm_folder(loaded.path) else None

@@ -7,11 +7,13 @@ servers truncate the same way.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from aiopt.artifacts.hf import load_tokenizer
 from aiopt.errors import InputError
 
 DEFAULT_SEQ_LEN = 128
@@ -36,8 +38,6 @@ def tokenizer_folder(metadata: dict | None, path: str | os.PathLike) -> str:
 
 def load_texts(path: str | os.PathLike, tokenizer_folder: str | os.PathLike, input_spec, seq_len: int = DEFAULT_SEQ_LEN) -> tuple[dict[str, np.ndarray], list[str]]:
     """(inputs by the model's input names, int arrays of samples x seq_len; notes for the user)."""
-    from aiopt.artifacts.hf import load_tokenizer
-
     lines = _read_lines(Path(path))
     seq_len = _length(input_spec, seq_len, tokenizer_folder)
     tokenizer = load_tokenizer(tokenizer_folder)
@@ -110,8 +110,6 @@ def check_seq_len(seq_len: int, positions: int | None) -> None:
 
 
 def _max_positions(folder) -> int | None:
-    import json
-
     try:
         value = json.loads((Path(folder) / "config.json").read_text(encoding="utf-8")).get("max_position_embeddings")
     except (OSError, ValueError, AttributeError):

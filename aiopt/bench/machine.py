@@ -8,12 +8,12 @@ import re
 import shutil
 import subprocess
 
+from aiopt.hardware import detect_cpu
+
 _PACKAGES = ("torch", "onnxruntime", "onnx", "tensorrt", "torch-pruning", "numpy")
 
 
 def describe_machine() -> dict:
-    from aiopt.hardware import detect_cpu
-
     cpu = detect_cpu()
     block = {
         "cpu": cpu.model,

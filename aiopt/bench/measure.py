@@ -11,21 +11,28 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from aiopt.measure.latency import LatencyConfig, measure_interleaved_steady
-from aiopt.artifacts import artifact_size
+from aiopt import runtime
+from aiopt.bench.machine import available_cores, describe_machine
+from aiopt.bench.memory import PeakMemory
+from aiopt.evaluate import accuracy, eval_data, run_batches
+from aiopt.export.tensorrt import sidecar_path
+from aiopt.measure.latency import LatencyConfig, affordable_batch_sizes, measure_interleaved_steady
+from aiopt.artifacts import FORMAT_AIOPT, artifact_size, count_parameters, example_inputs, load_model, now_iso, output_spec, require_input_spec
 from aiopt.errors import AioptError, InputError, MissingDependencyError
-from aiopt.runtime.cuda_graph import PEER_BACKEND
-from aiopt.specs import TensorSpec
-
-if TYPE_CHECKING:
-    from aiopt.runtime.torch_backend import TorchRunner
+from aiopt.measure.quality import compare_outputs, output_kind
+from aiopt.measure.torch_model import count_macs_and_params
+from aiopt.reference_models import build_model
+from aiopt.runtime import ENGINE_SUFFIXES
+from aiopt.runtime.cuda_graph import PEER_BACKEND, WARMUP_CALLS, require_cuda
+from aiopt.runtime.torch_backend import TorchRunner, torch_device
+from aiopt.specs import TensorSpec, fixed_batch, to_model_layout
 
 SCHEMA_VERSION = 1
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -88,9 +95,6 @@ def run_bench(artifacts: list[str], config: BenchConfig = BenchConfig(), command
     before each step of the long work: phase "prepare" per target (load, evaluate, warm up), then
     "time" per interleaved timing slice, and once more with done == total at the end of each phase.
     """
-    from aiopt.artifacts import now_iso
-    from aiopt.bench.machine import available_cores, describe_machine
-
     validate(config)
     for path in artifacts:
         if not Path(path).is_file() and not (Path(path) / "config.json").is_file():
@@ -183,12 +187,6 @@ def _unsteady_summary(records: list[dict], remeasured: bool) -> str | None:
 def _fit_batch_sizes(target: _Target, config: BenchConfig, threads: int) -> tuple[BenchConfig, str | None]:
     """The default batch sizes shrunk by one timed run of the first target (the baseline when
     there is one: the slowest) at the smallest size (measure.latency.affordable_batch_sizes)."""
-    from dataclasses import replace
-
-    from aiopt import runtime
-    from aiopt.artifacts import load_model
-    from aiopt.measure.latency import affordable_batch_sizes
-
     if _is_engine(target.path) or target.backend == "tensorrt" or target.is_peer:
         return config, None
     try:
@@ -248,8 +246,6 @@ def _parent_in_run(path: str, artifacts: list[str]) -> str | None:
 def _lineage_root(path: str) -> str | None:
     """The trained FP32 checkpoint `path` descends from (itself, if it is one), where it still exists:
     beside `path` under the recorded name, or at the recorded path."""
-    from aiopt.artifacts import FORMAT_AIOPT
-
     try:
         loaded = _describe(path)
     except (AioptError, OSError, ValueError):
@@ -298,14 +294,9 @@ class _Pending:
 
 def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured: _Measured) -> list:
     """Skipped records and _Pending ones (loaded, evaluated, warmed; peak memory taken) for `target`."""
-    from aiopt import runtime
-    from aiopt.artifacts import count_parameters, load_model
-    from aiopt.bench.memory import PeakMemory
-
     if (target.backend == "tensorrt" or _is_engine(target.path)) and importlib.util.find_spec("tensorrt") is None:
         reason = "TensorRT is not installed: pip install 'aiopt[tensorrt]' on a machine with an NVIDIA GPU"
         return [_skipped(target, b, reason) for b in config.batch_sizes]
-    from aiopt.runtime.torch_backend import torch_device
 
     memory = PeakMemory(target.device)
     try:
@@ -359,8 +350,6 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
 
 
 def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]):
-    from aiopt.artifacts import output_spec, require_input_spec
-
     return _compiled_peer(loaded.model, require_input_spec(loaded), [o.name for o in output_spec(loaded)], device, batch_sizes,
                           str(loaded.path))
 
@@ -371,10 +360,7 @@ def _compiled_peer(module, input_spec: list[TensorSpec], output_names: list[str]
     batch size here so that compilation stays out of the latency (it is `compile_seconds`)."""
     import torch
 
-    from aiopt.artifacts import example_inputs
-    from aiopt.export.torch_precision import cast_to
-    from aiopt.runtime.cuda_graph import WARMUP_CALLS, require_cuda
-    from aiopt.runtime.torch_backend import TorchRunner
+    from aiopt.export.torch_precision import cast_to  # its modules subclass torch's nn.Module: torch at its top
 
     device_ = require_cuda(device, f"the {PEER_BACKEND} peer")
     compiled = torch.compile(cast_to(module, "fp16").to(device_), mode="reduce-overhead")
@@ -398,9 +384,6 @@ def _compile_seconds(runner) -> float | None:
 
 def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchConfig, measured: _Measured) -> dict:
     """What does not depend on the batch size: accuracy, agreement, size, params, FLOPs."""
-    from aiopt.evaluate import accuracy, eval_data, run_batches
-    from aiopt.measure.quality import compare_outputs, output_kind
-
     try:
         evaluation = eval_data(runner.input_spec, loaded.metadata, config.data, seq_len=config.seq_len)
     except InputError:
@@ -433,8 +416,6 @@ def _artifact_facts(target: _Target, runner, loaded: _Described, config: BenchCo
 
 
 def _is_engine(path: str) -> bool:
-    from aiopt.runtime import ENGINE_SUFFIXES
-
     return str(path).endswith(ENGINE_SUFFIXES)
 
 
@@ -447,13 +428,7 @@ class _Described:
 
 def _describe(path: str) -> _Described:
     """Format, metadata and parameter count; an engine's come from its sidecar."""
-    from aiopt.artifacts import count_parameters, load_model
-
     if _is_engine(path):
-        import json
-
-        from aiopt.export.tensorrt import sidecar_path
-
         sidecar = json.loads(sidecar_path(path).read_text())
         metadata = sidecar.get("aiopt_metadata") or {}
         return _Described("tensorrt-engine", metadata, metadata.get("params_count"))
@@ -464,9 +439,6 @@ def _describe(path: str) -> _Described:
 def flops_of(loaded, spec) -> int | None:
     """FLOPs of one sample (2 x multiply-accumulates), from the architecture the metadata records;
     quantization does not change the count, so ONNX and TorchScript descendants inherit it."""
-    from aiopt.measure.torch_model import count_macs_and_params
-    from aiopt.reference_models import build_model
-
     metadata = loaded.metadata
     if not metadata.get("architecture") or not metadata.get("config"):
         return None
@@ -478,16 +450,11 @@ def flops_of(loaded, spec) -> int | None:
 
 
 def _fixed_batch(spec) -> int | None:
-    from aiopt.specs import fixed_batch
-
     return fixed_batch(spec)  # a state 2 x batch x 128 has a dynamic batch, not a fixed batch of 2
 
 
 def _feed(spec, inputs: dict | None, batch: int, seq_len: int = 128) -> dict[str, np.ndarray]:
-    from aiopt.artifacts import example_inputs
-
     if inputs is None:
         return {s.name: t.numpy() for s, t in zip(spec, example_inputs(spec, batch, seq_len))}
-    from aiopt.specs import to_model_layout
 
     return {s.name: to_model_layout(np.resize(inputs[s.name], (batch, *inputs[s.name].shape[1:])), s).astype(s.dtype) for s in spec}

@@ -15,6 +15,7 @@ from aiopt.compare import compare_artifacts
 from aiopt.inspect import inspect_artifact
 from aiopt.reference_models import get_entry
 from aiopt.measure.run_outputs import run_npz
+from aiopt.reference_models.train import train_reference_model
 
 
 @command(epilog="Example: aiopt train cnn --dataset mnist1d --epochs 30 --seed 0 -o cnn.pt")
@@ -29,9 +30,6 @@ def train(
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Train a reference model (CPU or CUDA), evaluate it on the test split and write a checkpoint."""
-    # imported here, not at the top: training imports torch, which `aiopt --help` must not load
-    from aiopt.reference_models.train import train_reference_model
-
     name = model.split(":")[0]
     output = output or (name if get_entry(model).kind == "causal-lm" else f"{name}.pt")  # a causal LM is a folder
     with progress("train") as bars:

@@ -6,6 +6,8 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
+from aiopt.artifacts import FORMAT_AIOPT, load_model
+from aiopt.data import DATASETS, load_dataset
 from aiopt.errors import InputError, UnsupportedModelError
 
 @dataclass
@@ -23,8 +25,6 @@ class ReferenceCheckpoint:
 
 def load_reference_checkpoint(path: str | os.PathLike, step: str) -> ReferenceCheckpoint:
     """Load `path` and require an aiopt checkpoint whose architecture the registry can rebuild."""
-    from aiopt.artifacts import FORMAT_AIOPT, load_model
-
     loaded = load_model(path)
     if loaded.format != FORMAT_AIOPT:
         raise UnsupportedModelError(
@@ -36,8 +36,6 @@ def load_reference_checkpoint(path: str | os.PathLike, step: str) -> ReferenceCh
 
 def dataset_for(metadata: dict, override: str | None = None, step: str = "this step"):
     """The built-in dataset a model was trained on (or `override`), for fine-tuning and evaluation."""
-    from aiopt.data import DATASETS, load_dataset
-
     name = override or (metadata.get("dataset") or {}).get("name")
     if name not in DATASETS:
         raise InputError(f"{step} needs training data: the model records no built-in dataset; pass --dataset ({'|'.join(DATASETS)})")

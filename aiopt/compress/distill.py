@@ -48,8 +48,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiopt.artifacts import child_metadata, load_model, save_checkpoint
+from aiopt.compress.common import dataset_for, load_reference_checkpoint
 from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.evaluate import accuracy
+from aiopt.fileio import check_output_path, sha256_file
+from aiopt.measure.quality import check_against_parent
+from aiopt.measure.torch_model import torch_logits
 from aiopt.options import option
+from aiopt.reference_models import build_model, config_to_dict, get_entry, make_config, model_names, parse_model_name
+from aiopt.reference_models.train import TrainConfig, recipe_loss, set_seed, train_model
 
 
 @dataclass(frozen=True)
@@ -128,8 +136,6 @@ def validate(config: DistillConfig) -> None:
 def kd_loss(student_logits, teacher_logits, labels, temperature: float, alpha: float, label_smoothing: float):
     """Hinton's distillation loss; the hard term is the recipe's label-smoothed cross-entropy."""
     import torch.nn.functional as F
-
-    from aiopt.reference_models.train import recipe_loss
 
     hard = recipe_loss(student_logits, labels, label_smoothing)
     if alpha == 0:
@@ -244,15 +250,6 @@ def scale_config(architecture: str, config: Any, width: float) -> Any:
 
 
 def _student(config: DistillConfig, teacher, dataset) -> _Student:
-    from aiopt.compress.common import load_reference_checkpoint
-    from aiopt.reference_models import (
-        build_model,
-        make_config,
-        model_names,
-        parse_model_name,
-    )
-    from aiopt.reference_models.train import set_seed
-
     if config.width is not None:
         student_config = scale_config(teacher.architecture, teacher.config, config.width)
         size = f"{teacher.loaded.metadata.get('size', 'base')}*{config.width:g}"
@@ -263,7 +260,6 @@ def _student(config: DistillConfig, teacher, dataset) -> _Student:
     if Path(spec).is_file():
         loaded = load_reference_checkpoint(spec, "distill (student)")
         _check_student_input(spec, loaded.loaded.metadata, teacher, dataset)
-        from aiopt.fileio import sha256_file
 
         origin = {"checkpoint": spec, "sha256": sha256_file(spec)}
         return _Student(loaded.architecture, loaded.loaded.metadata.get("size", "custom"), loaded.config, loaded.model, origin)
@@ -321,14 +317,6 @@ def distill_checkpoint(
     """
     import torch
 
-    from aiopt.artifacts import child_metadata, load_model, save_checkpoint
-    from aiopt.compress.common import dataset_for, load_reference_checkpoint
-    from aiopt.measure.torch_model import torch_logits
-    from aiopt.evaluate import accuracy
-    from aiopt.measure.quality import check_against_parent
-    from aiopt.fileio import check_output_path
-    from aiopt.reference_models import config_to_dict, get_entry, train
-
     validate(config)
     out = check_output_path(output, teacher_path, config.student, force=force)
     teacher = load_reference_checkpoint(teacher_path, "distill")
@@ -343,7 +331,7 @@ def distill_checkpoint(
 
     recipe = get_entry(student.architecture).train_defaults
     overrides = {k: v for k, v in (("epochs", config.epochs), ("lr", config.lr)) if v is not None}
-    train_config = train.TrainConfig(**{**recipe, "seed": config.seed, **overrides})
+    train_config = TrainConfig(**{**recipe, "seed": config.seed, **overrides})
     initial = copy.deepcopy(student.model.state_dict())
 
     def progress(phase: str):
@@ -360,7 +348,7 @@ def distill_checkpoint(
         features = FeatureMatching(student.architecture, teacher.model, student.model, example, config.feature_weight)
     loss_fn = distillation_loss(teacher.model, config.temperature, config.alpha, train_config.label_smoothing, features)
     try:
-        summary = train.train_model(student.model, data, train_config, progress("distill"), loss_fn=loss_fn,
+        summary = train_model(student.model, data, train_config, progress("distill"), loss_fn=loss_fn,
                                     extra_modules=(features.projection,) if features else ())
     finally:
         if features:
@@ -376,7 +364,7 @@ def distill_checkpoint(
     if config.compare_alone:
         alone = copy.deepcopy(student.model)
         alone.load_state_dict(initial)
-        alone_summary = train.train_model(alone, data, train_config, progress("alone"))
+        alone_summary = train_model(alone, data, train_config, progress("alone"))
         alone_accuracy = accuracy(torch_logits(alone, data.x_test), data.y_test)
         alone_seconds = alone_summary["train_seconds"]
 

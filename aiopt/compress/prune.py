@@ -32,6 +32,7 @@ from aiopt.measure.quality import check_against_parent
 from aiopt.measure.torch_model import count_macs_and_params, torch_logits
 from aiopt.options import option
 from aiopt.reference_models import build_model, config_to_dict, get_entry
+from aiopt.reference_models.train import TrainConfig, train_model
 
 METHODS = ("magnitude", "channel", "2:4")
 SCOPES = ("global", "layer")
@@ -202,8 +203,6 @@ class _FineTuner:
         self.epochs_run, self.seconds = 0, 0.0
 
     def __call__(self, model, epochs: int) -> None:
-        from aiopt.reference_models.train import TrainConfig, train_model  # imports torch: loaded when a fine-tune runs
-
         if epochs < 1:
             return
         self.progress(f"fine-tuning for {epochs} epoch(s) at lr {self.lr:g}")

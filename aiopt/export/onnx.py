@@ -26,11 +26,18 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, LoadedModel, child_metadata, example_inputs, load_model, output_spec, require_input_spec, save_onnx_artifact
+from aiopt.artifacts import FORMAT_ONNX, FORMAT_TORCHSCRIPT, LoadedModel, ONNX_DTYPES, child_metadata, example_inputs, load_model, output_spec, require_input_spec, save_onnx_artifact
+from aiopt.artifacts.hf import sample_inputs
+from aiopt.data import DATASETS
 from aiopt.errors import CheckFailedError, InputError, UnsupportedModelError
+from aiopt.evaluate import accuracy, agreement, eval_data, run_batches
+from aiopt.measure.quality import check_against_parent
 from aiopt.options import option
 from aiopt.fileio import atomic_path, check_output_path, is_write_error
+from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner, make_session
+from aiopt.runtime.torch_backend import TorchRunner
 from aiopt.specs import TensorSpec
+from aiopt.text_data import check_seq_len
 
 DEFAULT_OPSET = 18
 VALIDATION_BATCH_SIZES = (1, 7)  # two sizes, neither the export example's, to prove the batch is dynamic
@@ -74,8 +81,6 @@ def export_onnx(
         raise InputError(f"{source} is already an ONNX model; pass a PyTorch artifact to export")
     spec = require_input_spec(loaded)
     if _has_seq_dims(spec):  # a length of 1 would be traced as a constant; beyond the position table, nothing runs
-        from aiopt.text_data import check_seq_len
-
         check_seq_len(config.seq_len, (loaded.metadata.get("hf") or {}).get("max_length"))
     outputs = output_spec(loaded)  # may run the model once (TorchScript): compute it once
     output_names = [o.name for o in outputs]
@@ -248,8 +253,6 @@ def specialise_fixed_inputs(source: Path, target: Path, fixed: dict) -> dict | N
     import onnx
     from onnx import numpy_helper
 
-    from aiopt.artifacts import ONNX_DTYPES
-
     model = onnx.load(str(source))
     taken = {i.name: i for i in model.graph.input}
     names = [n for n in fixed if n in taken]
@@ -271,9 +274,6 @@ def specialise_fixed_inputs(source: Path, target: Path, fixed: dict) -> dict | N
 def validate_against_torch(loaded: LoadedModel, onnx_path: Path, spec: list[TensorSpec], config: OnnxExportConfig, stage: str) -> dict:
     """ONNX Runtime vs PyTorch on the same inputs at two batch sizes; raise above tolerance."""
     import torch
-
-    from aiopt.evaluate import agreement
-    from aiopt.runtime.onnxruntime_backend import make_session
 
     session = make_session(str(onnx_path))
     sizes = VALIDATION_BATCH_SIZES if config.dynamic_batch else (1,)
@@ -320,8 +320,6 @@ def _example(loaded: LoadedModel, spec: list[TensorSpec], batch_size: int, seq_l
         return example_inputs(spec, batch_size, seq_len)
     import torch
 
-    from aiopt.artifacts.hf import sample_inputs
-
     feed = sample_inputs(spec, loaded.metadata, batch_size, seq_len, seed=batch_size)
     return tuple(torch.from_numpy(feed[s.name]) for s in spec)
 
@@ -330,12 +328,6 @@ def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: Load
                            output_names: list[str]) -> tuple[float | None, dict | None]:
     """Accuracy on ONNX Runtime and agreement with the PyTorch parent on the test split, when the
     model records its dataset; (None, None) otherwise. NaN outputs or collapsed agreement raise."""
-    from aiopt.measure.quality import check_against_parent
-    from aiopt.data import DATASETS
-    from aiopt.evaluate import accuracy, eval_data, run_batches
-    from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
-    from aiopt.runtime.torch_backend import TorchRunner
-
     if ((loaded.metadata.get("dataset") or {}).get("name")) not in DATASETS:
         return None, None
     data = eval_data(spec, loaded.metadata)

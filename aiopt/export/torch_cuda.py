@@ -24,10 +24,16 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiopt.errors import InputError
+from aiopt.artifacts import METADATA_KEY, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
+from aiopt.data import DATASETS
+from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.evaluate import accuracy, eval_data
+from aiopt.fileio import atomic_path, check_output_path, write_with
+from aiopt.measure.quality import check_against_parent
 from aiopt.options import option
 # How an artifact's buckets are read lives with the runtime (below this layer); re-exported here
 from aiopt.runtime.buckets import REEXPORT_HINT, bucket_for, buckets_of  # noqa: F401
+from aiopt.runtime.torch_backend import torch_device
 
 PRECISIONS = ("fp32", "fp16", "bf16")
 DEFAULT_BUCKETS = (1, 256)
@@ -62,10 +68,7 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
                       force: bool = False, trust_pickle: bool = False, input_spec=None) -> dict:
     import torch
 
-    from aiopt.artifacts import METADATA_KEY, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
-    from aiopt.export.torch_precision import cast_to
-    from aiopt.fileio import atomic_path, check_output_path, write_with
-    from aiopt.runtime.torch_backend import torch_device
+    from aiopt.export.torch_precision import cast_to  # its modules subclass torch's nn.Module: torch at its top
 
     validate(config)
     out = check_output_path(output, source, force=force)
@@ -91,8 +94,6 @@ def export_torch_cuda(source: str | os.PathLike, output: str | os.PathLike, conf
             warnings.simplefilter("ignore")  # e.g. the LSTM's flat weights "assigned during export": harmless here
             program = torch.export.export(module, example, dynamic_shapes=dynamic)
     except Exception as exc:
-        from aiopt.errors import UnsupportedModelError
-
         raise UnsupportedModelError(f"torch.export could not capture the model: {str(exc).splitlines()[0][:300]}") from exc
     check = _against_parent(parent.to(device), program.module(), spec, loaded.metadata, device, buckets[-1])
     metadata = child_metadata(
@@ -114,10 +115,6 @@ def _against_parent(parent, candidate, spec, metadata: dict, device: str, max_ba
     (random inputs when the model records no dataset). NaN or collapse raises; a large accuracy
     cost is reported with the FP32 fallback suggested."""
     import numpy as np
-
-    from aiopt.measure.quality import check_against_parent
-    from aiopt.data import DATASETS
-    from aiopt.evaluate import accuracy, eval_data
 
     known = ((metadata.get("dataset") or {}).get("name")) in DATASETS
     data = eval_data(spec, metadata) if known else None

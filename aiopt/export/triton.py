@@ -21,8 +21,12 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs
 from aiopt.errors import InputError
+from aiopt.export.tensorrt import sidecar_path
 from aiopt.options import option
+from aiopt.runtime import ENGINE_SUFFIXES
+from aiopt.specs import specs_from_json
 
 # numpy/ONNX dtype names -> Triton's DataType enum names
 TRITON_TYPES = {
@@ -58,13 +62,7 @@ class _Model:
 
 
 def _describe(artifact: Path, runtime: str | None = None) -> _Model:
-    from aiopt.artifacts import FORMAT_ONNX, load_model, onnx_value_specs
-    from aiopt.runtime import ENGINE_SUFFIXES
-    from aiopt.specs import specs_from_json
-
     if str(artifact).endswith(ENGINE_SUFFIXES):
-        from aiopt.export.tensorrt import sidecar_path
-
         try:
             sidecar = json.loads(sidecar_path(artifact).read_text())
         except (OSError, json.JSONDecodeError) as exc:

@@ -8,8 +8,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from aiopt.measure.latency import LatencyConfig
+from aiopt.artifacts import artifact_size
+from aiopt.evaluate import run_batches
+from aiopt.measure.latency import LatencyConfig, measure_interleaved
 from aiopt.measure.quality import QualityFloor, compare_outputs
+from aiopt.runtime import load
+from aiopt.specs import fixed_batch, to_model_layout
 
 
 @dataclass
@@ -43,8 +47,6 @@ class Deployed:
 def deployed_runner(path: str | os.PathLike, threads: int | None = None):
     """(runner, runtime): the artifact loaded on the runtime it ships for (its metadata's
     "runtime", or a by-batch dispatch between runtimes; by default the format's own)."""
-    from aiopt.runtime import load
-
     runner = load(path, threads=threads)
     return runner, runner.backend
 
@@ -52,8 +54,6 @@ def deployed_runner(path: str | os.PathLike, threads: int | None = None):
 def batch_feed(data, spec, batch: int) -> dict[str, np.ndarray]:
     """`batch` samples from `data` (repeated when it holds fewer), in the model's dtypes; a
     static-batch model gets its own batch size."""
-    from aiopt.specs import fixed_batch, to_model_layout
-
     batch = fixed_batch(spec) or batch
     return {s.name: to_model_layout(np.resize(data.inputs[s.name], (batch, *data.inputs[s.name].shape[1:])), s).astype(s.dtype)
             for s in spec if s.value is None}
@@ -64,10 +64,6 @@ def measure_deployed(path: str | os.PathLike, reference_runner, reference_output
     """Quality of the artifact at `path` on `data` against `reference_outputs` (judged by `floor`),
     and its p50 and the reference's at each batch size, interleaved. Candidates below the floor
     are timed too: the trade-off plot shows them."""
-    from aiopt.artifacts import artifact_size
-    from aiopt.evaluate import run_batches
-    from aiopt.measure.latency import measure_interleaved
-
     runner, runtime = deployed_runner(path, threads)
     quality = compare_outputs(reference_outputs, run_batches(runner, data)[0], data.labels)
     measured = Deployed(str(path), runtime, quality, floor.problem(quality), size_bytes=artifact_size(path))

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.evaluate import accuracy, agreement
 
 METRICS = ("accuracy", "agreement", "cosine")
 # What an output can be; `--metric OUTPUT=KIND[@threshold]` names one of these.
@@ -67,8 +68,6 @@ def output_kind(metadata: dict | None, output_name: str, output_shape) -> tuple[
 
 def compare_outputs(reference: np.ndarray, candidate: np.ndarray, labels: np.ndarray | None = None) -> dict:
     """Every quality figure of `candidate` against `reference` on the same inputs."""
-    from aiopt.evaluate import accuracy, agreement
-
     result = agreement(reference, candidate)
     ref = reference.reshape(len(reference), -1).astype(np.float64)
     cand = candidate.reshape(len(candidate), -1).astype(np.float64)
@@ -184,8 +183,6 @@ def _judge_one(metadata: dict | None, name: str, values: np.ndarray) -> OutputJu
 
 def compare_one(reference: np.ndarray, candidate: np.ndarray, judge: OutputJudge, labels: np.ndarray | None = None) -> dict:
     """The figures of one output judged as `judge.kind`."""
-    from aiopt.evaluate import accuracy
-
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape:
         raise InputError(f"output {judge.name!r} has different shapes: {reference.shape} vs {candidate.shape}")

@@ -12,6 +12,7 @@ import re
 import numpy as np
 
 from aiopt.errors import InputError
+from aiopt.specs import to_model_layout
 
 MAX_STREAMS = 4
 MIN_STEPS = 8
@@ -85,8 +86,6 @@ def run_streams(runner, data, pairs: dict[str, str]) -> dict[str, np.ndarray]:
     """Every output of `runner` over `data` run as streams: sample `s * steps + t` is chunk `t`
     of stream `s`; the states start at zero and each step feeds back the state it returned.
     Returns outputs by name, the chunks of all steps concatenated on the sample axis."""
-    from aiopt.specs import to_model_layout
-
     streams, steps = stream_plan(len(data))
     if steps < 2:
         raise InputError(f"the streaming check needs at least 2 chunks per stream; the data holds {len(data)} samples")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from aiopt.artifacts import example_inputs
+
 
 def torch_logits(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
     import torch
@@ -17,8 +19,6 @@ def torch_logits(model, x: np.ndarray, batch_size: int = 512) -> np.ndarray:
 def count_macs_and_params(model, input_spec) -> tuple[int, int]:
     """Multiply-accumulates and parameters of one sample's forward pass (Torch-Pruning's counter)."""
     import torch_pruning as tp
-
-    from aiopt.artifacts import example_inputs
 
     was_training = model.training
     model.eval()

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 from aiopt.architectures import register_architectures
 from aiopt.errors import InputError
+from aiopt.reference_models.gpt import GPTConfig, build_gpt
 
 DEFAULT_SIZE = "base"
 # _entries()'s names, known without importing torch (registering them stays free at `import aiopt`);
@@ -36,10 +37,9 @@ class ModelEntry:
 
 @functools.cache
 def _entries() -> dict[str, ModelEntry]:
-    # Imported here so `import aiopt` does not pull in torch.
+    # Imported here so `import aiopt` does not pull in torch (these three subclass torch's nn.Module).
     from aiopt.reference_models.cnn import CNN, CNNConfig
     from aiopt.reference_models.lstm import LSTMClassifier, LSTMConfig
-    from aiopt.reference_models.gpt import GPTConfig, build_gpt
     from aiopt.reference_models.transformer import TransformerClassifier, TransformerConfig
 
     return {

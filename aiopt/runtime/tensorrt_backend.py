@@ -10,6 +10,7 @@ import numpy as np
 
 from aiopt.errors import UnsupportedModelError
 from aiopt.runtime.base import Runner
+from aiopt.runtime.tensorrt_sidecar import check_sidecar, current_gpu, import_tensorrt
 from aiopt.specs import specs_from_json
 
 
@@ -18,8 +19,6 @@ class TensorRTRunner(Runner):
 
     def __init__(self, engine_path: str, device: str = "cuda"):
         import torch
-
-        from aiopt.runtime.tensorrt_sidecar import check_sidecar, current_gpu, import_tensorrt
 
         trt = import_tensorrt()
         sidecar = check_sidecar(engine_path, trt.__version__, current_gpu())
