@@ -9,6 +9,7 @@ where the model has its batch.
 """
 from __future__ import annotations
 
+from collections import Counter
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -99,8 +100,6 @@ def name_the_batch(specs: Sequence[TensorSpec]) -> list[TensorSpec]:
     """An exporter's name for the batch axis ("N", "batch_size", "unk__0") renamed "batch": the
     symbol most inputs have first; an input whose first axis is fixed (a state `2 x N x 128`)
     gets it wherever that symbol sits."""
-    from collections import Counter
-
     if any("batch" in s.shape for s in specs):
         return list(specs)
     firsts = Counter(s.shape[0] for s in specs if s.shape and isinstance(s.shape[0], str))

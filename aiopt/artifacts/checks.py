@@ -8,10 +8,13 @@ here, so they all refuse the same things with the same one-line InputError (exit
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import re
 import stat
 from pathlib import Path
+import struct
 
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.fileio import sha256_file
@@ -228,8 +231,6 @@ def check_safetensors(folder: Path) -> None:
     """The folder's safetensors weights (one file, or the shards an index names) are plain files in
     the folder whose header and tensor offsets fit the file: a truncated copy or a link to
     something else is one line here, not an error from deep inside the loader."""
-    import json
-
     index = folder / "model.safetensors.index.json"
     if _exists(index):
         _plain_file(index, folder)
@@ -269,9 +270,6 @@ def _plain_file(path: Path, folder: Path) -> int:
 
 
 def _check_safetensors_file(path: Path, folder: Path) -> None:
-    import json
-    import struct
-
     size = _plain_file(path, folder)
     damaged = f"{path} is not a complete safetensors file"
     try:
@@ -301,8 +299,6 @@ INTEGRITY_OVER = "the ONNX model serialized without its aiopt.json metadata entr
 def onnx_checksum(model, metadata_key: str = "aiopt.json") -> str:
     """sha256 of the model's graph, weights and other properties: the model serialized (protobuf's
     deterministic form) without the aiopt metadata entry, so recording it there does not change it."""
-    import hashlib
-
     entries = [(p.key, p.value) for p in model.metadata_props]
     del model.metadata_props[:]
     try:
@@ -325,8 +321,6 @@ def unseal(model, metadata_key: str = "aiopt.json") -> None:
     """Drop the checksum a tool (NNCF, ORT's converters, aiopt's own graph rewrites) copied from the
     aiopt file it started from: the derived file is not what aiopt sealed, so it loads as "absent"
     instead of "changed since aiopt wrote it"; the writer that ships a file seals it anew."""
-    import json
-
     for prop in model.metadata_props:
         if prop.key == metadata_key:
             try:

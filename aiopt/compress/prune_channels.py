@@ -15,6 +15,8 @@ import math
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
+
 from aiopt.artifacts import example_inputs
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.measure.torch_model import count_macs_and_params
@@ -171,7 +173,6 @@ def _prune_to(model, parent, target) -> None:
 
 def _rebuild(pruned, parent, target):
     """A fresh model of the derived config holding the pruned weights, checked to compute the same outputs."""
-    import numpy as np
     import torch
 
     derived = {}

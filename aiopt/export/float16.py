@@ -12,6 +12,8 @@ import logging
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 from aiopt.artifacts.checks import unseal
 
 # Kept in float when converting to FP16/BF16: their reductions lose accuracy in 16 bits.
@@ -56,7 +58,6 @@ def convert_bfloat16(source: Path, target: Path, exclude: tuple[str, ...] = ()) 
     """BF16 as TensorRT's strongly typed builder wants it: the FP16 conversion's layout (same ops
     kept in FP32, same casts), retyped to BF16, weights rounded from the original FP32 values.
     ONNX Runtime's CPU kernels do not run BF16; TensorRT (or onnx's checker here) does the checking."""
-    import numpy as np
     import onnx
     import onnx.version_converter
     from onnx import TensorProto, helper, numpy_helper

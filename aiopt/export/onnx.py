@@ -249,7 +249,6 @@ def specialise_fixed_inputs(source: Path, target: Path, fixed: dict) -> dict | N
     """The graph with its fixed inputs (a sample rate) turned into constants and folded with
     onnxslim, so an `If` on them collapses to the branch taken; None when no fixed input is a
     graph input. The record names what was specialised and any control flow left."""
-    import numpy as np
     import onnx
     from onnx import numpy_helper
 

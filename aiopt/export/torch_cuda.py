@@ -24,6 +24,8 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from aiopt.artifacts import METADATA_KEY, child_metadata, example_inputs, load_model, output_spec, require_input_spec, with_own_lineage
 from aiopt.data import DATASETS
 from aiopt.errors import InputError, UnsupportedModelError
@@ -114,8 +116,6 @@ def _against_parent(parent, candidate, spec, metadata: dict, device: str, max_ba
     """Accuracy and agreement of the exported program against the FP32 parent on the test split
     (random inputs when the model records no dataset). NaN or collapse raises; a large accuracy
     cost is reported with the FP32 fallback suggested."""
-    import numpy as np
-
     known = ((metadata.get("dataset") or {}).get("name")) in DATASETS
     data = eval_data(spec, metadata) if known else None
     inputs = data.inputs[spec[0].name] if known else np.random.default_rng(0).standard_normal((64, *spec[0].shape[1:])).astype("float32")
@@ -133,7 +133,6 @@ def _against_parent(parent, candidate, spec, metadata: dict, device: str, max_ba
 
 
 def _logits(module, inputs, device: str, batch_size: int = 256):
-    import numpy as np
     import torch
 
     chunks = []
