@@ -5,6 +5,7 @@ functions below import what they need when first used.
 """
 from __future__ import annotations
 
+import importlib
 from typing import Any
 
 from aiopt.version import __version__
@@ -22,8 +23,6 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     if name in _LAZY:
-        import importlib
-
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'aiopt' has no attribute {name!r}")
 
