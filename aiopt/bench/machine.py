@@ -1,7 +1,6 @@
 """The machine block every report carries: CPU, GPU, library versions, the command."""
 from __future__ import annotations
 
-import importlib.metadata
 import os
 import platform
 import re
@@ -39,6 +38,8 @@ def machine_id(block: dict) -> str:
 
 
 def _version(package: str) -> str | None:
+    import importlib.metadata  # here: it pulls email and csv, ~10 ms of `aiopt --help` (bench/measure imports this module)
+
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
