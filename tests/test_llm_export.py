@@ -30,6 +30,34 @@ def test_export_has_past_key_values_with_dynamic_batch_sequence_and_past():
     assert (out / "tokenizer.json").is_file() and not (out / "config.json").exists()
 
 
+def test_export_is_written_by_the_one_onnx_writer_sealed_with_its_lineage():
+    from aiopt.artifacts import load_model
+
+    out, summary = tiny_export()
+    loaded = load_model(out / "model.onnx")  # onnx's checker and the checksum, as any aiopt ONNX file
+    assert loaded.integrity == "ok" and loaded.metadata["step"] == "export" and loaded.metadata["task"] == "causal-lm"
+    assert [entry["step"] for entry in loaded.metadata["lineage"]] == ["train", "export"]
+    assert loaded.metadata["parent"]["path"] == summary["parent"]["path"] and loaded.metadata["validation"] == summary["validation"]
+    beside = json.loads((out / "aiopt.json").read_text())
+    assert beside == {k: v for k, v in loaded.metadata.items() if k != "integrity"}
+    assert summary["external_data"] is None and not (out / "model.onnx.data").exists()
+
+
+@pytest.mark.slow  # an export of its own (~15 s on a quiet machine)
+def test_weights_past_the_threshold_go_to_external_data_and_still_load_and_generate(tmp_path):
+    from aiopt.artifacts import load_model
+    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
+    from aiopt.llm.generate import GenerateConfig, generate_text
+
+    folder, _ = tiny_gpt()
+    out = tmp_path / "external"
+    result = export_causal_lm_onnx(folder, out, KVExportConfig(external_data_from=0))  # as a 0.5B model's 2.5 GB file would
+    assert result["external_data"] == "model.onnx.data" and (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+    assert result["validation"]["max_abs_diff"] <= 1e-3 and load_model(out / "model.onnx").integrity == "ok"
+    expected = generate_text(folder, "My fellow Americans", GenerateConfig(max_new_tokens=8))["tokens"]
+    assert generate_text(out, "My fellow Americans", GenerateConfig(max_new_tokens=8))["tokens"] == expected
+
+
 @pytest.mark.slow  # a second export of its own (~15 s on a quiet machine, a minute on a loaded one)
 def test_export_past_its_tolerance_writes_nothing(tmp_path):
     from aiopt.errors import UnsupportedModelError
