@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli
 from llm_tiny import tiny_export, tiny_gpt
 
 pytest.importorskip("transformers")
@@ -83,7 +83,7 @@ def test_inspect_shows_the_geometry_and_memory_of_a_causal_lm():
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     assert info["kv_cache_bytes_per_token"] == 2 * info["layers"] * info["kv_heads"] * head_dim * 4
     assert info["kv_cache_bytes"] == info["kv_cache_bytes_per_token"] * 128
-    table = run_cli("inspect", str(folder), "--kv-tokens", "1000")
+    table = invoke_cli("inspect", str(folder), "--kv-tokens", "1000")
     assert "KV heads" in table.stdout and "KV cache" in table.stdout and "for 1000 tokens" in table.stdout
 
 

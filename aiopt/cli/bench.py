@@ -26,7 +26,7 @@ from aiopt.measure.latency import LatencyConfig
 @command(epilog="Example: aiopt bench cnn.pt cnn.int8.onnx --batch-size 1 --batch-size 64 --json r.json --markdown r.md --html r.html")
 def bench(
     artifacts: List[str] = typer.Argument(..., help="Artifacts to measure side by side (any format aiopt loads)."),
-    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own)."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own); causal LMs also openvino-stateful and onnxruntime-genai."),
     device: Optional[List[str]] = typer.Option(None, "--device", help="cpu or cuda (repeatable; default cpu)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch size (repeatable; default 1 and 64)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),

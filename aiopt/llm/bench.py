@@ -201,7 +201,7 @@ def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
     folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
     genai = (folder / "genai_config.json").is_file()
     # the GenAI runtime reads only its builder's folders; OpenVINO does not run that builder's graph
-    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (r != "openvino" or not genai)]
+    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (not r.startswith("openvino") or not genai)]
     return chosen or [None]
 
 
