@@ -114,8 +114,8 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
             eos_token_id=hf_config.get("eos_token_id"), validation=validation, export_seconds=round(export_seconds, 2),
             source_folder=str(Path(folder).resolve()), source_metadata=_source_metrics(folder))
         # the graph as checked, its weights left in model.onnx.data where they are (a 0.5B model's
-        # FP32 weights, its tied table twice, pass protobuf's 2 GB): the checksum covers the graph
-        # and the references to that file, as load_model recomputes it
+        # 2 GB of FP32 weights would reach protobuf's limit): the checksum covers the graph and its
+        # references into that file, as load_model recomputes it
         save_onnx_artifact(graph, metadata, out / ONNX_FILE, write_to=onnx_path)
         (tmp / METADATA_FILE).write_text(json.dumps(with_own_lineage(metadata, out / ONNX_FILE), indent=2), encoding="utf-8")
     return {"path": str(out), "onnx": str(out / ONNX_FILE), **metadata}
