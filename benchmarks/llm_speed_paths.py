@@ -6,9 +6,14 @@ one session of one export, so that load and drift hit both sides alike:
   after:  the prefill feeds `logits_start` = -1 (only the last position reaches the output layer),
           and the cache stays in ONNX Runtime's OrtValues between steps (run_with_ort_values).
 
+With --compare openvino-stateful, the same A/B on OpenVINO instead: before, the export compiled as
+it is (the KV cache fed in and read out every step); after, the export made stateful
+(aiopt.llm.openvino_stateful: the cache in OpenVINO's variables).
+
     python benchmarks/llm_speed_paths.py                         # a wide-vocabulary model (see WIDE), random weights
     python benchmarks/llm_speed_paths.py --model benchmarks/.work/base/gpt --prompt-len 192
     python benchmarks/llm_speed_paths.py --model EXPORT_FOLDER --rounds 7 --json out.json
+    python benchmarks/llm_speed_paths.py --model EXPORT_FOLDER --compare openvino-stateful --prompt-len 64 --rounds 11
 
 Reports TTFT and decode tokens/s medians of each side, the after/before ratios, and the load
 average at the start and the end; greedy tokens must be identical on both sides (exit 1 if not).
@@ -72,13 +77,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the result here too")
+    parser.add_argument("--compare", choices=("ort-paths", "openvino-stateful"), default="ort-paths",
+                        help="ort-paths: ONNX Runtime's plain vs fast paths; openvino-stateful: OpenVINO stateless vs stateful")
     args = parser.parse_args(argv)
 
     import numpy as np
 
     from aiopt.llm.causal_lm import Shape
     from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.runners import OrtCausalLM
+    from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM
+    from aiopt.llm.runners import OpenVINOCausalLM, OrtCausalLM
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -87,28 +95,45 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape(**{k: metadata["kv_cache"][k] for k in Shape.__dataclass_fields__})
     prompt_len = min(args.prompt_len, (shape.context_length or 1 << 30) - args.new_tokens - 1)
     load_start = os.getloadavg()
-    lm = OrtCausalLM(export / "model.onnx", shape, threads=args.threads)
-    if not lm.takes_logits_start:
-        raise SystemExit(f"{export} has no logits_start input: export it again with this aiopt")
+    if args.compare == "openvino-stateful":
+        runners = {"before": OpenVINOCausalLM(export / "model.onnx", shape, threads=args.threads),
+                   "after": OpenVINOStatefulCausalLM(export / "model.onnx", shape, threads=args.threads)}
+
+        def side_runner(side: str):
+            return runners[side]
+    else:
+        lm = OrtCausalLM(export / "model.onnx", shape, threads=args.threads)
+        if not lm.takes_logits_start:
+            raise SystemExit(f"{export} has no logits_start input: export it again with this aiopt")
+        paths = {"before": (False, False), "after": (True, True)}  # (logits_start fed, cache kept in ORT)
+
+        def side_runner(side: str):
+            lm.takes_logits_start, lm.keep_cache_in_ort = paths[side]
+            return lm
     prompt = np.random.default_rng(0).integers(0, shape.vocab_size, (args.batch_size, prompt_len))
-    sides = {"before": (False, False), "after": (True, True)}  # (logits_start fed, cache kept in ORT)
+    sides = ("before", "after")
     ttft, decode, tokens = {s: [] for s in sides}, {s: [] for s in sides}, {}
-    generate_ids(lm, prompt[:, :8], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
+    for side in sides:
+        generate_ids(side_runner(side), prompt[:, :8], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
     for round_ in range(args.rounds):
-        for side in (("before", "after") if round_ % 2 == 0 else ("after", "before")):
-            lm.takes_logits_start, lm.keep_cache_in_ort = sides[side]
+        for side in (sides if round_ % 2 == 0 else sides[::-1]):
+            lm = side_runner(side)
             first = generate_ids(lm, prompt, GenerateConfig(max_new_tokens=1, stop_at_eos=False))
             run = generate_ids(lm, prompt, GenerateConfig(max_new_tokens=args.new_tokens, stop_at_eos=False))
             ttft[side].append(first.ttft_s * 1000)
             decode[side].append(run.decode_tokens_per_s() * args.batch_size)
             tokens.setdefault(side, run.tokens)
     same = tokens["before"] == tokens["after"]
-    result = {"export": str(export), "prompt_len": prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
+    result = {"compare": args.compare, "export": str(export), "prompt_len": prompt_len, "new_tokens": args.new_tokens, "batch_size": args.batch_size,
               "rounds": args.rounds, "threads": args.threads, "vocab_size": shape.vocab_size, "layers": shape.layers,
               "ttft_ms": {s: statistics.median(v) for s, v in ttft.items()},
               "decode_tokens_per_s": {s: statistics.median(v) for s, v in decode.items()},
               "ttft_speedup": statistics.median(ttft["before"]) / statistics.median(ttft["after"]),
               "decode_speedup": statistics.median(decode["after"]) / statistics.median(decode["before"]),
+              # per round, the two sides ran back to back: their ratio cancels load that changed between rounds,
+              # which a ratio of the two sides' medians does not when the load moves mid-run
+              "decode_speedup_per_round": statistics.median(a / b for a, b in zip(decode["after"], decode["before"])),
+              "rounds_after_faster": sum(a > b for a, b in zip(decode["after"], decode["before"])),
               "per_round": {"ttft_ms": ttft, "decode_tokens_per_s": decode},
               "same_greedy_tokens": same, "load_average_start": list(load_start), "load_average_end": list(os.getloadavg())}
     print(json.dumps(result, indent=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli
 from llm_tiny import tiny_export, tiny_gpt
 
 pytest.importorskip("transformers")
@@ -28,6 +28,34 @@ def test_export_has_past_key_values_with_dynamic_batch_sequence_and_past():
     check = summary["validation"]
     assert check["decode_steps"] == 8 and check["max_abs_diff"] <= 1e-3 and check["greedy_agreement"] == 1.0
     assert (out / "tokenizer.json").is_file() and not (out / "config.json").exists()
+
+
+def test_export_is_written_by_the_one_onnx_writer_sealed_with_its_lineage():
+    from aiopt.artifacts import load_model
+
+    out, summary = tiny_export()
+    loaded = load_model(out / "model.onnx")  # onnx's checker and the checksum, as any aiopt ONNX file
+    assert loaded.integrity == "ok" and loaded.metadata["step"] == "export" and loaded.metadata["task"] == "causal-lm"
+    assert [entry["step"] for entry in loaded.metadata["lineage"]] == ["train", "export"]
+    assert loaded.metadata["parent"]["path"] == summary["parent"]["path"] and loaded.metadata["validation"] == summary["validation"]
+    beside = json.loads((out / "aiopt.json").read_text())
+    assert beside == {k: v for k, v in loaded.metadata.items() if k != "integrity"}
+    assert summary["external_data"] is None and not (out / "model.onnx.data").exists()
+
+
+@pytest.mark.slow  # an export of its own (~15 s on a quiet machine)
+def test_weights_past_the_threshold_go_to_external_data_and_still_load_and_generate(tmp_path):
+    from aiopt.artifacts import load_model
+    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
+    from aiopt.llm.generate import GenerateConfig, generate_text
+
+    folder, _ = tiny_gpt()
+    out = tmp_path / "external"
+    result = export_causal_lm_onnx(folder, out, KVExportConfig(external_data_from=0))  # as a 0.5B model's 2.5 GB file would
+    assert result["external_data"] == "model.onnx.data" and (out / "model.onnx.data").stat().st_size > (out / "model.onnx").stat().st_size
+    assert result["validation"]["max_abs_diff"] <= 1e-3 and load_model(out / "model.onnx").integrity == "ok"
+    expected = generate_text(folder, "My fellow Americans", GenerateConfig(max_new_tokens=8))["tokens"]
+    assert generate_text(out, "My fellow Americans", GenerateConfig(max_new_tokens=8))["tokens"] == expected
 
 
 @pytest.mark.slow  # a second export of its own (~15 s on a quiet machine, a minute on a loaded one)
@@ -55,7 +83,7 @@ def test_inspect_shows_the_geometry_and_memory_of_a_causal_lm():
     head_dim = config["hidden_size"] // config["num_attention_heads"]
     assert info["kv_cache_bytes_per_token"] == 2 * info["layers"] * info["kv_heads"] * head_dim * 4
     assert info["kv_cache_bytes"] == info["kv_cache_bytes_per_token"] * 128
-    table = run_cli("inspect", str(folder), "--kv-tokens", "1000")
+    table = invoke_cli("inspect", str(folder), "--kv-tokens", "1000")
     assert "KV heads" in table.stdout and "KV cache" in table.stdout and "for 1000 tokens" in table.stdout
 
 

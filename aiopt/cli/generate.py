@@ -21,7 +21,7 @@ def generate(
     temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (> 0); implies --sample."),
     seed: int = typer.Option(0, "--seed", help="Seed for sampling: the same seed gives the same text."),
     threads: int | None = typer.Option(None, "--threads", help="Threads for the runtime (default: all cores)."),
-    runtime: str | None = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default), openvino, or onnxruntime-genai (an --exporter genai export)."),
+    runtime: str | None = typer.Option(None, "--runtime", help="For an ONNX export: onnxruntime (default), openvino, openvino-stateful (the KV cache kept in OpenVINO's state), or onnxruntime-genai (an --exporter genai export)."),
     as_json: bool = JSON_OPTION,
 ) -> None:
     """Generate text from a causal language model, streamed as it comes."""

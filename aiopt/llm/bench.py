@@ -10,14 +10,27 @@ on what they say), perplexity is measured on the sotu test split with the artifa
 from __future__ import annotations
 
 import math
+import os
 import statistics
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from html import escape as html_escape
 from pathlib import Path
 
 import numpy as np
 
-from aiopt.llm.causal_lm import DTYPE_BYTES, Shape
+from aiopt.artifacts import artifact_size
+from aiopt.artifacts.hf import is_hf_folder, load_tokenizer
+from aiopt.bench.machine import available_cores, describe_machine
+from aiopt.bench.measure import SCHEMA_VERSION
+from aiopt.bench.memory import PeakMemory
+from aiopt.bench.report import Violation, gate_markdown
+from aiopt.errors import InputError
+from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
+from aiopt.llm.corpus import load_sotu
+from aiopt.llm.generate import GenerateConfig, generate_ids
+from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.measure.bandwidth import measure_read_bandwidth
 
 
 @dataclass(frozen=True)
@@ -33,8 +46,6 @@ class GenerativeBenchConfig:
     bandwidth_bytes: int = 1 << 30  # buffer the read loop sums (at least 1 GiB: well past every cache)
 
     def check(self) -> None:
-        from aiopt.errors import InputError
-
         if self.new_tokens < 2:
             raise InputError(f"--new-tokens must be at least 2 (the first comes with the prefill; decode is timed after it), got {self.new_tokens}")
         if any(p < 1 for p in self.ttft_prompts):
@@ -47,13 +58,11 @@ class GenerativeBenchConfig:
 
 def is_generative(artifact) -> bool:
     """A causal-LM folder, an aiopt KV-cache export folder, or its model.onnx."""
-    from aiopt.llm.causal_lm import is_causal_lm_folder
-    from aiopt.llm.export_kv import ONNX_FILE
+    # these two import torch, which `aiopt --help` (it imports this module) must not load
     from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
-
-    path = Path(artifact)
     from aiopt.llm.recipes_openvino import is_ir
 
+    path = Path(artifact)
     if is_ir(path):  # an OpenVINO IR written by aiopt quantize (runners refuse others in one line)
         return True
     if path.is_dir():
@@ -88,8 +97,6 @@ def _params(artifact, lm, metadata: dict) -> int | None:
         return int(metadata["params"])
     import onnx
 
-    from aiopt.llm.export_kv import ONNX_FILE
-
     path = Path(artifact)
     path = path / ONNX_FILE if path.is_dir() else path
     model = onnx.load_model(str(path), load_external_data=False)
@@ -110,10 +117,7 @@ def _median_time(run: Callable[[], float], repeats: int) -> float:
 
 def bench_artifact(artifact, config: GenerativeBenchConfig, bandwidth: float | None, say: Callable[[str], None],
                    runtime: str | None = None) -> dict:
-    from aiopt.artifacts import artifact_size
-    from aiopt.bench.memory import PeakMemory
-    from aiopt.llm.generate import GenerateConfig, generate_ids
-    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm  # torch (see is_generative)
 
     tracker = PeakMemory("cpu")
     tracker.start()
@@ -167,12 +171,9 @@ def apply_limit(record: dict, bandwidth: float | None) -> None:
 
 
 def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dict) -> dict | None:
-    from aiopt.artifacts.hf import load_tokenizer
+    from aiopt.llm.train_gpt import eval_windows, token_stream  # torch (see is_generative)
 
     try:
-        from aiopt.llm.corpus import load_sotu
-        from aiopt.llm.train_gpt import eval_windows, token_stream
-
         corpus = load_sotu()
     except Exception as exc:  # noqa: BLE001 -- no corpus: the figure is missing, the rest stands
         record["skipped"].append(f"perplexity: {exc}")
@@ -195,24 +196,17 @@ def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dic
 
 def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
     """A folder runs on torch; an ONNX export on each ONNX runtime asked for (default ONNX Runtime)."""
-    from aiopt.artifacts.hf import is_hf_folder
-
     if is_hf_folder(artifact):
         return [None]
     folder = Path(artifact) if Path(artifact).is_dir() else Path(artifact).parent
     genai = (folder / "genai_config.json").is_file()
     # the GenAI runtime reads only its builder's folders; OpenVINO does not run that builder's graph
-    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (r != "openvino" or not genai)]
+    chosen = [r for r in runtimes if r != "torch" and (r != "onnxruntime-genai" or genai) and (not r.startswith("openvino") or not genai)]
     return chosen or [None]
 
 
 def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, command: str | None = None,
                          say: Callable[[str], None] = lambda message: None, runtimes: tuple[str, ...] = ()) -> dict:
-    import os
-
-    from aiopt.bench.machine import available_cores, describe_machine
-    from aiopt.measure.bandwidth import measure_read_bandwidth
-
     threads = config.threads or available_cores()
     config = GenerativeBenchConfig(**{**asdict(config), "threads": threads})
     say(f"measuring the read bandwidth on {threads} threads")
@@ -226,11 +220,91 @@ def run_generative_bench(artifacts: list[str], config: GenerativeBenchConfig, co
     bandwidth = {**bandwidth, "measurements_bytes_per_s": [before["bytes_per_s"], after["bytes_per_s"]]}
     for record in records:
         apply_limit(record, bandwidth["bytes_per_s"])
-    return {"kind": "generative", "machine": describe_machine(), "load_average": list(os.getloadavg()),
+    return {"schema_version": SCHEMA_VERSION, "kind": "generative", "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "settings": asdict(config), "bandwidth": bandwidth, "records": records, "command": command}
 
 
-def markdown(document: dict) -> str:
+# ---------------------------------------------------------------- against a baseline report
+
+# (figure, better, gated by): every figure of a record, side by side with the baseline's; the gate
+# (exit 1) holds the speed figures to --max-regression as the classifier gate holds p50 latency, and
+# next-token accuracy to --max-accuracy-drop. Memory, perplexity and the fraction of the limit are
+# shown with their ratio, not gated: the fraction moves with the bandwidth measured on the day.
+HIGHER, LOWER = "higher", "lower"
+
+
+def _figures(record: dict) -> list[tuple[str, int, float | None, str, str | None]]:
+    """(figure, batch, value, better, gate) of one record."""
+    figures = [(f"TTFT p{length} ms", 1, ms, LOWER, "speed") for length, ms in record.get("ttft_ms", {}).items()]
+    for d in record.get("decode", []):
+        figures.append((f"decode tok/s b{d['batch_size']}", d["batch_size"], d.get("tokens_per_s"), HIGHER, "speed"))
+        figures.append((f"fraction of limit b{d['batch_size']}", d["batch_size"], d.get("fraction_of_limit"), HIGHER, None))
+    quality = record.get("perplexity") or {}
+    figures += [("peak memory MiB", 1, (record.get("peak_memory_bytes") or 0) / (1 << 20) or None, LOWER, None),
+                ("perplexity", 1, quality.get("perplexity"), LOWER, None),
+                ("next-token accuracy", 1, quality.get("next_token_accuracy"), HIGHER, "accuracy")]
+    return figures
+
+
+def compare_generative(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01,
+                       source: str | None = None) -> tuple[dict, list[Violation]]:
+    """Each figure of each baseline record beside this run's (matched by artifact and runtime), with
+    the ratio now/baseline, and the violations of the gate. A speed figure regresses when its time
+    grows by more than `max_regression` (TTFT up, or time per decoded token up: tok/s down by more
+    than 1 - 1/(1 + max_regression)); accuracy when it drops by more than `max_accuracy_drop`."""
+    if max_regression < 0 or max_accuracy_drop < 0:
+        raise InputError("--max-regression and --max-accuracy-drop must not be negative")
+    now = {(r["artifact"], r["runtime"]): r for r in current["records"]}
+    rows, violations = [], []
+    for old in baseline["records"]:
+        key = (old["artifact"], old["runtime"])
+        new = now.get(key)
+        if new is None:
+            violations.append(Violation((*key, "cpu", 1), "missing", 0.0, 0.0, "present"))
+            continue
+        values = {figure: value for figure, _, value, _, _ in _figures(new)}
+        for figure, batch, before, better, gate in _figures(old):
+            after = values.get(figure)
+            if before is None:
+                continue
+            ratio = after / before if after is not None and before else None
+            rows.append({"artifact": key[0], "runtime": key[1], "figure": figure, "baseline": before, "current": after,
+                         "ratio": ratio, "better": better})
+            where = (*key, "cpu", batch)
+            if after is None:
+                if gate:
+                    violations.append(Violation(where, "missing", 0.0, 0.0, "present"))
+            elif gate == "speed" and (before / after if better == HIGHER else after / before) > 1 + max_regression + 1e-12:
+                violations.append(Violation(where, figure, before, after, f"{max_regression:.0%} more time"))
+            elif gate == "accuracy" and before - after > max_accuracy_drop + 1e-12:
+                violations.append(Violation(where, figure, before, after, f"a drop of {100 * max_accuracy_drop:.2f} pt"))
+    section = {"report": source, "load_average": baseline.get("load_average"),
+               "max_regression": max_regression, "max_accuracy_drop": max_accuracy_drop, "comparison": rows,
+               "violations": [v.describe() for v in violations]}
+    return section, violations
+
+
+def _baseline_markdown(section: dict, violations: list[Violation] | None) -> list[str]:
+    load = section.get("load_average")
+    lines = ["", f"## Against the baseline {section.get('report') or ''}".rstrip(), "",
+             "Each figure of the baseline report beside this run's, matched by artifact and runtime; ratio = now / baseline "
+             "(higher is better for tok/s, the fraction and accuracy; lower for TTFT, memory and perplexity)."
+             + (f" The baseline ran at load average {load[0]:.2f}." if load else ""), "",
+             "| artifact | runtime | figure | baseline | now | ratio |", "|---|---|---|---:|---:|---:|"]
+    for row in section["comparison"]:
+        worse = row["ratio"] is not None and (row["ratio"] < 1 if row["better"] == HIGHER else row["ratio"] > 1)
+        lines.append(f"| {row['artifact']} | {row['runtime']} | {row['figure']} | {_figure(row['baseline'])} | {_figure(row['current'])} | "
+                     + ("-" if row["ratio"] is None else f"{row['ratio']:.2f}x" + (" (worse)" if worse else "")) + " |")
+    return lines + gate_markdown(violations or [])
+
+
+def _figure(value) -> str:
+    return "-" if value is None else f"{value:.3f}" if abs(value) < 10 else f"{value:,.1f}"
+
+
+def markdown(document: dict, violations: list[Violation] | None = None) -> str:
+    """The report; with a baseline (document["baseline"], compare_generative), each figure beside
+    the baseline's and the regression gate's verdict."""
     bandwidth = document["bandwidth"]
     settings = document["settings"]
     lines = [f"# aiopt bench (generative) on {document['machine']['cpu']}, {settings['threads']} threads", ""]
@@ -266,13 +340,14 @@ def markdown(document: dict) -> str:
     for r in document["records"]:
         for skipped in r["skipped"]:
             lines.append(f"- {r['artifact']}: skipped {skipped}")
+    if document.get("baseline"):
+        lines += _baseline_markdown(document["baseline"], violations)
     return "\n".join(lines) + "\n"
 
 
-def html_page(document: dict) -> str:
-    """One self-contained HTML page of the same report (markdown()'s headings, notes and table)."""
-    from html import escape
-
+def html_page(document: dict, violations: list[Violation] | None = None) -> str:
+    """One self-contained HTML page of the same report (markdown()'s headings, notes and tables)."""
+    escape = html_escape
     body, table = [], []
 
     def flush_table() -> None:
@@ -284,13 +359,14 @@ def html_page(document: dict) -> str:
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rest}</tbody></table>")
             table.clear()
 
-    for line in markdown(document).splitlines():
+    for line in markdown(document, violations).splitlines():
         if line.startswith("|"):
             table.append(line)
             continue
         flush_table()
-        if line.startswith("# "):
-            body.append(f"<h1>{escape(line[2:])}</h1>")
+        heading = len(line) - len(line.lstrip("#"))
+        if 1 <= heading <= 3 and line[heading:heading + 1] == " ":
+            body.append(f"<h{heading}>{escape(line[heading + 1:])}</h{heading}>")
         elif line.startswith("- "):
             body.append(f"<ul><li>{escape(line[2:])}</li></ul>")
         elif line.strip():

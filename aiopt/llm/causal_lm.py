@@ -8,14 +8,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiopt.artifacts.hf import check_weights, float32_kwargs, import_transformers, is_hf_folder, read_json
 from aiopt.errors import InputError, UnsupportedModelError, first_line
 
 DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
 
 
 def read_config(folder) -> dict:
-    from aiopt.artifacts.hf import read_json
-
     config = read_json(Path(folder) / "config.json")
     if not isinstance(config, dict):
         raise InputError(f"{Path(folder) / 'config.json'} is not a JSON object; re-save the folder with save_pretrained")
@@ -26,8 +25,6 @@ def is_causal_lm_config(config: dict) -> bool:
     architectures = config.get("architectures") or []
     if architectures:
         return any(str(a).endswith(("ForCausalLM", "LMHeadModel")) for a in architectures)
-    from aiopt.artifacts.hf import import_transformers
-
     import_transformers()
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
 
@@ -36,8 +33,6 @@ def is_causal_lm_config(config: dict) -> bool:
 
 def is_causal_lm_folder(path) -> bool:
     """A folder with a config.json naming a causal-LM architecture (unreadable configs: False)."""
-    from aiopt.artifacts.hf import is_hf_folder
-
     if not is_hf_folder(path):
         return False
     try:
@@ -48,8 +43,6 @@ def is_causal_lm_folder(path) -> bool:
 
 def require_causal_lm_folder(path) -> dict:
     """The folder's config, or one line saying why it is not a causal LM folder."""
-    from aiopt.artifacts.hf import is_hf_folder
-
     if not is_hf_folder(path):
         raise InputError(f"{path} is not a Hugging Face model folder (no config.json); pass a causal-LM folder or an ONNX exported by aiopt")
     config = read_config(path)
@@ -150,8 +143,6 @@ def _safetensors_sizes(folder: Path) -> tuple[int | None, int | None, set[str]]:
 
 def load_causal_lm(folder):
     """(model in float32, eval mode; config dict) from a causal-LM folder."""
-    from aiopt.artifacts.hf import check_weights, float32_kwargs, import_transformers
-
     folder = Path(folder).resolve()
     config = require_causal_lm_folder(folder)
     use_safetensors = check_weights(folder, trust_pickle=False)

@@ -13,17 +13,24 @@ aiopt.json; the metadata also rides in the ONNX file's metadata_props.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
-from aiopt.errors import UnsupportedModelError, first_line
+from aiopt.artifacts import FORMAT_ONNX, METADATA_KEY, LoadedModel, child_metadata, save_onnx_artifact, with_own_lineage
+from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
@@ -31,6 +38,7 @@ from aiopt.llm.kv_names import LOGITS_START, ONNX_FILE, past_names, present_name
 from aiopt.llm.runners import OrtCausalLM, TorchCausalLM
 
 EXTERNAL_DATA_FROM = 1_500_000_000  # bytes of weights past which they go beside the graph (protobuf stops at 2 GB)
+EXTERNAL_DATA_FILE = ONNX_FILE + ".data"  # the name torch.onnx gives the weights beside the graph
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.json", "merges.txt",
                    "tokenizer.model", "generation_config.json")
 
@@ -42,6 +50,7 @@ class KVExportConfig:
     atol: float = 1e-3  # max abs logit difference accepted against transformers
     decode_steps: int = 8
     prompt_tokens: int = 16
+    external_data_from: int = EXTERNAL_DATA_FROM  # weight bytes past which they go to model.onnx.data
 
 
 class FlatCacheLM(torch.nn.Module):
@@ -64,28 +73,25 @@ class FlatCacheLM(torch.nn.Module):
 
 def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfig(), force: bool = False,
                           say: Callable[[str], None] | None = None) -> dict:
-    """Export, validate, and write the folder; returns the metadata written (validation included)."""
-    import aiopt
-    from aiopt.artifacts import LoadedModel, command_line, now_iso, parent_record
-
+    """Export, validate, check and write the folder; returns the metadata written (validation included).
+    The ONNX file goes through the one writer of aiopt ONNX artifacts (artifacts.save_onnx_artifact:
+    metadata with its lineage, the checksum, the save) inside a folder published whole."""
     say = say or (lambda message: None)
     out = check_output_folder(output, folder, force=force)
     model, hf_config = load_causal_lm(folder)
     shape = Shape.from_config(hf_config)
     if config.exporter not in EXPORTERS:
-        from aiopt.errors import InputError
-
         raise InputError(f"--exporter {config.exporter!r} is not one for causal LMs; choose {' or '.join(EXPORTERS)}")
     start = time.perf_counter()
     weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
-    parent = LoadedModel(Path(folder).resolve(), "hf-folder", None, {"step": "import"})
+    external = weight_bytes > config.external_data_from
     with atomic_folder(out) as tmp:
         onnx_path = tmp / ONNX_FILE
         if config.exporter == "genai":
             exporter = _export_genai(folder, tmp, say)
         else:
             program = _export_torch(model, shape, config, folder, say)
-            program.save(str(onnx_path), external_data=weight_bytes > EXTERNAL_DATA_FROM)
+            program.save(str(onnx_path), external_data=external)
             exporter = f"torch.onnx dynamo (torch {torch.__version__})"
         add_logits_start(onnx_path)
         export_seconds = time.perf_counter() - start
@@ -94,22 +100,48 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
         if validation["max_abs_diff"] > config.atol:
             raise UnsupportedModelError(f"the exported model's logits differ from transformers' by {validation['max_abs_diff']:.2e} "
                                         f"(tolerance {config.atol:g}); nothing written")
+        # the GenAI builder writes ONNX Runtime's own operators in the default domain (SimplifiedLayerNormalization),
+        # which onnx's checker does not know: ONNX Runtime running it against transformers (above) is its check
+        graph = check_kv_onnx(onnx_path) if config.exporter == "torch" else onnx.load_model(str(onnx_path), load_external_data=False)
         for name in TOKENIZER_FILES:
             if (Path(folder) / name).is_file():
                 shutil.copy2(Path(folder) / name, tmp / name)
-        metadata = {
-            "aiopt_version": aiopt.__version__, "format": "onnx", "step": "export", "task": "causal-lm",
-            "architecture": (hf_config.get("architectures") or [hf_config.get("model_type")])[0],
-            "exporter": exporter, "opset": config.opset if config.exporter == "torch" else None,
-            "kv_cache": {**asdict(shape), "inputs": past_names(shape.layers), "outputs": present_names(shape.layers), "dtype": "float32"},
-            "params": sum(p.numel() for p in model.parameters()),  # the source's: the ONNX file holds a tied table twice
-            "eos_token_id": hf_config.get("eos_token_id"), "validation": validation, "export_seconds": round(export_seconds, 2),
-            "source_folder": str(Path(folder).resolve()), "source_metadata": _source_metrics(folder),
-            "parent": parent_record(parent), "command": command_line(), "created_at": now_iso(),
-        }
-        _stamp(onnx_path, metadata)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2), encoding="utf-8")
+        metadata = child_metadata(
+            _source(folder), "export", format=FORMAT_ONNX, task="causal-lm",
+            architecture=(hf_config.get("architectures") or [hf_config.get("model_type")])[0],
+            exporter=exporter, opset=config.opset if config.exporter == "torch" else None, onnx_checker=config.exporter == "torch",
+            kv_cache={**asdict(shape), "inputs": past_names(shape.layers), "outputs": present_names(shape.layers), "dtype": "float32"},
+            params=sum(p.numel() for p in model.parameters()),  # the source's: the ONNX file holds a tied table twice
+            external_data=EXTERNAL_DATA_FILE if (tmp / EXTERNAL_DATA_FILE).is_file() else None,
+            eos_token_id=hf_config.get("eos_token_id"), validation=validation, export_seconds=round(export_seconds, 2),
+            source_folder=str(Path(folder).resolve()), source_metadata=_source_metrics(folder))
+        # the graph as checked, its weights left in model.onnx.data where they are (a 0.5B model's
+        # 2 GB of FP32 weights would reach protobuf's limit): the checksum covers the graph and its
+        # references into that file, as load_model recomputes it
+        save_onnx_artifact(graph, metadata, out / ONNX_FILE, write_to=onnx_path)
+        (tmp / METADATA_FILE).write_text(json.dumps(with_own_lineage(metadata, out / ONNX_FILE), indent=2), encoding="utf-8")
     return {"path": str(out), "onnx": str(out / ONNX_FILE), **metadata}
+
+
+def check_kv_onnx(onnx_path: Path):
+    """onnx's checker on the file (by path, so a model past 2 GB with external data is checked
+    too); returns the graph without its external weights loaded."""
+    try:
+        onnx.checker.check_model(str(onnx_path))
+    except Exception as exc:
+        raise UnsupportedModelError(f"the exported ONNX model fails onnx's checks: {first_line(exc)[:300]}") from exc
+    return onnx.load_model(str(onnx_path), load_external_data=False)
+
+
+def _source(folder) -> LoadedModel:
+    """The Hugging Face folder as the export's parent, with the metadata aiopt wrote beside it (a
+    trained gpt's lineage, dataset and size carry over)."""
+    path = Path(folder).resolve()
+    metadata = {"step": "import"}
+    with contextlib.suppress(OSError, ValueError):
+        found = json.loads((path / METADATA_FILE).read_text(encoding="utf-8"))
+        metadata = found if isinstance(found, dict) else metadata
+    return LoadedModel(path, "hf-folder", None, metadata)
 
 
 EXPORTERS = ("torch", "genai")
@@ -143,10 +175,6 @@ def _export_genai(folder, target: Path, say) -> str:
     """ONNX Runtime GenAI's model builder (FP32, CPU): fused GroupQueryAttention, rotary inside the
     graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
     and holds the whole model in memory while it writes."""
-    import subprocess
-    import sys
-    import tempfile
-
     onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")
     say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder (fp32, cpu)")
     with tempfile.TemporaryDirectory(dir=target.parent) as cache:
@@ -176,9 +204,6 @@ def add_logits_start(onnx_path: Path) -> bool:
     logits (generation), one left at the default computes all (perplexity). With a vocabulary of
     152k, all 512 positions of a prompt cost about 70 GFLOP and 311 MB of logits that generation
     drops. Graphs whose logits do not come from a MatMul are left as they are (False)."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
     model = onnx.load_model(str(onnx_path), load_external_data=False)
     graph = model.graph
     if any(i.name == LOGITS_START for i in graph.input):
@@ -216,10 +241,8 @@ def add_logits_start(onnx_path: Path) -> bool:
 
 
 def _stamp(onnx_path: Path, metadata: dict) -> None:
-    import onnx
-
-    from aiopt.artifacts import METADATA_KEY
-
+    """Replace the metadata of an ONNX file in place, without a checksum (aiopt.llm.quantize's
+    winner; the export itself writes through save_onnx_artifact)."""
     model = onnx.load_model(str(onnx_path), load_external_data=False)
     del model.metadata_props[:]
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(metadata))

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from aiopt.artifacts.hf import load_tokenizer
 from aiopt.errors import InputError
 
 
@@ -116,8 +117,7 @@ class TextStream:
 def generate_text(artifact, prompt: str, config: GenerateConfig, write: Callable[[str], None] | None = None,
                   threads: int | None = None, runtime: str | None = None) -> dict:
     """Generate from any generative artifact; `write` receives the new text as it comes."""
-    from aiopt.artifacts.hf import load_tokenizer
-    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.open_artifact import open_causal_lm  # imports torch, which `aiopt --help` (it imports this module) must not load
 
     config.check()  # before any loading: a bad --max-new-tokens fails at once
     lm, tokenizer_folder, metadata = open_causal_lm(artifact, threads=threads, runtime=runtime)

@@ -10,16 +10,19 @@ from pathlib import Path
 
 import torch
 
-from aiopt.errors import InputError, UnsupportedModelError, first_line
+from aiopt.artifacts import METADATA_KEY
 from aiopt.artifacts.hf import is_hf_folder
+from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.lazy import optional_import
 from aiopt.llm.folder_io import METADATA_FILE
 from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM
 from aiopt.llm.runners import GenAICausalLM, OpenVINOCausalLM, OrtCausalLM, TorchCausalLM
 
-RUNTIMES = ("onnxruntime", "openvino", "onnxruntime-genai")
+RUNTIMES = ("onnxruntime", "openvino", "openvino-stateful", "onnxruntime-genai")
+ONNX_RUNNERS = {"onnxruntime": OrtCausalLM, "openvino": OpenVINOCausalLM, "openvino-stateful": OpenVINOStatefulCausalLM}
 
 
 def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = None):
@@ -52,7 +55,7 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
     shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
     if runtime not in (None, *RUNTIMES):
         raise InputError(f"--runtime {runtime!r} does not run an ONNX causal LM; choose {' or '.join(RUNTIMES)}")
-    if runtime == "openvino" and "genai" in str(metadata.get("exporter")):
+    if runtime in ("openvino", "openvino-stateful") and "genai" in str(metadata.get("exporter")):
         # its com.microsoft GroupQueryAttention compiles on OpenVINO but fails past batch 1 (OpenVINO 2026.4)
         raise UnsupportedModelError(f"{onnx_path} was written by ONNX Runtime GenAI's builder, whose GroupQueryAttention graph OpenVINO "
                                     "does not run correctly; export with --exporter torch for OpenVINO")
@@ -61,14 +64,11 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
             raise UnsupportedModelError(f"{onnx_path.parent} has no genai_config.json; export with --exporter genai for the ONNX Runtime GenAI runtime")
         optional_import("onnxruntime_genai", "--runtime onnxruntime-genai", "ONNX Runtime GenAI")
         return GenAICausalLM(onnx_path.parent, shape, threads), onnx_path.parent, metadata
-    runner = OpenVINOCausalLM if runtime == "openvino" else OrtCausalLM
-    return runner(onnx_path, shape, threads), onnx_path.parent, metadata
+    return ONNX_RUNNERS[runtime or "onnxruntime"](onnx_path, shape, threads), onnx_path.parent, metadata
 
 
 def onnx_metadata(onnx_path: Path) -> dict:
     import onnx
-
-    from aiopt.artifacts import METADATA_KEY
 
     try:
         model = onnx.load_model(str(onnx_path), load_external_data=False)

@@ -17,8 +17,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aiopt.artifacts import command_line, now_iso
+from aiopt.artifacts.hf import import_transformers
+from aiopt.errors import UnsupportedModelError
 from aiopt.llm.corpus import Corpus, load_sotu
 from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.reference_models import config_to_dict, get_entry, parse_model_name
+from aiopt.reference_models.gpt import llama_config
+from aiopt.reference_models.train import set_seed
+from aiopt.version import __version__
 
 EOS = "<|endoftext|>"
 
@@ -51,8 +58,6 @@ class StepStats:  # train.EpochStats' shape, so the CLI's progress bar reads it
 def train_tokenizer(texts, vocab_size: int, max_chars: int | None = None):
     """A byte-level BPE (GPT-2's scheme) trained on `texts`, wrapped for transformers."""
     from tokenizers import ByteLevelBPETokenizer
-
-    from aiopt.artifacts.hf import import_transformers
 
     PreTrainedTokenizerFast = import_transformers().PreTrainedTokenizerFast
 
@@ -151,8 +156,6 @@ def _lr_at(step: int, recipe: GPTRecipe, elapsed_s: float = 0.0) -> float:
 
 def train_lm(model, ids: np.ndarray, context: int, recipe: GPTRecipe, on_step: Callable[[StepStats], None] | None = None) -> dict:
     """Next-token training on random windows of the stream (AdamW, warm-up then cosine decay)."""
-    from aiopt.errors import UnsupportedModelError
-
     generator = torch.Generator().manual_seed(recipe.seed)
     stream = torch.from_numpy(ids)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -201,12 +204,6 @@ def train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool = False,
 
 
 def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, corpus: Corpus | None) -> dict:
-    import aiopt
-    from aiopt.artifacts import command_line, now_iso
-    from aiopt.reference_models import config_to_dict, get_entry, parse_model_name
-    from aiopt.reference_models.gpt import llama_config
-    from aiopt.reference_models.train import set_seed
-
     name, size = parse_model_name(spec)
     out = check_output_folder(output, force=force)
     entry = get_entry(name)
@@ -223,8 +220,6 @@ def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, 
     streams = {split: token_stream(tokenizer, getattr(corpus, split)) for split in ("train", "validation", "test")}
 
     set_seed(recipe.seed)
-    from aiopt.artifacts.hf import import_transformers
-
     LlamaForCausalLM = import_transformers().LlamaForCausalLM
 
     model = LlamaForCausalLM(llama_config(config, bos_token_id=eos, eos_token_id=eos))
@@ -239,7 +234,7 @@ def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, 
     baseline = bigram.quality(test)
     params = sum(p.numel() for p in model.parameters())
     metadata = {
-        "aiopt_version": aiopt.__version__, "step": "train", "architecture": name, "size": size, "task": "causal-lm",
+        "aiopt_version": __version__, "step": "train", "architecture": name, "size": size, "task": "causal-lm",
         "config": config_to_dict(config),
         "dataset": corpus.describe() | {"tokens": {k: len(v) for k, v in streams.items()}},
         "metrics": {"split": "test", **quality, "bigram": baseline,

@@ -1,0 +1,83 @@
+"""The KV-cache ONNX export as a stateful OpenVINO model: the past/present pairs become
+OpenVINO variables (ReadValue/Assign) that live inside the infer request, so a decode step feeds
+only the new token, its mask and its position, and the cache never crosses the Python boundary.
+
+OpenVINO's own conversion does the work (`openvino._offline_transformations.
+apply_make_stateful_transformation`, the pass Optimum-Intel's stateful export runs, done here
+without Optimum-Intel, which would pull a CUDA torch into the environment). What it leaves to the
+caller, as Optimum-Intel's `build_state_initializer` does: each variable's initial value, here
+zeros of shape (batch of this call's input_ids, KV heads, 0, head size), so a fresh request
+starts with an empty cache at any batch size. Each prefill takes a new infer request: its state
+is that sequence batch's cache.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from aiopt.errors import UnsupportedModelError, first_line
+from aiopt.lazy import optional_import
+from aiopt.llm.causal_lm import Shape
+from aiopt.llm.kv_names import past_names
+
+RUNTIME = "openvino-stateful"
+
+
+def make_stateful(model, layers: int):
+    """Turn an openvino.Model of the KV-cache export into a stateful one, in place; returns it."""
+    from openvino import opset13
+    from openvino._offline_transformations import apply_make_stateful_transformation
+
+    names = {name for port in model.inputs for name in port.get_names()}
+    pairs = {past: past.replace("past_key_values.", "present.", 1) for past in past_names(layers)}
+    if not set(pairs) <= names:
+        raise UnsupportedModelError("the model has no past_key_values inputs to make stateful; export the folder with: "
+                                    "aiopt export FOLDER --format onnx -o OUT")
+    apply_make_stateful_transformation(model, pairs)
+    batch = opset13.gather(opset13.shape_of(model.input("input_ids"), output_type="i64"), opset13.constant([0]), opset13.constant(0))
+    for op in model.get_ops():
+        if op.get_type_name() == "ReadValue":  # (batch, KV heads, past 0, head size): an empty cache for this batch
+            dims = [opset13.constant(np.array([d.min_length], np.int64)) for d in op.get_output_partial_shape(0)]
+            shape = opset13.concat([batch, *dims[1:]], axis=0)
+            op.set_arguments([opset13.broadcast(opset13.constant(0.0, dtype=op.get_output_element_type(0)), shape)])
+    model.validate_nodes_and_infer_types()
+    return model
+
+
+class OpenVINOStatefulCausalLM:
+    """prefill/step over a stateful compile of the KV-cache export (FP32 hint by default)."""
+
+    runtime = RUNTIME
+
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32"):
+        ov = optional_import("openvino", "--runtime openvino-stateful", "OpenVINO")
+        config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        core = ov.Core()
+        try:
+            self.compiled = core.compile_model(make_stateful(core.read_model(str(onnx_path)), shape.layers), "CPU", config)
+        except UnsupportedModelError:
+            raise
+        except Exception as exc:
+            raise UnsupportedModelError(f"OpenVINO cannot make {onnx_path} stateful ({first_line(exc)}); "
+                                        "export with --exporter torch, or use --runtime openvino") from exc
+        self.shape = shape
+        inputs = {name for port in self.compiled.inputs for name in port.get_names()}
+        self.takes_positions, self.takes_mask = "position_ids" in inputs, "attention_mask" in inputs
+
+    def _run(self, request, ids: np.ndarray, past: int):
+        batch, length = ids.shape
+        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+        if self.takes_mask:
+            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+        if self.takes_positions:
+            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+        request.infer(feed)
+        return request.get_tensor("logits").data.copy(), (request, past + length)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        logits, state = self._run(self.compiled.create_infer_request(), ids, 0)
+        return (logits[:, -1:] if last_only else logits), state
+
+    def step(self, tokens: np.ndarray, state):
+        request, past = state
+        logits, state = self._run(request, tokens, past)
+        return logits[:, -1:], state
