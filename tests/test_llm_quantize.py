@@ -78,7 +78,7 @@ def test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvin
     pytest.importorskip("openvino")
     from aiopt.llm.causal_lm import Shape, read_config
     from aiopt.llm.export_kv import export_causal_lm_onnx
-    from aiopt.llm.quantize import Row, _write
+    from aiopt.llm.quantize import Row, write_winner
     from aiopt.llm.recipes_openvino import OpenVINORecipe, build_openvino
 
     folder, _ = tiny_gpt()
@@ -87,7 +87,7 @@ def test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvin
     recipe = OpenVINORecipe("ov-fp32", None)
     xml = build_openvino(recipe, Path(export["onnx"]), tmp_path / "ir", None, shape)
     row = Row(recipe.name, "openvino", recipe.describe(), path=xml, perplexity=1.0, perplexity_increase=0.0, agreement=1.0)
-    _write(row, export, tmp_path / "out", {"candidates": []}, folder)
+    write_winner(row, export, tmp_path / "out", {"candidates": []}, folder)
     runs = {}
     for name, path in (("ir", tmp_path / "out"), ("onnx", tmp_path / "fp32")):
         result = run_cli("generate", str(path), "--prompt", PROMPT, "-n", "16", "--json")

@@ -15,8 +15,10 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.errors import UnsupportedModelError
-from aiopt.llm.runners import OpenVINOCausalLM
+from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.hardware import detect_cpu
+from aiopt.llm.causal_lm import Shape
+from aiopt.llm.folder_io import METADATA_FILE
 
 IR_FILE = "openvino_model.xml"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with BF16 dot-product units
@@ -39,8 +41,6 @@ class OpenVINORecipe:
 
 
 def has_bf16_units(flags=None) -> bool:
-    from aiopt.hardware import detect_cpu
-
     flags = detect_cpu().flags if flags is None else flags
     return any(flag in flags for flag in BF16_FLAGS)
 
@@ -91,6 +91,8 @@ def _feed(row: np.ndarray, shape) -> dict:
 
 
 def open_ir(path: Path, shape, threads: int | None, precision: str):
+    from aiopt.llm.runners import OpenVINOCausalLM  # the runners import torch
+
     return OpenVINOCausalLM(path, shape, threads, precision=precision)
 
 
@@ -101,10 +103,6 @@ def is_ir(path) -> bool:
 
 def open_ir_artifact(path, threads: int | None = None, runtime: str | None = None):
     """(runner, tokenizer folder, metadata) for an IR folder aiopt quantize wrote (or its .xml)."""
-    from aiopt.errors import InputError
-    from aiopt.llm.causal_lm import Shape
-    from aiopt.llm.folder_io import METADATA_FILE
-
     path = Path(path)
     xml = path / IR_FILE if path.is_dir() else path
     meta_file = xml.parent / METADATA_FILE

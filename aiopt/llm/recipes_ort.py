@@ -12,7 +12,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiopt.llm.export_kv import ONNX_FILE
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm.kv_names import ONNX_FILE
 
 BLOCK_SIZES = (32, 64, 128)
 
@@ -54,8 +55,6 @@ def build_ort(recipe: OrtRecipe, fp32_onnx: Path, target: Path) -> Path:
     model = quantizer.model.model
     rewritten = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
     if not rewritten:
-        from aiopt.errors import UnsupportedModelError
-
         raise UnsupportedModelError("ONNX Runtime's quantizer rewrote no MatMul (no constant weights found)")
     target.mkdir(parents=True, exist_ok=True)
     path = target / ONNX_FILE
