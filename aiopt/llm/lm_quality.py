@@ -69,3 +69,15 @@ def score(lm, windows: np.ndarray) -> Score:
         count += len(targets)
         argmax.append(best)
     return Score(math.exp(nll / count), correct / count, np.concatenate(argmax), count)
+
+
+def prefill_feed(row: np.ndarray, shape) -> dict:
+    """The KV-cache export's inputs for a prefill of one window (an empty cache): what the
+    data-aware recipes (NNCF AWQ, ORT GPTQ) run the FP32 graph on."""
+    length = len(row)
+    feed = {"input_ids": row[None].astype(np.int64), "attention_mask": np.ones((1, length), np.int64),
+            "position_ids": np.arange(length, dtype=np.int64)[None]}
+    empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
+    for layer in range(shape.layers):
+        feed[f"past_key_values.{layer}.key"] = feed[f"past_key_values.{layer}.value"] = empty
+    return feed

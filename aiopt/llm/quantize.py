@@ -103,7 +103,7 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
         require_llamacpp()  # exit 4 with the install line
     recipes: list = []
     if config.backend in ("auto", "onnxruntime"):
-        recipes += ort_recipes()
+        recipes += ort_recipes(config.calibration is not None)
     if config.backend in ("auto", "openvino"):
         try:
             import nncf  # noqa: F401
@@ -240,7 +240,7 @@ class Measurement:
             return build_llamacpp(recipe, self.hf_folder, target, self.work / "gguf-f32" / "model-f32.gguf", self.threads)
         if recipe.runtime == "openvino":
             return build_openvino(recipe, fp32_onnx, target, self.calibration, self.shape)
-        return build_ort(recipe, fp32_onnx, target)
+        return build_ort(recipe, fp32_onnx, target, self.calibration, self.shape)
 
     def _measure(self, row: Row) -> None:
         lm = _open(row, self.shape, self.threads)

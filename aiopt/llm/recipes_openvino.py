@@ -19,6 +19,7 @@ from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.hardware import detect_cpu
 from aiopt.llm.causal_lm import Shape
 from aiopt.llm.folder_io import METADATA_FILE
+from aiopt.llm.lm_quality import prefill_feed
 
 IR_FILE = "openvino_model.xml"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with BF16 dot-product units
@@ -71,23 +72,13 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
         if recipe.data_aware:
             if calibration is None:
                 raise UnsupportedModelError("AWQ needs calibration text (--calibration)")
-            options.update(dataset=nncf.Dataset([_feed(row, shape) for row in calibration]), awq=True, scale_estimation=True,
+            options.update(dataset=nncf.Dataset([prefill_feed(row, shape) for row in calibration]), awq=True, scale_estimation=True,
                            subset_size=len(calibration))
         model = nncf.compress_weights(model, **options)
     target.mkdir(parents=True, exist_ok=True)
     path = target / IR_FILE
     ov.save_model(model, str(path), compress_to_fp16=False)  # the default would halve FP32 weights behind our back
     return path
-
-
-def _feed(row: np.ndarray, shape) -> dict:
-    length = len(row)
-    feed = {"input_ids": row[None].astype(np.int64), "attention_mask": np.ones((1, length), np.int64),
-            "position_ids": np.arange(length, dtype=np.int64)[None]}
-    empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
-    for layer in range(shape.layers):
-        feed[f"past_key_values.{layer}.key"] = feed[f"past_key_values.{layer}.value"] = empty
-    return feed
 
 
 def open_ir(path: Path, shape, threads: int | None, precision: str):
