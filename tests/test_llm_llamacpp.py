@@ -41,11 +41,11 @@ def test_the_f32_gguf_gives_transformers_logits_and_the_quantized_ones_its_token
     lm = LlamaCppCausalLM(f32, shape, threads=1)
     logits, state = lm.prefill(ids[None])
     assert logits.shape == expected.shape
-    assert np.abs(logits[0] - expected).max() < 1e-2  # llama.cpp's F32 kernels; a wrong q/k layout is off by whole units
+    assert np.abs(logits[0] - expected).max() < 1e-3  # llama.cpp F32 kernels (1e-4 here); a wrong q/k layout is off by whole units
     assert (logits[0].argmax(-1) == expected.argmax(-1)).mean() == 1.0
     # the KV cache: one step after a prefill of all but the last token gives the last position's logits
     last, _ = lm.step(ids[None, -1:], lm.prefill(ids[None, :-1], last_only=True)[1])
-    assert np.abs(last[0, 0] - expected[-1]).max() < 1e-2
+    assert np.abs(last[0, 0] - expected[-1]).max() < 1e-3
     greedy = GenerateConfig(max_new_tokens=12, stop_at_eos=False)
     reference = generate_ids(lm, ids[None, :16], greedy).tokens
     sizes = {}

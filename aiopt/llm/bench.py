@@ -52,9 +52,10 @@ def is_generative(artifact) -> bool:
     from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
 
     path = Path(artifact)
+    from aiopt.llm.recipes_llamacpp import is_gguf
     from aiopt.llm.recipes_openvino import is_ir
 
-    if is_ir(path):  # an OpenVINO IR written by aiopt quantize (runners refuse others in one line)
+    if is_ir(path) or is_gguf(path):  # an OpenVINO IR or a GGUF written by aiopt quantize (runners refuse others in one line)
         return True
     if path.is_dir():
         if is_causal_lm_folder(path):

@@ -33,7 +33,7 @@ INSTALL = "pip install 'aiopt[llamacpp]'  (llama-cpp-python and gguf; builds lla
 GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 GGUF_FILE = "model.gguf"
 # architecture in config.json -> (llama.cpp's architecture, its pre-tokenizer name, q/k permuted for llama.cpp's rotary layout)
-ARCHITECTURES = {"LlamaForCausalLM": ("llama", "gpt2", True), "Qwen2ForCausalLM": ("qwen2", "qwen2", False)}
+ARCHITECTURES = {"LlamaForCausalLM": ("llama", "gpt-2", True), "Qwen2ForCausalLM": ("qwen2", "qwen2", False)}
 
 
 @dataclass(frozen=True)
