@@ -40,7 +40,7 @@ def test_the_f32_gguf_gives_transformers_logits_and_the_quantized_ones_its_token
     expected = _torch_logits(folder, ids)
     lm = LlamaCppCausalLM(f32, shape, threads=1)
     logits, state = lm.prefill(ids[None])
-    assert logits.shape == expected.shape
+    assert logits.shape == (1, *expected.shape)
     assert np.abs(logits[0] - expected).max() < 1e-3  # llama.cpp F32 kernels (1e-4 here); a wrong q/k layout is off by whole units
     assert (logits[0].argmax(-1) == expected.argmax(-1)).mean() == 1.0
     # the KV cache: one step after a prefill of all but the last token gives the last position's logits
@@ -107,3 +107,36 @@ def test_a_gguf_quantize_wrote_generates_the_tokens_of_its_f32_source(tmp_path):
         runs[name] = json.loads(result.stdout)
     assert runs["gguf"]["runtime"] == "llamacpp" and runs["onnx"]["runtime"] == "onnxruntime"
     assert runs["gguf"]["tokens"] == runs["onnx"]["tokens"]
+
+
+def test_a_qwen2_folder_becomes_a_gguf_with_its_biases_and_rotary_layout(tmp_path):
+    """Qwen2 (q/k/v biases, llama.cpp's NEOX rotary: no q/k permutation): random weights, biases
+    made large so a dropped bias would show, gpt:tiny's tokenizer; llama.cpp gives transformers' logits."""
+    import shutil
+
+    import torch
+    import transformers
+
+    from aiopt.llm.causal_lm import Shape, read_config
+    from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, write_f32_gguf
+
+    tokenizer_folder, _ = tiny_gpt()
+    folder = tmp_path / "qwen2"
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      vocab_size=600, max_position_embeddings=256, rope_theta=1e6, tie_word_embeddings=True,
+                                      bos_token_id=0, eos_token_id=0)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_folder / name, folder / name)
+    shape = Shape.from_config(read_config(folder))
+    ids = np.random.default_rng(0).integers(0, shape.vocab_size, 48)
+    expected = _torch_logits(folder, ids)
+    logits = LlamaCppCausalLM(write_f32_gguf(folder, tmp_path / "qwen2.gguf"), shape, threads=1).prefill(ids[None])[0][0]
+    assert np.abs(logits - expected).max() < 1e-3 * max(1.0, np.abs(expected).max())
+    assert (logits.argmax(-1) == expected.argmax(-1)).all()
