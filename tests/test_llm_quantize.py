@@ -78,7 +78,7 @@ def test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvin
     pytest.importorskip("openvino")
     from aiopt.llm.causal_lm import Shape, read_config
     from aiopt.llm.export_kv import export_causal_lm_onnx
-    from aiopt.llm.quantize import Row, _write
+    from aiopt.llm.quantize import Row, write_winner
     from aiopt.llm.recipes_openvino import OpenVINORecipe, build_openvino
 
     folder, _ = tiny_gpt()
@@ -87,7 +87,7 @@ def test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvin
     recipe = OpenVINORecipe("ov-fp32", None)
     xml = build_openvino(recipe, Path(export["onnx"]), tmp_path / "ir", None, shape)
     row = Row(recipe.name, "openvino", recipe.describe(), path=xml, perplexity=1.0, perplexity_increase=0.0, agreement=1.0)
-    _write(row, export, tmp_path / "out", {"candidates": []}, folder)
+    write_winner(row, export, tmp_path / "out", {"candidates": []}, folder)
     runs = {}
     for name, path in (("ir", tmp_path / "out"), ("onnx", tmp_path / "fp32")):
         result = run_cli("generate", str(path), "--prompt", PROMPT, "-n", "16", "--json")
@@ -200,3 +200,22 @@ def test_calibration_text_adds_an_awq_candidate_measured_like_the_rest(tmp_path)
     rows = {r["name"]: r for r in json.loads(result.stdout)["quantize_report"]["candidates"]}
     assert rows["ov-int4-sym-g64-awq"]["status"] == "measured", rows["ov-int4-sym-g64-awq"]
     assert np.isfinite(rows["ov-int4-sym-g64-awq"]["perplexity"])
+
+
+def test_calibration_text_adds_an_ort_gptq_candidate_measured_like_the_rest(tmp_path):
+    """ONNX Runtime's own GPTQ (its numpy copy of Intel Neural Compressor's, no INC package) on the
+    calibration windows: a real MatMulNBits graph, its quality measured on ONNX Runtime."""
+    from llm_tiny import tiny_export
+
+    from aiopt.llm.corpus import load_sotu
+
+    text = tmp_path / "texts.txt"
+    text.write_text("\n".join(load_sotu().train[:3]), encoding="utf-8")
+    out = tmp_path / "q"
+    result = run_cli("quantize", str(tiny_export()[0]), "-o", str(out), "--calibration", str(text), "--calib-samples", "8",
+                     "--candidate", "ort-int4-gptq-b32", "--max-perplexity-increase", "1", "--min-agreement", "0", *FAST, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r["name"]: r for r in json.loads(result.stdout)["quantize_report"]["candidates"]}
+    gptq = rows["ort-int4-gptq-b32"]
+    assert gptq["status"] == "measured", gptq
+    assert np.isfinite(gptq["perplexity"]) and gptq["size_bytes"] < rows["ort-fp32"]["size_bytes"]

@@ -16,11 +16,12 @@ from aiopt.optimize.search import optimize as run_optimize
 
 @command(epilog="Example: aiopt optimize cnn.pt --max-accuracy-drop 0.01 -b 1 -b 64 --time-budget 20m -o cnn-opt/")
 def optimize(
-    model: str = typer.Argument(..., help="The model: an aiopt checkpoint (prune and distill join the search), ONNX or a Hugging Face folder."),
+    model: str = typer.Argument(..., help="The model: an aiopt checkpoint (prune and distill join the search), ONNX or a Hugging Face folder (a causal LM: quantize's LM candidates, decode tokens/s under a perplexity budget)."),
     output: str = typer.Option(..., "--output", "-o", help="Folder for the chosen artifact, the candidates, the reports and the study."),
     target: str = typer.Option("cpu", "--target", help="cpu or cuda (no GPU: exit 4)."),
     max_accuracy_drop: Optional[float] = typer.Option(None, "--max-accuracy-drop", help=f"Budget for class outputs: accuracy lost on held-out data (default {DEFAULT_CHAIN_ACCURACY_BUDGET:g} = one point)."),
     min_cosine: Optional[float] = typer.Option(None, "--min-cosine", help="Budget for embeddings and other continuous outputs: mean cosine similarity to FP32."),
+    max_perplexity_increase: Optional[float] = typer.Option(None, "--max-perplexity-increase", help="Budget for a causal LM: perplexity over FP32's on held-out text (default 0.02 = 2%)."),
     objective: str = typer.Option("latency", "--objective", help="latency (all batch sizes), throughput (the largest) or size."),
     batch_size: Optional[List[int]] = typer.Option(None, "--batch-size", "-b", help="Batch sizes timed (repeatable; default 1 and 64)."),
     time_budget: Optional[str] = typer.Option(None, "--time-budget", help="Wall-clock budget: 90s, 20m, 1h (default 20m unless --trials is given)."),
@@ -49,6 +50,7 @@ def optimize(
                             storage=storage, storage_timeout=parse_duration(storage_timeout, "--storage-timeout"), heartbeat=heartbeat,
                             study=study, keep=keep, sampler=sampler, seed=seed, finetune_epochs=finetune_epochs,
                             distill_epochs=distill_epochs, data=data, calibration=calibration, seq_len=seq_len, tries=tuple(try_chain or ()), threads=threads,
+                            max_perplexity_increase=max_perplexity_increase,
                             latency=replace(TRIAL_LATENCY, min_time=min_time))
     with stderr.status("optimize: starting") as status:  # the steps' progress, replaced as it goes; one kept line per trial
         result = run_optimize(model, output, config, on_trial=lambda event: stderr.print(escape(event["line"]), soft_wrap=True),

@@ -30,6 +30,7 @@ from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
 from aiopt.llm.corpus import load_sotu
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.recipes_llamacpp import is_gguf
 from aiopt.measure.bandwidth import measure_read_bandwidth
 
 
@@ -63,7 +64,7 @@ def is_generative(artifact) -> bool:
     from aiopt.llm.recipes_openvino import is_ir
 
     path = Path(artifact)
-    if is_ir(path):  # an OpenVINO IR written by aiopt quantize (runners refuse others in one line)
+    if is_ir(path) or is_gguf(path):  # an OpenVINO IR or a GGUF written by aiopt quantize (runners refuse others in one line)
         return True
     if path.is_dir():
         if is_causal_lm_folder(path):

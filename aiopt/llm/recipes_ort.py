@@ -2,9 +2,11 @@
 Runtime's own quantizer (matmul_nbits_quantizer) on the KV-cache export (aiopt.llm.export_kv).
 
 Block-wise round-to-nearest (ORT's DefaultWeightOnlyQuantConfig, symmetric) at block sizes
-32/64/128, and HQQ (half-quadratic, data-free) INT4. Only MatMuls with a constant weight are
-rewritten; the embedding Gather and attention stay FP32. GPTQ/RTN configs of that module need
-Intel Neural Compressor and are not offered.
+32/64/128, HQQ (half-quadratic, data-free) INT4, and, where calibration text is given, GPTQ INT4
+(GPTQWeightOnlyQuantConfig: ORT's own copy of Intel Neural Compressor's GPTQ in
+onnxruntime.quantization.neural_compressor, numpy only, no INC package needed), which runs the
+FP32 graph on the calibration windows to collect each MatMul's inputs. Only MatMuls with a
+constant weight are rewritten; the embedding Gather and attention stay FP32.
 """
 from __future__ import annotations
 
@@ -12,7 +14,11 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from aiopt.llm.export_kv import ONNX_FILE
+import numpy as np
+
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.lm_quality import prefill_feed
 
 BLOCK_SIZES = (32, 64, 128)
 
@@ -22,7 +28,7 @@ class OrtRecipe:
     name: str
     bits: int
     block_size: int
-    algorithm: str = "rtn"  # rtn (block-wise round-to-nearest) or hqq
+    algorithm: str = "rtn"  # rtn (block-wise round-to-nearest), hqq or gptq (calibration text)
 
     runtime = "onnxruntime"
 
@@ -30,32 +36,53 @@ class OrtRecipe:
         return f"ONNX Runtime MatMulNBits INT{self.bits} {self.algorithm.upper()}, block {self.block_size}"
 
 
-def ort_recipes() -> list[OrtRecipe]:
+def ort_recipes(calibrated: bool = False) -> list[OrtRecipe]:
     recipes = [OrtRecipe(f"ort-int{bits}-b{block}", bits, block) for bits in (8, 4) for block in BLOCK_SIZES]
-    return recipes + [OrtRecipe("ort-int4-hqq-b64", 4, 64, "hqq")]
+    recipes.append(OrtRecipe("ort-int4-hqq-b64", 4, 64, "hqq"))
+    return recipes + ([OrtRecipe("ort-int4-gptq-b32", 4, 32, "gptq")] if calibrated else [])
 
 
-def build_ort(recipe: OrtRecipe, fp32_onnx: Path, target: Path) -> Path:
+class _Windows:
+    """ORT's CalibrationDataReader protocol (get_next) over prefill feeds; GPTQ deep-copies it."""
+
+    def __init__(self, feeds: list[dict]):
+        self.feeds, self.index = feeds, 0
+
+    def get_next(self) -> dict | None:
+        self.index += 1
+        return self.feeds[self.index - 1] if self.index <= len(self.feeds) else None
+
+    def __iter__(self):
+        return iter(self.feeds)
+
+
+def build_ort(recipe: OrtRecipe, fp32_onnx: Path, target: Path, calibration: np.ndarray | None = None, shape=None) -> Path:
     """Write the quantized graph to target/model.onnx (its metadata is stamped later)."""
     import onnx
     from onnxruntime.quantization.matmul_nbits_quantizer import (
         DefaultWeightOnlyQuantConfig,
+        GPTQWeightOnlyQuantConfig,
         HQQWeightOnlyQuantConfig,
         MatMulNBitsQuantizer,
     )
 
     logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.WARNING)
-    if recipe.algorithm == "hqq":
+    logging.getLogger("neural_compressor").setLevel(logging.WARNING)
+    options = {}
+    if recipe.algorithm == "gptq":
+        if calibration is None:
+            raise UnsupportedModelError("GPTQ needs calibration text (--calibration)")
+        algo = GPTQWeightOnlyQuantConfig(calibration_data_reader=_Windows([prefill_feed(row, shape) for row in calibration]))
+        options = {"block_size": recipe.block_size, "is_symmetric": True}  # GPTQ's group: the quantizer's block size
+    elif recipe.algorithm == "hqq":
         algo = HQQWeightOnlyQuantConfig(block_size=recipe.block_size, bits=recipe.bits)
     else:
         algo = DefaultWeightOnlyQuantConfig(block_size=recipe.block_size, is_symmetric=True, bits=recipe.bits)
-    quantizer = MatMulNBitsQuantizer(onnx.load_model(str(fp32_onnx)), algo_config=algo)
+    quantizer = MatMulNBitsQuantizer(onnx.load_model(str(fp32_onnx)), algo_config=algo, **options)
     quantizer.process()
     model = quantizer.model.model
     rewritten = sum(node.op_type == "MatMulNBits" for node in model.graph.node)
     if not rewritten:
-        from aiopt.errors import UnsupportedModelError
-
         raise UnsupportedModelError("ONNX Runtime's quantizer rewrote no MatMul (no constant weights found)")
     target.mkdir(parents=True, exist_ok=True)
     path = target / ONNX_FILE

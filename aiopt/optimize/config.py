@@ -5,6 +5,7 @@ import re
 from dataclasses import dataclass, field
 
 from aiopt.errors import InputError
+from aiopt.llm.quantize import LMQuantizeConfig
 from aiopt.measure.latency import LatencyConfig
 
 DEFAULT_STORAGE_TIMEOUT = 300.0  # seconds a worker waits for its RDB storage to come back
@@ -47,6 +48,8 @@ class OptimizeConfig:
     tries: tuple[str, ...] = ()  # chains to try first ("prune=0.5,quantize=int8-dynamic")
     latency: LatencyConfig = field(default=TRIAL_LATENCY)
     threads: int | None = None
+    max_perplexity_increase: float | None = None  # causal LMs: the budget (default quantize's, 0.02 = 2% over FP32)
+    lm: LMQuantizeConfig | None = None  # causal LMs: quantize's measurement settings (default: its defaults)
 
     @property
     def study_name(self) -> str:
@@ -75,6 +78,8 @@ def validate(config: OptimizeConfig) -> None:
         raise InputError("give one budget: --max-accuracy-drop (class outputs) or --min-cosine (embeddings), not both")
     if config.max_accuracy_drop is not None and not 0 <= config.max_accuracy_drop < 1:
         raise InputError(f"--max-accuracy-drop is a fraction of accuracy (0.01 = one point), got {config.max_accuracy_drop}")
+    if config.max_perplexity_increase is not None and not config.max_perplexity_increase >= 0:
+        raise InputError(f"--max-perplexity-increase is a fraction of FP32's perplexity (0.02 = 2%), got {config.max_perplexity_increase}")
     if config.min_cosine is not None and not 0 < config.min_cosine <= 1:
         raise InputError(f"--min-cosine is a cosine similarity in (0, 1], got {config.min_cosine}")
     if not config.batch_sizes or min(config.batch_sizes) < 1:

@@ -3,6 +3,8 @@ and the choice (the best objective among candidates within the budget)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from aiopt.bench.plots import pareto_front
+from aiopt.optimize.study import is_lost
 
 OBJECTIVE_LABELS = {"latency": "time vs FP32 (geo-mean over batches)", "throughput": "time vs FP32 at the largest batch",
                     "size": "bytes on disk"}
@@ -47,8 +49,6 @@ class Row:
 
 def rows_from(trials) -> list[Row]:
     """Rows from Optuna's FrozenTrials (their user attributes hold what aiopt recorded)."""
-    from aiopt.optimize.study import is_lost
-
     # Optuna's stale-trial callback records on each retry the trials it retries (retry_history)
     retried_as = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     rows = []
@@ -70,8 +70,6 @@ def rows_from(trials) -> list[Row]:
 
 def pareto(rows: list[Row]) -> list[Row]:
     """Measured candidates no other beats on both quality and the objective, by objective."""
-    from aiopt.bench.plots import pareto_front
-
     measured = [r for r in rows if r.state == "COMPLETE" and r.duplicate_of is None and r.objective is not None]
     return [row for _, _, row in pareto_front([(r.objective, r.quality, r) for r in measured])]
 

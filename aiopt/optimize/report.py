@@ -10,20 +10,22 @@ import os
 from collections import Counter
 from pathlib import Path
 
-from aiopt.optimize.front import OBJECTIVE_LABELS, Row
+import aiopt
+from aiopt.artifacts import command_line, now_iso
+from aiopt.bench.machine import describe_machine
+from aiopt.bench.plots import new_figure, png_bytes
+from aiopt.fileio import write_bytes_atomic
+from aiopt.optimize.front import OBJECTIVE_LABELS, Row, closest
+from aiopt.steps import command_line as step_command_line
 
 SCHEMA_VERSION = 1
 
 
 def write_json(path: Path, document: dict) -> None:
-    from aiopt.fileio import write_bytes_atomic
-
     write_bytes_atomic(path, (json.dumps(document, indent=2, default=str) + "\n").encode())
 
 
 def write_reports(search, rows: list[Row], front: list[Row], chosen: Row | None, verified: dict | None, problem: str | None, loaded) -> dict:
-    from aiopt.fileio import write_bytes_atomic
-
     document = _document(search, rows, front, chosen, verified, problem)
     outdir = search.outdir
     write_json(outdir / "report.json", document)
@@ -40,10 +42,6 @@ def write_reports(search, rows: list[Row], front: list[Row], chosen: Row | None,
 
 def _document(search, rows, front, chosen, verified, problem) -> dict:
     import time
-
-    import aiopt
-    from aiopt.artifacts import command_line, now_iso
-    from aiopt.bench.machine import describe_machine
 
     reference = search.reference
     states: dict[str, int] = {}
@@ -75,21 +73,15 @@ def _document(search, rows, front, chosen, verified, problem) -> dict:
 
 
 def _closest(rows):
-    from aiopt.optimize.front import closest
-
     return closest(rows)
 
 
 def _command(step: dict) -> str:
-    from aiopt.steps import command_line
-
-    return command_line(step["step"], step["source"], step["path"], step["args"])
+    return step_command_line(step["step"], step["source"], step["path"], step["args"])
 
 
 def reproduce_script(document: dict) -> str:
     """The chosen chain as aiopt commands: MODEL and the work folder are the script's arguments."""
-    from aiopt.steps import command_line
-
     best = document["best"]
     trial = next(t for t in document["trials"] if t["trial"] == best["trial"])
     lines = ["#!/usr/bin/env bash",
@@ -102,7 +94,7 @@ def reproduce_script(document: dict) -> str:
     source = '"$MODEL"'
     for step in trial["steps"]:
         output = f'"$WORK/{Path(step["path"]).name}"'
-        lines.append(command_line(step["step"], source, output, step["args"]))
+        lines.append(step_command_line(step["step"], source, output, step["args"]))
         source = output
     return "\n".join(lines) + "\n"
 
@@ -179,8 +171,6 @@ def markdown(document: dict) -> str:
 def pareto_plot(document: dict) -> bytes:
     """Quality against the objective: every measured trial, the front joined, the choice starred,
     the budget as a dashed line. PNG bytes."""
-    from aiopt.bench.plots import new_figure, png_bytes
-
     metric = document["budget"]["metric"]
     size = document["objective"] == "size"
     figure = new_figure(7.0, 4.4)

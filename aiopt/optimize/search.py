@@ -23,6 +23,7 @@ from aiopt.measure.deployed import deployed_runner
 from aiopt.measure.quality import QualityFloor, choose_metric
 from aiopt.optimize.config import OptimizeConfig, describe_duration, validate
 from aiopt.optimize.front import Row, best_text, closest, objective_value, pareto, ranked, rows_from
+from aiopt.optimize.lm import is_causal_lm_input, optimize_causal_lm
 from aiopt.optimize.report import write_json, write_reports
 from aiopt.optimize.space import Chain, first_guesses, space_for
 from aiopt.optimize.storage import GRACE_BEATS, StorageUnreachable
@@ -69,6 +70,10 @@ def optimize(model: str | os.PathLike, outdir: str | os.PathLike, config: Optimi
         raise InputError(f"{model} does not exist")
     outdir.mkdir(parents=True, exist_ok=True)
     say = say or (lambda message: None)
+    if is_causal_lm_input(model):  # a language model: the study's trials are quantize's causal-LM candidates (aiopt.optimize.lm)
+        with OutdirLock(outdir):
+            document, best, problem = optimize_causal_lm(Path(model), outdir, config, on_trial or (lambda event: None), say, start)
+        return OptimizeResult(document, outdir, best, problem)
     lock = OutdirLock(outdir) if config.storage is None else None
     if lock is not None:
         lock.__enter__()

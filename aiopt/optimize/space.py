@@ -11,7 +11,10 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import asdict, dataclass
 
+from aiopt.data import DATASETS
 from aiopt.errors import InputError
+from aiopt.hardware import detect_cpu, int8_kernel_for
+from aiopt.reference_models import get_entry
 
 PRUNE_RATIOS = (0.0, 0.3, 0.5, 0.7)  # 0: no pruning
 DISTILL_WIDTHS = (0.0, 0.45, 0.6)  # 0: no distillation
@@ -96,8 +99,6 @@ def space_for(loaded, config) -> SearchSpace:
     reference = loaded.format == "aiopt-checkpoint" and loaded.metadata.get("architecture") is not None
     architecture = loaded.metadata.get("architecture")
     if reference:
-        from aiopt.reference_models import get_entry
-
         recipe_epochs = get_entry(architecture).train_defaults.get("epochs", 30)
     else:
         recipe_epochs = 0
@@ -117,9 +118,6 @@ def first_guesses(space: SearchSpace) -> list[Chain]:
 
 def cpu_recipes(metadata: dict, architecture: str | None, calibration_given: bool = False) -> tuple[str, ...]:
     """The quantize recipes this machine can build for this model."""
-    from aiopt.hardware import detect_cpu, int8_kernel_for
-    from aiopt.data import DATASETS
-
     has_calibration = calibration_given or ((metadata.get("dataset") or {}).get("name")) in DATASETS
     openvino = importlib.util.find_spec("openvino") is not None
     nncf = openvino and importlib.util.find_spec("nncf") is not None and importlib.util.find_spec("aiopt.quantize.recipes.openvino") is not None

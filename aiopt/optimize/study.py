@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiopt.errors import InputError, MissingDependencyError
+from aiopt.optimize import storage as rdb
 from aiopt.optimize.journal_repair import repair_journal
-from aiopt.optimize.storage import no_optuna_warnings
+from aiopt.optimize.storage import Heartbeat, beating, describe_url, no_optuna_warnings
 from aiopt.redact import mask_known
 
 JOURNAL = "study.journal"
@@ -75,7 +76,6 @@ def describe_storage(url: str | None, outdir: Path) -> str:
         return str(outdir / JOURNAL)
     if "://" not in url:
         return url
-    from aiopt.optimize.storage import describe_url
 
     return describe_url(url)
 
@@ -86,7 +86,6 @@ def open_storage(url: str | None, outdir: Path, timeout: float | None = None, he
     Unreachable -> InputError; no driver -> MissingDependencyError."""
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
-    from aiopt.optimize import storage as rdb
 
     journal = outdir / JOURNAL if url is None else url if "://" not in url else None
     if journal is not None:
@@ -149,15 +148,11 @@ class Session:
     @property
     def beating(self) -> int | None:
         """The heartbeat interval when workers beat (a shared RDB storage), else None."""
-        from aiopt.optimize.storage import beating
-
         return beating(self.storage)
 
     def heartbeat(self, trial):
         """Context that beats while `trial` runs, so that a worker that dies is noticed by the
         others (its trial failed and queued again); a no-op without heartbeats."""
-        from aiopt.optimize.storage import Heartbeat
-
         return Heartbeat(self.storage, trial._trial_id)
 
     def reap(self) -> list:

@@ -16,8 +16,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from aiopt.artifacts import artifact_sha256, copy_artifact
+from aiopt.compress.distill import DistillConfig
+from aiopt.compress.prune import PruneConfig
 from aiopt.errors import CheckFailedError, UnsupportedModelError
+from aiopt.evaluate import accuracy
+from aiopt.fileio import write_bytes_atomic
+from aiopt.measure.deployed import measure_deployed
 from aiopt.optimize.space import AUTO, Chain, SearchSpace
+from aiopt.quantize.run import QuantizeConfig
+from aiopt.steps import StepOutcome, run_step
 
 CACHED_STEPS = ("distill", "prune")  # training steps: worth keeping between trials
 
@@ -43,8 +51,6 @@ class Reference:
 
     @property
     def accuracy(self) -> float | None:
-        from aiopt.evaluate import accuracy
-
         return accuracy(self.outputs, self.data.labels) if self.data.labels is not None else None
 
 
@@ -92,7 +98,6 @@ class ChainRunner:
             self._check_budget(name, outcome)
             source = outcome.path
         _check_deadline(deadline, "measuring")
-        from aiopt.measure.deployed import measure_deployed
 
         result.measured = measure_deployed(source, self.reference.runner, self.reference.outputs, self.reference.data, self.reference.floor,
                                            self.config.batch_sizes, self.config.latency, self.config.threads)
@@ -100,10 +105,6 @@ class ChainRunner:
 
     def plan(self, chain: Chain) -> list[tuple[str, object]]:
         """(step, config) in order; the quantize floor is filled in when the steps before it are known."""
-        from aiopt.compress.distill import DistillConfig
-        from aiopt.compress.prune import PruneConfig
-        from aiopt.quantize.run import QuantizeConfig
-
         steps: list[tuple[str, object]] = []
         if chain.distill:
             steps.append(("distill", DistillConfig(width=chain.distill, epochs=self.space.distill_epochs, seed=self.config.seed, compare_alone=False)))
@@ -148,8 +149,6 @@ class ChainRunner:
     def _step(self, name: str, source: str, output: Path, config):
         import optuna
 
-        from aiopt.artifacts import copy_artifact
-        from aiopt.steps import StepOutcome, run_step
 
         if name not in CACHED_STEPS:
             try:
@@ -183,13 +182,10 @@ def _cache_key(name: str, source: str, config) -> str:
     """Same step, same input bytes, same config: same output."""
     import dataclasses
 
-    from aiopt.artifacts import artifact_sha256
 
     text = json.dumps({"step": name, "input": artifact_sha256(source), "config": dataclasses.asdict(config)}, sort_keys=True, default=str)
     return f"{name}-{hashlib.sha256(text.encode()).hexdigest()[:16]}"
 
 
 def _write_json(path: Path, document: dict) -> None:
-    from aiopt.fileio import write_bytes_atomic
-
     write_bytes_atomic(path, json.dumps(document, indent=1, default=str).encode())
