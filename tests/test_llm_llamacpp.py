@@ -28,6 +28,7 @@ def _torch_logits(folder, ids: np.ndarray) -> np.ndarray:
     return TorchCausalLM(model, Shape.from_config(config)).prefill(ids[None])[0][0]
 
 
+@pytest.mark.slow  # a tiny model trained and exported, then llama.cpp's quantizer: over a minute
 def test_the_f32_gguf_gives_transformers_logits_and_the_quantized_ones_its_tokens(tmp_path):
     from aiopt.llm.causal_lm import Shape, read_config
     from aiopt.llm.generate import GenerateConfig, generate_ids
@@ -85,6 +86,7 @@ def test_quantize_with_the_llamacpp_backend_ships_a_gguf_that_generate_and_bench
     assert bench.returncode == 0, bench.stderr[-2000:]
 
 
+@pytest.mark.slow  # a tiny model trained and exported, then llama.cpp's quantizer: over a minute
 def test_a_gguf_quantize_wrote_generates_the_tokens_of_its_f32_source(tmp_path):
     """A llama.cpp winner's folder (model.gguf + tokenizer + aiopt.json naming llamacpp) runs under
     generate on llama.cpp, greedy tokens equal to the ONNX Runtime FP32 export's."""
