@@ -1,3 +1,4 @@
+import dataclasses
 import hashlib
 import json
 
@@ -65,7 +66,8 @@ def _tiny_cnn(data, seed=0):
 
 
 def test_default_loss_fn_trains_exactly_as_before():
-    data = load_dataset("mnist1d")
+    full = load_dataset("mnist1d")  # a slice of the training split: bit-equal weights after a few steps prove the same
+    data = dataclasses.replace(full, x_train=full.x_train[:1280], y_train=full.y_train[:1280])  # 10 steps (OneCycleLR needs a few)
     config = TrainConfig(epochs=1, seed=3)
     plain, hooked = _tiny_cnn(data), _tiny_cnn(data)
     train_model(plain, data, config)
