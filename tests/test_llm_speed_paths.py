@@ -33,8 +33,6 @@ def test_logits_start_is_an_input_with_a_default_and_minus_one_computes_the_last
 
 
 def test_cache_kept_in_ort_values_gives_the_plain_calls_tokens_and_logits():
-    import onnxruntime as ort
-
     from aiopt.llm.generate import GenerateConfig, generate_ids
     from aiopt.llm.open_artifact import open_causal_lm
     from aiopt.llm.runners import OrtCausalLM

@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from conftest import run_cli
+from conftest import invoke_cli
 from aiopt.errors import InputError
 from aiopt.measure.quality import (OutputJudge, QualityFloor, compare_all, compare_outputs, judge_outputs, parse_metric_options)
 from aiopt.specs import TensorSpec, fixed_batch, parse_input_shapes
@@ -129,7 +129,7 @@ def test_a_scalar_input_without_a_value_and_a_fixed_batch_are_said_before_any_bu
     from aiopt.quantize.measured import _at_the_fixed_batch
     from aiopt.quantize.run import QuantizeConfig
 
-    result = run_cli("quantize", str(vad), "--calibration", str(vad.parent / "calib.npz"), "-o", str(tmp_path / "q.onnx"))
+    result = invoke_cli("quantize", str(vad), "--calibration", str(vad.parent / "calib.npz"), "-o", str(tmp_path / "q.onnx"))
     assert result.returncode == 2 and "--input sr=" in result.stderr and "building" not in result.stderr
     said = []
     fixed = [TensorSpec("input", (1, 64)), TensorSpec("state", (2, 1, 16))]
@@ -152,7 +152,7 @@ def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions
 
     source = vad
     out = tmp_path / "vad.q.onnx"
-    result = run_cli("quantize", str(source), "--input", "sr=16000", "--calibration", str(vad.parent / "calib.npz"),
+    result = invoke_cli("quantize", str(source), "--input", "sr=16000", "--calibration", str(vad.parent / "calib.npz"),
                      "--data", str(vad.parent / "eval.npz"), "--candidate", "int8-static-per-tensor", "--candidate", "int8-dynamic",
                      "--candidate", "int8-weights", "-b", "1", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
@@ -187,7 +187,7 @@ def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions
 
 
 def test_a_forced_recipe_reports_every_output_by_what_it_is(vad, tmp_path):
-    result = run_cli("quantize", str(vad), "--input", "sr=16000", "--method", "static", "--per-tensor", "--calibration", str(vad.parent / "calib.npz"),
+    result = invoke_cli("quantize", str(vad), "--input", "sr=16000", "--method", "static", "--per-tensor", "--calibration", str(vad.parent / "calib.npz"),
                      "--data", str(vad.parent / "eval.npz"), "-o", str(tmp_path / "forced.onnx"), "--json")
     assert result.returncode == 0, result.stderr  # forced: written as asked, but not called equal
     outputs = json.loads(result.stdout)["agreement_with_parent"]["outputs"]
@@ -225,7 +225,7 @@ def _map_detector(folder):
 def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
     pytest.importorskip("torch")
     source = _map_detector(tmp_path)
-    result = run_cli("quantize", str(source), "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
+    result = invoke_cli("quantize", str(source), "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),
                      "--candidate", "int8-static-per-channel", "--candidate", "int8-weights", "-b", "1", "-o", str(tmp_path / "det.q.onnx"), "--json",
                      "--objective", "latency")  # a 5 KiB graph: QDQ's scales outweigh its weights, and size is not what this test checks
     assert result.returncode == 0, result.stderr
@@ -237,7 +237,7 @@ def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
             assert figures["kind"] == "map" and "cosine" in figures and "flip_rate" in figures and "top1_agreement" not in figures
     chosen = next(c for c in report["selection"]["candidates"] if c["name"] == report["selection"]["chosen"])
     assert chosen["quality"]["outputs"]["maps"]["cosine"] >= 0.99 and chosen["quality"]["outputs"]["maps"]["flip_rate"] <= 0.01
-    compared = run_cli("compare", str(source), report["path"], "--data", str(tmp_path / "eval.npz"), "--json")
+    compared = invoke_cli("compare", str(source), report["path"], "--data", str(tmp_path / "eval.npz"), "--json")
     assert compared.returncode == 0, compared.stderr
     maps = json.loads(compared.stdout)["outputs"]["maps"]
     assert "top1_agreement" not in maps and maps["judged"]["kind"] == "map"  # never top-1 over a spatial axis
@@ -249,14 +249,14 @@ def test_bench_takes_a_state_with_its_batch_on_axis_1_and_exit_4_is_for_hardware
 
     fast = ("--min-time", "0.02", "--min-runs", "3", "--warmup", "1", "--rounds", "1")
     report = tmp_path / "r.json"
-    result = run_cli("bench", str(vad), *fast, "-b", "1", "-b", "4", "--json", str(report))
+    result = invoke_cli("bench", str(vad), *fast, "-b", "1", "-b", "4", "--json", str(report))
     assert result.returncode == 0, result.stderr  # was: exit 4, "batch size is fixed at 2" (the LSTM's h/c axis)
     assert not any(r["skipped"] for r in json.loads(report.read_text())["records"])
     graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "static", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])])
     static = tmp_path / "static.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(static))
-    result = run_cli("bench", str(static), *fast, "-b", "8")
+    result = invoke_cli("bench", str(static), *fast, "-b", "8")
     assert result.returncode == 2 and "fixed at 1" in result.stderr  # a batch size the model cannot take is bad usage, not missing hardware
 
 

@@ -132,7 +132,10 @@ def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_f
         assert meta["runtime"] == routes[-1]["runtime"] and runtime.load(out).backend == "+".join(r["runtime"] for r in routes)
     else:
         assert meta["runtime"] == chosen["runtime"] and runtime.load(out).backend == chosen["runtime"]
-    assert "candidates measured here" in invoke_cli("quantize", str(model), "-o", str(tmp_path / "again.onnx"), "-b", "4").stdout
+    # the human table of the measured choice: two candidates are enough to draw it (all of them were measured above)
+    table = invoke_cli("quantize", str(model), "-o", str(tmp_path / "again.onnx"), "--candidate", "fp32", "--candidate", "int8-dynamic", "-b", "4")
+    assert table.returncode == 0, table.stderr
+    assert "candidates measured here" in table.stdout and "int8-dynamic" in table.stdout and "p50 b4" in table.stdout
 
 
 def test_selection_never_picks_a_candidate_slower_at_some_batch_and_prefers_the_smaller_of_a_tie(tmp_path):
@@ -171,8 +174,10 @@ def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_p
     report = json.loads(result.stdout)
     assert report["method"] == "dynamic" and "no calibration data" in report["reason"]
     assert "no calibration data" in result.stderr and report["accuracy"] is None
-    # chosen by measurement, the static recipes say why they were not built
-    result = invoke_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "auto.onnx"), "-b", "1")
+    # chosen by measurement, the static recipes say why they were not built (one static and the
+    # dynamic recipe named: measuring the rest proves nothing more here)
+    result = invoke_cli("quantize", str(exported), "--json", "-o", str(tmp_path / "auto.onnx"), "-b", "1",
+                        "--candidate", "int8-static-per-channel", "--candidate", "int8-dynamic")
     assert result.returncode == 0, result.stderr
     candidates = {c["name"]: c for c in json.loads(result.stdout)["selection"]["candidates"]}
     assert "no calibration data" in candidates["int8-static-per-channel"]["problem"]
