@@ -219,3 +219,30 @@ def test_calibration_text_adds_an_ort_gptq_candidate_measured_like_the_rest(tmp_
     gptq = rows["ort-int4-gptq-b32"]
     assert gptq["status"] == "measured", gptq
     assert np.isfinite(gptq["perplexity"]) and gptq["size_bytes"] < rows["ort-fp32"]["size_bytes"]
+
+
+@pytest.mark.slow  # the builder runs twice, then both are measured: about 40 s
+def test_onnx_runtime_genai_candidates_come_from_its_builder_and_are_measured_on_its_runtime(tmp_path):
+    """The GenAI route: the model builder writes the folder FP32 and INT4, GenAI's own runtime runs
+    them; FP32 on it scores what FP32 on aiopt's ONNX Runtime loop scores, INT4 is smaller on disk,
+    and a GenAI winner generates on GenAI's runtime."""
+    pytest.importorskip("onnxruntime_genai")
+    folder, _ = tiny_gpt()
+    out = tmp_path / "q"
+    result = run_cli("quantize", str(folder), "-o", str(out), "--candidate", "genai-fp32", "--candidate", "genai-int4",
+                     "--max-perplexity-increase", "1", "--min-agreement", "0", *FAST, "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)["quantize_report"]
+    rows = {r["name"]: r for r in report["candidates"]}
+    for name in ("genai-fp32", "genai-int4"):
+        assert rows[name]["status"] == "measured" and rows[name]["runtime"] == "onnxruntime-genai", rows[name]
+        assert rows[name]["decode"][0]["tokens_per_s"] > 0
+    assert rows["genai-fp32"]["perplexity"] == pytest.approx(rows["ort-fp32"]["perplexity"], rel=1e-3)
+    assert rows["genai-fp32"]["agreement"] >= 0.99
+    assert rows["genai-int4"]["size_bytes"] < rows["genai-fp32"]["size_bytes"]
+    metadata = json.loads((out / "aiopt.json").read_text())
+    if metadata["runtime"] == "onnxruntime-genai":
+        assert (out / "genai_config.json").is_file()
+        generated = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
+        assert generated.returncode == 0, generated.stderr[-2000:]
+        assert json.loads(generated.stdout)["runtime"] == "onnxruntime-genai"

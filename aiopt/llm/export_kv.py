@@ -46,6 +46,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 @dataclass(frozen=True)
 class KVExportConfig:
     exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
+    # the builder's precision: fp32 (an export, held to atol), or int4 (its weight-only MatMulNBits:
+    # a quantize candidate, whose validation is recorded and whose quality aiopt quantize measures)
+    genai_precision: str = "fp32"
     opset: int = 18
     atol: float = 1e-3  # max abs logit difference accepted against transformers
     decode_steps: int = 8
@@ -88,7 +91,7 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
     with atomic_folder(out) as tmp:
         onnx_path = tmp / ONNX_FILE
         if config.exporter == "genai":
-            exporter = _export_genai(folder, tmp, say)
+            exporter = _export_genai(folder, tmp, say, config.genai_precision)
         else:
             program = _export_torch(model, shape, config, folder, say)
             program.save(str(onnx_path), external_data=external)
@@ -97,7 +100,8 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
         export_seconds = time.perf_counter() - start
         say("validating against transformers: a prefill and decode steps")
         validation = validate_kv_onnx(model, onnx_path, shape, config)
-        if validation["max_abs_diff"] > config.atol:
+        quantized = config.exporter == "genai" and config.genai_precision != "fp32"
+        if validation["max_abs_diff"] > config.atol and not quantized:
             raise UnsupportedModelError(f"the exported model's logits differ from transformers' by {validation['max_abs_diff']:.2e} "
                                         f"(tolerance {config.atol:g}); nothing written")
         # the GenAI builder writes ONNX Runtime's own operators in the default domain (SimplifiedLayerNormalization),
@@ -145,6 +149,7 @@ def _source(folder) -> LoadedModel:
 
 
 EXPORTERS = ("torch", "genai")
+GENAI_PRECISIONS = ("fp32", "int4")
 
 
 def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
@@ -171,20 +176,22 @@ def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
         raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({first_line(exc)})") from exc
 
 
-def _export_genai(folder, target: Path, say) -> str:
-    """ONNX Runtime GenAI's model builder (FP32, CPU): fused GroupQueryAttention, rotary inside the
+def _export_genai(folder, target: Path, say, precision: str = "fp32") -> str:
+    """ONNX Runtime GenAI's model builder (CPU, FP32 or INT4): fused GroupQueryAttention, rotary inside the
     graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
     and holds the whole model in memory while it writes."""
     onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")
-    say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder (fp32, cpu)")
+    if precision not in GENAI_PRECISIONS:
+        raise InputError(f"the GenAI model builder's precision {precision!r} is not one aiopt offers; choose {' or '.join(GENAI_PRECISIONS)}")
+    say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder ({precision}, cpu)")
     with tempfile.TemporaryDirectory(dir=target.parent) as cache:
-        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", "fp32",
+        command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", precision,
                    "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (target / ONNX_FILE).is_file():
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
         raise UnsupportedModelError(f"ONNX Runtime GenAI's model builder could not export {folder} ({lines[-1] if lines else 'no output'})")
-    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} (fp32, cpu)"
+    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} ({precision}, cpu)"
 
 
 def _source_metrics(folder) -> dict | None:

@@ -38,11 +38,11 @@ from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacpp_missing, llamacpp_recipes, require_llamacpp
 from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
-from aiopt.llm.recipes_ort import build_ort, ort_recipes
+from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
 from aiopt.measure.bandwidth import measure_read_bandwidth
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "llamacpp")
-FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx"}
+FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx", "onnxruntime-genai": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,12 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
     if config.backend == "llamacpp":
         require_llamacpp()  # exit 4 with the install line
     recipes: list = []
+    skipped = []
     if config.backend in ("auto", "onnxruntime"):
         recipes += ort_recipes(config.calibration is not None)
+        why = genai_missing(hf_folder)
+        for recipe in genai_recipes():
+            (skipped.append(Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why)) if why else recipes.append(recipe))
     if config.backend in ("auto", "openvino"):
         try:
             import nncf  # noqa: F401
@@ -116,7 +120,6 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
         except ImportError:
             if config.backend == "openvino":
                 raise MissingDependencyError("--backend openvino needs OpenVINO and NNCF; run: pip install 'aiopt[openvino]'") from None
-    skipped = []
     if config.backend in ("auto", "llamacpp"):
         why = llamacpp_missing(hf_folder)
         if why and config.backend == "llamacpp":
@@ -161,12 +164,14 @@ def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float
 
 
 def _open(row: Row, shape, threads: int | None):
-    from aiopt.llm.runners import OrtCausalLM  # torch
+    from aiopt.llm.runners import GenAICausalLM, OrtCausalLM  # torch
 
     if row.runtime == "openvino":
         return open_ir(row.path, shape, threads, row.precision)
     if row.runtime == "llamacpp":
         return LlamaCppCausalLM(row.path, shape, threads)
+    if row.runtime == "onnxruntime-genai":
+        return GenAICausalLM(row.path.parent, shape, threads)
     return OrtCausalLM(row.path, shape, threads)
 
 
@@ -241,6 +246,11 @@ class Measurement:
         fp32_onnx = self.reference.path
         if recipe.runtime == "llamacpp":
             return build_llamacpp(recipe, self.hf_folder, target, self.work / "gguf-f32" / "model-f32.gguf", self.threads)
+        if recipe.runtime == "onnxruntime-genai":
+            from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx  # torch
+
+            return Path(export_causal_lm_onnx(self.hf_folder, target, KVExportConfig(exporter="genai", genai_precision=recipe.precision),
+                                              say=self.say)["onnx"])
         if recipe.runtime == "openvino":
             return build_openvino(recipe, fp32_onnx, target, self.calibration, self.shape)
         return build_ort(recipe, fp32_onnx, target, self.calibration, self.shape)
@@ -360,10 +370,12 @@ def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> 
         for file in _model_files(winner.path):
             if file.is_file():
                 shutil.copy2(file, tmp / file.name)
+        if winner.runtime == "onnxruntime-genai":  # GenAI's runtime reads its builder's configuration beside the graph
+            shutil.copy2(winner.path.parent / "genai_config.json", tmp / "genai_config.json")
         for name in TOKENIZER_FILES:
             if (Path(folder) / name).is_file():
                 shutil.copy2(Path(folder) / name, tmp / name)
-        if winner.runtime == "onnxruntime":
+        if winner.runtime in ("onnxruntime", "onnxruntime-genai"):
             _stamp(tmp / winner.path.name, metadata)
         (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
     return metadata

@@ -7,6 +7,10 @@ Block-wise round-to-nearest (ORT's DefaultWeightOnlyQuantConfig, symmetric) at b
 onnxruntime.quantization.neural_compressor, numpy only, no INC package needed), which runs the
 FP32 graph on the calibration windows to collect each MatMul's inputs. Only MatMuls with a
 constant weight are rewritten; the embedding Gather and attention stay FP32.
+
+And ONNX Runtime GenAI's own route (GenAIRecipe): its model builder writes the Hugging Face folder
+as a fused graph (GroupQueryAttention, rotary inside), FP32 or with its INT4 MatMulNBits, run by
+GenAI's runtime (og.Generator, its KV cache in place) instead of aiopt's ONNX Runtime loop.
 """
 from __future__ import annotations
 
@@ -34,6 +38,32 @@ class OrtRecipe:
 
     def describe(self) -> str:
         return f"ONNX Runtime MatMulNBits INT{self.bits} {self.algorithm.upper()}, block {self.block_size}"
+
+
+@dataclass(frozen=True)
+class GenAIRecipe:
+    name: str
+    precision: str  # the builder's -p: fp32 or int4
+
+    runtime = "onnxruntime-genai"
+
+    def describe(self) -> str:
+        return f"ONNX Runtime GenAI model builder {self.precision.upper()} on its own runtime"
+
+
+def genai_recipes() -> list[GenAIRecipe]:
+    return [GenAIRecipe("genai-fp32", "fp32"), GenAIRecipe("genai-int4", "int4")]
+
+
+def genai_missing(hf_folder) -> str | None:
+    """Why GenAI candidates cannot be built here (None: they can be tried)."""
+    if hf_folder is None:
+        return "ONNX Runtime GenAI's model builder reads the Hugging Face folder, and this export names none; quantize the folder"
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        return "onnxruntime-genai is not installed; run: pip install onnxruntime-genai"
+    return None
 
 
 def ort_recipes(calibrated: bool = False) -> list[OrtRecipe]:

@@ -155,8 +155,9 @@ class GenAICausalLM:
     """ONNX Runtime GenAI's own runtime (og.Generator) on a folder its model builder wrote
     (genai_config.json): the KV cache in its shared past/present buffers. Any batch size: the
     prompts go in with one append_tokens; each step hands the generator the tokens this loop
-    chose by setting its logits to pick exactly them (set_logits), lets it append them
-    (generate_next_token), and reads the next logits (get_logits, which runs the model)."""
+    chose by setting its logits to pick exactly them (set_logits; skipped when they are its own
+    greedy choice, most steps of a greedy run), lets it append them (generate_next_token), and
+    reads the next logits (get_logits, which runs the model)."""
 
     runtime = "onnxruntime-genai"
 
@@ -177,12 +178,22 @@ class GenAICausalLM:
         generator = self.og.Generator(self.model, params)
         generator.append_tokens(np.ascontiguousarray(ids, dtype=np.int32))
         logits = generator.get_output("logits")
-        return (logits[:, -1:] if last_only else logits), generator
+        return (logits[:, -1:] if last_only else logits), _GenAIState(generator, logits[:, -1].argmax(-1))
 
-    def step(self, tokens: np.ndarray, state):
+    def step(self, tokens: np.ndarray, state: _GenAIState):
         chosen = np.asarray(tokens, dtype=np.int64).reshape(-1)
-        forced = np.full((len(chosen), self.shape.vocab_size), -np.inf, dtype=np.float32)
-        forced[np.arange(len(chosen)), chosen] = 0.0
-        state.set_logits(forced)
-        state.generate_next_token()
-        return state.get_logits().reshape(len(chosen), 1, -1), state
+        if not np.array_equal(chosen, state.greedy):  # the generator picks the argmax itself (do_sample=False); anything else is forced
+            forced = np.full((len(chosen), self.shape.vocab_size), -np.inf, dtype=np.float32)
+            forced[np.arange(len(chosen)), chosen] = 0.0
+            state.generator.set_logits(forced)
+        state.generator.generate_next_token()
+        logits = state.generator.get_logits().reshape(len(chosen), 1, -1)
+        state.greedy = logits[:, -1].argmax(-1)
+        return logits, state
+
+
+class _GenAIState:
+    """A GenAI generator and the tokens it would pick greedily from its last logits."""
+
+    def __init__(self, generator, greedy: np.ndarray):
+        self.generator, self.greedy = generator, greedy
