@@ -343,8 +343,8 @@ def main() -> int:
     if args.write:
         out = ROOT / "results" / f"llm-peers-{label}-{platform.node() or 'machine'}"
         out.parent.mkdir(exist_ok=True)
-        out.with_suffix(".json").write_text(json.dumps(document, indent=2, default=str))
-        out.with_suffix(".md").write_text(text)
+        out.with_name(out.name + ".json").write_text(json.dumps(document, indent=2, default=str))  # not with_suffix: "qwen0.5b" has a dot
+        out.with_name(out.name + ".md").write_text(text)
     return 0
 
 
