@@ -3,6 +3,8 @@
 the convention ONNX Runtime GenAI and Optimum use."""
 from __future__ import annotations
 
+import numpy as np
+
 ONNX_FILE = "model.onnx"
 LOGITS_START = "logits_start"  # optional input: the first position whose logits are computed (default 0: all)
 
@@ -13,3 +15,15 @@ def past_names(layers: int) -> list[str]:
 
 def present_names(layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
+
+
+def token_feed(ids: np.ndarray, past: int, takes_mask: bool, takes_positions: bool) -> dict:
+    """input_ids, and the attention mask and positions when the graph takes them, for `ids`
+    (batch, length) following `past` cached tokens."""
+    batch, length = ids.shape
+    feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
+    if takes_mask:
+        feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
+    if takes_positions:
+        feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
+    return feed

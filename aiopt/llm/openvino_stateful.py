@@ -17,7 +17,7 @@ import numpy as np
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.kv_names import past_names
+from aiopt.llm.kv_names import past_names, token_feed
 
 RUNTIME = "openvino-stateful"
 
@@ -64,14 +64,8 @@ class OpenVINOStatefulCausalLM:
         self.takes_positions, self.takes_mask = "position_ids" in inputs, "attention_mask" in inputs
 
     def _run(self, request, ids: np.ndarray, past: int):
-        batch, length = ids.shape
-        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
-        if self.takes_mask:
-            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
-        if self.takes_positions:
-            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
-        request.infer(feed)
-        return request.get_tensor("logits").data.copy(), (request, past + length)
+        request.infer(token_feed(ids, past, self.takes_mask, self.takes_positions))
+        return request.get_tensor("logits").data.copy(), (request, past + ids.shape[1])
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         logits, state = self._run(self.compiled.create_infer_request(), ids, 0)

@@ -27,7 +27,7 @@ import numpy as np
 from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape, load_causal_lm, read_config
-from aiopt.llm.folder_io import METADATA_FILE
+from aiopt.llm.folder_io import METADATA_FILE, read_metadata
 
 INSTALL = "pip install 'aiopt[llamacpp]'  (llama-cpp-python and gguf; builds llama.cpp from source, 10+ minutes)"
 GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
@@ -229,13 +229,7 @@ def open_gguf(path, threads: int | None = None, runtime: str | None = None):
     optional_import("llama_cpp", f"{gguf_file} (a GGUF model, which runs on llama.cpp)", "llama-cpp-python")
     if runtime not in (None, "llamacpp"):
         raise InputError(f"{gguf_file} is a GGUF model; it runs on --runtime llamacpp only")
-    meta_file = gguf_file.parent / METADATA_FILE
-    metadata = {}
-    if meta_file.is_file():
-        try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except ValueError:
-            metadata = {}
+    metadata = read_metadata(gguf_file.parent)
     kv = metadata.get("kv_cache")
     if not kv or metadata.get("runtime") != "llamacpp" or not (gguf_file.parent / "tokenizer.json").is_file():
         raise UnsupportedModelError(f"{gguf_file} is a GGUF without aiopt's metadata and tokenizer beside it (no {METADATA_FILE} from aiopt "

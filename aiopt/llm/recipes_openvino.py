@@ -9,7 +9,6 @@ in one line.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +17,7 @@ import numpy as np
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.hardware import detect_cpu
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.folder_io import METADATA_FILE
+from aiopt.llm.folder_io import METADATA_FILE, read_metadata
 from aiopt.llm.lm_quality import prefill_feed
 
 IR_FILE = "openvino_model.xml"
@@ -96,13 +95,7 @@ def open_ir_artifact(path, threads: int | None = None, runtime: str | None = Non
     """(runner, tokenizer folder, metadata) for an IR folder aiopt quantize wrote (or its .xml)."""
     path = Path(path)
     xml = path / IR_FILE if path.is_dir() else path
-    meta_file = xml.parent / METADATA_FILE
-    metadata = {}
-    if meta_file.is_file():
-        try:
-            metadata = json.loads(meta_file.read_text(encoding="utf-8"))
-        except ValueError:
-            metadata = {}
+    metadata = read_metadata(xml.parent)
     kv = metadata.get("kv_cache")
     if not kv or metadata.get("runtime") != "openvino":
         raise UnsupportedModelError(f"{xml} is an OpenVINO IR without aiopt's KV-cache layout (no {METADATA_FILE} from aiopt quantize beside it); "

@@ -17,7 +17,7 @@ import torch
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.kv_names import LOGITS_START
+from aiopt.llm.kv_names import LOGITS_START, token_feed
 
 
 class TorchCausalLM:
@@ -86,13 +86,8 @@ class OrtCausalLM:
                                         "export the model folder with: aiopt export FOLDER --format onnx -o OUT")
 
     def _feed(self, ids: np.ndarray, past: int, last_only: bool) -> dict:
-        batch, length = ids.shape
-        feed = {"input_ids": np.ascontiguousarray(ids, dtype=np.int64)}
-        if self.takes_mask:
-            feed["attention_mask"] = np.ones((batch, past + length), dtype=np.int64)
-        if self.takes_positions:
-            feed["position_ids"] = np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy()
-        if last_only and length > 1 and self.takes_logits_start:
+        feed = token_feed(ids, past, self.takes_mask, self.takes_positions)
+        if last_only and ids.shape[1] > 1 and self.takes_logits_start:
             feed[LOGITS_START] = np.array([-1], dtype=np.int64)
         return feed
 
