@@ -246,3 +246,26 @@ def test_onnx_runtime_genai_candidates_come_from_its_builder_and_are_measured_on
         generated = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
         assert generated.returncode == 0, generated.stderr[-2000:]
         assert json.loads(generated.stdout)["runtime"] == "onnxruntime-genai"
+
+
+def test_mixed_int4_int8_keeps_the_most_sensitive_layers_in_8_bits(tmp_path):
+    """ov-int4-sym-g64-r80: NNCF puts 80% of the layers in INT4 and the rest, by its sensitivity
+    metric, in INT8; the IR holds fewer 4-bit weights than the all-INT4 recipe's."""
+    ov = pytest.importorskip("openvino")
+    pytest.importorskip("nncf")
+    from llm_tiny import tiny_export
+
+    from aiopt.llm.causal_lm import Shape
+    from aiopt.llm.recipes_openvino import build_openvino, openvino_recipes
+
+    folder, document = tiny_export()
+    shape = Shape(**{k: document["kv_cache"][k] for k in Shape.__dataclass_fields__})
+    recipes = {r.name: r for r in openvino_recipes(bf16=False, calibrated=False)}
+
+    def four_bit_weights(name: str) -> int:
+        ir = build_openvino(recipes[name], folder / "model.onnx", tmp_path / name, None, shape)
+        constants = [op for op in ov.Core().read_model(str(ir)).get_ops() if op.get_type_name() == "Constant"]
+        return sum(op.get_element_type().bitwidth == 4 for op in constants)
+
+    mixed, all_int4 = four_bit_weights("ov-int4-sym-g64-r80"), four_bit_weights("ov-int4-sym-g64")
+    assert 0 < mixed < all_int4, (mixed, all_int4)

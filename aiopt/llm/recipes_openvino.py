@@ -32,12 +32,17 @@ class OpenVINORecipe:
     group_size: int | None = None
     precision: str = "f32"  # INFERENCE_PRECISION_HINT
     data_aware: bool = False  # AWQ + scale estimation on the calibration windows
+    # share of the weights in the 4-bit mode; NNCF puts the rest in INT8, the layers its sensitivity
+    # metric ranks most hurt (weight quantization error without data)
+    ratio: float = 1.0
 
     runtime = "openvino"
 
     def describe(self) -> str:
         weights = "FP32 weights" if self.mode is None else f"NNCF {self.mode.upper()}" + (f", group {self.group_size}" if self.group_size else ", per channel")
-        return f"OpenVINO {weights}, {self.precision.upper()} inference" + (", AWQ + scale estimation" if self.data_aware else "")
+        mixed = f", {self.ratio:.0%} of layers INT4 and the most sensitive INT8" if self.ratio < 1 else ""
+        return (f"OpenVINO {weights}{mixed}, {self.precision.upper()} inference"
+                + (", AWQ + scale estimation" if self.data_aware else ""))
 
 
 def has_bf16_units(flags=None) -> bool:
@@ -52,6 +57,7 @@ def openvino_recipes(bf16: bool, calibrated: bool) -> list[OpenVINORecipe]:
     recipes.append(OpenVINORecipe("ov-int8-asym", "int8_asym"))
     recipes += [OpenVINORecipe(f"ov-int4-sym-g{g}", "int4_sym", g) for g in GROUP_SIZES]
     recipes.append(OpenVINORecipe("ov-int4-asym-g128", "int4_asym", 128))
+    recipes.append(OpenVINORecipe("ov-int4-sym-g64-r80", "int4_sym", 64, ratio=0.8))  # mixed INT4/INT8 by sensitivity
     if calibrated:
         recipes.append(OpenVINORecipe("ov-int4-sym-g64-awq", "int4_sym", 64, data_aware=True))
     return recipes
@@ -66,7 +72,7 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
         options = {"mode": nncf.CompressWeightsMode(recipe.mode)}
         if recipe.group_size:
             # a dimension the group does not divide (gpt:tiny's FFN of 172) gets the nearest group that does
-            options.update(group_size=recipe.group_size, ratio=1.0,
+            options.update(group_size=recipe.group_size, ratio=recipe.ratio,
                            advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST))
         if recipe.data_aware:
             if calibration is None:
