@@ -108,5 +108,5 @@ def quantize_causal_lm_command(model: str, output: str | None, method: str, back
     load = report["load_average"]
     stdout.print(escape(f"wrote {result['path']}: {result['recipe']} on {result['runtime']} ({result['recipe_description']}); perplexity "
                         f"{quality['perplexity']:.3f} ({quality['perplexity_increase'] * 100:+.2f}% vs FP32), agreement "
-                        f"{quality['agreement_with_fp32']:.3f}. Load average {load[0]:.1f}: timings on a busy machine are not evidence of speed; "
+                        f"{quality['agreement_with_fp32']:.3f} ({quality['decode_agreement_with_fp32']:.3f} on decode steps). Load average {load[0]:.1f}: timings on a busy machine are not evidence of speed; "
                         "aiopt bench for figures."), soft_wrap=True)

@@ -1,6 +1,7 @@
-"""Quality of a causal LM on held-out text, measured on the artifact in its own runtime:
-perplexity, and where the greedy next token agrees with a reference (FP32) run of the same
-windows. Calibration windows for the recipes that take data come from a text file.
+"""Quality of a causal LM on held-out text, measured on the artifact in its own runtime as it
+generates (a prefill, then decode steps through its KV cache): perplexity, and where the greedy
+next token agrees with a reference (FP32) run of the same windows, over all positions and over
+the decoded ones alone. Calibration windows for the recipes that take data come from a text file.
 """
 from __future__ import annotations
 
@@ -21,9 +22,13 @@ class Score:
     next_token_accuracy: float
     argmax: np.ndarray  # the greedy next token at every scored position, for agreement with the reference
     tokens: int
+    decoded: np.ndarray  # True where the position was predicted by a decode step through the KV cache, not by the prefill
+    decode_perplexity: float  # over the decoded positions only
+    cache_drift: float  # the largest |logit| difference between a decode step and this runner's own prefill of the same tokens
 
-    def agreement(self, reference: Score) -> float:
-        return float((self.argmax == reference.argmax).mean())
+    def agreement(self, reference: Score, decoded_only: bool = False) -> float:
+        keep = self.decoded if decoded_only else slice(None)
+        return float((self.argmax[keep] == reference.argmax[keep]).mean()) if self.argmax[keep].size else 1.0
 
 
 def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarray:
@@ -52,23 +57,45 @@ def calibration_windows(path, tokenizer_folder, window: int, samples: int) -> np
     return ids[:samples * window].reshape(samples, window)
 
 
-def score(lm, windows: np.ndarray) -> Score:
-    """Prefill each window and score every next token (the runner's own logits)."""
-    nll, correct, count, argmax = 0.0, 0, 0, []
+def _log_probs(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    logits -= logits.max(-1, keepdims=True)
+    return logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+
+
+def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
+    """Score every next token of each window with the runner's own logits, the way it generates:
+    the first `prefill_share` of the window in one prefill, the rest fed one token at a time
+    through step(), its KV cache carried from step to step (the text's own tokens, so positions
+    line up with the reference's). A model whose cache is stored, quantized or fed back wrongly
+    scores well on a prefill alone; its decoded positions show the damage. Each window is also
+    prefilled whole, and the largest difference between a decoded position's logits and the same
+    position's prefill logits is `cache_drift` (near 0 for FP32 on the same runtime)."""
+    nll, correct, argmax, decoded, drift = [], 0, [], [], 0.0
     for row in windows:
-        logits, _ = lm.prefill(row[None, :-1])
-        logits = logits[0].astype(np.float64)
+        scored = len(row) - 1
+        prefilled = min(scored, max(1, round(scored * prefill_share)))
+        logits, state = lm.prefill(row[None, :prefilled])
+        steps = [logits[0]]
+        for position in range(prefilled, scored):
+            logits, state = lm.step(row[None, position:position + 1], state)
+            steps.append(logits[0, -1:])
+        logits = np.concatenate(steps)
         if not np.isfinite(logits).all():
-            return Score(float("inf"), 0.0, np.full(len(row) - 1, -1), len(row) - 1)
-        logits -= logits.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+            return Score(float("inf"), 0.0, np.full(scored, -1), scored, np.arange(scored) >= prefilled, float("inf"), float("inf"))
+        if prefilled < scored:
+            whole, _ = lm.prefill(row[None, :-1])
+            drift = max(drift, float(np.abs(whole[0, prefilled:].astype(np.float64) - logits[prefilled:]).max()))
+        log_probs = _log_probs(logits)
         targets = row[1:]
-        nll -= log_probs[np.arange(len(targets)), targets].sum()
+        nll.append(-log_probs[np.arange(scored), targets])
         best = log_probs.argmax(-1)
         correct += int((best == targets).sum())
-        count += len(targets)
         argmax.append(best)
-    return Score(math.exp(nll / count), correct / count, np.concatenate(argmax), count)
+        decoded.append(np.arange(scored) >= prefilled)
+    nll, decoded = np.concatenate(nll), np.concatenate(decoded)
+    decode_perplexity = math.exp(nll[decoded].mean()) if decoded.any() else float("nan")
+    return Score(math.exp(nll.mean()), correct / len(nll), np.concatenate(argmax), len(nll), decoded, decode_perplexity, drift)
 
 
 def prefill_feed(row: np.ndarray, shape) -> dict:

@@ -4,8 +4,10 @@ with each runtime's own tools, each run in its own runtime.
 1. Export the folder with its KV cache (aiopt.llm.export_kv), the FP32 reference on ONNX Runtime.
 2. Build every candidate (recipes_ort, recipes_openvino, recipes_llamacpp: the GGUF from the
    folder itself); one that fails to build or load is a row saying why.
-3. Measure each on its runtime: perplexity on held-out text (sotu test split) and the share of
-   positions whose greedy next token equals FP32's; TTFT at --prompt-len and decode tokens/s at
+3. Measure each on its runtime as it generates (aiopt.llm.lm_quality.score: half of each held-out
+   window prefilled, the rest fed token by token through its KV cache): perplexity on held-out text
+   (sotu test split) and the share of positions whose greedy next token equals FP32's, over all
+   positions and over the decoded ones alone (a broken cache shows only there); TTFT at --prompt-len and decode tokens/s at
    each batch size (aiopt.llm.generate's loop, as `aiopt bench` times it).
 4. Ship the fastest decode among those within the quality floor and faster than FP32; FP32 itself
    when none is faster; nothing (exit 1, the closest listed) when none is within the floor.
@@ -50,7 +52,7 @@ class LMQuantizeConfig:
     backend: str = "auto"
     candidates: tuple[str, ...] = ()  # restrict to these recipe names (ort-fp32, the reference, always runs)
     max_perplexity_increase: float = 0.02  # relative to FP32's perplexity on the same windows
-    min_agreement: float = 0.90  # greedy next token equal to FP32's, share of scored positions
+    min_agreement: float = 0.90  # greedy next token equal to FP32's, share of all scored positions and of the decoded ones
     calibration: str | None = None  # a text file: AWQ/scale estimation for OpenVINO INT4
     calib_samples: int = 32
     calib_window: int = 64
@@ -84,6 +86,9 @@ class Row:
     perplexity: float | None = None
     perplexity_increase: float | None = None
     agreement: float | None = None
+    decode_agreement: float | None = None  # over the positions predicted by decode steps through the KV cache
+    decode_perplexity_increase: float | None = None
+    cache_drift: float | None = None  # decode step vs its own prefill, largest |logit| difference
     size_bytes: int | None = None
     ttft_ms: float | None = None
     decode: list = field(default_factory=list)
@@ -219,10 +224,8 @@ class Measurement:
         return _recipes(self.config, self.bf16, self.hf_folder)
 
     def start(self) -> Row:
-        """Measure the bandwidth, export the folder (unless it is an export) and measure FP32."""
-        if self.config.bandwidth:
-            self.say(f"measuring the read bandwidth on {self.threads} threads")
-            self.bandwidth = measure_read_bandwidth(self.threads)["bytes_per_s"]
+        """Export the folder (unless it is an export), judge FP32's own KV cache, measure the
+        bandwidth, then time FP32."""
         if self.exported:
             self.export = {**self.exported, "onnx": str(Path(self.folder) / ONNX_FILE)}
         else:
@@ -230,7 +233,12 @@ class Measurement:
 
             self.export = export_causal_lm_onnx(self.folder, self.work / "fp32", KVExportConfig(), say=self.say)
         self.reference = Row("ort-fp32", "onnxruntime", "ONNX Runtime FP32 (the KV-cache export, the reference)", path=Path(self.export["onnx"]))
-        self._measure(self.reference)
+        lm = _open(self.reference, self.shape, self.threads)
+        self._score(self.reference, lm)  # a reference whose cache is broken ends here, before any timing
+        if self.config.bandwidth:
+            self.say(f"measuring the read bandwidth on {self.threads} threads")
+            self.bandwidth = measure_read_bandwidth(self.threads)["bytes_per_s"]
+        self._clock(self.reference, lm)
         return self.reference
 
     def measure(self, recipe) -> Row:
@@ -261,11 +269,23 @@ class Measurement:
 
     def _measure(self, row: Row) -> None:
         lm = _open(row, self.shape, self.threads)
-        self.say(f"{row.name}: perplexity and agreement on {self.windows.size - len(self.windows)} held-out tokens")
+        self._score(row, lm)
+        self._clock(row, lm)
+
+    def _score(self, row: Row, lm) -> None:
+        self.say(f"{row.name}: perplexity and agreement on {self.windows.size - len(self.windows)} held-out tokens, half of them decoded through the KV cache")
         result = score(lm, self.windows)
-        self._ref_score = self._ref_score or result
-        row.perplexity, row.agreement = result.perplexity, result.agreement(self._ref_score)
-        row.perplexity_increase = result.perplexity / self._ref_score.perplexity - 1
+        if self._ref_score is None:
+            _check_reference_cache(row, result)
+            self._ref_score = result
+        reference = self._ref_score
+        row.perplexity, row.agreement = result.perplexity, result.agreement(reference)
+        row.perplexity_increase = result.perplexity / reference.perplexity - 1
+        row.decode_agreement = result.agreement(reference, decoded_only=True)
+        row.decode_perplexity_increase = result.decode_perplexity / reference.decode_perplexity - 1
+        row.cache_drift = result.cache_drift
+
+    def _clock(self, row: Row, lm) -> None:
         row.size_bytes = _weight_file_bytes(row.path)
         self.say(f"{row.name}: TTFT at prompt {self.prompt_len}, decode {self.config.new_tokens} tokens at batch "
                  f"{'/'.join(map(str, self.config.batch_sizes))}")
@@ -273,6 +293,21 @@ class Measurement:
 
     def eval_tokens(self) -> int:
         return int(len(self.windows) and self.windows.size - len(self.windows))
+
+
+# FP32 on ONNX Runtime recomputes the same logits whether a token comes through the cache or the
+# prefill (1e-5 here); more than this means the export's present outputs are not what it reads back.
+REFERENCE_CACHE_DRIFT = 1e-2
+
+
+def _check_reference_cache(row: Row, result) -> None:
+    """The FP32 reference must decode through its own KV cache as it prefills: every candidate is
+    judged against it, so a broken cache there would hide the same damage in a candidate."""
+    if not result.cache_drift <= REFERENCE_CACHE_DRIFT:
+        raise UnsupportedModelError(
+            f"{row.path}: decoding through its KV cache gives logits up to {result.cache_drift:.3g} away from its own prefill of the same "
+            f"tokens (at most {REFERENCE_CACHE_DRIFT:g} expected): its present.* outputs do not carry the cache; re-export the folder "
+            "with: aiopt export FOLDER --format onnx -o OUT")
 
 
 def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConfig(), force: bool = False,
@@ -291,7 +326,8 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         report = build_report(measured + rows, winner, config, measurement)
         if winner is None:
             closest = min((r for r in measured[1:] if r.status == "measured"), key=_distance, default=None)
-            where = (f"; closest: {closest.name} (perplexity {closest.perplexity_increase * 100:+.2f}%, agreement {closest.agreement:.3f})"
+            where = (f"; closest: {closest.name} (perplexity {closest.perplexity_increase * 100:+.2f}%, agreement {closest.agreement:.3f}, "
+                     f"{closest.decode_agreement:.3f} on decode steps)"
                      if closest else "")
             raise CheckFailedError(f"no candidate is within the quality floor (perplexity +{config.max_perplexity_increase * 100:g}%, "
                                    f"agreement {config.min_agreement:g}){where}; nothing written. Loosen --max-perplexity-increase/--min-agreement")
@@ -318,7 +354,21 @@ def kv_export_metadata(path) -> dict | None:
 
 
 def _distance(row: Row) -> float:
-    return max(row.perplexity_increase or 0, 0) + max(0, 1 - (row.agreement or 0))
+    return (max(row.perplexity_increase or 0, row.decode_perplexity_increase or 0, 0)
+            + max(0, 1 - min(row.agreement or 0, row.decode_agreement or 0)))
+
+
+def floor_failures(row: Row, config: LMQuantizeConfig) -> list[str]:
+    """What keeps a measured row below the quality floor (empty: within it). The floor holds over
+    all scored positions and again over the decoded ones alone, where a broken or lossy KV cache shows."""
+    failures = []
+    for where, increase, agreement in (("", row.perplexity_increase, row.agreement),
+                                       (" on decode steps through the KV cache", row.decode_perplexity_increase, row.decode_agreement)):
+        if not increase <= config.max_perplexity_increase:
+            failures.append(f"perplexity{where} {increase * 100:+.2f}% (at most +{config.max_perplexity_increase * 100:g}%)")
+        if not agreement >= config.min_agreement:
+            failures.append(f"agreement{where} {agreement:.3f} (at least {config.min_agreement:g})")
+    return failures
 
 
 def select_winner(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
@@ -328,10 +378,10 @@ def select_winner(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
     for row in rows:
         if row.status != "measured":
             continue
-        row.passes_floor = row.perplexity_increase <= config.max_perplexity_increase and row.agreement >= config.min_agreement
-        if not row.passes_floor:
-            row.why = (f"below the quality floor: perplexity {row.perplexity_increase * 100:+.2f}% (at most "
-                       f"+{config.max_perplexity_increase * 100:g}%), agreement {row.agreement:.3f} (at least {config.min_agreement:g})")
+        failures = floor_failures(row, config)
+        row.passes_floor = not failures
+        if failures:
+            row.why = "below the quality floor: " + ", ".join(failures)
     within = [r for r in rows[1:] if r.passes_floor]
     if not within:
         return reference if len(rows) == 1 else None
@@ -352,7 +402,8 @@ def select_winner(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
 def build_report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, measurement: Measurement) -> dict:
     return {"chosen": winner.name if winner else None, "candidates": [r.to_dict() for r in rows],
             "floor": {"max_perplexity_increase": config.max_perplexity_increase, "min_agreement": config.min_agreement,
-                      "eval": f"sotu test split, {measurement.eval_tokens()} tokens in windows of {config.eval_window}"},
+                      "eval": f"sotu test split, {measurement.eval_tokens()} tokens in windows of {config.eval_window}: "
+                              "the first half of each prefilled, the rest decoded token by token through the KV cache"},
             "timing": {"prompt_len": measurement.prompt_len, "new_tokens": config.new_tokens, "batch_sizes": list(config.batch_sizes),
                        "repeats": config.repeats, "threads": measurement.threads, "bandwidth_bytes_per_s": measurement.bandwidth},
             "cpu_bf16_units": measurement.bf16, "machine": describe_machine(), "load_average": list(os.getloadavg()),
@@ -368,7 +419,8 @@ def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> 
                 "format": FORMATS.get(winner.runtime, "onnx"), "runtime": winner.runtime,
                 "recipe": winner.name, "recipe_description": winner.recipe, "inference_precision": winner.precision,
                 "quality": {"perplexity": winner.perplexity, "perplexity_increase": winner.perplexity_increase,
-                            "agreement_with_fp32": winner.agreement},
+                            "agreement_with_fp32": winner.agreement, "decode_agreement_with_fp32": winner.decode_agreement,
+                            "cache_drift": winner.cache_drift},
                 "quantize_report": report, "command": command_line(), "created_at": now_iso()}
     with atomic_folder(out) as tmp:
         for file in _model_files(winner.path):
@@ -387,7 +439,7 @@ def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> 
 def markdown_table(report: dict) -> str:
     """Every candidate: quality, size, TTFT, tokens/s, fraction of the bandwidth limit, why it lost."""
     timing = report["timing"]
-    header = (f"| candidate | runtime | perplexity | vs FP32 | agreement | size | TTFT p{timing['prompt_len']} | "
+    header = (f"| candidate | runtime | perplexity | vs FP32 | agreement (decode steps) | size | TTFT p{timing['prompt_len']} | "
               f"tok/s b{timing['batch_sizes'][0]} | of limit | result |")
     lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
     for r in report["candidates"]:
@@ -396,7 +448,7 @@ def markdown_table(report: dict) -> str:
         cells = [f"{mark}{r['name']}{mark}", r["runtime"],
                  f"{r['perplexity']:.3f}" if r["perplexity"] is not None else "-",
                  f"{r['perplexity_increase'] * 100:+.2f}%" if r["perplexity_increase"] is not None else "-",
-                 f"{r['agreement']:.3f}" if r["agreement"] is not None else "-",
+                 f"{r['agreement']:.3f} ({r['decode_agreement']:.3f})" if r["agreement"] is not None else "-",
                  f"{r['size_bytes'] / 1024:.0f} KiB" if r["size_bytes"] else "-",
                  f"{r['ttft_ms']:.1f} ms" if r["ttft_ms"] is not None else "-",
                  f"{d['tokens_per_s']:.1f}" if d.get("tokens_per_s") is not None else "-", f"{d['fraction_of_limit']:.3f}" if "fraction_of_limit" in d else "-",

@@ -21,7 +21,8 @@ from aiopt.fileio import write_bytes_atomic
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import is_causal_lm_folder
 from aiopt.llm.folder_io import check_output_folder
-from aiopt.llm.quantize import LMQuantizeConfig, Measurement, Row, build_report, kv_export_metadata, markdown_table, select_winner, write_winner
+from aiopt.llm.quantize import (LMQuantizeConfig, Measurement, Row, build_report, floor_failures, kv_export_metadata, markdown_table, select_winner,
+                                write_winner)
 from aiopt.optimize.config import OptimizeConfig
 from aiopt.optimize.report import write_json
 
@@ -93,7 +94,7 @@ def optimize_causal_lm(model, outdir: Path, config: OptimizeConfig, on_trial: Ca
         best = {"trial": trial, "chain": winner.name, "runtime": metadata["runtime"], "artifact": str(out),
                 "speedup": {str(settings.batch_sizes[0]): winner.tokens_per_s() / reference.tokens_per_s()}, "quality": metadata["quality"]}
     rule = (f"perplexity at most +{settings.max_perplexity_increase * 100:g}% and agreement at least {settings.min_agreement:g} vs FP32 "
-            f"(decode tokens/s vs FP32 ONNX Runtime){stopped}")
+            f"(over all positions and over decode steps through the KV cache; decode tokens/s vs FP32 ONNX Runtime){stopped}")
     document = {"model": str(model), "kind": "causal-lm", "best": best, "budget": {"rule": rule}, "quantize_report": report, "problem": problem,
                 "trials": [{"recipe": name, "value": _score(row, settings)} for name, row in rows.items()]}
     write_json(outdir / "report.json", document)
@@ -108,5 +109,4 @@ def _score(row: Row, settings: LMQuantizeConfig) -> float:
     """Decode tokens/s at batch 1 within the budget, else 0."""
     if row.status != "measured":
         return 0.0
-    within = row.perplexity_increase <= settings.max_perplexity_increase and row.agreement >= settings.min_agreement
-    return float(row.tokens_per_s() or 0.0) if within else 0.0
+    return 0.0 if floor_failures(row, settings) else float(row.tokens_per_s() or 0.0)
