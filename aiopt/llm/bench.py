@@ -5,7 +5,8 @@ Decode at batch b must read, every step, the weights once (the tied embedding co
 output layer it is) plus the KV cache of all b sequences; so the fastest any runtime can decode
 is  b * bandwidth / (weight bytes + b * KV bytes at the mean context)  tokens/s. Greedy, a fixed
 number of new tokens, end-of-text ignored; prompts are random token ids (speed does not depend
-on what they say), perplexity is measured on the sotu test split with the artifact's tokenizer.
+on what they say), perplexity is measured on the sotu test split with the artifact's tokenizer,
+as it generates (aiopt.llm.lm_quality.score: half of each window decoded through the KV cache).
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
 from aiopt.llm.corpus import load_sotu
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.lm_quality import score
 from aiopt.llm.recipes_llamacpp import is_gguf
 from aiopt.measure.bandwidth import measure_read_bandwidth
 
@@ -182,17 +184,9 @@ def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dic
     tokenizer = load_tokenizer(tokenizer_folder)
     window = min(config.perplexity_window, (lm.shape.context_length or config.perplexity_window) - 1)
     windows = eval_windows(token_stream(tokenizer, corpus.test), window, config.perplexity_tokens)
-    nll, correct, count = 0.0, 0, 0
-    for row in windows:
-        logits, _ = lm.prefill(row[None, :-1])
-        logits = logits[0].astype(np.float64)
-        logits -= logits.max(-1, keepdims=True)
-        log_probs = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
-        targets = row[1:]
-        nll -= log_probs[np.arange(len(targets)), targets].sum()
-        correct += int((log_probs.argmax(-1) == targets).sum())
-        count += len(targets)
-    return {"perplexity": math.exp(nll / count), "next_token_accuracy": correct / count, "tokens": count, "split": "sotu test"}
+    result = score(lm, windows)  # as it generates: half of each window prefilled, the rest decoded through the KV cache
+    return {"perplexity": result.perplexity, "next_token_accuracy": result.next_token_accuracy, "tokens": result.tokens,
+            "decode_perplexity": result.decode_perplexity, "cache_drift": result.cache_drift, "split": "sotu test"}
 
 
 def _runtimes_for(artifact, runtimes: tuple[str, ...]) -> list[str | None]:
