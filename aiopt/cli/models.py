@@ -13,6 +13,7 @@ from aiopt.cli.options import (DEVICE_OPTION, FORCE_OPTION, INPUT_DTYPE_OPTION, 
 from aiopt.cli.render import emit_json, epoch_bar, json_or_line, notes, progress, spec_text, stdout, table
 from aiopt.compare import compare_artifacts
 from aiopt.inspect import inspect_artifact
+from aiopt.llm.bench import is_generative
 from aiopt.reference_models import get_entry
 from aiopt.measure.run_outputs import run_npz
 from aiopt.reference_models.train import train_reference_model
@@ -96,7 +97,13 @@ def run(
     force: bool = FORCE_OPTION,
     as_json: bool = JSON_OPTION,
 ) -> None:
-    """Run an artifact over the inputs in an .npz file and write its outputs."""
+    """Run an artifact over the inputs in an .npz file and write its outputs (a causal LM: the logits at every position)."""
+    if is_generative(artifact):  # on the runtime its metadata names, or --backend
+        from aiopt.llm.run_lm import run_causal_lm  # torch
+
+        result = run_causal_lm(artifact, input, output, runtime=backend, force=force)
+        json_or_line(result, as_json, f"{result['samples']} sequences through {escape(artifact)} on {result['backend']}/cpu -> {escape(result['path'])}")
+        return
     result = run_npz(artifact, input, output, device=device, backend=backend, force=force, trust_pickle=trust_pickle,
                      input_spec=input_spec(input_shape, input_dtype), seq_len=seq_len)
     notes(result["notes"])
