@@ -82,7 +82,7 @@ def test_quantize_with_the_llamacpp_backend_ships_a_gguf_that_generate_and_bench
     generated = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
     assert generated.returncode == 0, generated.stderr[-2000:]
     assert json.loads(generated.stdout)["runtime"] == "llamacpp"
-    bench = run_cli("bench", str(out), "--batch-size", "1", "--new-tokens", "4")
+    bench = run_cli("bench", str(out), "--batch-size", "1", "--batch-size", "2", "--new-tokens", "4")
     assert bench.returncode == 0, bench.stderr[-2000:]
 
 
@@ -105,6 +105,32 @@ def test_a_gguf_quantize_wrote_generates_the_tokens_of_its_f32_source(tmp_path):
     runs = generated_by_runtime({"gguf": tmp_path / "out", "onnx": export_folder}, PROMPT)
     assert runs["gguf"]["runtime"] == "llamacpp" and runs["onnx"]["runtime"] == "onnxruntime"
     assert runs["gguf"]["tokens"] == runs["onnx"]["tokens"]
+
+
+def test_a_gguf_runs_several_sequences_at_once_as_it_runs_each_alone(tmp_path):
+    """Batch 3 on llama.cpp (three sequences in one context, a cache each): the logits of every
+    position and the greedy tokens equal those of each sequence run alone (`bench -b 2` on a GGUF
+    folder: the quantize test above)."""
+    from aiopt.llm.causal_lm import Shape, read_config
+    from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, write_f32_gguf
+
+    folder, _ = tiny_gpt()
+    shape = Shape.from_config(read_config(folder))
+    lm = LlamaCppCausalLM(write_f32_gguf(folder, tmp_path / "model.gguf"), shape, threads=1)
+    prompts = np.random.default_rng(0).integers(0, shape.vocab_size, (3, 12))
+    together, state = lm.prefill(prompts)
+    tokens = [together[:, -1].argmax(-1)]
+    for _ in range(6):
+        logits, state = lm.step(tokens[-1][:, None], state)
+        tokens.append(logits[:, -1].argmax(-1))
+    for row in range(3):
+        alone, state = lm.prefill(prompts[row:row + 1])
+        np.testing.assert_allclose(together[row], alone[0], atol=1e-4)
+        own = [int(alone[0, -1].argmax())]
+        for _ in range(6):
+            logits, state = lm.step(np.array([[own[-1]]]), state)
+            own.append(int(logits[0, -1].argmax()))
+        assert own == [int(t[row]) for t in tokens]
 
 
 def test_a_qwen2_folder_becomes_a_gguf_with_its_biases_and_rotary_layout(tmp_path):

@@ -156,9 +156,6 @@ def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float
     decode_config = GenerateConfig(max_new_tokens=config.new_tokens, stop_at_eos=False)
     decode = []
     for batch in config.batch_sizes:
-        if batch > getattr(lm, "max_batch", batch):
-            decode.append({"batch_size": batch, "tokens_per_s": None, "not_run": f"{lm.runtime} runs batch {lm.max_batch} here"})
-            continue
         prompts = rng.integers(0, shape.vocab_size, (batch, prompt_len))
         seconds = statistics.median(generate_ids(lm, prompts, decode_config).decode_s for _ in range(config.repeats))
         steps = config.new_tokens - 1

@@ -180,39 +180,64 @@ def build_llamacpp(recipe: LlamaCppRecipe, hf_folder, target: Path, f32_gguf: Pa
 
 
 class LlamaCppCausalLM:
-    """A GGUF on llama.cpp through llama-cpp-python, behind aiopt's runner interface (prefill/step,
-    batch 1). Its KV cache lives in the llama.cpp context: the state is the number of tokens in it,
-    and a prefill clears it. Logits are read from the context after each decode; a generation
-    prefill asks llama.cpp for the last position's only, as llama.cpp's own loop does."""
+    """A GGUF on llama.cpp through llama-cpp-python, behind aiopt's runner interface (prefill/step)
+    at any batch size: batch b runs b sequences (seq ids 0..b-1) in one llama.cpp context made for
+    b sequences (a KV cache of the model's context for each), kept per batch size and made on
+    first use; batch 1 uses the context llama-cpp-python's Llama made. The KV cache lives in the
+    context: the state is the number of tokens each sequence holds, and a prefill clears it.
+    Logits are read from the context after each decode; a generation prefill asks llama.cpp for
+    each sequence's last position only, as llama.cpp's own loop does."""
 
     runtime = "llamacpp"
-    max_batch = 1
 
     def __init__(self, gguf_path, shape: Shape, threads: int | None = None):
         llama_cpp = optional_import("llama_cpp", "a GGUF model", "llama-cpp-python")
-        context = shape.context_length or 2048
+        self.context = shape.context_length or 2048
         self._llama_cpp, self.shape = llama_cpp, shape
-        self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=context, n_batch=context, n_ubatch=min(context, 512),
+        self.llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=self.context, n_batch=self.context, n_ubatch=min(self.context, 512),
                                    n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
         self.vocab = self.llm.n_vocab()
+        self._contexts = {1: (self.llm._ctx, self.llm._batch)}  # llama-cpp-python's own context and batch: Llama.eval without its copies
 
-    def _decode(self, tokens: list[int], past: int, all_logits: bool) -> np.ndarray:
-        batch = self.llm._batch  # llama-cpp-python's own batch and context wrappers: Llama.eval without its copies
-        batch.set_batch(batch=tokens, n_past=past, logits_all=all_logits)
-        self.llm._ctx.decode(batch)
-        rows = len(tokens) if all_logits else 1
-        return np.ctypeslib.as_array(self._llama_cpp.llama_get_logits(self.llm._ctx.ctx), shape=(rows, self.vocab)).copy()
+    def _context(self, batch: int):
+        if batch not in self._contexts:
+            from llama_cpp import _internals  # llama-cpp-python's context and batch wrappers, as Llama itself builds them
+
+            params = type(self.llm.context_params).from_buffer_copy(self.llm.context_params)  # the same settings (threads, ...) ...
+            params.n_seq_max, params.kv_unified, params.n_ctx = batch, False, batch * self.context  # ... for `batch` sequences, a cache each
+            params.n_batch, params.n_outputs_max_per_seq = batch * self.context, self.context  # every position's logits, for scoring
+            context = _internals.LlamaContext(model=self.llm._model, params=params, verbose=False)
+            self._contexts[batch] = (context, _internals.LlamaBatch(n_tokens=batch * self.context, embd=0, n_seq_max=batch, verbose=False))
+        return self._contexts[batch]
+
+    def _decode(self, ids: np.ndarray, past: int, all_logits: bool) -> np.ndarray:
+        """Decode `ids` (batch x length), sequence b at positions past.. in seq id b; logits (batch, length or 1, vocab)."""
+        rows, length = ids.shape
+        context, batch = self._context(rows)
+        llama_batch = batch.batch
+        llama_batch.n_tokens = rows * length
+        for b in range(rows):
+            for t in range(length):
+                i = b * length + t
+                llama_batch.token[i], llama_batch.pos[i] = int(ids[b, t]), past + t
+                llama_batch.seq_id[i][0], llama_batch.n_seq_id[i] = b, 1
+                llama_batch.logits[i] = all_logits or t == length - 1
+        context.decode(batch)
+        kept = length if all_logits else 1
+        logits = np.ctypeslib.as_array(self._llama_cpp.llama_get_logits(context.ctx), shape=(rows * kept, self.vocab))
+        return logits.reshape(rows, kept, self.vocab).copy()
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         ids = np.atleast_2d(ids)
-        if ids.shape[0] != 1:
-            raise UnsupportedModelError("llama-cpp-python runs one sequence at a time here; use batch 1 for a GGUF")
-        self.llm._ctx.kv_cache_seq_rm(-1, 0, -1)  # a new sequence: clear the cache
-        logits = self._decode([int(t) for t in ids[0]], 0, not last_only)
-        return logits[None], ids.shape[1]
+        if ids.shape[1] > self.context:
+            raise InputError(f"a prompt of {ids.shape[1]} tokens exceeds the context of {self.context}")
+        # new sequences: clear every sequence's cache (llama-cpp-python's kv_cache_seq_rm(-1, ...) clears seq 0 only)
+        self._llama_cpp.llama_memory_clear(self._context(ids.shape[0])[0].memory, True)
+        return self._decode(ids, 0, not last_only), ids.shape[1]
 
     def step(self, tokens: np.ndarray, state):
-        return self._decode([int(np.asarray(tokens).reshape(-1)[0])], state, False)[None], state + 1
+        tokens = np.asarray(tokens).reshape(-1, 1)
+        return self._decode(tokens, state, False), state + 1
 
 
 def is_gguf(path) -> bool:

@@ -57,9 +57,8 @@ def run_causal_lm(artifact, data, output, runtime: str | None = None, force: boo
     lm, tokenizer_folder, _ = open_causal_lm(artifact, threads=threads, runtime=runtime)
     rows = _sequences(data, tokenizer_folder, lm.shape.vocab_size, lm.shape.context_length)
     logits = []
-    for ids in rows:  # one row at a time where the runtime takes one sequence (llama.cpp)
-        pieces = [lm.prefill(ids[i:i + 1])[0] for i in range(len(ids))] if getattr(lm, "max_batch", len(ids)) < len(ids) else [lm.prefill(ids)[0]]
-        logits.append(np.concatenate(pieces).astype(np.float32))
+    for ids in rows:
+        logits.append(lm.prefill(ids)[0].astype(np.float32))
     outputs = ({"input_ids": rows[0], "logits": logits[0]} if data.suffix == ".npz"
                else {key: value for n, (ids, out_logits) in enumerate(zip(rows, logits)) for key, value in
                      ((f"input_ids.{n}", ids), (f"logits.{n}", out_logits))})
