@@ -7,10 +7,13 @@ reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 SAME = object()  # the command's default is the field's default
+# help text of --seq-len, which several commands share
+SEQ_LEN_HELP = "Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data."
 
 
 @dataclass(frozen=True)
@@ -19,6 +22,9 @@ class Option:
     help: str
     cli_default: Any = SAME  # where the command defaults differently (None: "not given", resolved by the command)
     always: bool = False  # written to a reproduce command even at the config's default (the command's default differs)
+    envvar: str | None = None  # read from this environment variable when the flag is absent (a secret kept off the command line)
+    # the flag takes text that this turns into the field's value, called as parse(text, flag): "5m" -> 300.0 seconds
+    parse: Callable[[str, str], Any] | None = None
 
     @property
     def written(self) -> str:
