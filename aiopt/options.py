@@ -1,7 +1,8 @@
 """An option is declared once, on its config field: flag(s), help text and default.
 
 `option(default, "--flag", "help")` is a `dataclasses.field` whose metadata holds an `Option`.
-The CLI builds its typer options from it (aiopt.cli.options) and the step registry writes the
+The CLI builds its typer options from it (aiopt.cli.options: the steps' commands and `aiopt
+optimize`, whose OptimizeConfig declares its flags the same way) and the step registry writes the
 reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree.
 """
 from __future__ import annotations
