@@ -1,16 +1,20 @@
 """An option is declared once, on its config field: flag(s), help text and default.
 
 `option(default, "--flag", "help")` is a `dataclasses.field` whose metadata holds an `Option`.
-The CLI builds its typer options from it (aiopt.cli.options) and the step registry writes the
+The CLI builds its typer options from it (aiopt.cli.options: the steps' commands and `aiopt
+optimize`, whose OptimizeConfig declares its flags the same way) and the step registry writes the
 reproduce.sh flags from it (aiopt.steps), so the three can no longer disagree.
 """
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 SAME = object()  # the command's default is the field's default
+# help text of --seq-len, which several commands share
+SEQ_LEN_HELP = "Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data."
 
 
 @dataclass(frozen=True)
@@ -19,6 +23,9 @@ class Option:
     help: str
     cli_default: Any = SAME  # where the command defaults differently (None: "not given", resolved by the command)
     always: bool = False  # written to a reproduce command even at the config's default (the command's default differs)
+    envvar: str | None = None  # read from this environment variable when the flag is absent (a secret kept off the command line)
+    # the flag takes text that this turns into the field's value, called as parse(text, flag): "5m" -> 300.0 seconds
+    parse: Callable[[str, str], Any] | None = None
 
     @property
     def written(self) -> str:

@@ -42,7 +42,7 @@ def test_metrics_sit_beside_a_bigram_on_the_same_targets():
 
 
 def test_speeches_are_split_by_speech_with_none_shared():
-    from aiopt.llm.corpus import load_sotu
+    from aiopt.corpus import load_sotu
 
     corpus = load_sotu()
     ids = {split: set(corpus.ids[split]) for split in ("train", "validation", "test")}
@@ -52,7 +52,7 @@ def test_speeches_are_split_by_speech_with_none_shared():
 
 
 def test_bigram_prefers_seen_pairs():
-    from aiopt.llm.train_gpt import Bigram
+    from aiopt.reference_models.train_gpt import Bigram
 
     ids = np.array([1, 2, 1, 2, 1, 2, 3, 1, 2], dtype=np.int64)
     bigram = Bigram(ids, vocab_size=4)

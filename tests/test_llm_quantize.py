@@ -185,7 +185,7 @@ def test_calibration_text_adds_an_awq_candidate_measured_like_the_rest(tmp_path)
     pytest.importorskip("nncf")
     from llm_tiny import tiny_export
 
-    from aiopt.llm.corpus import load_sotu
+    from aiopt.corpus import load_sotu
 
     text = tmp_path / "texts.txt"
     text.write_text("\n".join(load_sotu().train[:3]), encoding="utf-8")
@@ -203,7 +203,7 @@ def test_calibration_text_adds_an_ort_gptq_candidate_measured_like_the_rest(tmp_
     calibration windows: a real MatMulNBits graph, its quality measured on ONNX Runtime."""
     from llm_tiny import tiny_export
 
-    from aiopt.llm.corpus import load_sotu
+    from aiopt.corpus import load_sotu
 
     text = tmp_path / "texts.txt"
     text.write_text("\n".join(load_sotu().train[:3]), encoding="utf-8")

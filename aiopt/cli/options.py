@@ -13,7 +13,7 @@ import typer
 from typer.models import ArgumentInfo
 
 from aiopt.errors import InputError
-from aiopt.options import command_default
+from aiopt.options import SEQ_LEN_HELP, command_default, declared_options
 from aiopt.specs import parse_input_shapes
 from aiopt.steps import get_step
 
@@ -24,31 +24,37 @@ JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document with t
 TRUST_PICKLE_OPTION = typer.Option(False, "--trust-pickle", help=TRUST_HELP)
 FORCE_OPTION = typer.Option(False, "--force", help="Replace the output if it exists.")
 DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (no GPU: exit 4).")
-SEED_OPTION = typer.Option(0, "--seed", help="Random seed.")
 INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
 INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
-SEQ_LEN_OPTION = typer.Option(128, "--seq-len", help="Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data.")
+SEQ_LEN_OPTION = typer.Option(128, "--seq-len", help=SEQ_LEN_HELP)
 
 
 def step_options(*steps: str) -> Callable:
-    """Give a command the options of its steps' configs, generated from their one declaration on the
-    config fields: typer reads them from the signature set here (after the command's arguments),
-    and the command receives them in `**options`, named as the fields. A field two steps share
+    """Give a command the options of its steps' configs (config_options); a field two steps share
     (export's precision) is one option, declared by the first step named."""
+    return config_options(*(get_step(name).config_class for name in steps))
+
+
+def config_options(*config_classes: type) -> Callable:
+    """Give a command the options of these configs, generated from their one declaration on the
+    config fields: typer reads them from the signature set here (after the command's arguments and
+    required options), and the command receives them in `**options`, named as the fields."""
 
     def decorate(function: Callable) -> Callable:
         signature = inspect.signature(function)
         own = [p for p in signature.parameters.values() if p.kind is not p.VAR_KEYWORD]
         added: dict[str, inspect.Parameter] = {}
-        for name in steps:
-            step = get_step(name)
-            hints = typing.get_type_hints(step.config_class)
-            for field, declared in step.options.items():
+        for config_class in config_classes:
+            hints = typing.get_type_hints(config_class)
+            for field, declared in declared_options(config_class).items():
                 if field not in added and field not in signature.parameters:
-                    option = typer.Option(command_default(step.config_class, field, declared), *declared.flags, help=declared.help)
-                    added[field] = inspect.Parameter(field, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=_cli_type(hints[field]))
-        arguments = [p for p in own if isinstance(p.default, ArgumentInfo)]
-        function.__signature__ = signature.replace(parameters=[*arguments, *added.values(), *(p for p in own if p not in arguments)])
+                    default = command_default(config_class, field, declared)
+                    option = typer.Option(default, *declared.flags, help=declared.help, envvar=declared.envvar)
+                    kind = (str if default is not None else Optional[str]) if declared.parse else _cli_type(hints[field])
+                    added[field] = inspect.Parameter(field, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=option, annotation=kind)
+        # the command's arguments and required options lead (--help lists them first), then the generated ones
+        leading = [p for p in own if isinstance(p.default, ArgumentInfo) or getattr(p.default, "default", None) is ...]
+        function.__signature__ = signature.replace(parameters=[*leading, *added.values(), *(p for p in own if p not in leading)])
         return function
 
     return decorate
@@ -65,15 +71,24 @@ def _cli_type(hint: Any) -> Any:
 
 
 def config_of(step: str, values: dict[str, Any], **overrides: Any) -> Any:
-    """The step's frozen config from a command's parameters, named as its fields (a command's
-    `locals()`): a list becomes a tuple, and an option not given (None, or no value of a repeatable
-    one) takes the field's default."""
-    config_class = get_step(step).config_class
+    """The step's frozen config from a command's parameters (config_from)."""
+    return config_from(get_step(step).config_class, values, **overrides)
+
+
+def config_from(config_class: type, values: dict[str, Any], **overrides: Any) -> Any:
+    """A frozen config from a command's parameters, named as its fields (a command's `locals()` or
+    `**options`): a list becomes a tuple, a flag's text is parsed where its field declares how, and
+    an option not given (None, or no value of a repeatable one) takes the field's default."""
+    declared = declared_options(config_class)
     settings = {}
     for field in dataclasses.fields(config_class):
         value = values.get(field.name)
-        if value is not None and value != [] and value != ():
-            settings[field.name] = tuple(value) if isinstance(value, list) else value
+        if field.name in overrides or value is None or value == [] or value == ():
+            continue
+        option = declared.get(field.name)
+        if option is not None and option.parse is not None and isinstance(value, str):
+            value = option.parse(value, option.flags[0])
+        settings[field.name] = tuple(value) if isinstance(value, list) else value
     return config_class(**{**settings, **overrides})
 
 

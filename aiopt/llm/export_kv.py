@@ -33,7 +33,7 @@ from aiopt.artifacts import FORMAT_ONNX, METADATA_KEY, LoadedModel, child_metada
 from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape, load_causal_lm
-from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 from aiopt.llm.kv_names import LOGITS_START, ONNX_FILE, past_names, present_names
 from aiopt.llm.runners import OrtCausalLM, TorchCausalLM
 

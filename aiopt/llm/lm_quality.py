@@ -13,7 +13,7 @@ import numpy as np
 
 from aiopt.artifacts.hf import load_tokenizer
 from aiopt.errors import InputError
-from aiopt.llm.corpus import load_sotu
+from aiopt.corpus import eval_windows, load_sotu, token_stream
 
 
 @dataclass
@@ -33,8 +33,6 @@ class Score:
 
 def heldout_windows(tokenizer_folder, window: int, max_tokens: int) -> np.ndarray:
     """Non-overlapping windows of the sotu test split (speeches no gpt model trains on)."""
-    from aiopt.llm.train_gpt import eval_windows, token_stream  # torch
-
     tokenizer = load_tokenizer(tokenizer_folder)
     return eval_windows(token_stream(tokenizer, load_sotu().test), window, max_tokens)
 

@@ -16,7 +16,7 @@ from aiopt.errors import InputError, UnsupportedModelError, first_line
 from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.lazy import optional_import
-from aiopt.llm.folder_io import METADATA_FILE
+from aiopt.folder_io import METADATA_FILE
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM
 from aiopt.llm.runners import GenAICausalLM, OpenVINOCausalLM, OrtCausalLM, TorchCausalLM

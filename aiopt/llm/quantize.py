@@ -34,7 +34,7 @@ from aiopt.bench.machine import available_cores, describe_machine
 from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
 from aiopt.llm.bench import decode_bytes_per_step
 from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
-from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score

@@ -27,7 +27,7 @@ import numpy as np
 from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape, load_causal_lm, read_config
-from aiopt.llm.folder_io import METADATA_FILE, read_metadata
+from aiopt.folder_io import METADATA_FILE, read_metadata
 
 INSTALL = "pip install 'aiopt[llamacpp]'  (llama-cpp-python and gguf; builds llama.cpp from source, 10+ minutes)"
 GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")

@@ -17,7 +17,7 @@ import numpy as np
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.hardware import detect_cpu
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.folder_io import METADATA_FILE, read_metadata
+from aiopt.folder_io import METADATA_FILE, read_metadata
 from aiopt.llm.lm_quality import prefill_feed
 
 IR_FILE = "openvino_model.xml"

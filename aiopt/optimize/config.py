@@ -1,12 +1,13 @@
-"""Settings of `aiopt optimize`, one frozen dataclass the CLI fills flag by flag."""
+"""Settings of `aiopt optimize`: one frozen dataclass whose fields declare the command's flags."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 from aiopt.errors import InputError
 from aiopt.llm.quantize import LMQuantizeConfig
 from aiopt.measure.latency import LatencyConfig
+from aiopt.options import SEQ_LEN_HELP, option
 
 DEFAULT_STORAGE_TIMEOUT = 300.0  # seconds a worker waits for its RDB storage to come back
 DEFAULT_HEARTBEAT = 30  # seconds between a worker's heartbeats
@@ -24,32 +25,73 @@ DEFAULT_STUDY = "aiopt-optimize"
 TRIAL_LATENCY = LatencyConfig(warmup=5, min_runs=10, min_time=0.6, rounds=3)
 
 
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_duration(text: str, flag: str = "--time-budget") -> float:
+    """"20m", "90s", "1h30m" or a number of seconds -> seconds."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise InputError(f"{flag} {text!r} is not a duration; write e.g. 90s, 20m or 1h30m")
+    return sum(float(n) * _UNITS[u] for n, u in parts)
+
+
 @dataclass(frozen=True)
 class OptimizeConfig:
-    target: str = "cpu"
-    max_accuracy_drop: float | None = None  # default DEFAULT_CHAIN_ACCURACY_BUDGET unless min_cosine is given
-    min_cosine: float | None = None  # a cosine budget instead (embeddings)
-    objective: str = "latency"
-    batch_sizes: tuple[int, ...] = (1, 64)
-    time_budget: float | None = 20 * 60.0  # seconds; None: no limit (then trials is required)
-    trials: int | None = None  # finished trials the study should hold (this run adds the missing ones)
-    storage: str | None = None  # an Optuna storage URL; default: a journal file in the output folder
-    storage_timeout: float = DEFAULT_STORAGE_TIMEOUT  # seconds a worker waits for an unreachable RDB storage before it ends (exit 2)
-    heartbeat: int = DEFAULT_HEARTBEAT  # seconds between a worker's heartbeats in an RDB storage; 4 missed: its trial is run again
-    study: str | None = None
-    keep: str = "pareto"
-    sampler: str = "tpe"
-    seed: int = 0
-    finetune_epochs: int | None = None  # after channel pruning; default: a third of the model's recipe epochs
-    distill_epochs: int | None = None  # default: the student's recipe
-    data: str | None = None  # held-out evaluation data; default: the model's test split
-    calibration: str | None = None  # for static INT8; default: the model's training split
-    seq_len: int = 128  # text data: tokens per sample
-    tries: tuple[str, ...] = ()  # chains to try first ("prune=0.5,quantize=int8-dynamic")
-    latency: LatencyConfig = field(default=TRIAL_LATENCY)
-    threads: int | None = None
-    max_perplexity_increase: float | None = None  # causal LMs: the budget (default quantize's, 0.02 = 2% over FP32)
+    """Each field that `aiopt optimize` sets declares its flag, default and help once (aiopt.options);
+    the command's options are generated from them (aiopt.cli.optimize)."""
+
+    target: str = option("cpu", "--target", "cpu or cuda (no GPU: exit 4).")
+    # default DEFAULT_CHAIN_ACCURACY_BUDGET unless min_cosine is given
+    max_accuracy_drop: float | None = option(None, "--max-accuracy-drop",
+                                             f"Budget for class outputs: accuracy lost on held-out data (default {DEFAULT_CHAIN_ACCURACY_BUDGET:g} = one point).")
+    min_cosine: float | None = option(None, "--min-cosine", "Budget for embeddings and other continuous outputs: mean cosine similarity to FP32.")
+    # causal LMs: the budget (default quantize's, 0.02 = 2% over FP32)
+    max_perplexity_increase: float | None = option(None, "--max-perplexity-increase",
+                                                   "Budget for a causal LM: perplexity over FP32's on held-out text (default 0.02 = 2%).")
+    objective: str = option("latency", "--objective", "latency (all batch sizes), throughput (the largest) or size.")
+    batch_sizes: tuple[int, ...] = option((1, 64), ("--batch-size", "-b"), "Batch sizes timed (repeatable; default 1 and 64).", cli_default=None)
+    # seconds; None: no limit (then trials is required). The command's None: 20m unless --trials alone bounds the search (time_budget_from)
+    time_budget: float | None = option(20 * 60.0, "--time-budget", "Wall-clock budget: 90s, 20m, 1h (default 20m unless --trials is given).",
+                                       cli_default=None, parse=parse_duration)
+    # finished trials the study should hold (this run adds the missing ones)
+    trials: int | None = option(None, "--trials", "Finished trials the study should hold; a re-run adds only the missing ones.")
+    # an Optuna storage URL; default: a journal file in the output folder
+    storage: str | None = option(None, "--storage",
+                                 "Optuna storage URL shared by several workers (sqlite:///s.db, postgresql://user:pass@host/db); default: a journal file in OUTDIR. "
+                                 "Read from AIOPT_STORAGE when not given, so the password stays off the command line.", envvar="AIOPT_STORAGE")
+    # seconds a worker waits for an unreachable RDB storage before it ends (exit 2)
+    storage_timeout: float = option(DEFAULT_STORAGE_TIMEOUT, "--storage-timeout",
+                                    "How long a worker waits for an unreachable --storage server before it ends (exit 2): 90s, 5m.", cli_default="5m", parse=parse_duration)
+    # seconds between a worker's heartbeats in an RDB storage; 4 missed: its trial is run again
+    heartbeat: int = option(DEFAULT_HEARTBEAT, "--heartbeat",
+                            "Seconds between a worker's heartbeats in --storage; a worker silent for 4 of them is taken as dead and its trial is run again by another.")
+    study: str | None = option(None, "--study", "Study name in --storage.")
+    keep: str = option("pareto", "--keep", "Candidate artifacts kept: pareto (the front) or all.")
+    # chains to try first ("prune=0.5,quantize=int8-dynamic")
+    tries: tuple[str, ...] = option((), "--try", "A chain to try first, e.g. prune=0.5,distill=0.45,quantize=int8-dynamic (repeatable).", cli_default=None)
+    sampler: str = option("tpe", "--sampler", "Optuna sampler: tpe or nsga2.")
+    # after channel pruning; default: a third of the model's recipe epochs
+    finetune_epochs: int | None = option(None, "--finetune-epochs", "Fine-tuning epochs after pruning (default: a third of the model's recipe).")
+    distill_epochs: int | None = option(None, "--distill-epochs", "Distillation epochs (default: the student's recipe).")
+    # held-out evaluation data; default: the model's test split
+    data: str | None = option(None, "--data", "Held-out data for quality: .npz, .txt, mnist1d or digits (default: the model's test split).")
+    # for static INT8; default: the model's training split
+    calibration: str | None = option(None, "--calibration", "Calibration data for static INT8: .npz, .txt, mnist1d or digits (default: the model's training split).")
+    seq_len: int = option(128, "--seq-len", SEQ_LEN_HELP)  # text data: tokens per sample
+    # the only setting of the trials' timing (TRIAL_LATENCY) a user changes; the rest: `latency`
+    min_time: float = option(TRIAL_LATENCY.min_time, "--min-time", "Seconds of timed runs per artifact and batch size, at least.")
+    threads: int | None = option(None, "--threads", "Threads for the runtimes (default: all cores).")
+    seed: int = option(0, "--seed", "Random seed.")
     lm: LMQuantizeConfig | None = None  # causal LMs: quantize's measurement settings (default: its defaults)
+
+    @property
+    def latency(self) -> LatencyConfig:
+        """How each trial's artifact and the FP32 reference are timed together at each batch size."""
+        return replace(TRIAL_LATENCY, min_time=self.min_time)
 
     @property
     def study_name(self) -> str:
@@ -99,20 +141,6 @@ def validate(config: OptimizeConfig) -> None:
         raise InputError(f"--heartbeat is whole seconds, at least 1, got {config.heartbeat}")
     if config.study is not None and config.storage is None:
         raise InputError("--study names a study in a shared --storage; pass --storage URL as well (the default storage is one study per folder)")
-
-
-_UNITS = {"s": 1, "m": 60, "h": 3600}
-
-
-def parse_duration(text: str, flag: str = "--time-budget") -> float:
-    """"20m", "90s", "1h30m" or a number of seconds -> seconds."""
-    text = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", text):
-        return float(text)
-    parts = re.findall(r"(\d+(?:\.\d+)?)([smh])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise InputError(f"{flag} {text!r} is not a duration; write e.g. 90s, 20m or 1h30m")
-    return sum(float(n) * _UNITS[u] for n, u in parts)
 
 
 def describe_duration(seconds: float) -> str:

@@ -20,7 +20,7 @@ from aiopt.errors import InputError
 from aiopt.fileio import write_bytes_atomic
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import is_causal_lm_folder
-from aiopt.llm.folder_io import check_output_folder
+from aiopt.folder_io import check_output_folder
 from aiopt.llm.quantize import (LMQuantizeConfig, Measurement, Row, build_report, floor_failures, kv_export_metadata, markdown_table, select_winner,
                                 write_winner)
 from aiopt.optimize.config import OptimizeConfig

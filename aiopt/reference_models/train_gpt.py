@@ -4,6 +4,9 @@ Tokenizer: byte-level BPE trained with `tokenizers` on the train split only. Spe
 joined with the end-of-text token. Quality: perplexity and next-token accuracy on the test
 split, beside an interpolated bigram model (bigram counts mixed with add-one unigram
 probabilities, the mixing weight chosen on validation) scored on exactly the same targets.
+
+torch is imported inside the functions: reference_models.train imports this module at its top,
+and `aiopt --help` must not load torch.
 """
 from __future__ import annotations
 
@@ -11,23 +14,20 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from aiopt.artifacts import command_line, now_iso
 from aiopt.artifacts.hf import import_transformers
+from aiopt.corpus import EOS, Corpus, eval_windows, load_sotu, token_stream
 from aiopt.errors import UnsupportedModelError
-from aiopt.llm.corpus import Corpus, load_sotu
-from aiopt.llm.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 from aiopt.reference_models import config_to_dict, get_entry, parse_model_name
 from aiopt.reference_models.gpt import llama_config
-from aiopt.reference_models.train import set_seed
+from aiopt.reference_models.seed import set_seed
 from aiopt.version import __version__
-
-EOS = "<|endoftext|>"
 
 
 @dataclass(frozen=True)
@@ -74,36 +74,20 @@ def train_tokenizer(texts, vocab_size: int, max_chars: int | None = None):
     return PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None)
 
 
-def token_stream(tokenizer, texts) -> np.ndarray:
-    """All texts as one stream of ids, each followed by end-of-text."""
-    eos = tokenizer.convert_tokens_to_ids(EOS)
-    ids: list[int] = []
-    for encoded in tokenizer.backend_tokenizer.encode_batch(list(texts), add_special_tokens=False):
-        ids.extend(encoded.ids)
-        ids.append(eos)
-    return np.asarray(ids, dtype=np.int64)
-
-
-def eval_windows(ids: np.ndarray, context: int, max_tokens: int | None = None) -> np.ndarray:
-    """Non-overlapping windows of context+1 tokens: each window's last `context` tokens are the targets."""
-    count = (len(ids) - 1) // context
-    if max_tokens is not None:
-        count = max(1, min(count, max_tokens // context))
-    return np.stack([ids[i * context:i * context + context + 1] for i in range(count)])
-
-
-@torch.no_grad()
 def lm_quality(model, windows: np.ndarray, batch_size: int = 8) -> dict:
     """Perplexity and next-token accuracy of a causal LM over the windows' targets."""
+    import torch
+
     model.eval()
     nll, correct, count = 0.0, 0, 0
-    for begin in range(0, len(windows), batch_size):
-        batch = torch.from_numpy(windows[begin:begin + batch_size])
-        logits = model(input_ids=batch[:, :-1]).logits.float()
-        targets = batch[:, 1:]
-        nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
-        correct += int((logits.argmax(-1) == targets).sum())
-        count += targets.numel()
+    with torch.no_grad():
+        for begin in range(0, len(windows), batch_size):
+            batch = torch.from_numpy(windows[begin:begin + batch_size])
+            logits = model(input_ids=batch[:, :-1]).logits.float()
+            targets = batch[:, 1:]
+            nll += float(torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum"))
+            correct += int((logits.argmax(-1) == targets).sum())
+            count += targets.numel()
     return {"perplexity": math.exp(nll / count), "next_token_accuracy": correct / count, "tokens": count}
 
 
@@ -156,6 +140,8 @@ def _lr_at(step: int, recipe: GPTRecipe, elapsed_s: float = 0.0) -> float:
 
 def train_lm(model, ids: np.ndarray, context: int, recipe: GPTRecipe, on_step: Callable[[StepStats], None] | None = None) -> dict:
     """Next-token training on random windows of the stream (AdamW, warm-up then cosine decay)."""
+    import torch
+
     generator = torch.Generator().manual_seed(recipe.seed)
     stream = torch.from_numpy(ids)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2]
@@ -194,6 +180,8 @@ def train_lm(model, ids: np.ndarray, context: int, recipe: GPTRecipe, on_step: C
 def train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool = False,
               on_step: Callable[[StepStats], None] | None = None, corpus: Corpus | None = None) -> dict:
     """Train `gpt:SIZE` and write the folder; returns its metadata (metrics included)."""
+    import torch
+
     threads = torch.get_num_threads()
     if recipe.threads:  # a tiny model trains faster on one thread than on cores shared with others
         torch.set_num_threads(recipe.threads)
@@ -204,14 +192,14 @@ def train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool = False,
 
 
 def _train_gpt(spec: str, output: str, recipe: GPTRecipe, force: bool, on_step, corpus: Corpus | None) -> dict:
+    import torch
+
     name, size = parse_model_name(spec)
     out = check_output_folder(output, force=force)
     entry = get_entry(name)
     config = entry.config_class(**entry.sizes[size])
     corpus = corpus or load_sotu()
     if recipe.train_speeches is not None:
-        from dataclasses import replace
-
         corpus = replace(corpus, train=corpus.train[:recipe.train_speeches])
     tokenizer = train_tokenizer(corpus.train, config.vocab_size, recipe.tokenizer_chars)
     tokenizer.model_max_length = config.context_length
