@@ -21,17 +21,16 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.artifacts import artifact_size
-from aiopt.artifacts.hf import is_hf_folder, load_tokenizer
+from aiopt.artifacts.hf import is_hf_folder
 from aiopt.bench.machine import available_cores, describe_machine
 from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.bench.memory import PeakMemory
 from aiopt.bench.report import Violation, gate_markdown
-from aiopt.errors import InputError
+from aiopt.errors import InputError, MissingDependencyError
 from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
-from aiopt.corpus import eval_windows, load_sotu, token_stream
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
-from aiopt.llm.lm_quality import score
+from aiopt.llm.lm_quality import heldout_windows, score
 from aiopt.llm.recipes_llamacpp import is_gguf
 from aiopt.measure.bandwidth import measure_read_bandwidth
 
@@ -174,14 +173,12 @@ def apply_limit(record: dict, bandwidth: float | None) -> None:
 
 
 def _perplexity(lm, tokenizer_folder, config: GenerativeBenchConfig, record: dict) -> dict | None:
+    window = min(config.perplexity_window, (lm.shape.context_length or config.perplexity_window) - 1)
     try:
-        corpus = load_sotu()
-    except Exception as exc:  # noqa: BLE001 -- no corpus: the figure is missing, the rest stands
+        windows = heldout_windows(tokenizer_folder, window, config.perplexity_tokens)
+    except MissingDependencyError as exc:  # no corpus: the figure is missing, the rest stands
         record["skipped"].append(f"perplexity: {exc}")
         return None
-    tokenizer = load_tokenizer(tokenizer_folder)
-    window = min(config.perplexity_window, (lm.shape.context_length or config.perplexity_window) - 1)
-    windows = eval_windows(token_stream(tokenizer, corpus.test), window, config.perplexity_tokens)
     result = score(lm, windows)  # as it generates: half of each window prefilled, the rest decoded through the KV cache
     return {"perplexity": result.perplexity, "next_token_accuracy": result.next_token_accuracy, "tokens": result.tokens,
             "decode_perplexity": result.decode_perplexity, "cache_drift": result.cache_drift, "split": "sotu test"}
