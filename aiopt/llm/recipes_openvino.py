@@ -48,6 +48,9 @@ class OpenVINORecipe:
     # share of the weights in the 4-bit mode; NNCF puts the rest in INT8, the layers its sensitivity
     # metric ranks most hurt (weight quantization error without data)
     ratio: float = 1.0
+    # NNCF's sensitivity metric ranking the layers kept INT8 when ratio < 1: None, its data-free
+    # default (weight quantization error); "hessian_input_activation" ranks them on the calibration windows
+    sensitivity: str | None = None
     # the CPU plugin's DYNAMIC_QUANTIZATION_GROUP_SIZE for layers with compressed weights: activations
     # quantized to INT8 per group of this many at run time; 0 off (weights only)
     dynamic_quantization: int = 0
@@ -57,7 +60,9 @@ class OpenVINORecipe:
 
     def describe(self) -> str:
         weights = "FP32 weights" if self.mode is None else f"NNCF {self.mode.upper()}" + (f", group {self.group_size}" if self.group_size else ", per channel")
-        mixed = f", {self.ratio:.0%} of layers INT4 and the most sensitive INT8" if self.ratio < 1 else ""
+        mixed = (f", {self.ratio:.0%} of layers INT4 and the most sensitive INT8"
+                 + (f" (ranked by {self.sensitivity.replace('_', ' ')} on the calibration text)" if self.sensitivity else "")
+                 if self.ratio < 1 else "")
         dynamic = f", activations INT8 per group of {self.dynamic_quantization} at run time" if self.dynamic_quantization else ""
         cache = f", {self.kv_cache.upper()} KV cache (stateful)" if self.kv_cache else ""
         return (f"OpenVINO {weights}{mixed}, {self.precision.upper()} inference{dynamic}{cache}"
@@ -94,6 +99,7 @@ def openvino_recipes(bf16: bool, calibrated: bool, int8_units: bool | None = Non
     recipes.append(OpenVINORecipe("ov-int4-sym-g64-r80", "int4_sym", 64, ratio=0.8))  # mixed INT4/INT8 by sensitivity
     if calibrated:
         recipes.append(OpenVINORecipe("ov-int4-sym-g64-awq", "int4_sym", 64, data_aware=True))
+        recipes.append(OpenVINORecipe("ov-int4-sym-g64-r80-hessian", "int4_sym", 64, ratio=0.8, sensitivity="hessian_input_activation"))
     if int8_units:  # the plugin's own default group (32) on INT8 and INT4 weights, measured against weights-only
         recipes.append(OpenVINORecipe("ov-int8-asym-dq32", "int8_asym", dynamic_quantization=32))
         recipes.append(OpenVINORecipe("ov-int4-sym-g64-dq32", "int4_sym", 64, dynamic_quantization=32))
@@ -115,11 +121,14 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
             # a dimension the group does not divide (gpt:tiny's FFN of 172) gets the nearest group that does
             options.update(group_size=recipe.group_size, ratio=recipe.ratio,
                            advanced_parameters=nncf.AdvancedCompressionParameters(group_size_fallback_mode=nncf.GroupSizeFallbackMode.ADJUST))
-        if recipe.data_aware:
+        if recipe.data_aware or recipe.sensitivity:
             if calibration is None:
-                raise UnsupportedModelError("AWQ needs calibration text (--calibration)")
-            options.update(dataset=nncf.Dataset([prefill_feed(row, shape) for row in calibration]), awq=True, scale_estimation=True,
-                           subset_size=len(calibration))
+                raise UnsupportedModelError(f"{recipe.name} needs calibration text (--calibration)")
+            options.update(dataset=nncf.Dataset([prefill_feed(row, shape) for row in calibration]), subset_size=len(calibration))
+        if recipe.data_aware:
+            options.update(awq=True, scale_estimation=True)
+        if recipe.sensitivity:
+            options.update(sensitivity_metric=nncf.SensitivityMetric(recipe.sensitivity))
         model = nncf.compress_weights(model, **options)
     for name, value in recipe.runtime_options().items():  # compile_model applies the IR's runtime_options
         model.set_rt_info(value, ["runtime_options", name])
