@@ -147,8 +147,7 @@ def require_cache_precision(core, model, shape: Shape, options: dict) -> None:
     stored = state_precisions(compiled)
     if not stored or any(precision != wanted for precision in stored):
         raise UnsupportedModelError(f"OpenVINO keeps this graph's KV cache in {'/'.join(sorted(set(stored))) or 'no state'}, not "
-                                    f"{KV_CACHE_PRECISION}={wanted}: its CPU plugin compresses the cache only inside its fused "
-                                    "attention-with-cache node, which this export's attention does not become")
+                                    f"{KV_CACHE_PRECISION}={wanted} (compressed only in the CPU plugin's fused attention-with-cache node)")
 
 
 def runtime_options_of(path) -> dict[str, str]:
