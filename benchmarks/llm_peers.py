@@ -241,8 +241,9 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
     if not (out / "openvino_model.xml").is_file():  # an export kept in --work from an earlier run is reused
         done = subprocess.run([_optimum_cli(optimum_cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
                                "--weight-format", precision, str(out)], capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
+        if done.returncode != 0:  # the exception's own line (a traceback's last line may be one of a list it prints)
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise RuntimeError(next((line for line in reversed(lines) if "Error:" in line), lines[-1] if lines else "no output").strip())
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = False  # else a repeated prompt's prefill comes from its cache (TTFT 25 ms, issue 27)
     pipe = openvino_genai.LLMPipeline(str(out), "CPU", scheduler_config=scheduler, INFERENCE_NUM_THREADS=threads)
