@@ -147,7 +147,10 @@ def run(model: Path, work: Path, args) -> dict:
         return {**quality(GenAICausalLM(work / "genai-int4", shape, threads)), **fields}, once
 
     def openvino_build(precision):
-        return lambda: _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
+        def build():
+            fields, once = _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
+            return {**quality(OptimumIRPrefill(work / f"ov-{precision}" / "openvino_model.xml", threads)), **fields}, once
+        return build
 
     def llamacpp_build(gguf_type):
         def build():
@@ -262,7 +265,29 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
         return metrics.get_ttft().mean / 1000, 1000 / metrics.get_tpot().mean  # ms -> s; time per output token -> tokens/s
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "its own loop (LLMPipeline); quality not scored (no logits through aiopt's runner)"}, once
+    return {"size_bytes": artifact_size(out), "note": "timed in its own loop (LLMPipeline); scored by prefill on the same IR in OpenVINO "
+            "with its defaults"}, once
+
+
+class OptimumIRPrefill:
+    """The prefill logits of an Optimum-Intel IR (stateful: input_ids, attention_mask, position_ids,
+    beam_idx -> logits), compiled by OpenVINO with its own defaults as LLMPipeline's plugin is: what
+    scores the OpenVINO GenAI rows' quality on the held-out windows (one prefill per window, a fresh
+    state each; the pipeline's paged KV cache is not involved in a prefill's own attention)."""
+
+    def __init__(self, xml: Path, threads: int):
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.inputs = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        batch, length = ids.shape
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, length), np.int64),
+                "position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
+                "beam_idx": np.arange(batch, dtype=np.int32)}
+        logits = self.compiled.create_infer_request().infer({k: v for k, v in feed.items() if k in self.inputs})["logits"].copy()
+        return (logits[:, -1:] if last_only else logits), None
 
 
 FLOOR_PERPLEXITY, FLOOR_AGREEMENT = LMQuantizeConfig.max_perplexity_increase, LMQuantizeConfig.min_agreement
