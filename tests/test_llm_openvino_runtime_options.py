@@ -110,3 +110,33 @@ def test_the_stateful_runner_reports_the_cache_precision_it_got_and_refuses_one_
         assert "KV cache in f32, not KV_CACHE_PRECISION=u8" in str(exc)
     else:  # an OpenVINO that compresses this graph's cache: the steps then run through a u8 cache
         assert asked.cache_precision == "u8"
+
+
+def test_a_stateful_candidate_reopens_stateful_with_the_stateless_tokens_logits(tmp_path):
+    """ov-int8-asym-stateful: the same NNCF IR, marked in its rt_info to run with the KV cache in
+    OpenVINO's variables; quantize measures it, and generate reopens it, through that runner, whose
+    prefill and decode steps give the stateless runner's logits."""
+    from aiopt.llm.open_artifact import open_causal_lm
+    from aiopt.llm.quantize import Row, write_winner
+    from aiopt.llm.recipes_openvino import build_openvino, open_ir
+
+    export, metadata = tiny_export()
+    shape = _shape(export)
+    recipes = {r.name: r for r in openvino_recipes(bf16=False, calibrated=False, int8_units=False)}
+    runners = {}
+    for name in ("ov-int8-asym", "ov-int8-asym-stateful"):
+        xml = build_openvino(recipes[name], export / "model.onnx", tmp_path / name, None, shape)
+        runners[name] = open_ir(xml, shape, 1, "f32")
+    stateless, stateful = runners["ov-int8-asym"], runners["ov-int8-asym-stateful"]
+    assert (stateless.runtime, stateful.runtime) == ("openvino", "openvino-stateful")
+    ids = np.random.default_rng(1).integers(0, shape.vocab_size, (2, 12))
+    (a, state_a), (b, state_b) = stateless.prefill(ids, last_only=True), stateful.prefill(ids, last_only=True)
+    for _ in range(6):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
+        token = a[:, -1].argmax(-1)[:, None]
+        (a, state_a), (b, state_b) = stateless.step(token, state_a), stateful.step(token, state_b)
+    row = Row("ov-int8-asym-stateful", "openvino", recipes["ov-int8-asym-stateful"].describe(),
+              path=tmp_path / "ov-int8-asym-stateful" / "openvino_model.xml", perplexity=1.0, perplexity_increase=0.0, agreement=1.0)
+    write_winner(row, {**metadata, "onnx": str(export / "model.onnx")}, tmp_path / "out", {"candidates": []}, export)
+    lm, _, _ = open_causal_lm(tmp_path / "out", threads=1)
+    assert lm.runtime == "openvino-stateful"

@@ -36,6 +36,7 @@ GROUP_SIZES = (32, 64, 128)
 INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # INT8 dot-product units: dynamic activation quantization pays off
 DYNAMIC_QUANTIZATION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 KV_CACHE_PRECISION = "KV_CACHE_PRECISION"
+STATEFUL_MARK = ["aiopt", "stateful"]
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,8 @@ class OpenVINORecipe:
     # quantized to INT8 per group of this many at run time; 0 off (weights only)
     dynamic_quantization: int = 0
     kv_cache: str | None = None  # KV_CACHE_PRECISION (u8): the cache kept in 8 bits, run stateful
+    # run by aiopt.llm.openvino_stateful (the KV cache in OpenVINO's variables, not fed through Python each step)
+    stateful: bool = False
 
     runtime = "openvino"
 
@@ -64,9 +67,12 @@ class OpenVINORecipe:
                  + (f" (ranked by {self.sensitivity.replace('_', ' ')} on the calibration text)" if self.sensitivity else "")
                  if self.ratio < 1 else "")
         dynamic = f", activations INT8 per group of {self.dynamic_quantization} at run time" if self.dynamic_quantization else ""
-        cache = f", {self.kv_cache.upper()} KV cache (stateful)" if self.kv_cache else ""
+        cache = (f", {self.kv_cache.upper()} KV cache" if self.kv_cache else "") + (", stateful" if self.runs_stateful() else "")
         return (f"OpenVINO {weights}{mixed}, {self.precision.upper()} inference{dynamic}{cache}"
                 + (", AWQ + scale estimation" if self.data_aware else ""))
+
+    def runs_stateful(self) -> bool:
+        return self.stateful or self.kv_cache is not None
 
     def runtime_options(self) -> dict[str, str]:
         """The CPU plugin's options this candidate is measured and shipped with."""
@@ -103,6 +109,7 @@ def openvino_recipes(bf16: bool, calibrated: bool, int8_units: bool | None = Non
     if int8_units:  # the plugin's own default group (32) on INT8 and INT4 weights, measured against weights-only
         recipes.append(OpenVINORecipe("ov-int8-asym-dq32", "int8_asym", dynamic_quantization=32))
         recipes.append(OpenVINORecipe("ov-int4-sym-g64-dq32", "int4_sym", 64, dynamic_quantization=32))
+    recipes.append(OpenVINORecipe("ov-int8-asym-stateful", "int8_asym", stateful=True))
     recipes.append(OpenVINORecipe("ov-int8-asym-kv-u8", "int8_asym", kv_cache="u8"))
     return recipes
 
@@ -132,6 +139,8 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
         model = nncf.compress_weights(model, **options)
     for name, value in recipe.runtime_options().items():  # compile_model applies the IR's runtime_options
         model.set_rt_info(value, ["runtime_options", name])
+    if recipe.runs_stateful():  # aiopt's own mark (not an OpenVINO property): open_ir runs it stateful
+        model.set_rt_info("true", STATEFUL_MARK)
     target.mkdir(parents=True, exist_ok=True)
     path = target / IR_FILE
     ov.save_model(model, str(path), compress_to_fp16=False)  # the default would halve FP32 weights behind our back
@@ -152,21 +161,28 @@ def require_cache_precision(core, model, shape: Shape, options: dict) -> None:
 
 def runtime_options_of(path) -> dict[str, str]:
     """The runtime_options an IR carries in its rt_info (written by build_openvino; {} for others)."""
+    return _rt_info(path)[0]
+
+
+def _rt_info(path) -> tuple[dict[str, str], bool]:
+    """(the IR's runtime_options, whether build_openvino marked it to run stateful)."""
     import openvino as ov
 
     model = ov.Core().read_model(str(path))
-    if not model.has_rt_info("runtime_options"):
-        return {}
-    return {name: value.astype(str) for name, value in model.get_rt_info("runtime_options").astype(dict).items()}
+    options = ({name: value.astype(str) for name, value in model.get_rt_info("runtime_options").astype(dict).items()}
+               if model.has_rt_info("runtime_options") else {})
+    return options, model.has_rt_info(STATEFUL_MARK)
 
 
 def open_ir(path: Path, shape, threads: int | None, precision: str):
-    """The runner for an IR, compiled with the runtime options it carries: stateful where they name
-    a KV cache precision (the cache then lives in OpenVINO's variables), else the plain KV I/O loop."""
+    """The runner for an IR, compiled with the runtime options it carries: stateful (the cache in
+    OpenVINO's variables) where build_openvino marked it so or its options name a KV cache precision,
+    else the plain loop that feeds the cache in and out each step."""
     from aiopt.llm.runners import OpenVINOCausalLM  # the runners import torch
 
-    options = {"INFERENCE_PRECISION_HINT": precision, **runtime_options_of(path)}
-    if KV_CACHE_PRECISION in options:
+    carried, stateful = _rt_info(path)
+    options = {"INFERENCE_PRECISION_HINT": precision, **carried}
+    if stateful or KV_CACHE_PRECISION in options:
         return OpenVINOStatefulCausalLM(path, shape, threads, options=options)
     return OpenVINOCausalLM(path, shape, threads, options=options)
 
