@@ -14,8 +14,10 @@ agreement with transformers FP32).
 Peers (a peer that cannot run here is a row saying why):
 - transformers eager FP32 and BF16 (AutoModelForCausalLM, DynamicCache; aiopt's loop);
 - ONNX Runtime GenAI INT4: `python -m onnxruntime_genai.models.builder -p int4 -e cpu`, its own og.Generator loop;
-- OpenVINO GenAI INT8 / INT4: `optimum-cli export openvino --weight-format int8|int4`, openvino_genai.LLMPipeline.
-  optimum-intel pulls a CUDA torch when installed plainly, so it lives in its own venv: --optimum-cli
+- OpenVINO GenAI INT8 / INT4: `optimum-cli export openvino --weight-format int8|int4`, openvino_genai.LLMPipeline
+  (prefix caching off).
+  optimum-intel pulls a CUDA torch when installed plainly, so it lives in its own venv, with its own transformers
+  5.5.4 (optimum-intel 2.2.0 wants <5.6; 5.25 breaks its import): --optimum-cli
   (default: $AIOPT_OPTIMUM_CLI, else /work/cache/optimum-venv/bin/optimum-cli, else optimum-cli on PATH);
 - llama.cpp Q8_0 / Q4_K_M: GGUF written by aiopt's GGUFWriter route and llama.cpp's own quantizer
   (convert_hf_to_gguf.py refuses tokenizers trained here, docs/llm-quantize.md), run by llama-cpp-python.
@@ -145,7 +147,10 @@ def run(model: Path, work: Path, args) -> dict:
         return {**quality(GenAICausalLM(work / "genai-int4", shape, threads)), **fields}, once
 
     def openvino_build(precision):
-        return lambda: _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
+        def build():
+            fields, once = _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
+            return {**quality(OptimumIRPrefill(work / f"ov-{precision}" / "openvino_model.xml", threads)), **fields}, once
+        return build
 
     def llamacpp_build(gguf_type):
         def build():
@@ -170,6 +175,8 @@ def run(model: Path, work: Path, args) -> dict:
                    openvino_build(p)) for p in ("int8", "int4")]
     peers += [Peer(f"llama.cpp {t}", f"GGUF F32 (gguf GGUFWriter) -> llama_model_quantize {t}; llama_cpp.Llama", llamacpp_build(t))
               for t in ("Q8_0", "Q4_K_M")]
+    if args.peer:  # a subset, e.g. a rerun of the rows a previous run could not run
+        peers = [peer for peer in peers if any(part.lower() in peer.name.lower() for part in args.peer)]
     load_before = list(os.getloadavg())
     for peer in peers:
         peer.prepare()
@@ -226,18 +233,23 @@ def _optimum_cli(given: str | None) -> str:
             return candidate
     raise RuntimeError("optimum-cli (optimum-intel) is not installed; it pulls a CUDA torch into a plain install, so put it in its own venv "
                        "(python -m venv V; echo MAIN_SITE_PACKAGES > V/lib/python3.11/site-packages/main.pth; V/bin/pip install --no-deps "
-                       "optimum-intel optimum) and pass --optimum-cli V/bin/optimum-cli")
+                       "optimum-intel==2.2.0 optimum==2.3.0; V/bin/pip install transformers==5.5.4 'huggingface-hub<1.22', the newest optimum-intel 2.2.0 "
+                       "accepts) and pass --optimum-cli V/bin/optimum-cli")
 
 
 def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_tokens: int, optimum_cli: str | None):
     import openvino as ov
     import openvino_genai
 
-    done = subprocess.run([_optimum_cli(optimum_cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
-                           "--weight-format", precision, str(out)], capture_output=True, text=True, check=False)
-    if done.returncode != 0:
-        raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
-    pipe = openvino_genai.LLMPipeline(str(out), "CPU", INFERENCE_NUM_THREADS=threads)
+    if not (out / "openvino_model.xml").is_file():  # an export kept in --work from an earlier run is reused
+        done = subprocess.run([_optimum_cli(optimum_cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
+                               "--weight-format", precision, str(out)], capture_output=True, text=True, check=False)
+        if done.returncode != 0:  # the exception's own line (a traceback's last line may be one of a list it prints)
+            lines = (done.stderr or done.stdout).strip().splitlines()
+            raise RuntimeError(next((line for line in reversed(lines) if "Error:" in line), lines[-1] if lines else "no output").strip())
+    scheduler = openvino_genai.SchedulerConfig()
+    scheduler.enable_prefix_caching = False  # else a repeated prompt's prefill comes from its cache (TTFT 25 ms, issue 27)
+    pipe = openvino_genai.LLMPipeline(str(out), "CPU", scheduler_config=scheduler, INFERENCE_NUM_THREADS=threads)
     config = openvino_genai.GenerationConfig()
     config.max_new_tokens = config.min_new_tokens = new_tokens
     config.ignore_eos = True
@@ -253,7 +265,29 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
         return metrics.get_ttft().mean / 1000, 1000 / metrics.get_tpot().mean  # ms -> s; time per output token -> tokens/s
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "its own loop (LLMPipeline); quality not scored (no logits through aiopt's runner)"}, once
+    return {"size_bytes": artifact_size(out), "note": "timed in its own loop (LLMPipeline); scored by prefill on the same IR in OpenVINO "
+            "with its defaults"}, once
+
+
+class OptimumIRPrefill:
+    """The prefill logits of an Optimum-Intel IR (stateful: input_ids, attention_mask, position_ids,
+    beam_idx -> logits), compiled by OpenVINO with its own defaults as LLMPipeline's plugin is: what
+    scores the OpenVINO GenAI rows' quality on the held-out windows (one prefill per window, a fresh
+    state each; the pipeline's paged KV cache is not involved in a prefill's own attention)."""
+
+    def __init__(self, xml: Path, threads: int):
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
+        self.inputs = {name for port in self.compiled.inputs for name in port.get_names()}
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        batch, length = ids.shape
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, length), np.int64),
+                "position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
+                "beam_idx": np.arange(batch, dtype=np.int32)}
+        logits = self.compiled.create_infer_request().infer({k: v for k, v in feed.items() if k in self.inputs})["logits"].copy()
+        return (logits[:, -1:] if last_only else logits), None
 
 
 FLOOR_PERPLEXITY, FLOOR_AGREEMENT = LMQuantizeConfig.max_perplexity_increase, LMQuantizeConfig.min_agreement
@@ -317,6 +351,8 @@ def main() -> int:
     parser.add_argument("--no-quality", action="store_true", help="skip perplexity/agreement (random weights: speed only)")
     parser.add_argument("--aiopt-candidate", action="append", help="restrict aiopt quantize to these candidates (repeatable): the 0.5B run "
                         "uses the precision aiopt chose for gpt:base")
+    parser.add_argument("--peer", action="append", help="run only the peers whose name contains this (repeatable, case-insensitive): "
+                        "aiopt, transformers, GenAI, OpenVINO, llama.cpp, Q8_0...")
     parser.add_argument("--optimum-cli", help="optimum-cli of a venv holding optimum-intel (see the docstring)")
     parser.add_argument("--work", type=Path, help="keep the built artifacts here (default: a temporary folder)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-peers-<model>-<machine>.{json,md}")

@@ -9,6 +9,10 @@ caller, as Optimum-Intel's `build_state_initializer` does: each variable's initi
 zeros of shape (batch of this call's input_ids, KV heads, 0, head size), so a fresh request
 starts with an empty cache at any batch size. Each prefill takes a new infer request: its state
 is that sequence batch's cache.
+
+`options` are the CPU plugin's compile options (an IR from aiopt quantize carries them); with
+KV_CACHE_PRECISION among them the runner checks the compiled graph keeps its variables in that
+precision (`cache_precision`, read from the graph), so a decode step runs through the cache asked for.
 """
 from __future__ import annotations
 
@@ -43,14 +47,25 @@ def make_stateful(model, layers: int):
     return model
 
 
+def state_precisions(compiled) -> list[str]:
+    """The element type each variable of a compiled stateful model is stored in (its MemoryInput
+    nodes in the CPU plugin's runtime graph), e.g. ['f32', 'f32'] or ['u8', 'u8']."""
+    found = []
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) == "MemoryInput":
+            found.append(info["outputPrecisions"].astype(str).lower())
+    return found
+
+
 class OpenVINOStatefulCausalLM:
     """prefill/step over a stateful compile of the KV-cache export (FP32 hint by default)."""
 
     runtime = RUNTIME
 
-    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32"):
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32", options: dict | None = None):
         ov = optional_import("openvino", "--runtime openvino-stateful", "OpenVINO")
-        config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        config = {"INFERENCE_PRECISION_HINT": precision, **(options or {}), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         core = ov.Core()
         try:
             self.compiled = core.compile_model(make_stateful(core.read_model(str(onnx_path)), shape.layers), "CPU", config)
@@ -59,7 +74,12 @@ class OpenVINOStatefulCausalLM:
         except Exception as exc:
             raise UnsupportedModelError(f"OpenVINO cannot make {onnx_path} stateful ({first_line(exc)}); "
                                         "export with --exporter torch, or use --runtime openvino") from exc
-        self.shape = shape
+        self.shape, self.options = shape, config
+        self.cache_precision = "/".join(sorted(set(state_precisions(self.compiled))))
+        wanted = config.get("KV_CACHE_PRECISION")
+        if wanted and self.cache_precision != str(wanted):
+            raise UnsupportedModelError(f"OpenVINO keeps {onnx_path}'s KV cache in {self.cache_precision}, not KV_CACHE_PRECISION={wanted}; "
+                                        "open it without that option")
         inputs = {name for port in self.compiled.inputs for name in port.get_names()}
         self.takes_positions, self.takes_mask = "position_ids" in inputs, "attention_mask" in inputs
 

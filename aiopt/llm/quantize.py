@@ -39,7 +39,7 @@ from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacpp_missing, llamacpp_recipes, require_llamacpp
-from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
+from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes, runtime_options_of
 from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
 from aiopt.measure.bandwidth import measure_read_bandwidth
 
@@ -419,6 +419,8 @@ def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> 
                             "agreement_with_fp32": winner.agreement, "decode_agreement_with_fp32": winner.decode_agreement,
                             "cache_drift": winner.cache_drift},
                 "quantize_report": report, "command": command_line(), "created_at": now_iso()}
+    if winner.runtime == "openvino":  # the CPU plugin's options it was measured with (also in the IR's rt_info, which open_ir reads)
+        metadata["openvino_runtime_options"] = runtime_options_of(winner.path)
     with atomic_folder(out) as tmp:
         for file in _model_files(winner.path):
             shutil.copy2(file, tmp / file.name)

@@ -127,16 +127,17 @@ class OpenVINOCausalLM(OrtCausalLM):
 
     runtime = "openvino"
 
-    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32"):
+    def __init__(self, onnx_path, shape: Shape, threads: int | None = None, precision: str = "f32", options: dict | None = None):
         ov = optional_import("openvino", "--runtime openvino", "OpenVINO")
 
-        config = {"INFERENCE_PRECISION_HINT": precision, **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
+        # options: the CPU plugin's compile options an IR from aiopt quantize carries (dynamic quantization...)
+        config = {"INFERENCE_PRECISION_HINT": precision, **(options or {}), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         try:
             compiled = ov.Core().compile_model(str(onnx_path), "CPU", config)
         except Exception as exc:
             raise UnsupportedModelError(f"OpenVINO cannot compile {onnx_path} ({first_line(exc)}); "
                                         "export with --exporter torch for OpenVINO") from exc
-        self.request, self.shape = compiled.create_infer_request(), shape
+        self.request, self.shape, self.options = compiled.create_infer_request(), shape, config
         self._read_signature(onnx_path, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
     def _infer(self, feed: dict, past_values: list) -> tuple[np.ndarray, list]:  # the feed and the loop are OrtCausalLM's
