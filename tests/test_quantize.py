@@ -104,7 +104,7 @@ def test_forced_static_writes_int8_beside_the_input(tiny_cnn, tmp_path):
     assert runner(np.zeros((3, 40), np.float32))["logits"].shape == (3, 10)
 
 
-def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_floor(tiny_cnn, tmp_path):
+def test_no_options_measures_every_candidate_and_writes_the_fastest_within_the_floor(tiny_cnn, tmp_path, brief_timing):
     model = _copy(tiny_cnn, tmp_path)
     result = invoke_cli("quantize", str(model), "--json", "-b", "1", "-b", "16")
     assert result.returncode == 0, result.stderr
@@ -161,7 +161,7 @@ def test_selection_never_picks_a_candidate_slower_at_some_batch_and_prefers_the_
     assert selection.chosen is fp32 and "no reduced-precision candidate beats" in selection.verdict
 
 
-def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_path):
+def test_without_a_dataset_it_falls_back_to_dynamic_and_says_why(tiny_cnn, tmp_path, brief_timing):
     from aiopt.export.onnx import export_onnx
 
     exported = tmp_path / "cnn.onnx"
