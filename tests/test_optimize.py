@@ -142,8 +142,13 @@ def test_a_sampler_stuck_on_tried_chains_gets_an_untried_one_queued():
 @pytest.mark.slow  # first_run, then reproduce.sh rebuilds the chain
 def test_reproduce_script_rebuilds_the_chosen_artifact(first_run, tmp_path):
     outdir, document, _ = first_run
+    # the script's `aiopt` is the entry point with quantize's timing brief, as in the search (tests/brief_timing.py)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aiopt").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "brief_timing.py"}" "$@"\n')
+    (bin_dir / "aiopt").chmod(0o755)
     result = subprocess.run(["bash", str(outdir / "reproduce.sh"), document["model_path"], str(tmp_path / "work")], capture_output=True,
-                            text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+                            text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
     from aiopt.artifacts import load_model
 
