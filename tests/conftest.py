@@ -44,6 +44,12 @@ def pytest_terminal_summary(terminalreporter, config):
         terminalreporter.write_sep("=", f"most CPU seconds (total {sum(_cpu_seconds.values()):.1f} s over {len(_cpu_seconds)} tests)")
         for nodeid, seconds in sorted(_cpu_seconds.items(), key=lambda kv: -kv[1])[:count]:
             terminalreporter.write_line(f"{seconds:8.2f}s  {nodeid}")
+        per_file: dict[str, float] = {}
+        for nodeid, seconds in _cpu_seconds.items():
+            per_file[nodeid.split("::")[0]] = per_file.get(nodeid.split("::")[0], 0.0) + seconds
+        terminalreporter.write_sep("=", "CPU seconds per file")
+        for path, seconds in sorted(per_file.items(), key=lambda kv: -kv[1]):
+            terminalreporter.write_line(f"{seconds:8.2f}s  {path}")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -202,3 +208,18 @@ def tiny_lstm(tmp_path_factory) -> Path:
 def tiny_transformer(tmp_path_factory) -> Path:
     """A transformer:tiny trained for two epochs, shared (read only) by the quantize, prune, export and torch-cuda tests."""
     return _trained(tmp_path_factory, "transformer:tiny", epochs=2)
+
+
+@pytest.fixture
+def brief_timing(monkeypatch):
+    """Quantize's latency timing shortened for this test's runs in this process (`invoke_cli`);
+    why, and what it leaves measured: tests/brief_timing.py."""
+    from brief_timing import shorten
+
+    shorten(monkeypatch.setattr)
+
+
+def run_cli_brief(*args: str, **popen) -> subprocess.Popen:
+    """`python -m aiopt ARGS` in a fresh process with quantize's timing shortened
+    (tests/brief_timing.py), started and returned unwaited; `popen`: Popen's keywords."""
+    return subprocess.Popen([sys.executable, str(Path(__file__).parent / "brief_timing.py"), *args], **popen)

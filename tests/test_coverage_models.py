@@ -19,8 +19,9 @@ from conftest import invoke_cli
 torch = pytest.importorskip("torch")
 nn = torch.nn
 
-# each test exports, quantizes by measurement, benches and compares a model: a minute or more apiece
-pytestmark = pytest.mark.slow
+# each test exports, quantizes by measurement, benches and compares a model; which recipe is fastest
+# is not the claim, so quantize times its candidates briefly (conftest's brief_timing)
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("brief_timing")]
 
 
 class ResidualCNN(nn.Module):

@@ -108,7 +108,7 @@ def test_a_faster_route_larger_than_the_input_is_not_shipped_by_default(tmp_path
 
 
 @pytest.mark.slow  # about 25 s on the shared 2-core machine
-def test_quantize_names_the_detector_by_its_contents_and_keeps_it_within_the_input_size(detector, tmp_path):
+def test_quantize_names_the_detector_by_its_contents_and_keeps_it_within_the_input_size(detector, tmp_path, brief_timing):
     """Recipes that quantize nothing on this conv net (dynamic INT8) and FP32 on OpenVINO (in BF16
     where the CPU has it): whatever wins, the name matches the file and the files fit the input."""
     from aiopt.artifacts import artifact_files, artifact_size

@@ -1,7 +1,8 @@
 """`aiopt optimize` on a tiny CNN: chains run as the CLI runs them, the reports and reproduce.sh,
 resuming after a re-run or Ctrl-C, two workers sharing one study, and every bad input of the
 issue. Trials are fixed with --try so each test knows which chains run; fine-tuning and
-distillation take one epoch and latency is timed briefly (no timing is asserted)."""
+distillation take one epoch and latency is timed briefly (no timing is asserted), quantize's
+choice included: the searches run `python -m aiopt` through tests/brief_timing.py."""
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli_brief
 
 FAST = ("--finetune-epochs", "1", "--distill-epochs", "1", "-b", "1", "-b", "8", "--min-time", "0.05")
 PRUNED_INT8 = "prune=0.3,quantize=int8-static-per-channel"
@@ -29,8 +30,10 @@ FP32 = "quantize=fp32"
 BUDGET = ("--max-accuracy-drop", "0.1")
 
 
-def _optimize(model, outdir, *extra: str):
-    return run_cli("optimize", str(model), "-o", str(outdir), *BUDGET, *FAST, "--json", *extra)
+def _optimize(model, outdir, *extra: str) -> subprocess.CompletedProcess:
+    process = _optimize_process(model, outdir, *extra)
+    out, err = process.communicate(timeout=600)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err)
 
 
 def _trial_lines(stderr: str) -> list[str]:
@@ -139,8 +142,13 @@ def test_a_sampler_stuck_on_tried_chains_gets_an_untried_one_queued():
 @pytest.mark.slow  # first_run, then reproduce.sh rebuilds the chain
 def test_reproduce_script_rebuilds_the_chosen_artifact(first_run, tmp_path):
     outdir, document, _ = first_run
+    # the script's `aiopt` is the entry point with quantize's timing brief, as in the search (tests/brief_timing.py)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "aiopt").write_text(f'#!/bin/sh\nexec "{sys.executable}" "{Path(__file__).parent / "brief_timing.py"}" "$@"\n')
+    (bin_dir / "aiopt").chmod(0o755)
     result = subprocess.run(["bash", str(outdir / "reproduce.sh"), document["model_path"], str(tmp_path / "work")], capture_output=True,
-                            text=True, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"})
+                            text=True, env={**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}"})
     assert result.returncode == 0, result.stderr
     from aiopt.artifacts import load_model
 
@@ -167,9 +175,9 @@ def _optimize_process(model, outdir, *extra: str) -> subprocess.Popen:
     def as_at_a_terminal() -> None:  # a background runner may leave SIGINT ignored
         signal.signal(signal.SIGINT, signal.SIG_DFL)
 
-    return subprocess.Popen([sys.executable, "-m", "aiopt", "optimize", str(model), "-o", str(outdir), *BUDGET, *FAST, "--json", *extra],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal,
-                            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
+    return run_cli_brief("optimize", str(model), "-o", str(outdir), *BUDGET, *FAST, "--json", *extra,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=as_at_a_terminal,
+                         env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200"})
 
 
 def _study_trials(url: str, name: str = "aiopt-optimize") -> list:

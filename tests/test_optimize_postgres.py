@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import run_cli, run_cli_brief
 
 URL = os.environ.get("AIOPT_TEST_POSTGRES_URL")
 CTL = os.environ.get("AIOPT_TEST_POSTGRES_CTL")
@@ -121,13 +121,14 @@ def _password() -> str:
 
 
 def _worker(model, outdir: Path, study: str, *extra: str, env: dict | None = None, url: str | None = URL) -> subprocess.Popen:
-    """One `aiopt optimize` worker; its stdout and stderr go to files beside OUTDIR (grepped for the password)."""
+    """One `aiopt optimize` worker (quantize's timing brief: tests/brief_timing.py); its stdout and
+    stderr go to files beside OUTDIR (grepped for the password)."""
     outdir.parent.mkdir(parents=True, exist_ok=True)
     storage = ("--storage", url) if url else ()
     log = outdir.parent / f"{outdir.name}.{uuid.uuid4().hex[:6]}"
     with open(f"{log}.out", "w") as out, open(f"{log}.err", "w") as err:
-        worker = subprocess.Popen([sys.executable, "-m", "aiopt", "optimize", str(model), "-o", str(outdir), *storage, "--study", study,
-                                   *FAST, "--json", *extra], stdout=out, stderr=err, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
+        worker = run_cli_brief("optimize", str(model), "-o", str(outdir), *storage, "--study", study, *FAST, "--json", *extra,
+                               stdout=out, stderr=err, env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})})
     worker.log = log
     return worker
 

@@ -139,7 +139,7 @@ def test_a_scalar_input_without_a_value_and_a_fixed_batch_are_said_before_any_bu
 
 
 @pytest.mark.slow  # about 20 s: a real quantize run over four candidates and their OpenVINO twins
-def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions(vad, tmp_path):
+def test_vad_quantize_rejects_static_int8_and_ships_one_that_keeps_the_decisions(vad, tmp_path, brief_timing):
     """The production-VAD case from issue 22, built here: static INT8 flips decisions (and far more
     when the model streams); quantize must see it on both outputs, reject it, and ship a
     candidate that flips at most 1% chunk by chunk and streaming, measured again here on the
@@ -222,7 +222,7 @@ def _map_detector(folder):
 
 
 @pytest.mark.slow  # about 20 s under load: a real quantize run
-def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path):
+def test_a_probability_map_is_judged_by_whole_tensor_cosine_and_flips(tmp_path, brief_timing):
     pytest.importorskip("torch")
     source = _map_detector(tmp_path)
     result = invoke_cli("quantize", str(source), "--calibration", str(tmp_path / "calib.npz"), "--data", str(tmp_path / "eval.npz"),

@@ -1,22 +1,30 @@
-"""The README's accuracy figures: base models, default recipe, seed 0, on the test split.
+"""The README's accuracy figures: base models, default recipe, seed 0, on the test split
+(docs/models.md's table).
 
-Slow (about 6 minutes on 2 cores) but the claim the product makes; CI runs it.
-Deselect locally with `-m "not slow"`.
+The CNNs and the LSTM train their default recipe here (about 1.5 minutes on 2 quiet cores; slow,
+so in every whole-suite run). The Transformer's default recipe is 120 epochs, about 3.5 minutes
+alone: its figure (96.1%, target 95%) is asserted only when asked for,
+`python -m pytest -m reference tests/test_reference_accuracy.py` (pyproject's addopts deselect
+the `reference` marker otherwise); run it before a figure in docs/models.md changes. The whole
+suite checks its recipe's short form instead: 30 epochs (the same schedule compressed) reach
+89.1% here (2026-12-06), asserted >= 88%.
 """
 import pytest
 
 from aiopt.reference_models.train import train_reference_model
 
 TARGETS = [
-    ("cnn", "mnist1d", 0.98),
-    ("lstm", "mnist1d", 0.94),
-    ("transformer", "mnist1d", 0.95),
-    ("cnn", "digits", 0.98),
+    ("cnn", "mnist1d", None, 0.98),
+    ("lstm", "mnist1d", None, 0.94),
+    ("cnn", "digits", None, 0.98),
+    pytest.param("transformer", "mnist1d", 30, 0.88, id="transformer-mnist1d-30-epochs"),
+    pytest.param("transformer", "mnist1d", None, 0.95, id="transformer-mnist1d", marks=pytest.mark.reference),
 ]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name, dataset, target", TARGETS, ids=[f"{n}-{d}" for n, d, _ in TARGETS])
-def test_base_model_reaches_target(tmp_path, name, dataset, target):
-    result = train_reference_model(name, str(tmp_path / "m.pt"), dataset=dataset, seed=0)
-    assert result.accuracy >= target, f"{name} on {dataset}: {result.accuracy:.4f} < {target}"
+@pytest.mark.parametrize("name, dataset, epochs, target", TARGETS,
+                         ids=[f"{t[0]}-{t[1]}" if isinstance(t, tuple) else None for t in TARGETS])
+def test_base_model_reaches_target(tmp_path, name, dataset, epochs, target):
+    result = train_reference_model(name, str(tmp_path / "m.pt"), dataset=dataset, seed=0, epochs=epochs)
+    assert result.accuracy >= target, f"{name} on {dataset} ({epochs or 'default'} epochs): {result.accuracy:.4f} < {target}"
