@@ -268,7 +268,7 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
         return metrics.get_ttft().mean / 1000, 1000 / metrics.get_tpot().mean  # ms -> s; time per output token -> tokens/s
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "timed in its own loop (LLMPipeline); scored by prefill on the same IR in OpenVINO "
+    return {"size_bytes": artifact_size(out), "note": "timed in its own loop (LLMPipeline); scored by prefill and decode steps on the same IR in OpenVINO "
             "with its defaults"}, once
 
 
@@ -321,7 +321,7 @@ def markdown(document: dict) -> str:
              f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved, median of {document['repeats']} rounds; "
              f"{document['threads']} threads for every peer; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens "
              f"(agreement with transformers FP32; each window half prefilled, half decoded through the peer's KV cache, "
-             "and the floor holds on both). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
+             f"and the floor holds on both). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
              " (on a shared machine the figures are not evidence of speed).", "",
              "| peer | perplexity | agreement (decode steps) | equal quality | size | TTFT | decode tok/s | vs fastest peer | note |",
              "|---|---:|---:|---|---:|---:|---:|---:|---|"]

@@ -9,8 +9,10 @@ with each runtime's own tools, each run in its own runtime.
    (sotu test split) and the share of positions whose greedy next token equals FP32's, over all
    positions and over the decoded ones alone (a broken cache shows only there); TTFT at --prompt-len and decode tokens/s at
    each batch size (aiopt.llm.generate's loop, as `aiopt bench` times it).
-4. Ship the fastest decode among those within the quality floor and faster than FP32; FP32 itself
-   when none is faster; nothing (exit 1, the closest listed) when none is within the floor.
+4. Re-time the finalists (within the floor, within 25% of the fastest, and FP32) together in
+   interleaved rounds (Measurement.confirm), then ship the fastest decode among those within the
+   quality floor and faster than FP32; FP32 itself when none is faster; nothing (exit 1, the
+   closest listed) when none is within the floor.
 
 `Measurement` holds steps 1 and 3 (and builds one recipe at a time): `aiopt optimize` on a
 causal LM (aiopt.optimize.lm) measures its trials with it, so both measure alike.
@@ -62,6 +64,7 @@ class LMQuantizeConfig:
     prompt_len: int = 512  # TTFT prompt (clipped to the context)
     new_tokens: int = 32  # decode steps timed
     repeats: int = 3
+    confirm_rounds: int = 5  # finalists' decode re-timed in this many interleaved rounds before the choice
     threads: int | None = None
     bandwidth: bool = True  # measure the read bandwidth for the fraction-of-limit column
 
@@ -288,9 +291,46 @@ class Measurement:
                  f"{'/'.join(map(str, self.config.batch_sizes))}")
         row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, row.size_bytes)
 
+    def confirm(self, rows: list[Row]) -> None:
+        """Re-time the finalists' decode in interleaved rounds and keep the median: each candidate was
+        timed once, right after its build, and a machine whose load drifts during the builds would
+        otherwise decide between near-ties (inside 1 - CONFIRM_MARGIN of the fastest within the floor).
+        FP32 is always among them: a candidate must beat it in the same rounds."""
+        within = [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
+        if not within or self.config.confirm_rounds < 1:
+            return
+        fastest = max(r.tokens_per_s() for r in within)
+        finalists = [r for r in within if r is self.reference or r.tokens_per_s() >= fastest * (1 - CONFIRM_MARGIN)]
+        if self.reference not in finalists:
+            finalists.append(self.reference)
+        if len(finalists) < 2:
+            return
+        batch = self.config.batch_sizes[0]
+        self.say(f"confirming {', '.join(r.name for r in finalists)}: decode at batch {batch} in {self.config.confirm_rounds} interleaved rounds")
+        runners = {r.name: _open(r, self.shape, self.threads) for r in finalists}
+        prompts = np.random.default_rng(1).integers(0, self.shape.vocab_size, (batch, self.prompt_len))
+        settings = GenerateConfig(max_new_tokens=self.config.new_tokens, stop_at_eos=False)
+        for lm in runners.values():
+            generate_ids(lm, prompts[:, :8], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
+        seconds: dict[str, list[float]] = {r.name: [] for r in finalists}
+        for round_index in range(self.config.confirm_rounds):
+            order = finalists[round_index % len(finalists):] + finalists[:round_index % len(finalists)]  # each goes first in turn
+            for row in order:
+                seconds[row.name].append(generate_ids(runners[row.name], prompts, settings).decode_s)
+        for row in finalists:
+            entry = row.decode[0]
+            first = entry["tokens_per_s"]
+            entry["tokens_per_s"] = batch * (self.config.new_tokens - 1) / statistics.median(seconds[row.name])
+            entry["ms_per_step"] = 1000 * statistics.median(seconds[row.name]) / (self.config.new_tokens - 1)
+            entry["first_timing_tokens_per_s"], entry["confirm_rounds"] = first, self.config.confirm_rounds
+            if "fraction_of_limit" in entry:
+                entry["fraction_of_limit"] *= entry["tokens_per_s"] / first
+
     def eval_tokens(self) -> int:
         return int(len(self.windows) and self.windows.size - len(self.windows))
 
+
+CONFIRM_MARGIN = 0.25  # candidates within 25% of the fastest decode are re-timed together
 
 # FP32 on ONNX Runtime recomputes the same logits whether a token comes through the cache or the
 # prefill (1e-5 here); more than this means the export's present outputs are not what it reads back.
@@ -319,6 +359,7 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         measurement = Measurement(folder, work, config, say)
         recipes, rows = measurement.recipes()
         measured = [measurement.start(), *(measurement.measure(recipe) for recipe in recipes)]
+        measurement.confirm(measured)
         winner = select_winner(measured, config)
         report = build_report(measured + rows, winner, config, measurement)
         if winner is None:

@@ -82,6 +82,7 @@ def optimize_causal_lm(model, outdir: Path, config: OptimizeConfig, on_trial: Ca
                                                                if row.status == "measured" else f"{row.status}: {row.why}")})
     stopped = "" if len(rows) == len(recipes) else f"; {len(recipes) - len(rows)} recipe(s) not tried (--trials or --time-budget)"
     measured = [reference, *rows.values()]
+    measurement.confirm(measured)
     winner = select_winner(measured, settings)
     report = build_report(measured + skipped, winner, settings, measurement)
     best, problem = None, None

