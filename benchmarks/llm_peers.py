@@ -45,6 +45,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from aiopt.artifacts import artifact_size  # noqa: E402 -- after the path of the checkout this script belongs to
+from aiopt.bench.machine import settle  # noqa: E402
 from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
 from aiopt.llm.generate import GenerateConfig, generate_ids  # noqa: E402
 from aiopt.llm.lm_quality import heldout_windows, score  # noqa: E402
@@ -188,6 +189,7 @@ def run(model: Path, work: Path, args) -> dict:
         prompt = rng.integers(0, shape.vocab_size, prompt_len)
         order = peers if round_ % 2 == 0 else peers[::-1]  # alternate the order so no peer always runs right after another
         for peer in order:
+            settle()  # not in the wake of the previous peer's spinning threads
             peer.time_once(prompt)
         print(f"round {round_ + 1}/{args.repeats} done", file=sys.stderr, flush=True)
     rows = [peer.finish() for peer in peers]

@@ -6,6 +6,7 @@ import platform
 import re
 import shutil
 import subprocess
+import time
 
 from aiopt.hardware import detect_cpu
 
@@ -29,6 +30,18 @@ def describe_machine() -> dict:
 
 def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+# After a run, runtimes keep their worker threads spinning for a while (ONNX Runtime's intra-op
+# pool, OpenMP's wait policy under torch, ggml's threadpool): the next runtime timed at once shares
+# the cores with them. Measured on gpt:base, 2 cores, 2026-12-06: llama.cpp Q8_0 timed right after
+# ONNX Runtime GenAI decoded 2,333 tok/s; after a 0.3 s pause, 4,492 (benchmarks/llm_peers.py rounds).
+SETTLE_S = 0.3
+
+
+def settle() -> None:
+    """Let the previous runtime's spinning threads go idle before the next one is timed."""
+    time.sleep(SETTLE_S)
 
 
 def machine_id(block: dict) -> str:

@@ -32,7 +32,7 @@ import numpy as np
 
 import aiopt
 from aiopt.artifacts import command_line, now_iso
-from aiopt.bench.machine import available_cores, describe_machine
+from aiopt.bench.machine import available_cores, describe_machine, settle
 from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
 from aiopt.llm.bench import decode_bytes_per_step
 from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
@@ -287,6 +287,7 @@ class Measurement:
 
     def _clock(self, row: Row, lm) -> None:
         row.size_bytes = _weight_file_bytes(row.path)
+        settle()  # the build's and the scoring's threads idle before the timing
         self.say(f"{row.name}: TTFT at prompt {self.prompt_len}, decode {self.config.new_tokens} tokens at batch "
                  f"{'/'.join(map(str, self.config.batch_sizes))}")
         row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, row.size_bytes)
@@ -316,6 +317,7 @@ class Measurement:
         for round_index in range(self.config.confirm_rounds):
             order = finalists[round_index % len(finalists):] + finalists[:round_index % len(finalists)]  # each goes first in turn
             for row in order:
+                settle()  # not in the wake of the previous runtime's spinning threads
                 seconds[row.name].append(generate_ids(runners[row.name], prompts, settings).decode_s)
         for row in finalists:
             entry = row.decode[0]
