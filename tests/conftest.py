@@ -223,3 +223,16 @@ def run_cli_brief(*args: str, **popen) -> subprocess.Popen:
     """`python -m aiopt ARGS` in a fresh process with quantize's timing shortened
     (tests/brief_timing.py), started and returned unwaited; `popen`: Popen's keywords."""
     return subprocess.Popen([sys.executable, str(Path(__file__).parent / "brief_timing.py"), *args], **popen)
+
+
+@pytest.fixture(scope="session")
+def linear_onnx(tmp_path_factory):
+    """A two-layer MLP as ONNX (input x: batch x 8, output logits: batch x 3), for tests of runner plumbing."""
+    import torch
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
+    torch.onnx.export(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval(), (torch.randn(2, 8),),
+                      str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
+                      dynamo=False)
+    return path

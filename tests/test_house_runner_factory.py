@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime
 import pytest
-import torch
 
 import aiopt.runtime as runtime
 from aiopt.quantize.prepare import ort_runner
@@ -32,16 +31,6 @@ def test_no_module_of_the_quantize_package_builds_a_backend_runner_itself():
                 if name in RUNNER_CLASSES and (str(path.relative_to(QUANTIZE.parent)), name) not in ALLOWED:
                     built.append(f"{path.relative_to(QUANTIZE.parent)}:{node.lineno} {name}")
     assert not built, f"build these through aiopt.runtime.runner_for: {built}"
-
-
-@pytest.fixture(scope="module")
-def linear_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
-    torch.onnx.export(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval(), (torch.randn(2, 8),),
-                      str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
-    return path
 
 
 def test_a_work_graph_runs_on_onnx_runtime_through_the_factory(linear_onnx):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 
 from aiopt.errors import InputError
 from aiopt.export import tensorrt
@@ -17,16 +16,6 @@ from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner
 from aiopt.specs import TensorSpec
 
 SPEC = [TensorSpec("x", ("batch", 8))]
-
-
-@pytest.fixture(scope="module")
-def linear_onnx(tmp_path_factory):
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("linear") / "linear.onnx"
-    torch.onnx.export(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 3)).eval(), (torch.randn(2, 8),),
-                      str(path), input_names=["x"], output_names=["logits"], dynamic_axes={"x": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
-    return path
 
 
 def test_a_candidate_runs_on_the_runner_runtime_for_makes(linear_onnx):
