@@ -10,16 +10,17 @@ from rich.markup import escape
 from aiopt.bench.report import short_reason
 from aiopt.cli.app import command
 from aiopt.cli.llm import quantize_causal_lm_command
-from aiopt.cli.options import FORCE_OPTION, INPUT_DTYPE_OPTION, INPUT_SHAPE_OPTION, JSON_OPTION, TRUST_PICKLE_OPTION, config_of, input_spec, step_options
+from aiopt.cli.options import (FORCE_OPTION, INPUT_DTYPE_OPTION, INPUT_SHAPE_OPTION, JSON_OPTION, TRUST_PICKLE_OPTION, config_of, config_options,
+                               input_spec)
 from aiopt.cli.render import emit_json, say, stdout, table
 from aiopt.fileio import human_size
 from aiopt.llm.causal_lm import is_causal_lm_folder
-from aiopt.llm.quantize import kv_export_metadata
-from aiopt.steps import StepHooks, run_step
+from aiopt.llm.quantize import LMQuantizeConfig, kv_export_metadata
+from aiopt.steps import StepHooks, get_step, run_step
 
 
 @command(epilog="Example: aiopt quantize cnn.pt   (every candidate measured here; the fastest that keeps quality is written)")
-@step_options("quantize")
+@config_options(get_step("quantize").config_class, LMQuantizeConfig)  # a causal LM's floor and timing: LMQuantizeConfig's own fields
 def quantize(
     model: str = typer.Argument(..., help="Model to quantize: aiopt .pt, TorchScript, .pt2, ONNX, or a causal-LM Hugging Face folder."),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="ONNX file to write (default: MODEL.int8.onnx, or MODEL.fp32.onnx when FP32 is fastest)."),
@@ -28,18 +29,13 @@ def quantize(
     trust_pickle: bool = TRUST_PICKLE_OPTION,
     input_shape: Optional[List[str]] = INPUT_SHAPE_OPTION,
     input_dtype: Optional[List[str]] = INPUT_DTYPE_OPTION,
-    max_perplexity_increase: float = typer.Option(0.02, "--max-perplexity-increase", help="Causal LMs: quality floor, held-out perplexity at most this much above FP32's (0.02 = 2%)."),
-    min_agreement: float = typer.Option(0.9, "--min-agreement", help="Causal LMs: quality floor, share of held-out positions whose greedy next token equals FP32's."),
-    prompt_len: int = typer.Option(512, "--prompt-len", help="Causal LMs: prompt tokens for time to first token and decode (clipped to the context)."),
-    new_tokens: int = typer.Option(32, "--new-tokens", help="Causal LMs: decode steps timed."),
-    eval_tokens: int = typer.Option(4096, "--eval-tokens", help="Causal LMs: held-out tokens scored for perplexity and agreement."),
     **options: Any,
 ) -> None:
     """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
     if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM: weight-only recipes of each runtime, picked by measurement (aiopt.llm.quantize)
         quantize_causal_lm_command(model, output, options["method"], options["backend"], options["calibration"], options["calib_samples"],
-                                   options["candidates"], options["batch_sizes"], max_perplexity_increase, min_agreement, prompt_len,
-                                   new_tokens, eval_tokens, force, as_json)
+                                   options["candidates"], options["batch_sizes"], options["max_perplexity_increase"], options["min_agreement"],
+                                   options["prompt_len"], options["new_tokens"], options["eval_tokens"], force, as_json)
         return
     config = config_of("quantize", options, fit_batch_sizes=not options["batch_sizes"])  # without -b a slow model's largest batch may shrink
     hooks = StepHooks(say=say, force=force, trust_pickle=trust_pickle, input_spec=input_spec(input_shape, input_dtype))

@@ -44,6 +44,7 @@ from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacp
 from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes, runtime_options_of
 from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
 from aiopt.measure.bandwidth import measure_read_bandwidth
+from aiopt.options import option
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "llamacpp")
 FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx", "onnxruntime-genai": "onnx"}
@@ -53,16 +54,19 @@ FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx",
 class LMQuantizeConfig:
     backend: str = "auto"
     candidates: tuple[str, ...] = ()  # restrict to these recipe names (ort-fp32, the reference, always runs)
-    max_perplexity_increase: float = 0.02  # relative to FP32's perplexity on the same windows
-    min_agreement: float = 0.90  # greedy next token equal to FP32's, share of all scored positions and of the decoded ones
+    max_perplexity_increase: float = option(0.02, "--max-perplexity-increase", "Causal LMs: quality floor, held-out perplexity at most this "
+                                            "much above FP32's (0.02 = 2%), over all positions and over those decoded through the KV cache.")
+    min_agreement: float = option(0.90, "--min-agreement", "Causal LMs: quality floor, share of held-out positions whose greedy next token "
+                                  "equals FP32's, over all positions and over those decoded through the KV cache.")
     calibration: str | None = None  # a text file: AWQ/scale estimation for OpenVINO INT4
     calib_samples: int = 32
     calib_window: int = 64
-    eval_tokens: int = 4096  # held-out tokens scored
+    eval_tokens: int = option(4096, "--eval-tokens", "Causal LMs: held-out tokens scored for perplexity and agreement (half of each "
+                              "window decoded through the KV cache).")
     eval_window: int = 128
     batch_sizes: tuple[int, ...] = (1,)
-    prompt_len: int = 512  # TTFT prompt (clipped to the context)
-    new_tokens: int = 32  # decode steps timed
+    prompt_len: int = option(512, "--prompt-len", "Causal LMs: prompt tokens for time to first token and decode (clipped to the context).")
+    new_tokens: int = option(32, "--new-tokens", "Causal LMs: decode steps timed.")
     repeats: int = 3
     confirm_rounds: int = 5  # finalists' decode re-timed in this many interleaved rounds before the choice
     threads: int | None = None
