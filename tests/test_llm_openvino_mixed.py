@@ -26,7 +26,7 @@ def test_the_calibrated_mixed_recipe_is_offered_only_with_calibration_text():
 
 @pytest.mark.slow  # two NNCF builds, one with calibration statistics, and a scoring pass
 def test_mixed_int4_int8_ranked_on_calibration_text_is_built_and_scored(tmp_path):
-    from aiopt.llm.corpus import load_sotu
+    from aiopt.corpus import load_sotu
     from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
 
     export, document = tiny_export()
