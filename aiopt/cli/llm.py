@@ -12,6 +12,7 @@ from rich.markup import escape
 
 from aiopt.artifacts import command_line
 from aiopt.bench.report import append_github_summary, load_report, to_json
+from aiopt.cli.options import config_from
 from aiopt.cli.render import emit_json, say, stdout
 from aiopt.errors import CheckFailedError, InputError
 from aiopt.fileio import check_output_path, human_size, write_bytes_atomic
@@ -87,15 +88,13 @@ def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, thread
         raise CheckFailedError(f"{len(violations)} regression(s) against {baseline}: " + "; ".join(v.describe() for v in violations))
 
 
-def quantize_causal_lm_command(model: str, output: str | None, method: str, backend: str, calibration: str | None, calib_samples: int | None,
-                               candidates: list[str] | None, batch_sizes: list[int] | None, max_perplexity_increase: float,
-                               min_agreement: float, prompt_len: int, new_tokens: int, eval_tokens: int, force: bool, as_json: bool) -> None:
-    """`aiopt quantize LM_FOLDER`: candidates of each runtime, measured here, the winner written with its runtime named."""
-    if method != "auto":
-        raise InputError(f"--method {method} is for classifier models; for a causal LM choose recipes with --candidate (e.g. ort-int4-b32, ov-int8-asym)")
-    config = LMQuantizeConfig(backend=backend, candidates=tuple(candidates or ()), max_perplexity_increase=max_perplexity_increase,
-                              min_agreement=min_agreement, calibration=calibration, calib_samples=32 if calib_samples is None else calib_samples,
-                              batch_sizes=tuple(batch_sizes or (1,)), prompt_len=prompt_len, new_tokens=new_tokens, eval_tokens=eval_tokens)
+def quantize_causal_lm_command(model: str, output: str | None, options: dict, force: bool, as_json: bool) -> None:
+    """`aiopt quantize LM_FOLDER`: candidates of each runtime, measured here, the winner written with its runtime named.
+    `options` are the quantize command's: those named as LMQuantizeConfig's fields set it (the rest are the classifier's)."""
+    if options["method"] != "auto":
+        raise InputError(f"--method {options['method']} is for classifier models; for a causal LM choose recipes with --candidate "
+                         "(e.g. ort-int4-b32, ov-int8-asym)")
+    config = config_from(LMQuantizeConfig, options)
     output = output or str(Path(model.rstrip("/")).with_name(Path(model.rstrip("/")).name + ".quant"))
     with _quiet_stdout():
         result = quantize_causal_lm(model, output, config, force=force, say=say)

@@ -33,9 +33,7 @@ def quantize(
 ) -> None:
     """Quantize a model to INT8 (or FP16) ONNX and report accuracy, size and speed against FP32."""
     if is_causal_lm_folder(model) or kv_export_metadata(model):  # a causal LM: weight-only recipes of each runtime, picked by measurement (aiopt.llm.quantize)
-        quantize_causal_lm_command(model, output, options["method"], options["backend"], options["calibration"], options["calib_samples"],
-                                   options["candidates"], options["batch_sizes"], options["max_perplexity_increase"], options["min_agreement"],
-                                   options["prompt_len"], options["new_tokens"], options["eval_tokens"], force, as_json)
+        quantize_causal_lm_command(model, output, options, force, as_json)
         return
     config = config_of("quantize", options, fit_batch_sizes=not options["batch_sizes"])  # without -b a slow model's largest batch may shrink
     hooks = StepHooks(say=say, force=force, trust_pickle=trust_pickle, input_spec=input_spec(input_shape, input_dtype))
