@@ -25,13 +25,19 @@ FAST = ("--prompt-len", "16", "--new-tokens", "4", "--eval-tokens", "512")
 def _break_the_cache(source: Path, target: Path, scale: float = -1.0) -> Path:
     """A copy of an export whose present.*.value outputs are the cache the graph used, times `scale`:
     the prefill's logits are the same, what a decode step reads back is not."""
+    return _scale_outputs(source, target, lambda name: name.startswith("present.") and name.endswith(".value"), scale)
+
+
+def _scale_outputs(source: Path, target: Path, which, scale: float) -> Path:
+    """A copy of an export whose graph outputs named by `which` are multiplied by `scale`, the graph
+    itself computing with the values as they were."""
     model = onnx.load(str(source))
     graph = model.graph
     for output in graph.output:
-        if not (output.name.startswith("present.") and output.name.endswith(".value")):
+        if not which(output.name):
             continue
         inner = output.name + ".as_used"
-        for node in graph.node:  # the producer and every reader inside the graph keep the cache as it was computed
+        for node in graph.node:  # the producer and every reader inside the graph keep the value as it was computed
             node.output[:] = [inner if name == output.name else name for name in node.output]
             node.input[:] = [inner if name == output.name else name for name in node.input]
         factor = onnx.helper.make_tensor(output.name + ".scale", onnx.TensorProto.FLOAT, [], [scale])
@@ -99,6 +105,22 @@ def test_quantize_refuses_a_candidate_whose_cache_is_broken(exported, tmp_path):
     assert broken.agreement > broken.decode_agreement
     assert select_winner([reference, broken], config) is None
     assert not broken.passes_floor and "decode steps through the KV cache" in broken.why, broken.why
+
+
+def test_a_candidate_whose_logits_are_not_finite_is_below_the_floor_not_a_crash(exported, tmp_path):
+    """NaN logits (an FP16 overflow, say) end the scoring early; the row still lines up with the
+    reference's positions: measured, perplexity infinite, agreement 0, refused by the floor."""
+    from aiopt.llm.quantize import LMQuantizeConfig, Measurement, Row, select_winner
+
+    config = LMQuantizeConfig(prompt_len=16, new_tokens=4, eval_tokens=512, bandwidth=False, repeats=1)
+    measurement = Measurement(exported, tmp_path / "work", config)
+    reference = measurement.start()
+    nan = Row("ort-nan", "onnxruntime", "FP32 with its logits times NaN",
+              path=_scale_outputs(exported / "model.onnx", tmp_path / "nan.onnx", lambda name: name == "logits", float("nan")))
+    measurement._measure(nan)
+    assert nan.status == "measured" and nan.perplexity == float("inf") and nan.agreement == 0.0 and nan.decode_agreement == 0.0
+    assert select_winner([reference, nan], config) is None
+    assert "perplexity +inf%" in nan.why, nan.why
 
 
 def test_an_export_whose_own_cache_is_broken_is_refused_as_the_reference(exported, tmp_path):

@@ -69,18 +69,19 @@ def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
     scores well on a prefill alone; its decoded positions show the damage. Each window is also
     prefilled whole, and the largest difference between a decoded position's logits and the same
     position's prefill logits is `cache_drift` (near 0 for FP32 on the same runtime)."""
-    nll, correct, argmax, decoded, drift = [], 0, [], [], 0.0
+    scored = windows.shape[1] - 1  # every window has the same length
+    prefilled = min(scored, max(1, round(scored * prefill_share)))
+    decoded = np.tile(np.arange(scored) >= prefilled, len(windows))
+    nll, correct, argmax, drift = [], 0, [], 0.0
     for row in windows:
-        scored = len(row) - 1
-        prefilled = min(scored, max(1, round(scored * prefill_share)))
         logits, state = lm.prefill(row[None, :prefilled])
         steps = [logits[0]]
         for position in range(prefilled, scored):
             logits, state = lm.step(row[None, position:position + 1], state)
             steps.append(logits[0, -1:])
         logits = np.concatenate(steps)
-        if not np.isfinite(logits).all():
-            return Score(float("inf"), 0.0, np.full(scored, -1), scored, np.arange(scored) >= prefilled, float("inf"), float("inf"))
+        if not np.isfinite(logits).all():  # every position of every window, so agreement lines up with the reference's
+            return Score(float("inf"), 0.0, np.full(len(decoded), -1), len(decoded), decoded, float("inf"), float("inf"))
         if prefilled < scored:
             whole, _ = lm.prefill(row[None, :-1])
             drift = max(drift, float(np.abs(whole[0, prefilled:].astype(np.float64) - logits[prefilled:]).max()))
@@ -90,8 +91,7 @@ def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
         best = log_probs.argmax(-1)
         correct += int((best == targets).sum())
         argmax.append(best)
-        decoded.append(np.arange(scored) >= prefilled)
-    nll, decoded = np.concatenate(nll), np.concatenate(decoded)
+    nll = np.concatenate(nll)
     decode_perplexity = math.exp(nll[decoded].mean()) if decoded.any() else float("nan")
     return Score(math.exp(nll.mean()), correct / len(nll), np.concatenate(argmax), len(nll), decoded, decode_perplexity, drift)
 
