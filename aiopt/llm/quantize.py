@@ -165,13 +165,18 @@ def _time(lm, shape, config: LMQuantizeConfig, prompt_len: int, bandwidth: float
     for batch in config.batch_sizes:
         prompts = rng.integers(0, shape.vocab_size, (batch, prompt_len))
         seconds = statistics.median(generate_ids(lm, prompts, decode_config).decode_s for _ in range(config.repeats))
-        steps = config.new_tokens - 1
-        entry = {"batch_size": batch, "tokens_per_s": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps}
+        entry = {"batch_size": batch, **_decode_rate(batch, config.new_tokens, seconds)}
         if bandwidth:
             step_bytes = decode_bytes_per_step(weight_bytes, shape, batch, prompt_len + config.new_tokens / 2)
             entry["fraction_of_limit"] = entry["tokens_per_s"] / (batch * bandwidth / step_bytes)
         decode.append(entry)
     return ttft, decode
+
+
+def _decode_rate(batch: int, new_tokens: int, seconds: float) -> dict:
+    """Tokens/s and ms a step of a decode that took `seconds` (the first token comes with the prefill)."""
+    steps = new_tokens - 1
+    return {"tokens_per_s": batch * steps / seconds, "ms_per_step": 1000 * seconds / steps}
 
 
 def _open(row: Row, shape, threads: int | None):
@@ -326,8 +331,7 @@ class Measurement:
         for row in finalists:
             entry = row.decode[0]
             first = entry["tokens_per_s"]
-            entry["tokens_per_s"] = batch * (self.config.new_tokens - 1) / statistics.median(seconds[row.name])
-            entry["ms_per_step"] = 1000 * statistics.median(seconds[row.name]) / (self.config.new_tokens - 1)
+            entry.update(_decode_rate(batch, self.config.new_tokens, statistics.median(seconds[row.name])))
             entry["first_timing_tokens_per_s"], entry["confirm_rounds"] = first, self.config.confirm_rounds
             if "fraction_of_limit" in entry:
                 entry["fraction_of_limit"] *= entry["tokens_per_s"] / first
