@@ -48,6 +48,7 @@ from aiopt.artifacts import artifact_size  # noqa: E402 -- after the path of the
 from aiopt.bench.machine import settle  # noqa: E402
 from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
 from aiopt.llm.generate import GenerateConfig, generate_ids  # noqa: E402
+from aiopt.llm.kv_names import token_feed  # noqa: E402
 from aiopt.llm.lm_quality import heldout_windows, score  # noqa: E402
 from aiopt.llm.quantize import LMQuantizeConfig, quantize_causal_lm  # noqa: E402
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, llamacpp_missing, quantize_gguf, write_f32_gguf  # noqa: E402
@@ -288,10 +289,8 @@ class OptimumIRRunner:
         self.inputs = {name for port in self.compiled.inputs for name in port.get_names()}
 
     def _infer(self, request, ids: np.ndarray, past: int) -> np.ndarray:
-        batch, length = ids.shape
-        feed = {"input_ids": ids.astype(np.int64), "attention_mask": np.ones((batch, past + length), np.int64),
-                "position_ids": np.broadcast_to(np.arange(past, past + length, dtype=np.int64), (batch, length)).copy(),
-                "beam_idx": np.arange(batch, dtype=np.int32)}
+        feed = {**token_feed(ids, past, "attention_mask" in self.inputs, "position_ids" in self.inputs),
+                "beam_idx": np.arange(ids.shape[0], dtype=np.int32)}  # Optimum's stateful IR reorders its cache by beam
         return request.infer({k: v for k, v in feed.items() if k in self.inputs})["logits"].copy()
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
