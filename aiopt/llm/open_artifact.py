@@ -1,6 +1,6 @@
 """Open any generative artifact as a runner (aiopt.llm.runners): a causal-LM Hugging Face folder
 on torch, an aiopt KV-cache export (or its model.onnx) on ONNX Runtime, OpenVINO or ONNX Runtime
-GenAI, an OpenVINO IR or GGUF file that aiopt quantize wrote. One place that dispatches on the
+GenAI, an OpenVINO IR or GGUF file that aiopt quantize wrote, or its route folder (both). One place that dispatches on the
 artifact, so the runners themselves know nothing of the recipes that write artifacts.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from aiopt.artifacts import METADATA_KEY
 from aiopt.artifacts.hf import is_hf_folder
 from aiopt.errors import InputError, UnsupportedModelError, first_line
-from aiopt.llm import recipes_llamacpp, recipes_openvino  # artifacts aiopt quantize writes, or found elsewhere
+from aiopt.llm import recipes_llamacpp, recipes_openvino, route  # artifacts aiopt quantize writes, or found elsewhere
 from aiopt.llm.causal_lm import Shape, load_causal_lm
 from aiopt.lazy import optional_import
 from aiopt.folder_io import METADATA_FILE
@@ -39,6 +39,8 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
         meta_file = path / METADATA_FILE
         metadata = json.loads(meta_file.read_text(encoding="utf-8")) if meta_file.is_file() else {}
         return TorchCausalLM(model, Shape.from_config(config)), path, {**metadata, "config": config}
+    if route.is_route(path):  # before the IR and GGUF checks: a route folder holds a GGUF and maybe an IR
+        return route.open_route(path, threads, runtime)
     if recipes_openvino.is_ir(path):
         return recipes_openvino.open_ir_artifact(path, threads, runtime)
     if recipes_llamacpp.is_gguf(path):

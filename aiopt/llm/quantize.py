@@ -19,35 +19,34 @@ causal LM (aiopt.optimize.lm) measures its trials with it, so both measure alike
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import tempfile
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-import aiopt
-from aiopt.artifacts import command_line, now_iso
 from aiopt.bench.machine import available_cores, describe_machine, settle
 from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
 from aiopt.llm.bench import decode_bytes_per_step
 from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
-from aiopt.folder_io import METADATA_FILE, atomic_folder, check_output_folder
+from aiopt.folder_io import check_output_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
+from aiopt.llm.quantize_output import markdown_table, model_files, write_winner  # noqa: F401 -- the command and optimize import them from here
 from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacpp_missing, llamacpp_recipes, require_llamacpp
-from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes, runtime_options_of
+from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
 from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
+from aiopt.llm.route import PREFILL_RUNTIMES, RoutedCausalLM
+from aiopt.llm.selection import Row, distance_to_floor, floor_failures, select_winner
 from aiopt.measure.bandwidth import measure_read_bandwidth
 from aiopt.options import option
 
 BACKENDS = ("auto", "onnxruntime", "openvino", "llamacpp")
-FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx", "onnxruntime-genai": "onnx"}
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,8 @@ class LMQuantizeConfig:
     confirm_rounds: int = 5  # finalists' decode re-timed in this many interleaved rounds before the choice
     threads: int | None = None
     bandwidth: bool = True  # measure the read bandwidth for the fraction-of-limit column
+    route: bool = option(True, "--route/--no-route", "Causal LMs: also measure the llama.cpp winner's decode fed by the KV cache of the "
+                         "candidate that prefills fastest (aiopt.llm.route); shipped, both models, when it cuts the time to first token.")
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -81,35 +82,6 @@ class LMQuantizeConfig:
             raise InputError(f"--min-agreement must be between 0 and 1, got {self.min_agreement}")
         if self.calib_samples < 1 or self.prompt_len < 1 or self.new_tokens < 2 or any(b < 1 for b in self.batch_sizes):
             raise InputError("--calib-samples, --prompt-len and --batch-size must be at least 1 and --new-tokens at least 2")
-
-
-@dataclass
-class Row:
-    name: str
-    runtime: str
-    recipe: str
-    path: Path | None = None
-    precision: str = "f32"
-    perplexity: float | None = None
-    perplexity_increase: float | None = None
-    agreement: float | None = None
-    decode_agreement: float | None = None  # over the positions predicted by decode steps through the KV cache
-    decode_perplexity_increase: float | None = None
-    cache_drift: float | None = None  # decode step vs its own prefill, largest |logit| difference
-    size_bytes: int | None = None
-    ttft_ms: float | None = None
-    decode: list = field(default_factory=list)
-    status: str = "measured"  # measured | skipped | failed
-    why: str = ""
-    passes_floor: bool = False
-
-    def tokens_per_s(self) -> float | None:
-        return self.decode[0]["tokens_per_s"] if self.decode else None
-
-    def to_dict(self) -> dict:
-        record = asdict(self)
-        record["path"] = None
-        return record
 
 
 def _recipes(config: LMQuantizeConfig, bf16: bool, hf_folder) -> tuple[list, list[Row]]:
@@ -182,6 +154,8 @@ def _decode_rate(batch: int, new_tokens: int, seconds: float) -> dict:
 def _open(row: Row, shape, threads: int | None):
     from aiopt.llm.runners import GenAICausalLM, OrtCausalLM  # torch
 
+    if row.parts:
+        return RoutedCausalLM(*(_open(part, shape, threads) for part in row.parts))
     if row.runtime == "openvino":
         return open_ir(row.path, shape, threads, row.precision)
     if row.runtime == "llamacpp":
@@ -191,14 +165,8 @@ def _open(row: Row, shape, threads: int | None):
     return OrtCausalLM(row.path, shape, threads)
 
 
-def _model_files(path: Path) -> list[Path]:
-    """The model's file(s): the graph and its external weights (ONNX), the .xml and its .bin, or the GGUF."""
-    files = [path, path.with_suffix(".bin")] if path.suffix == ".xml" else [path, Path(str(path) + ".data")]
-    return [f for f in files if f.is_file()]
-
-
 def _weight_file_bytes(path: Path) -> int:
-    return sum(f.stat().st_size for f in _model_files(path))
+    return sum(f.stat().st_size for f in model_files(path))
 
 
 class Measurement:
@@ -295,11 +263,35 @@ class Measurement:
         row.cache_drift = result.cache_drift
 
     def _clock(self, row: Row, lm) -> None:
-        row.size_bytes = _weight_file_bytes(row.path)
+        row.size_bytes = _weight_file_bytes(row.path)  # a route's path is its decode model's: the bytes a step reads
         settle()  # the build's and the scoring's threads idle before the timing
         self.say(f"{row.name}: TTFT at prompt {self.prompt_len}, decode {self.config.new_tokens} tokens at batch "
                  f"{'/'.join(map(str, self.config.batch_sizes))}")
         row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, row.size_bytes)
+        if row.parts:
+            row.size_bytes = sum(part.size_bytes for part in row.parts)
+
+    def route(self, rows: list[Row]) -> Row | None:
+        """The fastest llama.cpp decode within the floor, fed the KV cache of the candidate within the
+        floor that prefills fastest (aiopt.llm.route), measured like any candidate; None where no
+        candidate's TTFT is under ROUTE_TTFT_SHARE of llama.cpp's own."""
+        within = [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
+        decoders = [r for r in within if r.runtime == "llamacpp"]
+        if not self.config.route or not decoders:
+            return None
+        decode = max(decoders, key=Row.tokens_per_s)
+        prefills = sorted((r for r in within if r.runtime in PREFILL_RUNTIMES and r.ttft_ms < decode.ttft_ms * ROUTE_TTFT_SHARE),
+                          key=lambda r: r.ttft_ms)
+        for prefill in prefills:
+            row = Row(f"route-{prefill.name}+{decode.name}", "route", f"prefill: {prefill.recipe}; decode: {decode.recipe}; "
+                      "the KV cache handed over", path=decode.path, precision=decode.precision, parts=(prefill, decode))
+            self.say(f"{row.name}: the prompt on {prefill.runtime}, its KV cache handed to llama.cpp for decode")
+            try:
+                self._measure(row)
+                return row
+            except UnsupportedModelError as exc:  # e.g. a stateful IR, whose cache stays inside OpenVINO: the next fastest prefill
+                self.say(f"{row.name}: {first_line(exc)}")
+        return None
 
     def confirm(self, rows: list[Row]) -> None:
         """Re-time the finalists' decode in interleaved rounds and keep the median: each candidate was
@@ -341,7 +333,7 @@ class Measurement:
 
 
 CONFIRM_MARGIN = 0.25  # candidates within 25% of the fastest decode are re-timed together
-
+ROUTE_TTFT_SHARE = 0.8  # a route is measured when a candidate's TTFT is under this share of the llama.cpp decoder's own
 # FP32 on ONNX Runtime recomputes the same logits whether a token comes through the cache or the
 # prefill (1e-5 here); more than this means the export's present outputs are not what it reads back.
 REFERENCE_CACHE_DRIFT = 1e-2
@@ -369,11 +361,13 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         measurement = Measurement(folder, work, config, say)
         recipes, rows = measurement.recipes()
         measured = [measurement.start(), *(measurement.measure(recipe) for recipe in recipes)]
+        route = measurement.route(measured)
+        measured += [route] if route else []
         measurement.confirm(measured)
         winner = select_winner(measured, config)
         report = build_report(measured + rows, winner, config, measurement)
         if winner is None:
-            closest = min((r for r in measured[1:] if r.status == "measured"), key=_distance, default=None)
+            closest = min((r for r in measured[1:] if r.status == "measured"), key=distance_to_floor, default=None)
             where = (f"; closest: {closest.name} (perplexity {closest.perplexity_increase * 100:+.2f}%, agreement {closest.agreement:.3f}, "
                      f"{closest.decode_agreement:.3f} on decode steps)"
                      if closest else "")
@@ -401,52 +395,6 @@ def kv_export_metadata(path) -> dict | None:
     return metadata
 
 
-def _distance(row: Row) -> float:
-    return (max(row.perplexity_increase or 0, row.decode_perplexity_increase or 0, 0)
-            + max(0, 1 - min(row.agreement or 0, row.decode_agreement or 0)))
-
-
-def floor_failures(row: Row, config: LMQuantizeConfig) -> list[str]:
-    """What keeps a measured row below the quality floor (empty: within it). The floor holds over
-    all scored positions and again over the decoded ones alone, where a broken or lossy KV cache shows."""
-    failures = []
-    for where, increase, agreement in (("", row.perplexity_increase, row.agreement),
-                                       (" on decode steps through the KV cache", row.decode_perplexity_increase, row.decode_agreement)):
-        if not increase <= config.max_perplexity_increase:
-            failures.append(f"perplexity{where} {increase * 100:+.2f}% (at most +{config.max_perplexity_increase * 100:g}%)")
-        if not agreement >= config.min_agreement:
-            failures.append(f"agreement{where} {agreement:.3f} (at least {config.min_agreement:g})")
-    return failures
-
-
-def select_winner(rows: list[Row], config: LMQuantizeConfig) -> Row | None:
-    """Fastest decode (batch of the first -b) within the floor and faster than FP32; FP32 when
-    some candidate is within the floor but none is faster; None when none is within it."""
-    reference = rows[0]
-    for row in rows:
-        if row.status != "measured":
-            continue
-        failures = floor_failures(row, config)
-        row.passes_floor = not failures
-        if failures:
-            row.why = "below the quality floor: " + ", ".join(failures)
-    within = [r for r in rows[1:] if r.passes_floor]
-    if not within:
-        return reference if len(rows) == 1 else None
-    faster = [r for r in within if (r.tokens_per_s() or 0) > reference.tokens_per_s()]
-    winner = max(faster, key=lambda r: r.tokens_per_s() or 0) if faster else reference
-    for row in within:
-        if row is not winner:
-            row.why = ("not faster than FP32 here" if row not in faster
-                       else f"slower than {winner.name} ({row.tokens_per_s():.1f} vs {winner.tokens_per_s():.1f} tok/s)")
-    if winner is reference:
-        reference.why = "chosen: no candidate within the floor decoded faster than FP32"
-    else:
-        reference.why = f"slower than {winner.name}"
-    winner.why = winner.why if winner is reference else "chosen: fastest decode within the quality floor"
-    return winner
-
-
 def build_report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, measurement: Measurement) -> dict:
     return {"chosen": winner.name if winner else None, "candidates": [r.to_dict() for r in rows],
             "floor": {"max_perplexity_increase": config.max_perplexity_increase, "min_agreement": config.min_agreement,
@@ -456,52 +404,3 @@ def build_report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, 
                        "repeats": config.repeats, "threads": measurement.threads, "bandwidth_bytes_per_s": measurement.bandwidth},
             "cpu_bf16_units": measurement.bf16, "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "calibration": config.calibration}
-
-
-def write_winner(winner: Row, export: dict, out: Path, report: dict, folder) -> dict:
-    """The winner's model file(s), the tokenizer and aiopt.json naming its runtime, written whole."""
-    from aiopt.llm.export_kv import TOKENIZER_FILES, _stamp  # torch
-
-    keep = ("architecture", "kv_cache", "params", "eos_token_id", "source_folder", "source_metadata", "task")
-    metadata = {**{k: export.get(k) for k in keep}, "aiopt_version": aiopt.__version__, "step": "quantize",
-                "format": FORMATS.get(winner.runtime, "onnx"), "runtime": winner.runtime,
-                "recipe": winner.name, "recipe_description": winner.recipe, "inference_precision": winner.precision,
-                "quality": {"perplexity": winner.perplexity, "perplexity_increase": winner.perplexity_increase,
-                            "agreement_with_fp32": winner.agreement, "decode_agreement_with_fp32": winner.decode_agreement,
-                            "cache_drift": winner.cache_drift},
-                "quantize_report": report, "command": command_line(), "created_at": now_iso()}
-    if winner.runtime == "openvino":  # the CPU plugin's options it was measured with (also in the IR's rt_info, which open_ir reads)
-        metadata["openvino_runtime_options"] = runtime_options_of(winner.path)
-    with atomic_folder(out) as tmp:
-        for file in _model_files(winner.path):
-            shutil.copy2(file, tmp / file.name)
-        if winner.runtime == "onnxruntime-genai":  # GenAI's runtime reads its builder's configuration beside the graph
-            shutil.copy2(winner.path.parent / "genai_config.json", tmp / "genai_config.json")
-        for name in TOKENIZER_FILES:
-            if (Path(folder) / name).is_file():
-                shutil.copy2(Path(folder) / name, tmp / name)
-        if winner.runtime in ("onnxruntime", "onnxruntime-genai"):
-            _stamp(tmp / winner.path.name, metadata)
-        (tmp / METADATA_FILE).write_text(json.dumps(metadata, indent=2, default=str), encoding="utf-8")
-    return metadata
-
-
-def markdown_table(report: dict) -> str:
-    """Every candidate: quality, size, TTFT, tokens/s, fraction of the bandwidth limit, why it lost."""
-    timing = report["timing"]
-    header = (f"| candidate | runtime | perplexity | vs FP32 | agreement (decode steps) | size | TTFT p{timing['prompt_len']} | "
-              f"tok/s b{timing['batch_sizes'][0]} | of limit | result |")
-    lines = [header, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
-    for r in report["candidates"]:
-        mark = "**" if r["name"] == report["chosen"] else ""
-        d = r["decode"][0] if r["decode"] else {}
-        cells = [f"{mark}{r['name']}{mark}", r["runtime"],
-                 f"{r['perplexity']:.3f}" if r["perplexity"] is not None else "-",
-                 f"{r['perplexity_increase'] * 100:+.2f}%" if r["perplexity_increase"] is not None else "-",
-                 f"{r['agreement']:.3f} ({r['decode_agreement']:.3f})" if r["agreement"] is not None else "-",
-                 f"{r['size_bytes'] / 1024:.0f} KiB" if r["size_bytes"] else "-",
-                 f"{r['ttft_ms']:.1f} ms" if r["ttft_ms"] is not None else "-",
-                 f"{d['tokens_per_s']:.1f}" if d.get("tokens_per_s") is not None else "-", f"{d['fraction_of_limit']:.3f}" if "fraction_of_limit" in d else "-",
-                 r["why"] if r["status"] == "measured" else f"{r['status']}: {r['why']}"]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"

@@ -26,6 +26,7 @@ import numpy as np
 
 from aiopt.errors import InputError, MissingDependencyError, UnsupportedModelError
 from aiopt.lazy import optional_import
+from aiopt.llm import llamacpp_cache
 from aiopt.llm.causal_lm import Shape, load_causal_lm, read_config
 from aiopt.folder_io import METADATA_FILE, read_metadata
 
@@ -34,6 +35,7 @@ GGUF_TYPES = ("Q8_0", "Q4_0", "Q4_K_M")
 GGUF_FILE = "model.gguf"
 # architecture in config.json -> (llama.cpp's architecture, its pre-tokenizer name, q/k permuted for llama.cpp's rotary layout)
 ARCHITECTURES = {"LlamaForCausalLM": ("llama", "gpt-2", True), "Qwen2ForCausalLM": ("qwen2", "qwen2", False)}
+ROTARY_PERMUTED = {arch: permuted for arch, _pre, permuted in ARCHITECTURES.values()}  # by the GGUF's general.architecture
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,7 @@ class LlamaCppCausalLM:
                                    n_threads=threads, n_threads_batch=threads, logits_all=False, verbose=False)
         self.vocab = self.llm.n_vocab()
         self._contexts = {1: (self.llm._ctx, self.llm._batch)}  # llama-cpp-python's own context and batch: Llama.eval without its copies
+        self._layouts: dict[int, llamacpp_cache.CacheLayout] = {}
 
     def _context(self, batch: int):
         if batch not in self._contexts:
@@ -238,6 +241,31 @@ class LlamaCppCausalLM:
     def step(self, tokens: np.ndarray, state):
         tokens = np.asarray(tokens).reshape(-1, 1)
         return self._decode(tokens, state, False), state + 1
+
+    def load_cache(self, keys: list[np.ndarray], values: list[np.ndarray]) -> int:
+        """Put a KV cache computed by another runtime into llama.cpp (aiopt.llm.llamacpp_cache) in place
+        of a prefill: per layer, keys and values (batch, kv_heads, cells, head_dim) as Hugging Face
+        computes them; sequence b gets row b. Returns the state `step` continues from (the cells held)."""
+        architecture = self.llm.metadata.get("general.architecture")
+        if architecture not in ROTARY_PERMUTED:
+            raise UnsupportedModelError(f"a KV cache is handed to llama.cpp for {', '.join(ROTARY_PERMUTED)} GGUFs, not {architecture}")
+        rows, cells = keys[0].shape[0], keys[0].shape[2]
+        context, _ = self._context(rows)
+        layout = self._layout(rows)
+        self._llama_cpp.llama_memory_clear(context.memory, True)
+        for b in range(rows):
+            state = llamacpp_cache.build(layout, [llamacpp_cache.hf_to_llamacpp_keys(k[b], ROTARY_PERMUTED[architecture]) for k in keys],
+                                         [llamacpp_cache.hf_to_llamacpp_values(v[b]) for v in values])
+            llamacpp_cache.write_sequence(self._llama_cpp, context.ctx, b, state)
+        return cells
+
+    def _layout(self, rows: int) -> llamacpp_cache.CacheLayout:
+        """The cache layout of the context for `rows` sequences, read from the state of a one-token sequence."""
+        if rows not in self._layouts:
+            self._llama_cpp.llama_memory_clear(self._context(rows)[0].memory, True)
+            self._decode(np.zeros((rows, 1), dtype=np.int64), 0, False)
+            self._layouts[rows] = llamacpp_cache.read_sequence(self._llama_cpp, self._context(rows)[0].ctx, 0).layout
+        return self._layouts[rows]
 
 
 def is_gguf(path) -> bool:

@@ -1,0 +1,98 @@
+"""Prefill on one runtime, decode on another: the prompt goes through the runtime that processes
+it fastest (OpenVINO or ONNX Runtime, whose matrix kernels batch a prompt's tokens), and its KV
+cache is handed to llama.cpp, whose decode step reads low-bit weights fastest. The by-batch routes
+of aiopt quantize pair models by batch size; this pairs them by phase.
+
+A route folder (aiopt quantize writes one when it wins) holds both models, the tokenizer and
+aiopt.json with runtime "route" and, under "route", each phase's file, runtime and recipe.
+What it costs: both models on disk and in memory. What it is judged by: the same quality floor,
+scored through the handed-over cache (aiopt.llm.lm_quality.score decodes half of every window
+through it), and TTFT timed with the hand-over inside it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from aiopt.errors import InputError, UnsupportedModelError
+from aiopt.folder_io import METADATA_FILE, read_metadata
+from aiopt.llm.causal_lm import Shape
+from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM
+from aiopt.llm.recipes_openvino import open_ir
+from aiopt.llm.runners import OrtCausalLM
+
+RUNTIME = "route"
+PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners whose state is the present.* tensors (the stateful OpenVINO runner's is not)
+
+
+class RoutedCausalLM:
+    """prefill() on `prefill_lm`, its present.* KV cache loaded into `decode_lm` (llama.cpp);
+    step() on `decode_lm` alone."""
+
+    runtime = RUNTIME
+
+    def __init__(self, prefill_lm, decode_lm: LlamaCppCausalLM):
+        if not hasattr(prefill_lm, "present_for"):
+            raise UnsupportedModelError(f"a {prefill_lm.runtime} runner does not hand out its KV cache; a route prefills on "
+                                        f"{' or '.join(PREFILL_RUNTIMES)} (not stateful)")
+        self.prefill_lm, self.decode_lm, self.shape = prefill_lm, decode_lm, decode_lm.shape
+        self._layer_of = _layers(prefill_lm.present_for, self.shape.layers)
+
+    def prefill(self, ids: np.ndarray, last_only: bool = False):
+        logits, (present, _past) = self.prefill_lm.prefill(ids, last_only)
+        arrays = [value if isinstance(value, np.ndarray) else value.numpy() for value in present]  # OrtValues from ONNX Runtime
+        keys = [arrays[self._layer_of[(layer, "key")]] for layer in range(self.shape.layers)]
+        values = [arrays[self._layer_of[(layer, "value")]] for layer in range(self.shape.layers)]
+        return logits, self.decode_lm.load_cache(keys, values)
+
+    def step(self, tokens: np.ndarray, state):
+        return self.decode_lm.step(tokens, state)
+
+
+def _layers(present_names: list[str], layers: int) -> dict[tuple[int, str], int]:
+    """(layer, "key" | "value") -> index in the runner's present outputs (present.{layer}.{key|value})."""
+    index = {}
+    for position, name in enumerate(present_names):
+        _, layer, kind = name.split(".")
+        index[(int(layer), kind)] = position
+    missing = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value") if (i, kind) not in index]
+    if missing:
+        raise UnsupportedModelError(f"the prefill model lacks {', '.join(missing[:2])}: it cannot hand its KV cache to llama.cpp")
+    return index
+
+
+def open_phase(folder: Path, phase: dict, shape: Shape, threads: int | None):
+    """The runner for one phase of a route folder: {"runtime", "file", "inference_precision"}."""
+    file = folder / Path(phase["file"]).name  # a name inside the folder, never a path out of it
+    if phase["runtime"] == "llamacpp":
+        return LlamaCppCausalLM(file, shape, threads)
+    if phase["runtime"] == "openvino":
+        return open_ir(file, shape, threads, phase.get("inference_precision", "f32"))
+    if phase["runtime"] == "onnxruntime":
+        return OrtCausalLM(file, shape, threads)
+    raise UnsupportedModelError(f"{folder / METADATA_FILE} names a route phase on {phase['runtime']!r}, which aiopt does not run")
+
+
+def is_route(path) -> bool:
+    path = Path(path)
+    return path.is_dir() and read_metadata(path).get("runtime") == RUNTIME
+
+
+def open_route(path, threads: int | None = None, runtime: str | None = None):
+    """(runner, tokenizer folder, metadata) for a route folder; --runtime naming one phase's runtime
+    runs that model alone (e.g. llamacpp: the GGUF for both phases)."""
+    folder = Path(path)
+    metadata = read_metadata(folder)
+    route, kv = metadata.get("route") or {}, metadata.get("kv_cache")
+    if not kv or not {"prefill", "decode"} <= set(route):
+        raise UnsupportedModelError(f"{folder / METADATA_FILE} says runtime route but lacks its route or kv_cache; re-run aiopt quantize")
+    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    phases = {phase["runtime"]: phase for phase in (route["prefill"], route["decode"])}
+    if runtime not in (None, RUNTIME):
+        if runtime not in phases:
+            raise InputError(f"{folder} routes prefill to {route['prefill']['runtime']} and decode to {route['decode']['runtime']}; "
+                             f"choose --runtime {RUNTIME} (both) or one of them, not {runtime}")
+        return open_phase(folder, phases[runtime], shape, threads), folder, metadata
+    routed = RoutedCausalLM(open_phase(folder, route["prefill"], shape, threads), open_phase(folder, route["decode"], shape, threads))
+    return routed, folder, metadata

@@ -1,0 +1,111 @@
+"""Which causal-LM candidate aiopt quantize ships: each candidate's measured row, the quality
+floor (held over all scored positions and over those decoded through the KV cache), and the
+choice: the fastest decode within the floor and faster than FP32, or the route that decodes on it
+with a sooner first token (aiopt.llm.route)."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+# a route decodes on the same llama.cpp model as its decoder: it wins when its TTFT is lower and its decode, re-timed
+# in the same interleaved rounds, is within this share of the decoder's (one model, so a difference is noise or the
+# prefill runtime's threads still spinning, which the timing includes)
+ROUTE_DECODE_MARGIN = 0.03
+
+
+@dataclass
+class Row:
+    name: str
+    runtime: str
+    recipe: str
+    path: Path | None = None
+    precision: str = "f32"
+    perplexity: float | None = None
+    perplexity_increase: float | None = None
+    agreement: float | None = None
+    decode_agreement: float | None = None  # over the positions predicted by decode steps through the KV cache
+    decode_perplexity_increase: float | None = None
+    cache_drift: float | None = None  # decode step vs its own prefill, largest |logit| difference
+    size_bytes: int | None = None
+    ttft_ms: float | None = None
+    decode: list = field(default_factory=list)
+    status: str = "measured"  # measured | skipped | failed
+    why: str = ""
+    passes_floor: bool = False
+    parts: tuple = ()  # a route: (the prefill row, the decode row)
+
+    def tokens_per_s(self) -> float | None:
+        return self.decode[0]["tokens_per_s"] if self.decode else None
+
+    def to_dict(self) -> dict:
+        record = asdict(self)
+        record["path"], record["parts"] = None, [part.name for part in self.parts]
+        return record
+
+
+def distance_to_floor(row: Row) -> float:
+    return (max(row.perplexity_increase or 0, row.decode_perplexity_increase or 0, 0)
+            + max(0, 1 - min(row.agreement or 0, row.decode_agreement or 0)))
+
+
+def floor_failures(row: Row, config) -> list[str]:
+    """What keeps a measured row below the quality floor (empty: within it). The floor holds over
+    all scored positions and again over the decoded ones alone, where a broken or lossy KV cache shows."""
+    failures = []
+    for where, increase, agreement in (("", row.perplexity_increase, row.agreement),
+                                       (" on decode steps through the KV cache", row.decode_perplexity_increase, row.decode_agreement)):
+        if not increase <= config.max_perplexity_increase:
+            failures.append(f"perplexity{where} {increase * 100:+.2f}% (at most +{config.max_perplexity_increase * 100:g}%)")
+        if not agreement >= config.min_agreement:
+            failures.append(f"agreement{where} {agreement:.3f} (at least {config.min_agreement:g})")
+    return failures
+
+
+def select_winner(rows: list[Row], config) -> Row | None:
+    """Fastest decode (batch of the first -b) within the floor and faster than FP32; FP32 when
+    some candidate is within the floor but none is faster; None when none is within it."""
+    reference = rows[0]
+    for row in rows:
+        if row.status != "measured":
+            continue
+        failures = floor_failures(row, config)
+        row.passes_floor = not failures
+        if failures:
+            row.why = "below the quality floor: " + ", ".join(failures)
+    within = [r for r in rows[1:] if r.passes_floor and not r.parts]
+    if not within:
+        return reference if len(rows) == 1 else None
+    faster = [r for r in within if (r.tokens_per_s() or 0) > reference.tokens_per_s()]
+    winner = max(faster, key=lambda r: r.tokens_per_s() or 0) if faster else reference
+    route = next((r for r in rows if r.parts and r.parts[1] is winner), None)
+    if route and route.status == "measured":
+        route_why = _route_loses(route, winner)
+        if route_why:
+            route.why = route_why
+        else:
+            winner.why = f"decodes for {route.name}, which reaches the first token sooner ({route.ttft_ms:.0f} vs {winner.ttft_ms:.0f} ms)"
+            winner, within = route, within + [route]
+    for row in within:
+        if row is not winner and row not in winner.parts:
+            row.why = ("not faster than FP32 here" if row not in faster
+                       else f"slower than {winner.name} ({row.tokens_per_s():.1f} vs {winner.tokens_per_s():.1f} tok/s)")
+    for row in rows:
+        if row.parts and row is not winner and not row.why:
+            row.why = f"its decoder {row.parts[1].name} is not the winner"
+    if winner is reference:
+        reference.why = "chosen: no candidate within the floor decoded faster than FP32"
+        return winner
+    reference.why = f"slower than {winner.name}"
+    winner.why = "chosen: fastest decode within the quality floor" + (f", the prompt prefilled by {winner.parts[0].name}" if winner.parts else "")
+    return winner
+
+
+def _route_loses(route: Row, decoder: Row) -> str:
+    """Why a measured route does not replace its decoder ("" when it does)."""
+    if not route.passes_floor:
+        return route.why
+    if not route.ttft_ms < decoder.ttft_ms:
+        return f"no sooner to the first token than {decoder.name} ({route.ttft_ms:.0f} vs {decoder.ttft_ms:.0f} ms)"
+    if route.tokens_per_s() < decoder.tokens_per_s() * (1 - ROUTE_DECODE_MARGIN):
+        return f"decodes slower than {decoder.name} alone ({route.tokens_per_s():.1f} vs {decoder.tokens_per_s():.1f} tok/s)"
+    return ""

