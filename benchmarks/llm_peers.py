@@ -137,7 +137,7 @@ def run(model: Path, work: Path, args) -> dict:
 
         out = work / "aiopt"
         settings = LMQuantizeConfig(prompt_len=prompt_len, new_tokens=args.new_tokens, eval_tokens=args.eval_tokens, threads=threads,
-                                    candidates=tuple(args.aiopt_candidate or ()))
+                                    candidates=tuple(args.aiopt_candidate or ()), min_agreement=args.min_agreement)
         with contextlib.redirect_stdout(sys.stderr):
             metadata = quantize_causal_lm(model, out, settings, say=lambda message: print(message, file=sys.stderr, flush=True))
         lm, _, _ = open_causal_lm(out, threads=threads)
@@ -365,6 +365,9 @@ def main() -> int:
     parser.add_argument("--eval-tokens", type=int, default=2048)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--no-quality", action="store_true", help="skip perplexity/agreement (random weights: speed only)")
+    parser.add_argument("--min-agreement", type=float, default=LMQuantizeConfig.min_agreement,
+                        help="aiopt quantize's agreement floor; random weights (the 0.5B configuration) agree by small margins that "
+                             "say nothing of quality, so the speed run may relax it, said in the results' command line")
     parser.add_argument("--aiopt-candidate", action="append", help="restrict aiopt quantize to these candidates (repeatable): the 0.5B run "
                         "uses the precision aiopt chose for gpt:base")
     parser.add_argument("--peer", action="append", help="run only the peers whose name contains this (repeatable, case-insensitive): "
