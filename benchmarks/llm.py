@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from aiopt.bench.machine import describe_machine
     from aiopt.bench.report import to_json
-    from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
+    from aiopt.bench.generative import GenerativeBenchConfig, markdown, run_generative_bench
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

@@ -13,7 +13,7 @@ from aiopt.cli.options import (DEVICE_OPTION, FORCE_OPTION, INPUT_DTYPE_OPTION, 
 from aiopt.cli.render import emit_json, epoch_bar, json_or_line, notes, progress, spec_text, stdout, table
 from aiopt.compare import compare_artifacts
 from aiopt.inspect import inspect_artifact
-from aiopt.llm.bench import is_generative
+from aiopt.bench.generative import is_generative
 from aiopt.reference_models import get_entry
 from aiopt.measure.run_outputs import run_npz
 from aiopt.reference_models.train import train_reference_model

@@ -32,9 +32,9 @@ import numpy as np
 
 import aiopt
 from aiopt.artifacts import command_line, now_iso
-from aiopt.bench.machine import available_cores, describe_machine, settle
+from aiopt.machine import available_cores, describe_machine, settle
 from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
-from aiopt.llm.bench import decode_bytes_per_step
+from aiopt.llm.causal_lm import decode_bytes_per_step
 from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
 from aiopt.folder_io import METADATA_FILE, atomic_folder, check_output_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
