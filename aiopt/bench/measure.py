@@ -33,7 +33,7 @@ from aiopt.reference_models import build_model
 from aiopt.runtime import ENGINE_SUFFIXES
 from aiopt.runtime.cuda_graph import PEER_BACKEND, WARMUP_CALLS, require_cuda
 from aiopt.runtime.torch_backend import TorchRunner, torch_device
-from aiopt.specs import TensorSpec, fixed_batch, to_model_layout
+from aiopt.specs import fixed_batch, to_model_layout
 
 SCHEMA_VERSION = 1
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -355,22 +355,19 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
     return records
 
 
-def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]):
-    return _compiled_peer(loaded.model, require_input_spec(loaded), [o.name for o in output_spec(loaded)], device, batch_sizes,
-                          str(loaded.path))
-
-
-def _compiled_peer(module, input_spec: list[TensorSpec], output_names: list[str], device: str, batch_sizes: tuple[int, ...],
-                  source: str = "") -> TorchRunner:
+def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]) -> TorchRunner:
     """The FP16 model under torch.compile(mode="reduce-overhead"), compiled and warmed for each
     batch size here so that compilation stays out of the latency (it is `compile_seconds`)."""
     import torch
 
     from aiopt.export.torch_precision import cast_to  # its modules subclass torch's nn.Module: torch at its top
 
+    input_spec = require_input_spec(loaded)
     device_ = require_cuda(device, f"the {PEER_BACKEND} peer")
-    compiled = torch.compile(cast_to(module, "fp16").to(device_), mode="reduce-overhead")
-    runner = TorchRunner(compiled, input_spec, output_names, device, source)
+    compiled = torch.compile(cast_to(loaded.model, "fp16").to(device_), mode="reduce-overhead")
+    # the compiled module described by its specs alone: the factory's plain TorchRunner, not the artifact's CUDA graphs or padding trim
+    described = replace(loaded, model=compiled, metadata={"outputs": [o.to_dict() for o in output_spec(loaded)]})
+    runner = runtime.runner_for(described, device, "torch", trim_padding=False)
     runner.backend = PEER_BACKEND
     start = time.perf_counter()
     for batch in batch_sizes:

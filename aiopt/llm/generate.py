@@ -22,7 +22,7 @@ class GenerateConfig:
     max_new_tokens: int = option(64, ("--max-new-tokens", "-n"), "Tokens to generate, at least 1 (fewer if the model ends the text).")
     greedy: bool = option(True, "--greedy/--sample", "Most likely token each step (default), or sample with --temperature and --seed.")
     # the command's None: not given (a --temperature given implies --sample)
-    temperature: float = option(1.0, "--temperature", "Sampling temperature (> 0); implies --sample.", cli_default=None)
+    temperature: float = option(1.0, "--temperature", "Sampling temperature (> 0; default 1.0 with --sample); implies --sample.", cli_default=None)
     seed: int = option(0, "--seed", "Seed for sampling: the same seed gives the same text.")
     stop_at_eos: bool = True
 
