@@ -24,7 +24,7 @@ from aiopt.artifacts import artifact_size
 from aiopt.artifacts.hf import is_hf_folder
 from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.bench.memory import PeakMemory
-from aiopt.bench.report import Violation, gate_markdown
+from aiopt.bench.report import ReportConfig, Violation, gate_markdown
 from aiopt.errors import InputError, MissingDependencyError
 from aiopt.llm.causal_lm import Shape, decode_bytes_per_step, is_causal_lm_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
@@ -235,8 +235,8 @@ def _figures(record: dict) -> list[tuple[str, int, float | None, str, str | None
     return figures
 
 
-def compare_generative(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01,
-                       source: str | None = None) -> tuple[dict, list[Violation]]:
+def compare_generative(current: dict, baseline: dict, max_regression: float = ReportConfig.max_regression,
+                       max_accuracy_drop: float = ReportConfig.max_accuracy_drop, source: str | None = None) -> tuple[dict, list[Violation]]:
     """Each figure of each baseline record beside this run's (matched by artifact and runtime), with
     the ratio now/baseline, and the violations of the gate. A speed figure regresses when its time
     grows by more than `max_regression` (TTFT up, or time per decoded token up: tok/s down by more

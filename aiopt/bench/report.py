@@ -280,7 +280,8 @@ def _key(record: dict) -> tuple:
     return (record.get("label") or record["artifact"], record["backend"], record["device"], record["batch_size"])
 
 
-def compare(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01) -> list[Violation]:
+def compare(current: dict, baseline: dict, max_regression: float = ReportConfig.max_regression,
+            max_accuracy_drop: float = ReportConfig.max_accuracy_drop) -> list[Violation]:
     """Records that got slower by more than `max_regression` (p50) or lost more than
     `max_accuracy_drop` accuracy against the baseline report; matched by artifact, backend,
     device and batch size."""
