@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -11,7 +12,18 @@ from aiopt.artifacts.hf import sample_inputs
 from aiopt.errors import InputError
 from aiopt.evaluate import EvalData, accuracy, eval_data, run_batches
 from aiopt.measure.quality import choose_metric, compare_one, compare_outputs, judge_outputs
+from aiopt.options import DEVICE_HELP, SEQ_LEN_HELP, option
 from aiopt.specs import TensorSpec, parse_fixed_inputs, to_sample_first, with_fixed_values
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    """What `aiopt compare` is asked beside the two artifacts (compare_artifacts' settings)."""
+    data: str | None = option(None, "--data", "Inputs: .npz, .txt (one text per line), mnist1d or digits (default: the reference's test split, else random).")
+    device: str = option("cpu", "--device", DEVICE_HELP)
+    seq_len: int = option(128, "--seq-len", SEQ_LEN_HELP)
+    fixed_inputs: tuple[str, ...] = option((), "--input", "NAME=VALUE: an input that always takes one value (e.g. --input sr=16000), fed to both.",
+                                           cli_default=None)
 
 
 def compare_artifacts(

@@ -2,10 +2,17 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 from aiopt.artifacts import FORMAT_HF, artifact_sha256, artifact_size, count_parameters, load_model, output_spec
 from aiopt.llm.causal_lm import describe_causal_lm, is_causal_lm_folder
+from aiopt.options import option
 from aiopt.specs import TensorSpec, specs_to_json
+
+
+@dataclass(frozen=True)
+class InspectConfig:
+    kv_tokens: int | None = option(None, "--kv-tokens", "Causal LMs: tokens the KV-cache memory is given for (default: the context length).")
 
 
 def inspect_artifact(path: str | os.PathLike, trust_pickle: bool = False, input_spec: list[TensorSpec] | None = None,

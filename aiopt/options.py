@@ -14,6 +14,7 @@ from typing import Any
 
 SAME = object()  # the command's default is the field's default
 # help text of --seq-len, which several commands share
+DEVICE_HELP = "cpu or cuda (no GPU: exit 4)."  # help text of --device, which several commands share
 SEQ_LEN_HELP = "Tokens per sample for .txt data (one text per line, tokenized by the model folder's tokenizer), and for sequence axes without data."
 
 

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from aiopt.artifacts import command_line
-    from aiopt.bench.machine import describe_machine
+    from aiopt.machine import describe_machine
     from aiopt.compress.distill import DistillConfig, distill_checkpoint
     from aiopt.fileio import write_bytes_atomic
     from aiopt.reference_models.train import train_reference_model

@@ -92,7 +92,7 @@ def repeatability(artifacts: list[str]) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from aiopt.bench.machine import describe_machine
+    from aiopt.machine import describe_machine
 
     machine = describe_machine()
     result = {"machine": machine, "overhead": overhead()}

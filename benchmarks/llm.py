@@ -71,9 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-<machine>.{json,md}")
     args = parser.parse_args(argv)
 
-    from aiopt.bench.machine import describe_machine
+    from aiopt.machine import describe_machine
     from aiopt.bench.report import to_json
-    from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
+    from aiopt.bench.generative import GenerativeBenchConfig, markdown, run_generative_bench
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)

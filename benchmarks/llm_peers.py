@@ -45,7 +45,7 @@ ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT.parent))
 
 from aiopt.artifacts import artifact_size  # noqa: E402 -- after the path of the checkout this script belongs to
-from aiopt.bench.machine import settle  # noqa: E402
+from aiopt.machine import settle  # noqa: E402
 from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
 from aiopt.llm.generate import GenerateConfig, generate_ids  # noqa: E402
 from aiopt.llm.kv_names import token_feed  # noqa: E402

@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--merge", action="store_true", help="keep the other models' rows of an existing results file (with their commands)")
     args = parser.parse_args(argv)
 
-    from aiopt.bench.machine import describe_machine
+    from aiopt.machine import describe_machine
     from aiopt.fileio import write_bytes_atomic
 
     work = Path(args.work) / "base"

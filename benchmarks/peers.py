@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from aiopt.bench.machine import describe_machine, machine_id
+    from aiopt.machine import describe_machine, machine_id
 
     torch.set_num_threads(args.threads)
     work = Path(args.work) / "peers"

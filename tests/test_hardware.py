@@ -12,6 +12,6 @@ def test_bf16_units_from_flags(tmp_path):
 
 
 def test_bench_reports_the_cpu_hardware_detects():
-    from aiopt.bench.machine import describe_machine
+    from aiopt.machine import describe_machine
 
     assert describe_machine()["cpu"] == detect_cpu().model

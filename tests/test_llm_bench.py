@@ -23,7 +23,7 @@ def test_read_bandwidth_is_measured_by_a_compiled_loop_or_says_why_not():
 
 
 def test_bench_reports_ttft_tokens_per_s_memory_perplexity_and_the_bandwidth_fraction(tmp_path):
-    from aiopt.llm.bench import GenerativeBenchConfig, markdown, run_generative_bench
+    from aiopt.bench.generative import GenerativeBenchConfig, markdown, run_generative_bench
 
     folder, _ = tiny_gpt()
     export, _ = tiny_export()
@@ -81,7 +81,7 @@ def test_bench_cli_writes_json_and_markdown_for_generative_artifacts_and_compare
 
 
 def test_generative_baseline_comparison_puts_every_figure_beside_its_own_and_gates_speed_and_accuracy():
-    from aiopt.llm.bench import compare_generative, html_page, markdown
+    from aiopt.bench.generative import compare_generative, html_page, markdown
 
     def record(ttft, tok_s, accuracy, runtime="onnxruntime"):
         return {"artifact": "lm.onnx", "runtime": runtime, "ttft_ms": {"128": ttft}, "peak_memory_bytes": 100 << 20, "skipped": [],

@@ -101,7 +101,7 @@ def test_genai_builder_route_is_validated_and_runs_on_both_onnx_runtimes(tmp_pat
     for runtime in ("onnxruntime", "onnxruntime-genai"):
         got = generate_text(tmp_path / "genai", "My fellow Americans", GenerateConfig(max_new_tokens=24), runtime=runtime)
         assert got["runtime"] == runtime and got["tokens"] == expected
-    from aiopt.llm.bench import GenerativeBenchConfig, bench_artifact
+    from aiopt.bench.generative import GenerativeBenchConfig, bench_artifact
 
     config = GenerativeBenchConfig(ttft_prompts=(16,), batch_sizes=(1, 2), decode_prompt=16, new_tokens=4, repeats=1, threads=1, perplexity_tokens=0)
     record = bench_artifact(tmp_path / "genai", config, None, lambda message: None, runtime="onnxruntime-genai")

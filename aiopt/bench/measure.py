@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt import runtime
-from aiopt.bench.machine import available_cores, describe_machine
+from aiopt.machine import available_cores, describe_machine
 from aiopt.bench.memory import PeakMemory
 from aiopt.evaluate import accuracy, eval_data, run_batches
 from aiopt.export.tensorrt import sidecar_path
@@ -28,11 +28,12 @@ from aiopt.artifacts import FORMAT_AIOPT, artifact_size, count_parameters, examp
 from aiopt.errors import AioptError, InputError, MissingDependencyError
 from aiopt.measure.quality import compare_outputs, output_kind
 from aiopt.measure.torch_model import count_macs_and_params
+from aiopt.options import SEQ_LEN_HELP, option
 from aiopt.reference_models import build_model
 from aiopt.runtime import ENGINE_SUFFIXES
 from aiopt.runtime.cuda_graph import PEER_BACKEND, WARMUP_CALLS, require_cuda
 from aiopt.runtime.torch_backend import TorchRunner, torch_device
-from aiopt.specs import TensorSpec, fixed_batch, to_model_layout
+from aiopt.specs import fixed_batch, to_model_layout
 
 SCHEMA_VERSION = 1
 BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
@@ -40,15 +41,20 @@ BENCH_BACKENDS = ("torch", "onnxruntime", "openvino", "tensorrt")
 
 @dataclass(frozen=True)
 class BenchConfig:
-    backends: tuple[str, ...] = ()  # empty: each artifact's own backend
-    devices: tuple[str, ...] = ("cpu",)
-    batch_sizes: tuple[int, ...] = (1, 64)
-    latency: LatencyConfig = LatencyConfig()
-    threads: int | None = None  # None: all cores
-    data: str | None = None
-    baseline: bool = True  # add the FP32 PyTorch model the lineage names
+    # empty: each artifact's own backend
+    backends: tuple[str, ...] = option((), "--backend", "torch, onnxruntime, openvino or tensorrt (repeatable; default: each artifact's own); "
+                                       "causal LMs also openvino-stateful and onnxruntime-genai.", cli_default=None)
+    devices: tuple[str, ...] = option(("cpu",), "--device", "cpu or cuda (repeatable; default cpu).", cli_default=None)
+    # without -b the command may shrink the largest batch size for a slow model (fit_batch_sizes); causal LMs: GenerativeBenchConfig's
+    batch_sizes: tuple[int, ...] = option((1, 64), ("--batch-size", "-b"), "Batch size (repeatable; default 1 and 64; causal LMs 1 and 8).",
+                                          cli_default=None)
+    latency: LatencyConfig = LatencyConfig()  # its fields carry their own flags (--warmup, --min-runs, --min-time, --rounds)
+    threads: int | None = option(None, "--threads", "Threads for PyTorch and ONNX Runtime (default: all cores).")
+    data: str | None = option(None, "--data", "Evaluation data: .npz, .txt (one text per line), mnist1d or digits (default: each model's test split).")
+    # add the FP32 PyTorch model the lineage names
+    baseline: bool = option(True, " /--no-baseline", "Do not add the FP32 PyTorch model named in the lineage.")
     input_spec: tuple = ()  # TensorSpecs for artifacts without metadata (--input-shape)
-    seq_len: int = 128  # token length of .txt data, and of sequence axes without data
+    seq_len: int = option(128, "--seq-len", SEQ_LEN_HELP)  # token length of .txt data, and of sequence axes without data
     fit_batch_sizes: bool = False  # shrink the largest batch size when one run would take seconds (the CLI's default -b)
 
 
@@ -349,22 +355,19 @@ def _prepare_target(target: _Target, config: BenchConfig, threads: int, measured
     return records
 
 
-def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]):
-    return _compiled_peer(loaded.model, require_input_spec(loaded), [o.name for o in output_spec(loaded)], device, batch_sizes,
-                          str(loaded.path))
-
-
-def _compiled_peer(module, input_spec: list[TensorSpec], output_names: list[str], device: str, batch_sizes: tuple[int, ...],
-                  source: str = "") -> TorchRunner:
+def _peer_runner(loaded, device: str, batch_sizes: tuple[int, ...]) -> TorchRunner:
     """The FP16 model under torch.compile(mode="reduce-overhead"), compiled and warmed for each
     batch size here so that compilation stays out of the latency (it is `compile_seconds`)."""
     import torch
 
     from aiopt.export.torch_precision import cast_to  # its modules subclass torch's nn.Module: torch at its top
 
+    input_spec = require_input_spec(loaded)
     device_ = require_cuda(device, f"the {PEER_BACKEND} peer")
-    compiled = torch.compile(cast_to(module, "fp16").to(device_), mode="reduce-overhead")
-    runner = TorchRunner(compiled, input_spec, output_names, device, source)
+    compiled = torch.compile(cast_to(loaded.model, "fp16").to(device_), mode="reduce-overhead")
+    # the compiled module described by its specs alone: the factory's plain TorchRunner, not the artifact's CUDA graphs or padding trim
+    described = replace(loaded, model=compiled, metadata={"outputs": [o.to_dict() for o in output_spec(loaded)]})
+    runner = runtime.runner_for(described, device, "torch", trim_padding=False)
     runner.backend = PEER_BACKEND
     start = time.perf_counter()
     for batch in batch_sizes:

@@ -14,6 +14,7 @@ from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.errors import InputError
 from aiopt.fileio import human_size
 from aiopt.measure.latency import MAX_ROUND_DISAGREEMENT
+from aiopt.options import option
 
 
 def to_json(document: dict) -> str:
@@ -21,6 +22,23 @@ def to_json(document: dict) -> str:
 
 
 KINDS = {"latency": "a classifier/encoder report (latency percentiles)", "generative": "a generative report (TTFT, tokens/s)"}
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    """Where `aiopt bench` writes its report, and its regression gate against a previous report."""
+    json_file: str | None = option(None, "--json", "Write the report as JSON (schema in README).")
+    markdown_file: str | None = option(None, "--markdown", "Write the report as Markdown (fits a CI job summary).")
+    html_file: str | None = option(None, "--html", "Write one self-contained HTML page with plots.")
+    plots: str | None = option(None, "--plots", "Folder to write the plots into as PNG.")
+    baseline_report: str | None = option(None, "--baseline", "A previous --json report: exit 1 if anything regressed against it.")
+    max_regression: float = option(0.10, "--max-regression",
+                                   "Allowed p50 latency increase vs --baseline (0.10 = 10%); causal LMs: TTFT and time per decoded token.")
+    max_accuracy_drop: float = option(0.01, "--max-accuracy-drop", "Allowed accuracy drop vs --baseline (0.01 = one point); causal LMs: next-token accuracy.")
+
+    def files(self) -> dict[str, str]:
+        """Report kind -> path, for each report asked for."""
+        return {kind: path for kind, path in (("json", self.json_file), ("markdown", self.markdown_file), ("html", self.html_file)) if path}
 
 
 def load_report(path: str | os.PathLike, kind: str = "latency") -> dict:
@@ -253,7 +271,7 @@ class Violation:
         if self.metric == "accuracy":
             return f"{where}: accuracy {self.current:.4f} vs {self.baseline:.4f} (drop {100 * (self.baseline - self.current):.2f} pt > {self.limit})"
         change = self.current / self.baseline - 1
-        if self.metric != "latency":  # a generative figure (aiopt.llm.bench): its name says its unit
+        if self.metric != "latency":  # a generative figure (aiopt.bench.generative): its name says its unit
             return f"{where}: {self.metric} {self.current:.4g} vs {self.baseline:.4g} ({change:+.1%}; allowed {self.limit})"
         return f"{where}: p50 latency {self.current:.3f} ms vs {self.baseline:.3f} ms ({change:+.1%} > {self.limit})"
 
@@ -262,7 +280,8 @@ def _key(record: dict) -> tuple:
     return (record.get("label") or record["artifact"], record["backend"], record["device"], record["batch_size"])
 
 
-def compare(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01) -> list[Violation]:
+def compare(current: dict, baseline: dict, max_regression: float = ReportConfig.max_regression,
+            max_accuracy_drop: float = ReportConfig.max_accuracy_drop) -> list[Violation]:
     """Records that got slower by more than `max_regression` (p50) or lost more than
     `max_accuracy_drop` accuracy against the baseline report; matched by artifact, backend,
     device and batch size."""

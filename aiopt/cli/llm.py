@@ -11,12 +11,12 @@ from pathlib import Path
 from rich.markup import escape
 
 from aiopt.artifacts import command_line
-from aiopt.bench.report import append_github_summary, load_report, to_json
+from aiopt.bench.report import ReportConfig, append_github_summary, load_report, to_json
 from aiopt.cli.options import config_from
 from aiopt.cli.render import emit_json, say, stdout
 from aiopt.errors import CheckFailedError, InputError
 from aiopt.fileio import check_output_path, human_size, write_bytes_atomic
-from aiopt.llm.bench import GenerativeBenchConfig, compare_generative, html_page, markdown, run_generative_bench
+from aiopt.bench.generative import GenerativeBenchConfig, compare_generative, html_page, markdown, run_generative_bench
 from aiopt.llm.quantize import LMQuantizeConfig, markdown_table, quantize_causal_lm
 
 
@@ -57,24 +57,19 @@ def causal_lm_rows(table, info: dict) -> None:
                   f"{info['kv_cache_tokens']} tokens (batch 1, {info['kv_cache_dtype']})")
 
 
-def bench_generative(artifacts: list[str], batch_sizes: list[int] | None, threads: int | None, json_file: str | None,
-                     markdown_file: str | None, force: bool, backends: list[str] | None = None, html_file: str | None = None,
-                     prompt_lens: list[int] | None = None, new_tokens: int = 64, perplexity_tokens: int = 4096,
-                     baseline: str | None = None, max_regression: float = 0.10, max_accuracy_drop: float = 0.01) -> None:
-    """`aiopt bench` when every artifact is a generative model (aiopt.llm.bench); with `baseline`, a
-    previous generative --json report, every figure beside the baseline's and exit 1 on a regression."""
-    outputs = {name: check_output_path(path, *artifacts, force=force)
-               for name, path in (("json", json_file), ("markdown", markdown_file), ("html", html_file)) if path}
+def bench_generative(artifacts: list[str], config: GenerativeBenchConfig, report: ReportConfig, force: bool, backends: tuple[str, ...] = ()) -> None:
+    """`aiopt bench` when every artifact is a generative model (aiopt.bench.generative); with a
+    baseline report (a previous generative --json), every figure beside the baseline's and exit 1 on a regression."""
+    outputs = {name: check_output_path(path, *artifacts, force=force) for name, path in report.files().items()}
+    baseline = report.baseline_report
     previous = load_report(baseline, kind="generative") if baseline else None  # a bad baseline fails before the minutes of measuring
-    if max_regression < 0 or max_accuracy_drop < 0:
+    if report.max_regression < 0 or report.max_accuracy_drop < 0:
         raise InputError("--max-regression and --max-accuracy-drop must not be negative")
-    config = GenerativeBenchConfig(batch_sizes=tuple(batch_sizes or (1, 8)), threads=threads, new_tokens=new_tokens,
-                                   perplexity_tokens=perplexity_tokens, **({"ttft_prompts": tuple(prompt_lens)} if prompt_lens else {}))
     config.check()
-    document = run_generative_bench(artifacts, config, command=command_line(), say=say, runtimes=tuple(backends or ()))
+    document = run_generative_bench(artifacts, config, command=command_line(), say=say, runtimes=backends)
     violations = None
     if previous is not None:
-        document["baseline"], violations = compare_generative(document, previous, max_regression, max_accuracy_drop, source=baseline)
+        document["baseline"], violations = compare_generative(document, previous, report.max_regression, report.max_accuracy_drop, source=baseline)
     text = markdown(document, violations)
     if "json" in outputs:
         write_bytes_atomic(outputs["json"], to_json(document).encode())

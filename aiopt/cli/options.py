@@ -13,7 +13,7 @@ import typer
 from typer.models import ArgumentInfo
 
 from aiopt.errors import InputError
-from aiopt.options import SEQ_LEN_HELP, command_default, declared_options
+from aiopt.options import command_default, declared_options
 from aiopt.specs import parse_input_shapes
 from aiopt.steps import get_step
 
@@ -23,10 +23,8 @@ INPUT_DTYPE_HELP = "Input dtype(s) matching --input-shape (default float32)."
 JSON_OPTION = typer.Option(False, "--json", help="Print one JSON document with the results on stdout (messages go to stderr).")
 TRUST_PICKLE_OPTION = typer.Option(False, "--trust-pickle", help=TRUST_HELP)
 FORCE_OPTION = typer.Option(False, "--force", help="Replace the output if it exists.")
-DEVICE_OPTION = typer.Option("cpu", "--device", help="cpu or cuda (no GPU: exit 4).")
 INPUT_SHAPE_OPTION = typer.Option(None, "--input-shape", help=INPUT_SHAPE_HELP)
 INPUT_DTYPE_OPTION = typer.Option(None, "--input-dtype", help=INPUT_DTYPE_HELP)
-SEQ_LEN_OPTION = typer.Option(128, "--seq-len", help=SEQ_LEN_HELP)
 
 
 def step_options(*steps: str) -> Callable:

@@ -21,7 +21,7 @@ import logging
 import os
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,8 +34,8 @@ from aiopt.evaluate import accuracy, agreement, eval_data, run_batches
 from aiopt.measure.quality import check_against_parent
 from aiopt.options import option
 from aiopt.fileio import atomic_path, check_output_path, is_write_error
-from aiopt.runtime.onnxruntime_backend import OnnxRuntimeRunner, make_session
-from aiopt.runtime.torch_backend import TorchRunner
+from aiopt.runtime import runner_for
+from aiopt.runtime.onnxruntime_backend import make_session
 from aiopt.specs import TensorSpec
 from aiopt.text_data import check_seq_len
 
@@ -96,7 +96,7 @@ def export_onnx(
             _save(model, tmp)
             check_onnx(tmp)
             validation.append(validate_against_torch(loaded, tmp, spec, config, stage="simplified"))
-        accuracy, parent_agreement = _measure_on_test_split(tmp, exported_spec, loaded, spec, output_names)
+        accuracy, parent_agreement = _measure_on_test_split(tmp, exported_spec, loaded, spec, outputs)
         if parent_agreement is None:  # no dataset: the random-input validation is all there is
             parent_agreement = {"max_abs_diff": max(v["max_abs_diff"] for v in validation),
                                 "top1_agreement": min(v["top1_agreement"] for v in validation), "inputs": "random"}
@@ -324,14 +324,17 @@ def _example(loaded: LoadedModel, spec: list[TensorSpec], batch_size: int, seq_l
 
 
 def _measure_on_test_split(onnx_path: Path, spec: list[TensorSpec], loaded: LoadedModel, torch_spec: list[TensorSpec],
-                           output_names: list[str]) -> tuple[float | None, dict | None]:
+                           outputs: list[TensorSpec]) -> tuple[float | None, dict | None]:
     """Accuracy on ONNX Runtime and agreement with the PyTorch parent on the test split, when the
     model records its dataset; (None, None) otherwise. NaN outputs or collapsed agreement raise."""
     if ((loaded.metadata.get("dataset") or {}).get("name")) not in DATASETS:
         return None, None
     data = eval_data(spec, loaded.metadata)
-    exported = run_batches(OnnxRuntimeRunner(str(onnx_path), spec), data)[0]
-    parent = run_batches(TorchRunner(loaded.model, torch_spec, output_names), data)[0]
+    # both described by their specs alone: the parent's serving, dispatch, buckets or padding trim must not shape the check
+    described = {"outputs": [o.to_dict() for o in outputs]}
+    exported_graph = replace(loaded, path=onnx_path, format=FORMAT_ONNX, model=None, metadata=described, input_spec=spec)
+    exported = run_batches(runner_for(exported_graph, backend="onnxruntime", trim_padding=False), data)[0]
+    parent = run_batches(runner_for(replace(loaded, metadata=described, input_spec=torch_spec), backend="torch", trim_padding=False), data)[0]
     agreement = check_against_parent(parent, exported, "the exported ONNX model")
     return accuracy(exported, data.labels), {**agreement, "inputs": "test split"}
 

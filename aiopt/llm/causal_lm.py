@@ -85,6 +85,11 @@ class Shape:
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes * batch
 
 
+def decode_bytes_per_step(weight_bytes: int, shape: Shape, batch: int, context: float) -> float:
+    """Bytes one decode step must read: the weights once, plus the FP32 KV cache of `batch` sequences at `context` tokens."""
+    return weight_bytes + batch * shape.kv_bytes_per_token(DTYPE_BYTES["float32"]) * context
+
+
 def describe_causal_lm(folder, kv_tokens: int | None = None) -> dict:
     """The inspect block for a causal-LM folder, read from config.json and the weights' header
     (no model is built): parameters, geometry, weight bytes, KV cache bytes."""

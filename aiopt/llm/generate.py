@@ -14,14 +14,16 @@ import numpy as np
 
 from aiopt.artifacts.hf import load_tokenizer
 from aiopt.errors import InputError
+from aiopt.options import option
 
 
 @dataclass(frozen=True)
 class GenerateConfig:
-    max_new_tokens: int = 64
-    greedy: bool = True
-    temperature: float = 1.0
-    seed: int = 0
+    max_new_tokens: int = option(64, ("--max-new-tokens", "-n"), "Tokens to generate, at least 1 (fewer if the model ends the text).")
+    greedy: bool = option(True, "--greedy/--sample", "Most likely token each step (default), or sample with --temperature and --seed.")
+    # the command's None: not given (a --temperature given implies --sample)
+    temperature: float = option(1.0, "--temperature", "Sampling temperature (> 0; default 1.0 with --sample); implies --sample.", cli_default=None)
+    seed: int = option(0, "--seed", "Seed for sampling: the same seed gives the same text.")
     stop_at_eos: bool = True
 
     def check(self) -> None:
@@ -29,6 +31,14 @@ class GenerateConfig:
             raise InputError(f"--max-new-tokens must be at least 1, got {self.max_new_tokens}")
         if not self.greedy and not self.temperature > 0:
             raise InputError(f"--temperature must be above 0, got {self.temperature}; use --greedy for the most likely tokens")
+
+
+@dataclass(frozen=True)
+class GenerateRuntime:
+    """Where `aiopt generate` (generate_text) runs the artifact."""
+    threads: int | None = option(None, "--threads", "Threads for the runtime (default: all cores).")
+    runtime: str | None = option(None, "--runtime", "For an ONNX export: onnxruntime (default), openvino, openvino-stateful (the KV cache "
+                                 "kept in OpenVINO's state), or onnxruntime-genai (an --exporter genai export).")
 
 
 @dataclass

@@ -29,10 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from aiopt.bench.machine import available_cores, describe_machine, settle
+from aiopt.machine import available_cores, describe_machine, settle
 from aiopt.errors import CheckFailedError, InputError, MissingDependencyError, UnsupportedModelError, first_line
-from aiopt.llm.bench import decode_bytes_per_step
-from aiopt.llm.causal_lm import Shape, require_causal_lm_folder
+from aiopt.llm.causal_lm import Shape, decode_bytes_per_step, require_causal_lm_folder
 from aiopt.folder_io import check_output_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE

@@ -13,17 +13,19 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from aiopt.options import option
+
 
 @dataclass(frozen=True)
 class LatencyConfig:
-    warmup: int = 10
-    min_runs: int = 20
-    min_time: float = 1.0  # seconds of timed runs, at least
+    warmup: int = option(10, "--warmup", "Untimed runs before timing.")
+    min_runs: int = option(20, "--min-runs", "Timed runs, at least.")
+    min_time: float = option(1.0, "--min-time", "Seconds of timed runs per measurement, at least.")
     max_runs: int = 100_000
     # measure_interleaved splits each measurement's timed runs into this many slices, taken in
     # turn with the other measurements of the run: a slow spell of a shared machine then lands
     # on all of them alike instead of on whichever ran during it.
-    rounds: int = 3
+    rounds: int = option(3, "--rounds", "Slices each measurement is timed in, interleaved with the others (drift hits all alike).")
 
 
 # When a figure cannot be trusted: its runs spread too far (p90 over p50), or its interleaved

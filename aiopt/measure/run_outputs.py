@@ -3,14 +3,24 @@ runtime layer: it reads data files (aiopt.evaluate) and loads any Runner (aiopt.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import numpy as np
 
 from aiopt.artifacts import load_model
 from aiopt.evaluate import eval_data, run_batches
 from aiopt.fileio import atomic_path, check_output_path
+from aiopt.options import DEVICE_HELP, SEQ_LEN_HELP, option
 from aiopt.runtime import ENGINE_SUFFIXES, load, runner_for
 from aiopt.specs import TensorSpec
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Where `aiopt run` runs an artifact (run_npz's settings; a causal LM reads `backend` alone)."""
+    backend: str | None = option(None, "--backend", "torch, onnxruntime or openvino (default: the artifact's own).")
+    device: str = option("cpu", "--device", DEVICE_HELP)
+    seq_len: int = option(128, "--seq-len", SEQ_LEN_HELP)
 
 
 def run_npz(path: str | os.PathLike, data: str | os.PathLike, output: str | os.PathLike, device: str = "cpu",

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import aiopt
 from aiopt.artifacts import command_line, now_iso
-from aiopt.bench.machine import describe_machine
+from aiopt.machine import describe_machine
 from aiopt.bench.plots import new_figure, png_bytes
 from aiopt.fileio import write_bytes_atomic
 from aiopt.optimize.front import OBJECTIVE_LABELS, Row, closest

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from aiopt.reference_models.sequence import sequence_layout
+
 
 @dataclass(frozen=True)
 class LSTMConfig:
@@ -22,16 +24,8 @@ class LSTMClassifier(nn.Module):
     def __init__(self, config: LSTMConfig):
         super().__init__()
         self.config = config
-        if len(config.input_shape) == 1:
-            if config.input_shape[0] % config.step_features:
-                raise ValueError(f"sequence length {config.input_shape[0]} is not a multiple of step_features={config.step_features}")
-            self.steps, features = config.input_shape[0] // config.step_features, config.step_features
-        elif len(config.input_shape) == 2:
-            self.steps, features = config.input_shape
-        else:
-            raise ValueError(f"LSTM takes 1-D or 2-D samples, got shape {config.input_shape}")
-        self.features = features
-        self.lstm = nn.LSTM(features, config.hidden_size, config.num_layers, batch_first=True,
+        self.steps, self.features = sequence_layout(config.input_shape, config.step_features, "step_features", "LSTM")
+        self.lstm = nn.LSTM(self.features, config.hidden_size, config.num_layers, batch_first=True,
                             dropout=config.dropout if config.num_layers > 1 else 0.0)
         self.classifier = nn.Linear(config.hidden_size, config.num_classes)
 

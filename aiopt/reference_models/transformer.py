@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aiopt.reference_models.sequence import sequence_layout
+
 
 @dataclass(frozen=True)
 class TransformerConfig:
@@ -60,14 +62,7 @@ class TransformerClassifier(nn.Module):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         self.config = config
-        if len(config.input_shape) == 1:
-            if config.input_shape[0] % config.patch_size:
-                raise ValueError(f"sequence length {config.input_shape[0]} is not a multiple of patch_size={config.patch_size}")
-            self.tokens, self.token_features = config.input_shape[0] // config.patch_size, config.patch_size
-        elif len(config.input_shape) == 2:
-            self.tokens, self.token_features = config.input_shape
-        else:
-            raise ValueError(f"Transformer takes 1-D or 2-D samples, got shape {config.input_shape}")
+        self.tokens, self.token_features = sequence_layout(config.input_shape, config.patch_size, "patch_size", "Transformer")
         self.embed = nn.Linear(self.token_features, config.dim)
         self.pos = nn.Parameter(torch.zeros(1, self.tokens, config.dim))
         nn.init.trunc_normal_(self.pos, std=0.02)

