@@ -42,3 +42,25 @@ def generated_by_runtime(artifacts: dict[str, Path], prompt: str, tokens: int = 
         assert result.returncode == 0, result.stderr[-2000:]
         runs[name] = json.loads(result.stdout)
     return runs
+
+
+def tiny_qwen2(folder: Path) -> Path:
+    """A Qwen2 folder (q/k/v biases, llama.cpp's NEOX rotary: no q/k permutation in its GGUF) with
+    random weights, the biases made large so a dropped bias would show, and gpt:tiny's tokenizer."""
+    import torch
+    import transformers
+
+    tokenizer_folder, _ = tiny_gpt()
+    torch.manual_seed(0)
+    config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      vocab_size=600, max_position_embeddings=256, rope_theta=1e6, tie_word_embeddings=True,
+                                      bos_token_id=0, eos_token_id=0)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_(0, 0.5)
+    model.save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(tokenizer_folder / name, folder / name)
+    return folder

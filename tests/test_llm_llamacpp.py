@@ -136,28 +136,12 @@ def test_a_gguf_runs_several_sequences_at_once_as_it_runs_each_alone(tmp_path):
 def test_a_qwen2_folder_becomes_a_gguf_with_its_biases_and_rotary_layout(tmp_path):
     """Qwen2 (q/k/v biases, llama.cpp's NEOX rotary: no q/k permutation): random weights, biases
     made large so a dropped bias would show, gpt:tiny's tokenizer; llama.cpp gives transformers' logits."""
-    import shutil
-
-    import torch
-    import transformers
+    from llm_tiny import tiny_qwen2
 
     from aiopt.llm.causal_lm import Shape, read_config
     from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, write_f32_gguf
 
-    tokenizer_folder, _ = tiny_gpt()
-    folder = tmp_path / "qwen2"
-    torch.manual_seed(0)
-    config = transformers.Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      vocab_size=600, max_position_embeddings=256, rope_theta=1e6, tie_word_embeddings=True,
-                                      bos_token_id=0, eos_token_id=0)
-    model = transformers.Qwen2ForCausalLM(config).eval()
-    with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if name.endswith("bias"):
-                parameter.normal_(0, 0.5)
-    model.save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json"):
-        shutil.copy(tokenizer_folder / name, folder / name)
+    folder = tiny_qwen2(tmp_path / "qwen2")
     shape = Shape.from_config(read_config(folder))
     ids = np.random.default_rng(0).integers(0, shape.vocab_size, 48)
     expected = _torch_logits(folder, ids)

@@ -6,6 +6,7 @@ checked without llama.cpp (these run in CI); the rest skips where llama-cpp-pyth
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -89,21 +90,32 @@ def _needs_llamacpp():
     pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed; run: pip install 'aiopt[llamacpp]' (builds llama.cpp, 10+ minutes)")
 
 
-@pytest.fixture(scope="module")
-def onnx_and_gguf(tmp_path_factory):
-    """gpt:tiny (a Llama: llama.cpp's rotary layout permutes its q/k rows) as the FP32 KV-cache
-    export and as an F32 GGUF."""
+def _onnx_and_gguf(architecture: str, work) -> tuple:
+    """(HF folder, FP32 KV-cache export folder, F32 GGUF) of gpt:tiny (a Llama: its GGUF's q/k rows
+    are permuted into llama.cpp's interleaved rotary layout) or a tiny random Qwen2 (NEOX rotary, q/k/v
+    biases: not permuted)."""
     _needs_llamacpp()
-    from llm_tiny import tiny_export, tiny_gpt
+    from llm_tiny import tiny_export, tiny_gpt, tiny_qwen2
 
+    from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
     from aiopt.llm.recipes_llamacpp import write_f32_gguf
 
-    folder, _ = tiny_gpt()
-    export_folder, _ = tiny_export()
-    return folder, export_folder, write_f32_gguf(folder, tmp_path_factory.mktemp("gguf") / "model.gguf")
+    if architecture == "llama":
+        folder, _ = tiny_gpt()
+        export_folder, _ = tiny_export()
+    else:
+        folder = tiny_qwen2(work / "qwen2")
+        export_folder = Path(export_causal_lm_onnx(folder, work / "qwen2.onnx", KVExportConfig())["onnx"]).parent
+    return folder, export_folder, write_f32_gguf(folder, work / "model.gguf")
 
 
-def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(onnx_and_gguf):
+@pytest.fixture(scope="module")
+def onnx_and_gguf(tmp_path_factory):
+    return _onnx_and_gguf("llama", tmp_path_factory.mktemp("llama"))
+
+
+@pytest.mark.parametrize("architecture", ["llama", "qwen2"])
+def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(architecture, onnx_and_gguf, tmp_path):
     import llama_cpp
 
     from aiopt.llm.causal_lm import Shape, read_config
@@ -111,7 +123,7 @@ def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(onnx_and
     from aiopt.llm.route import RoutedCausalLM
     from aiopt.llm.runners import OrtCausalLM
 
-    folder, export_folder, gguf = onnx_and_gguf
+    folder, export_folder, gguf = onnx_and_gguf if architecture == "llama" else _onnx_and_gguf(architecture, tmp_path)
     shape = Shape.from_config(read_config(folder))
     prompts = np.random.default_rng(0).integers(0, shape.vocab_size, (2, 20))
     own = LlamaCppCausalLM(gguf, shape, threads=1)
@@ -125,11 +137,11 @@ def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(onnx_and
     for mine, theirs in zip(handed.keys + handed.values, computed.keys + computed.values):
         scale = np.abs(theirs.astype(np.float32)).max()
         assert np.abs(mine.astype(np.float32) - theirs.astype(np.float32)).max() < 1e-2 * scale  # F16 cells of FP32 computations
-    # the keys as Hugging Face lays them out (rotate-half, not llama.cpp's interleaved pairs) would be far off
+    # the keys in the other rotary layout (rotate-half halves vs interleaved pairs) would be far off
     present = routed.prefill_lm.prefill(prompts)[1][0][routed._layer_of[(0, "key")]]
     present = present if isinstance(present, np.ndarray) else present.numpy()
-    unpermuted = llamacpp_cache.hf_to_llamacpp_keys(present[1], rotary_permuted=False)
-    assert np.abs(unpermuted - computed.keys[0].astype(np.float32)).max() > 0.1 * np.abs(unpermuted).max()
+    other = llamacpp_cache.hf_to_llamacpp_keys(present[1], rotary_permuted=architecture != "llama")
+    assert np.abs(other - computed.keys[0].astype(np.float32)).max() > 0.1 * np.abs(other).max()
 
     # decoding through the handed-over cache gives llama.cpp's own logits and tokens
     _, state = own.prefill(prompts, last_only=True)
