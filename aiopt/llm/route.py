@@ -23,7 +23,7 @@ from aiopt.llm.recipes_openvino import open_ir
 from aiopt.llm.runners import OrtCausalLM
 
 RUNTIME = "route"
-PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners whose state is the present.* tensors (the stateful OpenVINO runner's is not)
+PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners that hand out their KV cache (kv_cache)
 
 
 class RoutedCausalLM:
@@ -33,33 +33,17 @@ class RoutedCausalLM:
     runtime = RUNTIME
 
     def __init__(self, prefill_lm, decode_lm: LlamaCppCausalLM):
-        if not hasattr(prefill_lm, "present_for"):
+        if not hasattr(prefill_lm, "kv_cache"):
             raise UnsupportedModelError(f"a {prefill_lm.runtime} runner does not hand out its KV cache; a route prefills on "
-                                        f"{' or '.join(PREFILL_RUNTIMES)} (not stateful)")
+                                        f"{' or '.join(PREFILL_RUNTIMES)}")
         self.prefill_lm, self.decode_lm, self.shape = prefill_lm, decode_lm, decode_lm.shape
-        self._layer_of = _layers(prefill_lm.present_for, self.shape.layers)
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
-        logits, (present, _past) = self.prefill_lm.prefill(ids, last_only)
-        arrays = [value if isinstance(value, np.ndarray) else value.numpy() for value in present]  # OrtValues from ONNX Runtime
-        keys = [arrays[self._layer_of[(layer, "key")]] for layer in range(self.shape.layers)]
-        values = [arrays[self._layer_of[(layer, "value")]] for layer in range(self.shape.layers)]
-        return logits, self.decode_lm.load_cache(keys, values)
+        logits, state = self.prefill_lm.prefill(ids, last_only)
+        return logits, self.decode_lm.load_cache(*self.prefill_lm.kv_cache(state))
 
     def step(self, tokens: np.ndarray, state):
         return self.decode_lm.step(tokens, state)
-
-
-def _layers(present_names: list[str], layers: int) -> dict[tuple[int, str], int]:
-    """(layer, "key" | "value") -> index in the runner's present outputs (present.{layer}.{key|value})."""
-    index = {}
-    for position, name in enumerate(present_names):
-        _, layer, kind = name.split(".")
-        index[(int(layer), kind)] = position
-    missing = [f"present.{i}.{kind}" for i in range(layers) for kind in ("key", "value") if (i, kind) not in index]
-    if missing:
-        raise UnsupportedModelError(f"the prefill model lacks {', '.join(missing[:2])}: it cannot hand its KV cache to llama.cpp")
-    return index
 
 
 def open_phase(folder: Path, phase: dict, shape: Shape, threads: int | None):

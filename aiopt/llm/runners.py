@@ -119,6 +119,14 @@ class OrtCausalLM:
         present, past = state
         return self._run(tokens, present, past, True)
 
+    def kv_cache(self, state) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The cache a prefill or step left, per layer: keys and values (batch, KV heads, cells, head size),
+        for another runtime to decode from (aiopt.llm.route)."""
+        present, _past = state
+        arrays = {name: value if isinstance(value, np.ndarray) else value.numpy() for name, value in zip(self.present_for, present)}
+        return ([arrays[f"present.{layer}.key"] for layer in range(self.shape.layers)],
+                [arrays[f"present.{layer}.value"] for layer in range(self.shape.layers)])
+
 
 class OpenVINOCausalLM(OrtCausalLM):
     """The same ONNX export compiled by OpenVINO (FP32 precision hint): inputs and outputs as on
