@@ -103,18 +103,24 @@ def test_two_workers_asking_for_the_last_trial_at_once_run_one(tmp_path):
     assert b.counted() == 4
 
 
+def _search(session: Session, said: list[str]) -> _Search:
+    """A search at --trials 3, with only what its stop condition reads."""
+    search = _Search.__new__(_Search)
+    search.session, search.deadline, search.stopped_by_time = session, None, None
+    search.config = OptimizeConfig(trials=3, heartbeat=1)
+    search.space = SearchSpace((0.0,), (0.0,), tuple(CHOICES), 1, None)
+    search.say = said.append
+    return search
+
+
 def test_a_worker_at_trials_waits_for_the_retry_being_queued_and_then_asks_for_it(tmp_path):
     """The search's stop condition in the gap between Optuna's two steps: neither a new chain
     (the bug) nor the end (its report would miss the retry), but wait, then take the retry."""
     a = _worker(tmp_path / "s.db", created=True)
     b = _worker(tmp_path / "s.db")
     dead = _kill_and_fail(a, b)
-    search = _Search.__new__(_Search)  # only what _should_stop reads
-    search.session, search.deadline, search.stopped_by_time = b, None, None
-    search.config = OptimizeConfig(trials=3, heartbeat=1)
-    search.space = SearchSpace((0.0,), (0.0,), tuple(CHOICES), 1, None)
     said: list[str] = []
-    search.say = said.append
+    search = _search(b, said)
     decided: list[bool] = []
     waiting = threading.Thread(target=lambda: decided.append(search._should_stop()))
     waiting.start()
@@ -124,3 +130,17 @@ def test_a_worker_at_trials_waits_for_the_retry_being_queued_and_then_asks_for_i
     waiting.join(timeout=10)
     assert decided == [False]  # go on: the next ask takes the retry
     assert b.ask().params == dead.params
+
+
+def test_a_retry_whose_reaper_died_before_queuing_it_is_queued_by_a_waiting_worker(tmp_path):
+    """The worker that failed the lost trial died before Optuna's callback queued the retry: after
+    a grace period (4 beats) a waiting worker queues it itself and runs it."""
+    a = _worker(tmp_path / "s.db", created=True)
+    b = _worker(tmp_path / "s.db")
+    dead = _kill_and_fail(a, b)
+    said: list[str] = []
+    started = time.monotonic()
+    assert _search(b, said)._should_stop() is False  # go on: the retry is queued and waits for this worker
+    assert time.monotonic() - started >= 4 and any("its retry was never queued: queuing it here" in line for line in said)
+    retry = b.ask()
+    assert retry.params == dead.params and not b.spare(retry, 3) and b.counted() == 3

@@ -228,12 +228,18 @@ class _Search:
             if not interval:
                 return True
             if not running:
-                # a lost trial failed by another worker's reap, its retry not queued yet (the next
-                # moment, unless that worker died in between: then not waited for past a grace period)
+                # a lost trial failed by another worker's reap, its retry not queued yet: the next
+                # moment, unless that worker died in between (then queued here after a grace period)
                 unqueued = self.session.unqueued_retries()
-                unqueued_since = unqueued_since or time.monotonic()
-                if not unqueued or time.monotonic() - unqueued_since > GRACE_BEATS * interval:
+                if not unqueued:
                     return True
+                unqueued_since = unqueued_since or time.monotonic()
+                if time.monotonic() - unqueued_since > GRACE_BEATS * interval:
+                    for trial in unqueued:
+                        self.say(f"trial {trial.number} was failed as lost but its retry was never queued: queuing it here")
+                        self.session.queue_retry(trial)
+                    unqueued_since = None
+                    continue
                 running = unqueued
             if not waiting_said:
                 self.say(f"--trials {self.config.trials} reached; waiting for trial(s) {', '.join(str(t.number) for t in running)} "

@@ -153,6 +153,11 @@ class Session:
         retried = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
         return [t for t in trials if is_lost(t) and t.number not in retried and will_be_retried(t)]
 
+    def queue_retry(self, trial) -> None:
+        """Queue a lost trial's retry as Optuna's stale-trial callback does (for a trial whose
+        reaper died between failing it and queuing it)."""
+        self.storage.get_heartbeat_stale_trial_callback()(self.study, self.storage.get_trial(trial._trial_id))
+
     def retry_queued(self) -> bool:
         """Whether a lost trial's retry waits in the queue (the next ask takes it)."""
         return any(is_retry(t) for t in self.trials(("WAITING",)))
