@@ -144,3 +144,16 @@ def test_a_retry_whose_reaper_died_before_queuing_it_is_queued_by_a_waiting_work
     assert time.monotonic() - started >= 4 and any("its retry was never queued: queuing it here" in line for line in said)
     retry = b.ask()
     assert retry.params == dead.params and not b.spare(retry, 3) and b.counted() == 3
+
+
+def test_a_trial_optuna_failed_for_a_nan_value_is_not_lost_nor_queued_again(tmp_path):
+    """Optuna fails a trial told a NaN value itself (no error of aiopt's on it): aiopt had told its
+    end (its seconds recorded first), so it is not lost, and no waiting worker queues it again."""
+    a = _worker(tmp_path / "s.db", created=True)
+    trial = a.ask()
+    trial.suggest_categorical("quantize", CHOICES)
+    trial.set_user_attr("seconds", 1.0)  # what _Search._record writes before every tell
+    with pytest.warns(UserWarning, match="nan is not acceptable"):
+        assert a.study.tell(trial, [float("nan"), 1.0]).state.name == "FAIL"
+    frozen = next(t for t in a.trials() if t.number == trial.number)
+    assert not is_lost(frozen) and a.unqueued_retries() == [] and a.counted() == 0

@@ -230,9 +230,12 @@ def tried(trial) -> bool:
 
 def is_lost(trial) -> bool:
     """A trial failed because its worker stopped beating (killed, or cut off from the storage):
-    failed with nothing of aiopt's saying why."""
+    failed with nothing of aiopt's saying why, and never told its end by aiopt (which records
+    its seconds first): Optuna fails a trial told a NaN value itself, and that one is not lost,
+    nor queued again by a waiting worker (Session.unqueued_retries)."""
     attrs = trial.user_attrs
-    return trial.state.name == "FAIL" and not any(key in attrs for key in ("error", "interrupted", "pruned", "duplicate_of", "spare"))
+    keys = ("error", "interrupted", "pruned", "duplicate_of", "spare", "seconds")
+    return trial.state.name == "FAIL" and not any(key in attrs for key in keys)
 
 
 def is_retry(trial) -> bool:
