@@ -54,6 +54,8 @@ def rows_from(trials) -> list[Row]:
     rows = []
     for trial in sorted(trials, key=lambda t: t.number):
         attrs = trial.user_attrs
+        if "spare" in attrs:  # one trial too many, failed before it chose a chain (Session.spare): stands for nothing
+            continue
         values = trial.values or [None, None]
         lost = is_lost(trial)
         reason = attrs.get("pruned") or attrs.get("error")

@@ -169,6 +169,9 @@ class _Search:
         while not self._should_stop():
             trial = self.session.ask()
             with self.session.heartbeat(trial):  # from the start: a worker killed at any point leaves a trial that goes stale
+                if self.config.trials is not None and self.session.spare(trial, self.config.trials):
+                    self.say(f"trial {trial.number} not needed: --trials {self.config.trials} reached by other workers' trials")
+                    continue
                 chain = self.space.suggest(trial)
                 twin = self.session.finished_like(chain.params) or self.session.running_like(chain.params, trial.number)
                 if twin is not None and twin.number != trial.number:
@@ -208,7 +211,7 @@ class _Search:
         has reached --trials while others still run trials waits for them: a trial whose worker
         dies is then failed and queued again, and run here; and every worker reports the same
         trials."""
-        waiting_said = False
+        waiting_said, unqueued_since = False, None
         while True:
             self._reap()
             if self.deadline is not None and time.monotonic() >= self.deadline:
@@ -218,13 +221,29 @@ class _Search:
                 return True
             if self.config.trials is None or self.session.counted() < self.config.trials:
                 return False
+            if self.session.retry_queued():  # a lost trial queued again: the next ask takes it (Optuna's queue first)
+                return False
             running = self.session.trials(("RUNNING",))
             interval = self.session.beating
-            if not running or not interval:
+            if not interval:
                 return True
+            if not running:
+                # a lost trial failed by another worker's reap, its retry not queued yet: the next
+                # moment, unless that worker died in between (then queued here after a grace period)
+                unqueued = self.session.unqueued_retries()
+                if not unqueued:
+                    return True
+                unqueued_since = unqueued_since or time.monotonic()
+                if time.monotonic() - unqueued_since > GRACE_BEATS * interval:
+                    for trial in unqueued:
+                        self.say(f"trial {trial.number} was failed as lost but its retry was never queued: queuing it here")
+                        self.session.queue_retry(trial)
+                    unqueued_since = None
+                    continue
+                running = unqueued
             if not waiting_said:
                 self.say(f"--trials {self.config.trials} reached; waiting for trial(s) {', '.join(str(t.number) for t in running)} "
-                         "running on other workers (one whose worker dies is run again here)")
+                         "on other workers (one whose worker dies is run again here)")
                 waiting_said = True
             time.sleep(min(interval, 5))
 

@@ -130,12 +130,51 @@ class Session:
             warnings.filterwarnings("ignore", message="Heartbeat of storage")
             return self.study.ask()
 
-    def counted(self) -> int:
-        """Trials that count towards --trials: measured ones (complete or pruned), and those
-        running now (here or on another worker), so that workers together stop at N. Failed
-        trials do not count (an error, a lost worker, an interruption), nor repeats of a chain
-        tried before."""
-        return sum(1 for t in self.trials((*FINISHED, "RUNNING")) if not t.user_attrs.get("interrupted") and "duplicate_of" not in t.user_attrs)
+    def counted(self, below: int | None = None) -> int:
+        """Trials that count towards --trials (those numbered below `below` when given): measured
+        ones (complete or pruned), those running now (here or on another worker), so that workers
+        together stop at N, and a lost trial's chain until its retry has run: the retry queued
+        (WAITING), or not queued yet. Optuna's reap fails the lost trial first and queues its
+        retry after, in separate calls; a worker that looked in between saw one trial fewer,
+        asked the sampler for a new chain, and the retry, queued a moment later, was never run
+        (the study already counted N). Failed trials do not count otherwise (an error, an
+        interruption, a spare), nor repeats of a chain tried before."""
+        trials = self.trials()
+        unqueued = {t.number for t in self._unqueued_retries(trials)}
+        return sum(1 for t in trials if (below is None or t.number < below) and (_counts(t) or t.number in unqueued))
+
+    def unqueued_retries(self) -> list:
+        """Lost trials whose retry is not queued yet: the worker that failed one queues it next."""
+        return self._unqueued_retries(self.trials())
+
+    def _unqueued_retries(self, trials: list) -> list:
+        if not self.beating:
+            return []
+        retried = {number for t in trials for number in t.system_attrs.get("retry_history", ())}
+        return [t for t in trials if is_lost(t) and t.number not in retried and will_be_retried(t)]
+
+    def queue_retry(self, trial) -> None:
+        """Queue a lost trial's retry as Optuna's stale-trial callback does (for a trial whose
+        reaper died between failing it and queuing it)."""
+        self.storage.get_heartbeat_stale_trial_callback()(self.study, self.storage.get_trial(trial._trial_id))
+
+    def retry_queued(self) -> bool:
+        """Whether a lost trial's retry waits in the queue (the next ask takes it)."""
+        return any(is_retry(t) for t in self.trials(("WAITING",)))
+
+    def spare(self, trial, trials: int) -> bool:
+        """Whether `trial`, new from the sampler, is one too many: the trials numbered below it
+        already make `trials` (two workers asked at once, or this one asked for a queued retry
+        that another took first). A spare is failed at once, marked so: it counts for nothing,
+        stands for no chain and is left out of the report. A queued trial (a --try chain, a
+        retry) is never spare: its chain is run."""
+        import optuna
+
+        if is_queued(self.storage.get_trial_system_attrs(trial._trial_id)) or self.counted(below=trial.number) < trials:
+            return False
+        trial.set_user_attr("spare", f"--trials {trials} already reached by trials numbered below it")
+        self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return True
 
     def finished_like(self, params: dict):
         """A trial that tried these params, if any (see `tried`)."""
@@ -173,6 +212,14 @@ class Session:
         return lost
 
 
+def _counts(trial) -> bool:
+    """Whether a trial counts towards --trials by its own state (see Session.counted)."""
+    state, attrs = trial.state.name, trial.user_attrs
+    if state in (*FINISHED, "RUNNING"):
+        return not attrs.get("interrupted") and "duplicate_of" not in attrs
+    return state == "WAITING" and is_retry(trial)
+
+
 def tried(trial) -> bool:
     """Whether a trial's chain has been tried: measured (complete, pruned) or failed by an
     error of its own. A trial interrupted (Ctrl-C, time budget) or lost with its worker was not:
@@ -183,9 +230,29 @@ def tried(trial) -> bool:
 
 def is_lost(trial) -> bool:
     """A trial failed because its worker stopped beating (killed, or cut off from the storage):
-    failed with nothing of aiopt's saying why."""
+    failed with nothing of aiopt's saying why, and never told its end by aiopt (which records
+    its seconds first): Optuna fails a trial told a NaN value itself, and that one is not lost,
+    nor queued again by a waiting worker (Session.unqueued_retries)."""
     attrs = trial.user_attrs
-    return trial.state.name == "FAIL" and not any(key in attrs for key in ("error", "interrupted", "pruned", "duplicate_of"))
+    keys = ("error", "interrupted", "pruned", "duplicate_of", "spare", "seconds")
+    return trial.state.name == "FAIL" and not any(key in attrs for key in keys)
+
+
+def is_retry(trial) -> bool:
+    """A trial Optuna's stale-trial callback queued to run a lost trial's chain again."""
+    return "failed_trial" in trial.system_attrs
+
+
+def will_be_retried(trial) -> bool:
+    """Whether Optuna's stale-trial callback queues a lost trial again (it stops after
+    rdb.MAX_RETRY retries of one chain; a retry carries the numbers it retries)."""
+    return len(trial.system_attrs.get("retry_history", ())) < rdb.MAX_RETRY
+
+
+def is_queued(system_attrs: dict) -> bool:
+    """Whether a trial came from the queue: a chain enqueued (--try, an untried chain, a resumed
+    one: Optuna's fixed_params) or a lost trial's retry."""
+    return "fixed_params" in system_attrs or "failed_trial" in system_attrs
 
 
 def sampler_for(config, shared: bool, history: int):
