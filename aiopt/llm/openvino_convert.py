@@ -78,7 +78,7 @@ def _traceable(model):
             for layer, key, value in zip(cache.layers, past[0::2], past[1::2]):
                 layer.lazy_initialization(key, value)
                 layer.keys, layer.values = key, value
-            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache,
+            out = self.lm(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, cache=cache,
                           use_cache=True)
             present = []
             for layer in out.past_key_values.layers:

@@ -1,0 +1,120 @@
+"""OpenVINO candidates whose graph is converted from PyTorch (aiopt.llm.openvino_convert): attention
+kept as one ScaledDotProductAttention op, which the CPU plugin fuses with the stateful KV cache,
+and a `logits_start` input that limits a generation prefill's output layer to the last position.
+Checked on a tiny Llama (the gpt reference architecture) built here: the compiled graph really
+holds the fused node, the logits equal transformers' for a prefill and decode steps at batch 2,
+and the recipes build from a KV-cache export's source folder."""
+from __future__ import annotations
+
+import collections
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers")
+ov = pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+torch = pytest.importorskip("torch")
+
+from aiopt.errors import UnsupportedModelError  # noqa: E402
+from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
+from aiopt.llm.openvino_convert import convert_causal_lm  # noqa: E402
+from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM  # noqa: E402
+from aiopt.llm.recipes_openvino import KV_CACHE_PRECISION, build_openvino, fused_recipes, open_ir, runtime_options_of  # noqa: E402
+from aiopt.llm.runners import TorchCausalLM  # noqa: E402
+from aiopt.reference_models.gpt import GPTConfig, build_gpt  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_llama(tmp_path_factory):
+    """A random 2-layer Llama (grouped-query attention, tied embeddings) saved as a Hugging Face folder."""
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    torch.manual_seed(0)
+    build_gpt(GPTConfig(vocab_size=300, hidden_size=64, num_layers=2, num_heads=4, num_kv_heads=2, intermediate_size=96,
+                        context_length=64)).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def converted_ir(tiny_llama, tmp_path_factory):
+    model, shape = convert_causal_lm(tiny_llama)
+    path = tmp_path_factory.mktemp("fused") / "openvino_model.xml"
+    ov.save_model(model, str(path), compress_to_fp16=False)
+    return path, shape
+
+
+def _runtime_layers(compiled) -> collections.Counter:
+    return collections.Counter(op.get_rt_info()["layerType"].astype(str) for op in compiled.get_runtime_model().get_ops())
+
+
+def test_the_converted_graph_keeps_attention_whole_and_the_cpu_plugin_fuses_it_with_the_cache(converted_ir):
+    path, shape = converted_ir
+    model = ov.Core().read_model(str(path))
+    ops = collections.Counter(op.get_type_name() for op in model.get_ops())
+    assert ops["ScaledDotProductAttention"] == shape.layers and ops["Softmax"] == 0
+    assert ops["ReadValue"] == ops["Assign"] == 2 * shape.layers  # stateful: no past/present ports
+    assert {port.get_any_name() for port in model.inputs} == {"input_ids", "attention_mask", "position_ids", "beam_idx", "logits_start"}
+    layers = _runtime_layers(ov.Core().compile_model(model, "CPU", {"INFERENCE_NUM_THREADS": 1, KV_CACHE_PRECISION: "f32"}))
+    # one attention node per layer, no MatMul left for Q.K or P.V (the ONNX export's graph keeps 2 a layer)
+    assert layers["ScaledDotProductAttention"] == shape.layers and layers["MatMul"] == 0, layers
+
+
+def test_the_converted_graph_gives_transformers_logits_through_prefill_and_decode_at_batch_2(tiny_llama, converted_ir):
+    path, shape = converted_ir
+    model, _ = load_causal_lm(tiny_llama)
+    reference = TorchCausalLM(model, shape)
+    lm = OpenVINOStatefulCausalLM(path, shape, threads=1, options={KV_CACHE_PRECISION: "f32"})
+    assert lm.takes_beam_idx and lm.takes_logits_start
+    ids = np.random.default_rng(0).integers(0, shape.vocab_size, (2, 14))
+    expected, state_t = reference.prefill(ids[:, :9])
+    logits, state = lm.prefill(ids[:, :9])
+    assert logits.shape == expected.shape and np.abs(logits - expected).max() < 1e-4  # every position: what perplexity reads
+    last, _ = lm.prefill(ids[:, :9], last_only=True)
+    assert last.shape == (2, 1, shape.vocab_size) and np.abs(last - expected[:, -1:]).max() < 1e-4  # logits_start = -1
+    for position in range(9, 14):
+        expected, state_t = reference.step(ids[:, position:position + 1], state_t)
+        logits, state = lm.step(ids[:, position:position + 1], state)
+        assert np.abs(logits - expected).max() < 1e-4, position
+    assert state[1] == 14
+
+
+def test_an_int8_cache_acts_in_the_fused_node_on_decode_steps_only(converted_ir):
+    """KV_CACHE_PRECISION=u8 changes the logits of steps that read the cache back, a little, and
+    not those of the prefill (computed from the fresh keys): the option reaches the fused node."""
+    path, shape = converted_ir
+    ids = np.random.default_rng(1).integers(0, shape.vocab_size, (1, 20))
+    runs = {}
+    for precision in ("f32", "u8"):
+        lm = OpenVINOStatefulCausalLM(path, shape, threads=1, options={KV_CACHE_PRECISION: precision})
+        first, state = lm.prefill(ids[:, :12], last_only=True)
+        steps = []
+        for position in range(12, 20):
+            logits, state = lm.step(ids[:, position:position + 1], state)
+            steps.append(logits)
+        runs[precision] = first, np.concatenate(steps, axis=1)
+    assert np.abs(runs["f32"][0] - runs["u8"][0]).max() < 1e-4
+    difference = np.abs(runs["f32"][1] - runs["u8"][1]).max()
+    assert 1e-5 < difference < 0.2, difference
+
+
+def test_fused_recipes_build_from_the_exports_source_folder_and_reopen_with_their_options(tiny_llama, tmp_path):
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "aiopt.json").write_text(json.dumps({"source_folder": str(tiny_llama)}))
+    shape = Shape.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    recipe = next(r for r in fused_recipes(int8_units=False) if r.name == "ov-int8-asym-fused")
+    assert "converted from PyTorch" in recipe.describe()
+    xml = build_openvino(recipe, export / "model.onnx", tmp_path / recipe.name, None, shape)
+    assert runtime_options_of(xml) == {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", KV_CACHE_PRECISION: "f32"}
+    lm = open_ir(xml, shape, 1, "f32")
+    assert isinstance(lm, OpenVINOStatefulCausalLM) and lm.takes_beam_idx
+    model, _ = load_causal_lm(tiny_llama)
+    ids = np.random.default_rng(2).integers(0, shape.vocab_size, (1, 10))
+    expected, _ = TorchCausalLM(model, shape).prefill(ids)
+    logits, _ = lm.prefill(ids)
+    error = np.abs(logits - expected).max()
+    assert 0 < error < 0.05, error  # INT8 weights: near FP32, not equal to it
+    (export / "aiopt.json").write_text(json.dumps({"source_folder": str(tmp_path / "gone")}))
+    with pytest.raises(UnsupportedModelError, match="needs the Hugging Face folder"):
+        build_openvino(recipe, export / "model.onnx", tmp_path / "again", None, shape)
