@@ -21,7 +21,7 @@ from aiopt.errors import UnsupportedModelError  # noqa: E402
 from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
 from aiopt.llm.openvino_convert import convert_causal_lm  # noqa: E402
 from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM  # noqa: E402
-from aiopt.llm.recipes_openvino import KV_CACHE_PRECISION, build_openvino, fused_recipes, open_ir, runtime_options_of  # noqa: E402
+from aiopt.llm.recipes_openvino import FUSED_FP32, KV_CACHE_PRECISION, build_openvino, fused_recipes, open_ir, runtime_options_of  # noqa: E402
 from aiopt.llm.runners import TorchCausalLM  # noqa: E402
 from aiopt.reference_models.gpt import GPTConfig, build_gpt  # noqa: E402
 
@@ -103,9 +103,13 @@ def test_fused_recipes_build_from_the_exports_source_folder_and_reopen_with_thei
     export.mkdir()
     (export / "aiopt.json").write_text(json.dumps({"source_folder": str(tiny_llama)}))
     shape = Shape.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    offered = {r.name for r in fused_recipes(int8_units=True, bf16=True)}
+    assert {"ov-int8-asym-fused", "ov-int8-asym-fused-dq32", "ov-int8-asym-fused-bf16-dq32-kv-u8"} <= offered
+    assert not {r.name for r in fused_recipes(int8_units=False)} & {"ov-int8-asym-fused-dq32", "ov-int8-asym-fused-bf16-dq32-kv-u8"}
     recipe = next(r for r in fused_recipes(int8_units=False) if r.name == "ov-int8-asym-fused")
     assert "converted from PyTorch" in recipe.describe()
     xml = build_openvino(recipe, export / "model.onnx", tmp_path / recipe.name, None, shape)
+    assert (tmp_path / FUSED_FP32 / "openvino_model.xml").is_file()  # converted once, read by every recipe of this graph
     assert runtime_options_of(xml) == {"INFERENCE_PRECISION_HINT": "f32", "DYNAMIC_QUANTIZATION_GROUP_SIZE": "0", KV_CACHE_PRECISION: "f32"}
     lm = open_ir(xml, shape, 1, "f32")
     assert isinstance(lm, OpenVINOStatefulCausalLM) and lm.takes_beam_idx
@@ -117,4 +121,4 @@ def test_fused_recipes_build_from_the_exports_source_folder_and_reopen_with_thei
     assert 0 < error < 0.05, error  # INT8 weights: near FP32, not equal to it
     (export / "aiopt.json").write_text(json.dumps({"source_folder": str(tmp_path / "gone")}))
     with pytest.raises(UnsupportedModelError, match="needs the Hugging Face folder"):
-        build_openvino(recipe, export / "model.onnx", tmp_path / "again", None, shape)
+        build_openvino(recipe, export / "model.onnx", tmp_path / "elsewhere" / recipe.name, None, shape)
