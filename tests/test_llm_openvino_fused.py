@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,15 @@ from aiopt.errors import UnsupportedModelError  # noqa: E402
 from aiopt.llm.causal_lm import Shape, load_causal_lm  # noqa: E402
 from aiopt.llm.openvino_convert import convert_causal_lm  # noqa: E402
 from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM  # noqa: E402
-from aiopt.llm.recipes_openvino import FUSED_FP32, KV_CACHE_PRECISION, build_openvino, fused_recipes, open_ir, runtime_options_of  # noqa: E402
+from aiopt.llm.recipes_openvino import (  # noqa: E402
+    FUSED_FP32,
+    KV_CACHE_PRECISION,
+    build_openvino,
+    fused_recipes,
+    open_ir,
+    openvino_recipes,
+    runtime_options_of,
+)
 from aiopt.llm.runners import TorchCausalLM  # noqa: E402
 from aiopt.reference_models.gpt import GPTConfig, build_gpt  # noqa: E402
 
@@ -122,3 +131,26 @@ def test_fused_recipes_build_from_the_exports_source_folder_and_reopen_with_thei
     (export / "aiopt.json").write_text(json.dumps({"source_folder": str(tmp_path / "gone")}))
     with pytest.raises(UnsupportedModelError, match="needs the Hugging Face folder"):
         build_openvino(recipe, export / "model.onnx", tmp_path / "elsewhere" / recipe.name, None, shape)
+
+
+@pytest.mark.slow  # a torch.onnx export: a minute on a shared machine
+def test_the_onnx_graph_candidates_also_slice_the_output_layer_in_a_generation_prefill(tiny_llama, tmp_path):
+    """OpenVINO's ONNX reader folds the export's `logits_start` (an input with a default) into a
+    constant; build_openvino makes it an input again, so `ov-int8-asym` and its siblings compute a
+    generation prefill's output layer on the last position only, as the ONNX Runtime runner does."""
+    from aiopt.llm.export_kv import export_causal_lm_onnx
+    from aiopt.llm.runners import OpenVINOCausalLM
+
+    export = export_causal_lm_onnx(tiny_llama, tmp_path / "export")
+    shape = Shape.from_config(json.loads((tiny_llama / "config.json").read_text()))
+    recipe = next(r for r in openvino_recipes(bf16=False, calibrated=False, int8_units=False) if r.name == "ov-int8-asym")
+    xml = build_openvino(recipe, Path(export["onnx"]), tmp_path / recipe.name, None, shape)
+    lm = open_ir(xml, shape, 1, "f32")
+    assert isinstance(lm, OpenVINOCausalLM) and lm.takes_logits_start
+    ids = np.random.default_rng(3).integers(0, shape.vocab_size, (2, 11))
+    whole, _ = lm.prefill(ids)
+    last, state = lm.prefill(ids, last_only=True)
+    assert whole.shape == (2, 11, shape.vocab_size) and last.shape == (2, 1, shape.vocab_size)
+    assert np.abs(whole[:, -1:] - last).max() < 1e-5
+    step, _ = lm.step(ids[:, :1], state)  # a decode step after the sliced prefill reads the whole cache
+    assert step.shape == (2, 1, shape.vocab_size) and np.isfinite(step).all()

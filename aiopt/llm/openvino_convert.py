@@ -111,6 +111,23 @@ def add_logits_start(model) -> None:
     model.validate_nodes_and_infer_types()
 
 
+def expose_logits_start(model) -> bool:
+    """The ONNX export's `logits_start` (an initializer with a default, which OpenVINO's ONNX reader
+    folds into a Constant) made an input again, so a generation prefill on the ONNX graph also
+    computes the output layer on the last position only. False where the graph has no such Slice."""
+    from openvino import PartialShape, Type, opset13
+
+    found = next((op for op in model.get_ops() if op.get_type_name() == "Slice" and op.get_friendly_name() == f"{LOGITS_START}/Slice"), None)
+    if found is None or found.input_value(1).get_node().get_type_name() != "Constant":
+        return False
+    start = opset13.parameter(PartialShape([1]), Type.i64, name=LOGITS_START)
+    start.output(0).get_tensor().set_names({LOGITS_START})
+    found.input(1).replace_source_output(start.output(0))
+    model.add_parameters([start])
+    model.validate_nodes_and_infer_types()
+    return True
+
+
 def _from_constants(node, depth: int = 0) -> bool:
     """A weight: a Constant, or computed from Constants only (a Convert or Transpose of the tied table)."""
     if node.get_type_name() == "Constant":

@@ -28,7 +28,7 @@ from aiopt.hardware import detect_cpu
 from aiopt.llm.causal_lm import Shape
 from aiopt.folder_io import METADATA_FILE, read_metadata
 from aiopt.llm.lm_quality import prefill_feed
-from aiopt.llm.openvino_convert import convert_causal_lm
+from aiopt.llm.openvino_convert import convert_causal_lm, expose_logits_start
 from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM, make_stateful, state_precisions
 
 IR_FILE = "openvino_model.xml"
@@ -152,6 +152,7 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
         model = core.read_model(str(converted_fp32(fp32_onnx, target.parent / FUSED_FP32)))
     else:
         model = core.read_model(str(fp32_onnx))
+        expose_logits_start(model)  # an input again (OpenVINO's ONNX reader folds one with a default)
     if recipe.kv_cache and recipe.graph == "onnx":  # before any compression: refuse a cache precision this OpenVINO would not apply to this graph
         require_cache_precision(core, model.clone(), shape, recipe.runtime_options())
     if recipe.mode is not None:
