@@ -1,6 +1,7 @@
 """aiopt's OpenVINO IRs (run by aiopt's runner) beside OpenVINO GenAI's LLMPipeline on an
 Optimum-Intel IR of the same precision, interleaved in one process: TTFT at --prompt-len and
-decode tokens/s at batch 1, medians over --rounds rounds, a fresh random prompt each round.
+decode tokens/s at batch 1, medians over --rounds rounds, a fresh random prompt each round, and
+each runner's ratio to the first row's (OpenVINO GenAI's) in the same round, median over the rounds.
 
     python benchmarks/llm_openvino_fused.py --folder benchmarks/.work/qwen2.5-0.5b-config-seed0 \\
         --optimum-ir benchmarks/.work/peers-qwen/ov-int8 \\
@@ -57,9 +58,13 @@ def main() -> None:
             rate[name].append(tokens_per_s)
         loads.append(os.getloadavg())
     print(f"prompt {args.prompt_len}, {args.new_tokens} new tokens, batch 1, {args.threads} threads, median of {args.rounds} interleaved rounds")
-    print("| runner | TTFT | decode tok/s | TTFTs | tok/s |\n|---|---:|---:|---|---|")
+    first = next(iter(runs))  # ratios to the first row within each round: the load drifts between rounds, less within one
+    print(f"| runner | TTFT | decode tok/s | TTFT / {first}'s, same round | decode / {first}'s, same round | TTFTs | tok/s |")
+    print("|---|---:|---:|---:|---:|---|---|")
     for name in runs:
-        print(f"| {name} | {statistics.median(ttft[name]):,.0f} ms | {statistics.median(rate[name]):.1f} | "
+        ttft_ratio = statistics.median(a / b for a, b in zip(ttft[name], ttft[first]))
+        rate_ratio = statistics.median(a / b for a, b in zip(rate[name], rate[first]))
+        print(f"| {name} | {statistics.median(ttft[name]):,.0f} ms | {statistics.median(rate[name]):.1f} | {ttft_ratio:.2f}x | {rate_ratio:.2f}x | "
               f"{', '.join(f'{t:,.0f}' for t in ttft[name])} | {', '.join(f'{r:.1f}' for r in rate[name])} |")
     print("load average (1, 5, 15 min) before and after each round:", ", ".join("/".join(f"{x:.1f}" for x in load) for load in loads))
 

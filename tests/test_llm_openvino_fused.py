@@ -154,3 +154,26 @@ def test_the_onnx_graph_candidates_also_slice_the_output_layer_in_a_generation_p
     assert np.abs(whole[:, -1:] - last).max() < 1e-5
     step, _ = lm.step(ids[:, :1], state)  # a decode step after the sliced prefill reads the whole cache
     assert step.shape == (2, 1, shape.vocab_size) and np.isfinite(step).all()
+
+
+@pytest.mark.slow  # a quantize run of gpt:tiny (export, conversion, two builds, scoring): minutes on a shared machine
+def test_quantize_measures_the_fused_candidates_and_generate_reopens_the_winner(tmp_path):
+    from conftest import run_cli
+    from llm_tiny import tiny_gpt
+
+    folder, _ = tiny_gpt()
+    out = tmp_path / "q"
+    result = run_cli("quantize", str(folder), "-o", str(out), "--backend", "openvino", "--candidate", "ov-int8-asym-fused",
+                     "--candidate", "ov-int8-asym-fused-kv-u8", "--prompt-len", "16", "--new-tokens", "4", "--eval-tokens", "512",
+                     "--max-perplexity-increase", "1", "--min-agreement", "0", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    document = json.loads(result.stdout)
+    rows = {r["name"]: r for r in document["quantize_report"]["candidates"]}
+    for name in ("ov-int8-asym-fused", "ov-int8-asym-fused-kv-u8"):
+        row = rows[name]
+        assert row["status"] == "measured", row
+        assert row["perplexity_increase"] < 0.02 and row["decode_agreement"] > 0.9, row  # INT8 weights, its cache read back right
+    if document["runtime"] == "openvino":  # a fused winner (FP32 on ONNX Runtime may still decode gpt:tiny faster)
+        assert document["openvino_runtime_options"]["KV_CACHE_PRECISION"] in ("f32", "u8")
+    generated = run_cli("generate", str(out), "--prompt", "My fellow Americans", "-n", "6", "--json")
+    assert generated.returncode == 0, generated.stderr[-2000:]
