@@ -37,6 +37,8 @@ def _logits(compiled_or_lm, shape: Shape, ids: np.ndarray) -> np.ndarray:
     for i in range(shape.layers):
         for part in ("key", "value"):
             feed[f"past_key_values.{i}.{part}"] = np.zeros((ids.shape[0], shape.kv_heads, 0, shape.head_dim), np.float32)
+    if any("logits_start" in port.get_names() for port in compiled_or_lm.inputs):  # build_openvino exposes it: 0, every position
+        feed["logits_start"] = np.zeros(1, np.int64)
     return compiled_or_lm.create_infer_request().infer(feed)["logits"].copy()
 
 

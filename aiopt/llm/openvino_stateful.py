@@ -21,9 +21,10 @@ import numpy as np
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.kv_names import past_names, token_feed
+from aiopt.llm.kv_names import LOGITS_START, past_names, token_feed
 
 RUNTIME = "openvino-stateful"
+BEAM_IDX = "beam_idx"  # int32 (batch): the cache row each sequence continues, an input of Optimum-Intel's and aiopt's converted IRs
 
 
 def make_stateful(model, layers: int):
@@ -47,6 +48,11 @@ def make_stateful(model, layers: int):
     return model
 
 
+def is_stateful(model) -> bool:
+    """The model keeps a state (ReadValue ops): made stateful already."""
+    return any(op.get_type_name() == "ReadValue" for op in model.get_ops())
+
+
 def state_precisions(compiled) -> list[str]:
     """The element type each variable of a compiled stateful model is stored in (its MemoryInput
     nodes in the CPU plugin's runtime graph), e.g. ['f32', 'f32'] or ['u8', 'u8']."""
@@ -68,30 +74,42 @@ class OpenVINOStatefulCausalLM:
         config = {"INFERENCE_PRECISION_HINT": precision, **(options or {}), **({"INFERENCE_NUM_THREADS": threads} if threads else {})}
         core = ov.Core()
         try:
-            self.compiled = core.compile_model(make_stateful(core.read_model(str(onnx_path)), shape.layers), "CPU", config)
+            model = core.read_model(str(onnx_path))
+            if not is_stateful(model):  # the KV-cache ONNX export (or its IR); aiopt.llm.openvino_convert's IR is stateful already
+                model = make_stateful(model, shape.layers)
+            self.compiled = core.compile_model(model, "CPU", config)
         except UnsupportedModelError:
             raise
         except Exception as exc:
             raise UnsupportedModelError(f"OpenVINO cannot make {onnx_path} stateful ({first_line(exc)}); "
                                         "export with --exporter torch, or use --runtime openvino") from exc
         self.shape, self.options = shape, config
-        self.cache_precision = "/".join(sorted(set(state_precisions(self.compiled))))
-        wanted = config.get("KV_CACHE_PRECISION")
-        if wanted and self.cache_precision != str(wanted):
-            raise UnsupportedModelError(f"OpenVINO keeps {onnx_path}'s KV cache in {self.cache_precision}, not KV_CACHE_PRECISION={wanted}; "
-                                        "open it without that option")
         inputs = {name for port in self.compiled.inputs for name in port.get_names()}
         self.takes_positions, self.takes_mask = "position_ids" in inputs, "attention_mask" in inputs
+        self.takes_beam_idx, self.takes_logits_start = BEAM_IDX in inputs, LOGITS_START in inputs
+        # the fused attention-with-cache node (graphs read through beam_idx) keeps the cache inside itself, in
+        # KV_CACHE_PRECISION, behind MemoryInput nodes that still say f32: the check below reads the unfused graph only
+        self.cache_precision = (str(config.get("KV_CACHE_PRECISION", "plugin default")) if self.takes_beam_idx
+                                else "/".join(sorted(set(state_precisions(self.compiled)))))
+        wanted = config.get("KV_CACHE_PRECISION")
+        if wanted and not self.takes_beam_idx and self.cache_precision != str(wanted):
+            raise UnsupportedModelError(f"OpenVINO keeps {onnx_path}'s KV cache in {self.cache_precision}, not KV_CACHE_PRECISION={wanted}; "
+                                        "open it without that option")
 
-    def _run(self, request, ids: np.ndarray, past: int):
-        request.infer(token_feed(ids, past, self.takes_mask, self.takes_positions))
+    def _run(self, request, ids: np.ndarray, past: int, last_only: bool):
+        feed = token_feed(ids, past, self.takes_mask, self.takes_positions)
+        if self.takes_beam_idx:  # each sequence continues its own row of the cache (greedy: no beams)
+            feed[BEAM_IDX] = np.arange(ids.shape[0], dtype=np.int32)
+        if self.takes_logits_start:  # -1: the output layer on the last position only
+            feed[LOGITS_START] = np.array([-1 if last_only else 0], dtype=np.int64)
+        request.infer(feed)
         return request.get_tensor("logits").data.copy(), (request, past + ids.shape[1])
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
-        logits, state = self._run(self.compiled.create_infer_request(), ids, 0)
+        logits, state = self._run(self.compiled.create_infer_request(), ids, 0, last_only)
         return (logits[:, -1:] if last_only else logits), state
 
     def step(self, tokens: np.ndarray, state):
         request, past = state
-        logits, state = self._run(request, tokens, past)
+        logits, state = self._run(request, tokens, past, True)
         return logits[:, -1:], state

@@ -28,6 +28,7 @@ from aiopt.hardware import detect_cpu
 from aiopt.llm.causal_lm import Shape
 from aiopt.folder_io import METADATA_FILE, read_metadata
 from aiopt.llm.lm_quality import prefill_feed
+from aiopt.llm.openvino_convert import convert_causal_lm, expose_logits_start
 from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM, make_stateful, state_precisions
 
 IR_FILE = "openvino_model.xml"
@@ -37,6 +38,7 @@ INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")  # INT8 dot-product units: 
 DYNAMIC_QUANTIZATION = "DYNAMIC_QUANTIZATION_GROUP_SIZE"
 KV_CACHE_PRECISION = "KV_CACHE_PRECISION"
 STATEFUL_MARK = ["aiopt", "stateful"]
+FUSED_FP32 = "ov-fused-fp32"  # beside the recipes' folders: the graph converted from PyTorch, before compression
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,10 @@ class OpenVINORecipe:
     kv_cache: str | None = None  # KV_CACHE_PRECISION (u8): the cache kept in 8 bits, run stateful
     # run by aiopt.llm.openvino_stateful (the KV cache in OpenVINO's variables, not fed through Python each step)
     stateful: bool = False
+    # where the graph comes from: "onnx", the KV-cache ONNX export read by OpenVINO (attention as MatMul/Softmax);
+    # "pytorch", the Hugging Face folder converted by OpenVINO's PyTorch frontend (aiopt.llm.openvino_convert):
+    # one ScaledDotProductAttention op the CPU plugin fuses with the cache, stateful, logits sliced for generation
+    graph: str = "onnx"
 
     runtime = "openvino"
 
@@ -68,19 +74,21 @@ class OpenVINORecipe:
                  if self.ratio < 1 else "")
         dynamic = f", activations INT8 per group of {self.dynamic_quantization} at run time" if self.dynamic_quantization else ""
         cache = (f", {self.kv_cache.upper()} KV cache" if self.kv_cache else "") + (", stateful" if self.runs_stateful() else "")
-        return (f"OpenVINO {weights}{mixed}, {self.precision.upper()} inference{dynamic}{cache}"
+        graph = (" (converted from PyTorch: fused attention with the KV cache, logits of the last position in a generation prefill)"
+                 if self.graph == "pytorch" else "")
+        return (f"OpenVINO {weights}{mixed}, {self.precision.upper()} inference{dynamic}{cache}{graph}"
                 + (", AWQ + scale estimation" if self.data_aware else ""))
 
     def runs_stateful(self) -> bool:
-        return self.stateful or self.kv_cache is not None
+        return self.stateful or self.kv_cache is not None or self.graph == "pytorch"
 
     def runtime_options(self) -> dict[str, str]:
         """The CPU plugin's options this candidate is measured and shipped with."""
         options = {"INFERENCE_PRECISION_HINT": self.precision}
         if self.mode is not None:  # the group acts only on layers with compressed weights
             options[DYNAMIC_QUANTIZATION] = str(self.dynamic_quantization)
-        if self.kv_cache:
-            options[KV_CACHE_PRECISION] = self.kv_cache
+        if self.kv_cache or self.graph == "pytorch":  # the fused node stores its cache in this (the plugin's default here: u8)
+            options[KV_CACHE_PRECISION] = self.kv_cache or "f32"
         return options
 
 
@@ -111,6 +119,25 @@ def openvino_recipes(bf16: bool, calibrated: bool, int8_units: bool | None = Non
         recipes.append(OpenVINORecipe("ov-int4-sym-g64-dq32", "int4_sym", 64, dynamic_quantization=32))
     recipes.append(OpenVINORecipe("ov-int8-asym-stateful", "int8_asym", stateful=True))
     recipes.append(OpenVINORecipe("ov-int8-asym-kv-u8", "int8_asym", kv_cache="u8"))
+    recipes += fused_recipes(int8_units, bf16)
+    return recipes
+
+
+def fused_recipes(int8_units: bool, bf16: bool = False) -> list[OpenVINORecipe]:
+    """The graph converted from PyTorch (aiopt.llm.openvino_convert), as OpenVINO GenAI runs an
+    Optimum-Intel export: INT8 and INT4 weights, with and without INT8 activations, an INT8 cache,
+    and, where the CPU has the units, OpenVINO GenAI's own CPU defaults pinned (BF16 inference,
+    activations INT8 per group of 32, INT8 cache)."""
+    recipes = [OpenVINORecipe("ov-int8-asym-fused", "int8_asym", graph="pytorch"),
+               OpenVINORecipe("ov-int8-asym-fused-kv-u8", "int8_asym", kv_cache="u8", graph="pytorch"),
+               OpenVINORecipe("ov-int4-sym-g64-fused", "int4_sym", 64, graph="pytorch")]
+    if int8_units:
+        recipes += [OpenVINORecipe("ov-int8-asym-fused-dq32", "int8_asym", dynamic_quantization=32, graph="pytorch"),
+                    OpenVINORecipe("ov-int8-asym-fused-dq32-kv-u8", "int8_asym", dynamic_quantization=32, kv_cache="u8", graph="pytorch"),
+                    OpenVINORecipe("ov-int4-sym-g64-fused-dq32", "int4_sym", 64, dynamic_quantization=32, graph="pytorch")]
+    if int8_units and bf16:
+        recipes.append(OpenVINORecipe("ov-int8-asym-fused-bf16-dq32-kv-u8", "int8_asym", precision="bf16", dynamic_quantization=32,
+                                      kv_cache="u8", graph="pytorch"))
     return recipes
 
 
@@ -119,8 +146,14 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
     import openvino as ov
 
     core = ov.Core()
-    model = core.read_model(str(fp32_onnx))
-    if recipe.kv_cache:  # before any compression: refuse a cache precision this OpenVINO would not apply to this graph
+    if recipe.graph == "pytorch":
+        if recipe.data_aware or recipe.sensitivity:
+            raise UnsupportedModelError(f"{recipe.name}: calibrated NNCF recipes run on the ONNX export's graph only")
+        model = core.read_model(str(converted_fp32(fp32_onnx, target.parent / FUSED_FP32)))
+    else:
+        model = core.read_model(str(fp32_onnx))
+        expose_logits_start(model)  # an input again (OpenVINO's ONNX reader folds one with a default)
+    if recipe.kv_cache and recipe.graph == "onnx":  # before any compression: refuse a cache precision this OpenVINO would not apply to this graph
         require_cache_precision(core, model.clone(), shape, recipe.runtime_options())
     if recipe.mode is not None:
         options = {"mode": nncf.CompressWeightsMode(recipe.mode)}
@@ -145,6 +178,28 @@ def build_openvino(recipe: OpenVINORecipe, fp32_onnx: Path, target: Path, calibr
     path = target / IR_FILE
     ov.save_model(model, str(path), compress_to_fp16=False)  # the default would halve FP32 weights behind our back
     return path
+
+
+def converted_fp32(fp32_onnx: Path, folder: Path) -> Path:
+    """The FP32 IR converted from PyTorch, made once under `folder` and read by every recipe of that
+    graph (a 0.5B model's conversion takes minutes)."""
+    import openvino as ov
+
+    path = folder / IR_FILE
+    if not path.is_file():
+        model, _ = convert_causal_lm(source_folder(fp32_onnx))
+        folder.mkdir(parents=True, exist_ok=True)
+        ov.save_model(model, str(path), compress_to_fp16=False)
+    return path
+
+
+def source_folder(fp32_onnx: Path) -> Path:
+    """The Hugging Face folder the KV-cache export was made from (its aiopt.json's source_folder)."""
+    source = read_metadata(Path(fp32_onnx).parent).get("source_folder")
+    if not source or not (Path(source) / "config.json").is_file():
+        raise UnsupportedModelError(f"the graph converted from PyTorch needs the Hugging Face folder {fp32_onnx.parent} was exported from "
+                                    f"({source or 'not recorded'}), which is not there; quantize the folder itself")
+    return Path(source)
 
 
 def require_cache_precision(core, model, shape: Shape, options: dict) -> None:

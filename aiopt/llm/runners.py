@@ -148,7 +148,13 @@ class OpenVINOCausalLM(OrtCausalLM):
         self.request, self.shape, self.options = compiled.create_infer_request(), shape, config
         self._read_signature(onnx_path, [i.get_any_name() for i in compiled.inputs], [o.get_any_name() for o in compiled.outputs])
 
-    def _infer(self, feed: dict, past_values: list) -> tuple[np.ndarray, list]:  # the feed and the loop are OrtCausalLM's
+    def _feed(self, ids: np.ndarray, past: int, last_only: bool) -> dict:
+        feed = super()._feed(ids, past, last_only)
+        if self.takes_logits_start:  # an IR's logits_start has no default (recipes_openvino.build_openvino exposes it): always fed
+            feed.setdefault(LOGITS_START, np.array([0], dtype=np.int64))
+        return feed
+
+    def _infer(self, feed: dict, past_values: list) -> tuple[np.ndarray, list]:  # the loop is OrtCausalLM's
         feed.update(zip(self.past_inputs, past_values))
         results = self.request.infer(feed)
         values = {name: results[index] for index, name in enumerate(self.output_names)}
