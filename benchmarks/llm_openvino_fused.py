@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from llm_peers import _openvino_genai, _runner_once
 
-from aiopt.bench.machine import settle
+from aiopt.machine import settle
 from aiopt.llm.causal_lm import Shape, read_config
 from aiopt.llm.recipes_openvino import open_ir
 

@@ -154,6 +154,32 @@ def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(architec
         tokens = theirs[:, -1].argmax(-1)[:, None]
 
 
+@pytest.mark.parametrize("kv_precision, tolerance", [("f32", 1e-2), ("u8", 2e-2)])
+def test_a_stateful_openvino_prefill_hands_its_variables_to_llamacpp(kv_precision, tolerance, onnx_and_gguf, tmp_path):
+    """OpenVINO's fused attention keeps the cache in the request's variables (in u8 where asked):
+    query_state reads them out, and llama.cpp decodes from them as from its own cache."""
+    ov = pytest.importorskip("openvino")
+    from aiopt.llm.openvino_convert import convert_causal_lm
+    from aiopt.llm.openvino_stateful import OpenVINOStatefulCausalLM
+    from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM
+    from aiopt.llm.route import RoutedCausalLM
+
+    folder, _, gguf = onnx_and_gguf
+    model, shape = convert_causal_lm(folder)
+    ov.save_model(model, str(tmp_path / "openvino_model.xml"), compress_to_fp16=False)
+    prefill = OpenVINOStatefulCausalLM(tmp_path / "openvino_model.xml", shape, threads=1, options={"KV_CACHE_PRECISION": kv_precision})
+    routed, own = RoutedCausalLM(prefill, LlamaCppCausalLM(gguf, shape, threads=1)), LlamaCppCausalLM(gguf, shape, threads=1)
+    prompts = np.random.default_rng(1).integers(0, shape.vocab_size, (2, 20))
+    _, state = own.prefill(prompts, last_only=True)
+    logits, routed_state = routed.prefill(prompts, last_only=True)
+    tokens = logits[:, -1].argmax(-1)[:, None]
+    for _ in range(6):
+        theirs, state = own.step(tokens, state)
+        mine, routed_state = routed.step(tokens, routed_state)
+        assert np.abs(mine - theirs).max() < tolerance * max(1.0, np.abs(theirs).max())
+        tokens = theirs[:, -1].argmax(-1)[:, None]
+
+
 @pytest.mark.slow  # llama.cpp's quantizer, then the route scored and timed, then generate in a fresh process
 def test_a_route_is_measured_like_a_candidate_and_its_folder_generates(onnx_and_gguf, tmp_path):
     from aiopt.llm.quantize import LMQuantizeConfig, Measurement, write_winner

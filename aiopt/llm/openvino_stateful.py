@@ -16,6 +16,8 @@ precision (`cache_precision`, read from the graph), so a decode step runs throug
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from aiopt.errors import UnsupportedModelError, first_line
@@ -113,3 +115,22 @@ class OpenVINOStatefulCausalLM:
         request, past = state
         logits, state = self._run(request, tokens, past, True)
         return logits[:, -1:], state
+
+    def kv_cache(self, state) -> tuple[list[np.ndarray], list[np.ndarray]]:
+        """The cache in the request's variables, per layer: keys and values (batch, KV heads, cells, head
+        size), read with query_state, for another runtime to decode from (aiopt.llm.route)."""
+        request, _past = state
+        found = {}
+        for variable in request.query_state():
+            match = _VARIABLE.search(variable.name)
+            if match:
+                found[(int(match[1]), match[2])] = np.array(variable.state.data, dtype=np.float32)
+        missing = [f"{layer}.{kind}" for layer in range(self.shape.layers) for kind in ("key", "value") if (layer, kind) not in found]
+        if missing:
+            raise UnsupportedModelError(f"the stateful OpenVINO model has no variable for the cache {', '.join(missing[:2])}; "
+                                        "it cannot hand its KV cache to another runtime")
+        return ([found[(layer, "key")] for layer in range(self.shape.layers)],
+                [found[(layer, "value")] for layer in range(self.shape.layers)])
+
+
+_VARIABLE = re.compile(r"past_key_values\.(\d+)\.(key|value)")  # make_stateful's names: past_key_values.{i}.{kind}present.{i}.{kind}

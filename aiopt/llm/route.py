@@ -23,7 +23,7 @@ from aiopt.llm.recipes_openvino import open_ir
 from aiopt.llm.runners import OrtCausalLM
 
 RUNTIME = "route"
-PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners that hand out their KV cache (kv_cache)
+PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners that hand out their KV cache (kv_cache; a stateful IR through query_state)
 
 
 class RoutedCausalLM:
