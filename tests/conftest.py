@@ -52,10 +52,20 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(f"{seconds:8.2f}s  {path}")
 
 
+# Language-model tests whose claim is end to end over three runtimes, marked slow here because their files belong to
+# the language-model work; their code paths stay in the fast subset (quantize's AWQ, GPTQ and floor tests, bench's CLI test).
+SLOW_LANGUAGE_MODEL_TESTS = {
+    "tests/test_llm_quantize.py::test_quantize_measures_each_candidate_in_its_runtime_and_generate_honours_the_choice",
+    "tests/test_llm_bench.py::test_bench_reports_ttft_tokens_per_s_memory_perplexity_and_the_bandwidth_fraction",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = _cuda_available()
     tensorrt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
+        if item.nodeid in SLOW_LANGUAGE_MODEL_TESTS:
+            item.add_marker(pytest.mark.slow)
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         if "tensorrt" in item.keywords and not tensorrt:

@@ -109,6 +109,7 @@ def test_scale_config_narrows_every_architecture():
 
 # ---------------------------------------------------------------- end to end
 
+@pytest.mark.slow  # end to end: the student distilled 3 epochs, then trained 3 alone for the baseline; distill_checkpoint's path is in the fast tests below
 def test_distill_by_width_writes_a_smaller_student_with_lineage(teacher, tmp_path):
     out = tmp_path / "student.pt"
     result = distill_checkpoint(teacher, out, DistillConfig(width=0.5, epochs=3))
@@ -145,7 +146,7 @@ def test_distill_into_a_registry_student_without_baseline(teacher, tmp_path):
 
 
 def test_alpha_zero_is_the_student_trained_alone(teacher, tmp_path):
-    result = distill_checkpoint(teacher, tmp_path / "s.pt", DistillConfig(student="cnn:tiny", epochs=2, alpha=0.0))  # equal at any length
+    result = distill_checkpoint(teacher, tmp_path / "s.pt", DistillConfig(student="cnn:tiny", epochs=2, alpha=0.0))  # equal at any length (one epoch: a student aiopt refuses to write)
     assert result.report["student_accuracy"] == result.report["student_alone_accuracy"]
 
 
