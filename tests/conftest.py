@@ -53,10 +53,12 @@ def pytest_terminal_summary(terminalreporter, config):
 
 
 # Language-model tests whose claim is end to end over three runtimes, marked slow here because their files belong to
-# the language-model work; their code paths stay in the fast subset (quantize's AWQ, GPTQ and floor tests, bench's CLI test).
+# the language-model work; their code paths stay in the fast subset (quantize's AWQ, GPTQ and floor tests, bench's CLI test,
+# `aiopt run` on texts and bad token ids).
 SLOW_LANGUAGE_MODEL_TESTS = {
     "tests/test_llm_quantize.py::test_quantize_measures_each_candidate_in_its_runtime_and_generate_honours_the_choice",
     "tests/test_llm_bench.py::test_bench_reports_ttft_tokens_per_s_memory_perplexity_and_the_bandwidth_fraction",
+    "tests/test_llm_run.py::test_token_ids_give_the_same_logits_on_torch_onnxruntime_and_openvino",
 }
 
 
