@@ -52,10 +52,23 @@ def pytest_terminal_summary(terminalreporter, config):
             terminalreporter.write_line(f"{seconds:8.2f}s  {path}")
 
 
+# Language-model tests whose claim is end to end over several runtimes, marked slow here because their files belong to
+# the language-model work; their code paths stay in the fast subset (quantize's AWQ, GPTQ and floor tests, bench's CLI test,
+# `aiopt run` on texts and bad token ids, OpenVINO's reopened stateful candidate in test_llm_openvino_runtime_options.py).
+SLOW_LANGUAGE_MODEL_TESTS = {
+    "tests/test_llm_quantize.py::test_quantize_measures_each_candidate_in_its_runtime_and_generate_honours_the_choice",
+    "tests/test_llm_bench.py::test_bench_reports_ttft_tokens_per_s_memory_perplexity_and_the_bandwidth_fraction",
+    "tests/test_llm_run.py::test_token_ids_give_the_same_logits_on_torch_onnxruntime_and_openvino",
+    "tests/test_llm_quantize.py::test_an_openvino_ir_written_by_quantize_generates_the_fp32_tokens_on_openvino",
+}
+
+
 def pytest_collection_modifyitems(config, items):
     cuda = _cuda_available()
     tensorrt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
+        if item.nodeid in SLOW_LANGUAGE_MODEL_TESTS:
+            item.add_marker(pytest.mark.slow)
         if "gpu" in item.keywords and not cuda:
             item.add_marker(pytest.mark.skip(reason="needs a CUDA GPU (torch.cuda.is_available() is False)"))
         if "tensorrt" in item.keywords and not tensorrt:

@@ -17,7 +17,8 @@ def test_version_and_help():
 
 
 def test_train_json_then_inspect(tmp_path):
-    result = invoke_cli("train", "cnn:tiny", "--epochs", "1", "-o", "m.pt", "--json", cwd=tmp_path)
+    # digits: an epoch a tenth of MNIST-1D's; what is checked is the JSON and the record, not the training
+    result = invoke_cli("train", "cnn:tiny", "--dataset", "digits", "--epochs", "1", "-o", "m.pt", "--json", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)  # the whole of stdout is one JSON document
     assert summary["architecture"] == "cnn" and summary["size"] == "tiny" and summary["epochs"] == 1
@@ -25,9 +26,9 @@ def test_train_json_then_inspect(tmp_path):
     assert info["format"] == "aiopt-checkpoint"
     assert info["params"] == summary["params"]
     assert info["lineage"][0]["step"] == "train"
-    assert info["metadata"]["command"] == "aiopt train cnn:tiny --epochs 1 -o m.pt --json"
+    assert info["metadata"]["command"] == "aiopt train cnn:tiny --dataset digits --epochs 1 -o m.pt --json"
     human = invoke_cli("inspect", "m.pt", cwd=tmp_path)
-    assert "x: batch x 40 float32" in human.stdout
+    assert "x: batch x 8 x 8 float32" in human.stdout
 
 
 def _assert_one_line_error(result, code, *fragments):

@@ -108,11 +108,8 @@ def test_output_equal_to_input_is_refused(tiny_models):
 
 
 @pytest.mark.parametrize("kind", ["torch", "onnx"])
-def test_runner_rejects_wrong_inputs_in_one_place(tiny_models, tmp_path, kind):
-    path = tiny_models["cnn"]
-    if kind == "onnx":
-        path = tmp_path / "m.onnx"
-        export_onnx(tiny_models["cnn"], path, OnnxExportConfig(simplify=False))
+def test_runner_rejects_wrong_inputs_in_one_place(tiny_models, tiny_cnn_onnx, kind):
+    path = tiny_cnn_onnx if kind == "onnx" else tiny_models["cnn"]
     runner = runtime.load(path)
     with pytest.raises(InputError, match=r"shape 2 x 41; the model expects batch x 40"):
         runner(np.zeros((2, 41), np.float32))
@@ -150,9 +147,8 @@ def test_backend_mismatch_and_missing_cuda(tiny_models):
             runtime.load(tiny_models["cnn"], device="cuda")
 
 
-def test_compare_and_run_cli(tiny_models, tmp_path):
-    onnx_path = tmp_path / "m.onnx"
-    export_onnx(tiny_models["cnn"], onnx_path)
+def test_compare_and_run_cli(tiny_models, tiny_cnn_onnx, tmp_path):
+    onnx_path = tiny_cnn_onnx  # the session's export of the same checkpoint with the defaults (read only)
     result = compare_artifacts(tiny_models["cnn"], onnx_path)
     assert result["inputs"] == "mnist1d:test" and result["outputs"]["logits"]["top1_agreement"] == 1.0
     assert result["reference"]["accuracy"] == result["candidate"]["accuracy"]

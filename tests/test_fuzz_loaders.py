@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_loaders.py"
 
 
+@pytest.mark.slow  # end to end: 1,000 mutated artifacts in a fresh process; each loader's refusals have fast tests (test_artifacts.py, test_untrusted_*.py)
 def test_mutated_artifacts_end_in_documented_errors():
     result = subprocess.run([sys.executable, str(SCRIPT), "--cases", "250", "--seed", "0", "--surfaces", "none", "--json"],
                             capture_output=True, text=True, timeout=600)

@@ -16,6 +16,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_loaders.py"
 SURFACES = {"onnx-metadata", "hf-config", "hf-tokenizer", "hf-weights", "text", "journal", "triton-name", "triton-tensor"}
 
 
+@pytest.mark.slow  # end to end: 240 hostile inputs over eight surfaces in a fresh process; each surface's refusals have fast tests
 def test_hostile_user_inputs_end_in_documented_errors():
     result = subprocess.run([sys.executable, str(SCRIPT), "--cases", "0", "--surface-cases", "30", "--seed", "1", "--json"],
                             capture_output=True, text=True, timeout=600)

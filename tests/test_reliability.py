@@ -189,6 +189,7 @@ def test_kill_during_forced_overwrite_keeps_previous_file(tmp_path):
     assert previous.read_bytes() == b"the previous checkpoint"
 
 
+@pytest.mark.slow  # end to end: two fresh processes export the same model at once
 def test_two_writers_of_one_output_never_mix(tmp_path, tiny_cnn):
     writers = [_aiopt("export", str(tiny_cnn), "-o", "same.onnx", cwd=tmp_path) for _ in range(2)]
     results = [(w.wait(timeout=300), w.communicate()[1]) for w in writers]

@@ -56,7 +56,7 @@ def test_interrupted_training_leaves_no_file(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        train_reference_model("cnn:tiny", str(tmp_path / "m.pt"), epochs=2, on_epoch=interrupt)
+        train_reference_model("cnn:tiny", str(tmp_path / "m.pt"), dataset="digits", epochs=2, on_epoch=interrupt)  # digits: a tenth of MNIST-1D's epoch
     assert list(tmp_path.iterdir()) == []
 
 

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import invoke_cli
 
 pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
@@ -145,9 +146,14 @@ def test_the_memory_limit_can_be_raised(tmp_path):
     from test_hf import make_bert_folder
 
     folder = make_bert_folder(tmp_path / "bert", tokenizer=False)
-    line = one_line_error(aiopt("--max-model-memory", "1KB", "inspect", str(folder), cwd=tmp_path), 2)
-    assert "max-model-memory" in line
-    assert aiopt("--max-model-memory", "64GB", "inspect", str(folder), cwd=tmp_path).returncode == 0
+    # the command line in this process (the option's effect, not the process, is the subject); the option
+    # sets AIOPT_MAX_MODEL_MEMORY for the process, so it is unset again afterwards
+    try:
+        line = one_line_error(invoke_cli("--max-model-memory", "1KB", "inspect", str(folder), cwd=tmp_path), 2)
+        assert "max-model-memory" in line
+        assert invoke_cli("--max-model-memory", "64GB", "inspect", str(folder), cwd=tmp_path).returncode == 0
+    finally:
+        os.environ.pop("AIOPT_MAX_MODEL_MEMORY", None)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "symlink-to-folder", "symlink-dangling", "garbage"])
