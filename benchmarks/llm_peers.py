@@ -139,7 +139,7 @@ def run(model: Path, work: Path, args) -> dict:
         settings = LMQuantizeConfig(prompt_len=prompt_len, new_tokens=args.new_tokens, eval_tokens=args.eval_tokens, threads=threads,
                                     candidates=tuple(args.aiopt_candidate or ()), min_agreement=args.min_agreement)
         with contextlib.redirect_stdout(sys.stderr):
-            metadata = quantize_causal_lm(model, out, settings, say=lambda message: print(message, file=sys.stderr, flush=True))
+            metadata = quantize_causal_lm(model, out, settings, force=True, say=lambda message: print(message, file=sys.stderr, flush=True))
         lm, _, _ = open_causal_lm(out, threads=threads)
         return ({"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality(lm), "size_bytes": artifact_size(out)},
                 _runner_once(lm, args.new_tokens))
