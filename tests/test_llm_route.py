@@ -67,7 +67,7 @@ def test_a_route_replaces_its_decoder_only_when_it_reaches_the_first_token_soone
     winner = select_winner([reference, prefill, decoder, route], _Floor())
     assert winner is (route if wins else decoder)
     if wins:
-        assert "prefilled by ov-int8" in route.why and "decodes for route" in decoder.why
+        assert "prefilled by ov-int8" in route.why and "decodes for route" in decoder.why and "prefills for route" in prefill.why
     else:
         assert route.why and not route.why.startswith("chosen"), route.why
     assert route.to_dict()["parts"] == ["ov-int8", "llamacpp-q8_0"]

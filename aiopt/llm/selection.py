@@ -97,6 +97,8 @@ def select_winner(rows: list[Row], config) -> Row | None:
         return winner
     reference.why = f"slower than {winner.name}"
     winner.why = "chosen: fastest decode within the quality floor" + (f", the prompt prefilled by {winner.parts[0].name}" if winner.parts else "")
+    if winner.parts and winner.parts[0] is not reference:
+        winner.parts[0].why = f"prefills for {winner.name} ({winner.parts[0].ttft_ms:.0f} ms to the first token on its own)"
     return winner
 
 
