@@ -20,7 +20,6 @@ from aiopt.folder_io import METADATA_FILE, read_metadata
 from aiopt.llm.causal_lm import Shape
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM
 from aiopt.llm.recipes_openvino import open_ir
-from aiopt.llm.runners import OrtCausalLM
 
 RUNTIME = "route"
 PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners that hand out their KV cache (kv_cache; a stateful IR through query_state)
@@ -54,6 +53,8 @@ def open_phase(folder: Path, phase: dict, shape: Shape, threads: int | None):
     if phase["runtime"] == "openvino":
         return open_ir(file, shape, threads, phase.get("inference_precision", "f32"))
     if phase["runtime"] == "onnxruntime":
+        from aiopt.llm.runners import OrtCausalLM  # torch, which `aiopt --help` (it imports quantize, hence this module) must not load
+
         return OrtCausalLM(file, shape, threads)
     raise UnsupportedModelError(f"{folder / METADATA_FILE} names a route phase on {phase['runtime']!r}, which aiopt does not run")
 
