@@ -288,8 +288,11 @@ class Measurement:
             try:
                 self._measure(row)
                 return row
-            except UnsupportedModelError as exc:  # e.g. a stateful IR, whose cache stays inside OpenVINO: the next fastest prefill
+            except UnsupportedModelError as exc:  # a runner that cannot hand its cache over: the next fastest prefill
                 self.say(f"{row.name}: {first_line(exc)}")
+            except Exception as exc:  # noqa: BLE001 -- a route that fails is a row saying why, never the end of the run
+                row.status, row.why = "failed", first_line(exc)
+                return row
         return None
 
     def confirm(self, rows: list[Row]) -> None:
