@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import invoke_cli, run_cli
 
 from aiopt.errors import UnsupportedModelError
 from aiopt.llm import llamacpp_cache
@@ -207,3 +207,21 @@ def test_a_route_is_measured_like_a_candidate_and_its_folder_generates(onnx_and_
     assert alone.returncode == 0 and json.loads(alone.stdout)["runtime"] == "llamacpp", alone.stderr[-2000:]
     wrong = run_cli("generate", str(out), "--prompt", PROMPT, "--runtime", "openvino")
     assert wrong.returncode == 2 and "choose --runtime route" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("metadata", [
+    {"runtime": "route", "route": ["prefill", "decode"], "kv_cache": {"layers": 2}},
+    {"runtime": "route", "route": {"prefill": {"runtime": "openvino"}, "decode": {"runtime": "llamacpp", "file": "model.gguf"}}},
+    {"runtime": "route", "route": {"prefill": {"runtime": "onnxruntime", "file": "model.onnx"}, "decode": {"runtime": "llamacpp", "file": "model.gguf"}},
+     "kv_cache": {"layers": 2, "heads": 4}},
+])
+def test_a_route_folder_whose_metadata_is_not_aiopts_is_one_line(metadata, tmp_path):
+    """aiopt.json from elsewhere: a route that is not two phases of a runtime and a file, or a
+    kv_cache without the geometry, ends in one line before any model file is opened."""
+    pytest.importorskip("transformers")
+    folder = tmp_path / "route"
+    folder.mkdir()
+    (folder / "aiopt.json").write_text(json.dumps(metadata))
+    result = invoke_cli("generate", str(folder), "--prompt", PROMPT, "-n", "2")
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert len(result.stderr.strip().splitlines()) == 1 and "aiopt.json" in result.stderr, result.stderr

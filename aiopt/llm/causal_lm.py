@@ -80,6 +80,15 @@ class Shape:
             raise UnsupportedModelError(f"config.json lacks the attention geometry aiopt reads ({exc}); "
                                         "aiopt handles decoder-only models with num_hidden_layers, num_attention_heads and hidden_size") from exc
 
+    @classmethod
+    def from_kv_cache(cls, kv, source) -> Shape:
+        """The Shape aiopt wrote into an artifact's metadata (its kv_cache entry), read from `source`."""
+        try:
+            return cls(**{name: kv[name] for name in cls.__dataclass_fields__})
+        except (KeyError, TypeError) as exc:
+            raise UnsupportedModelError(f"{source}'s kv_cache metadata lacks the attention geometry aiopt writes ({exc}); "
+                                        "re-run the aiopt command that wrote it") from exc
+
     def kv_bytes_per_token(self, dtype_bytes: int = 4, batch: int = 1) -> int:
         """Keys and values of every layer for one token position."""
         return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes * batch

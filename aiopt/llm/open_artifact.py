@@ -54,7 +54,7 @@ def open_causal_lm(artifact, threads: int | None = None, runtime: str | None = N
         names = _onnx_input_names(onnx_path)
         raise UnsupportedModelError(f"{onnx_path} has no past_key_values inputs (its inputs: {', '.join(names)}), so it cannot generate "
                                     "with a KV cache; export the model folder with: aiopt export FOLDER --format onnx -o OUT")
-    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    shape = Shape.from_kv_cache(kv, onnx_path)
     if runtime is None and metadata.get("step") == "quantize" and metadata.get("runtime") in RUNTIMES:
         runtime = metadata["runtime"]  # the runtime aiopt quantize measured it on
     if runtime not in (None, *RUNTIMES):

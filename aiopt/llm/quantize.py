@@ -180,7 +180,7 @@ class Measurement:
         hf_config = None if self.exported else require_causal_lm_folder(folder)
         source = (self.exported or {}).get("source_folder")
         self.hf_folder = folder if not self.exported else (source if source and (Path(source) / "config.json").is_file() else None)
-        self.shape = (Shape(**{k: self.exported["kv_cache"][k] for k in Shape.__dataclass_fields__}) if self.exported
+        self.shape = (Shape.from_kv_cache(self.exported["kv_cache"], folder) if self.exported
                       else Shape.from_config(hf_config))
         context = self.shape.context_length or 1 << 30
         self.calibration = (calibration_windows(config.calibration, folder, min(config.calib_window, context), config.calib_samples)

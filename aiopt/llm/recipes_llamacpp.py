@@ -287,5 +287,5 @@ def open_gguf(path, threads: int | None = None, runtime: str | None = None):
     if not kv or metadata.get("runtime") != "llamacpp" or not (gguf_file.parent / "tokenizer.json").is_file():
         raise UnsupportedModelError(f"{gguf_file} is a GGUF without aiopt's metadata and tokenizer beside it (no {METADATA_FILE} from aiopt "
                                     "quantize); run it with llama-cpp-python: python -m llama_cpp.server --model FILE")
-    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    shape = Shape.from_kv_cache(kv, gguf_file.parent / METADATA_FILE)
     return LlamaCppCausalLM(gguf_file, shape, threads), gguf_file.parent, metadata

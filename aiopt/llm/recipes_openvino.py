@@ -258,5 +258,5 @@ def open_ir_artifact(path, threads: int | None = None, runtime: str | None = Non
                                     "run it with OpenVINO GenAI, or quantize the Hugging Face folder with: aiopt quantize FOLDER -o OUT")
     if runtime not in (None, "openvino"):
         raise InputError(f"{xml} is an OpenVINO IR; it runs on --runtime openvino only")
-    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
+    shape = Shape.from_kv_cache(kv, xml.parent / METADATA_FILE)
     return open_ir(xml, shape, threads, metadata.get("inference_precision", "f32")), xml.parent, metadata

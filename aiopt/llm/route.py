@@ -69,15 +69,17 @@ def open_route(path, threads: int | None = None, runtime: str | None = None):
     runs that model alone (e.g. llamacpp: the GGUF for both phases)."""
     folder = Path(path)
     metadata = read_metadata(folder)
-    route, kv = metadata.get("route") or {}, metadata.get("kv_cache")
-    if not kv or not {"prefill", "decode"} <= set(route):
-        raise UnsupportedModelError(f"{folder / METADATA_FILE} says runtime route but lacks its route or kv_cache; re-run aiopt quantize")
-    shape = Shape(**{k: kv[k] for k in Shape.__dataclass_fields__})
-    phases = {phase["runtime"]: phase for phase in (route["prefill"], route["decode"])}
+    route, kv = metadata.get("route"), metadata.get("kv_cache")
+    prefill, decode = (route.get("prefill"), route.get("decode")) if isinstance(route, dict) else (None, None)
+    # aiopt.json is read from a folder that may come from elsewhere: each phase is checked before any file is opened
+    if not kv or not all(isinstance(p, dict) and isinstance(p.get("runtime"), str) and isinstance(p.get("file"), str) for p in (prefill, decode)):
+        raise UnsupportedModelError(f"{folder / METADATA_FILE} says runtime route but lacks its route (prefill and decode, each a runtime "
+                                    "and a file) or kv_cache; re-run aiopt quantize")
+    shape = Shape.from_kv_cache(kv, folder / METADATA_FILE)
     if runtime not in (None, RUNTIME):
+        phases = {phase["runtime"]: phase for phase in (prefill, decode)}
         if runtime not in phases:
-            raise InputError(f"{folder} routes prefill to {route['prefill']['runtime']} and decode to {route['decode']['runtime']}; "
+            raise InputError(f"{folder} routes prefill to {prefill['runtime']} and decode to {decode['runtime']}; "
                              f"choose --runtime {RUNTIME} (both) or one of them, not {runtime}")
         return open_phase(folder, phases[runtime], shape, threads), folder, metadata
-    routed = RoutedCausalLM(open_phase(folder, route["prefill"], shape, threads), open_phase(folder, route["decode"], shape, threads))
-    return routed, folder, metadata
+    return RoutedCausalLM(open_phase(folder, prefill, shape, threads), open_phase(folder, decode, shape, threads)), folder, metadata
