@@ -274,7 +274,7 @@ class Measurement:
         """The fastest llama.cpp decode within the floor, fed the KV cache of the candidate within the
         floor that prefills fastest (aiopt.llm.route), measured like any candidate; None where no
         candidate's TTFT is under ROUTE_TTFT_SHARE of llama.cpp's own."""
-        within = [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
+        within = self._timed_within_floor(rows)
         decoders = [r for r in within if r.runtime == "llamacpp"]
         if not self.config.route or not decoders:
             return None
@@ -300,7 +300,7 @@ class Measurement:
         timed once, right after its build, and a machine whose load drifts during the builds would
         otherwise decide between near-ties (inside 1 - CONFIRM_MARGIN of the fastest within the floor).
         FP32 is always among them: a candidate must beat it in the same rounds."""
-        within = [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
+        within = self._timed_within_floor(rows)
         if not within or self.config.confirm_rounds < 1:
             return
         fastest = max(r.tokens_per_s() for r in within)
@@ -329,6 +329,9 @@ class Measurement:
             entry["first_timing_tokens_per_s"], entry["confirm_rounds"] = first, self.config.confirm_rounds
             if "fraction_of_limit" in entry:
                 entry["fraction_of_limit"] *= entry["tokens_per_s"] / first
+
+    def _timed_within_floor(self, rows: list[Row]) -> list[Row]:
+        return [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
 
     def eval_tokens(self) -> int:
         return int(len(self.windows) and self.windows.size - len(self.windows))

@@ -84,7 +84,7 @@ def select_winner(rows: list[Row], config) -> Row | None:
             route.why = route_why
         else:
             winner.why = f"decodes for {route.name}, which reaches the first token sooner ({route.ttft_ms:.0f} vs {winner.ttft_ms:.0f} ms)"
-            winner, within = route, within + [route]
+            winner = route
     for row in within:
         if row is not winner and row not in winner.parts:
             row.why = ("not faster than FP32 here" if row not in faster
