@@ -73,6 +73,35 @@ def test_a_route_replaces_its_decoder_only_when_it_reaches_the_first_token_soone
     assert route.to_dict()["parts"] == ["ov-int8", "llamacpp-q8_0"]
 
 
+@pytest.mark.parametrize("route_decode, route_ttft, wins", [
+    (98.5, 4.0, True),    # decodes within the margin of the faster runtime, first token sooner: the route
+    (95.0, 4.0, False),   # decodes slower than the margin allows: the faster decoder, however soon the route's first token
+    (99.0, 5.5, False),   # no sooner to the first token than the faster decoder: that decoder
+])
+def test_a_route_replaces_a_faster_decoder_of_another_runtime_only_within_the_margin(route_decode, route_ttft, wins):
+    # gpt:base's case: ONNX Runtime GenAI decodes a little faster than llama.cpp, OpenVINO prefills sooner than both
+    reference = _row("ort-fp32", "onnxruntime", 3.0, 60.0)
+    prefill = _row("ov-int8", "openvino", 2.5, 50.0)
+    genai = _row("genai-fp32", "onnxruntime-genai", 5.0, 100.0)
+    decoder = _row("llamacpp-q8_0", "llamacpp", 5.5, 99.0)
+    route = _row("route-ov-int8+llamacpp-q8_0", "route", route_ttft, route_decode, parts=(prefill, decoder))
+    winner = select_winner([reference, prefill, genai, decoder, route], _Floor())
+    assert winner is (route if wins else genai)
+    if wins:
+        assert "decodes within 3% of route" in genai.why and "4 vs 5 ms" in genai.why, genai.why
+        assert "slower than route" in reference.why and decoder.why == "decodes for route-ov-int8+llamacpp-q8_0"
+    else:
+        assert ("decodes slower than genai-fp32 (" in route.why) if route_decode < 97 else ("no sooner" in route.why), route.why
+
+
+def test_a_route_not_faster_than_fp32_never_ships():
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 47.5)
+    decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)  # not faster than FP32: FP32 is the choice
+    route = _row("route", "route", 500.0, 47.2, parts=(reference, decoder))
+    assert select_winner([reference, decoder, route], _Floor()) is reference
+    assert "not faster than FP32" in route.why, route.why
+
+
 def test_a_route_below_the_floor_never_ships():
     reference = _row("ort-fp32", "onnxruntime", 2000.0, 13.0)
     decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)
