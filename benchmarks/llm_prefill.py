@@ -11,14 +11,17 @@ each row's ratio to the first row's time in the same round (the load drifts betw
 Rows: `genai-pa` (LLMPipeline's default backend on CPU, PagedAttention, its SchedulerConfig defaults:
 dynamic split-fuse, 256 tokens per step), `genai-pa-whole` (the same, max_num_batched_tokens at
 the prompt's length: one step), `genai-sdpa` (ATTENTION_BACKEND="SDPA": the stateful IR as
-Optimum exported it), `route` (aiopt's route folder: the IR prefill plus the KV cache handed to
-llama.cpp, what aiopt's TTFT is), `route-ir` (that IR's prefill alone, the options it carries),
-`route-ir-bf16` (the same with INFERENCE_PRECISION_HINT=bf16, LLMPipeline's CPU default here; `route-ir-PREC-dqN`:
-precision hint PREC, f32 or bf16, and DYNAMIC_QUANTIZATION_GROUP_SIZE N),
-`route-ir-chunk256` (the same IR fed the prompt in two 256-token calls through its cache), `fused-ir`
-(--fused-ir, the options it carries), `optimum-ir` (the Optimum IR stateful in plain OpenVINO,
-logits of all positions, the plugin's defaults). --rows picks some.
+Optimum exported it), `route` (aiopt's route folder, --route: the IR prefill plus the KV cache
+handed to llama.cpp, what aiopt's TTFT is), `route-ir` (that IR's prefill alone, the options it
+carries), `route-ir-PREC[-dqN]` (the same IR compiled with INFERENCE_PRECISION_HINT PREC, f32 or
+bf16, and DYNAMIC_QUANTIZATION_GROUP_SIZE N: `route-ir-bf16-dq128` is the candidate
+ov-int8-asym-bf16-dq128, which has the same weights), `route-PREC[-dqN]` (that prefill with the
+cache handed to the route's GGUF), `route-ir-chunk256` (the route's IR fed the prompt in 256-token
+calls through its cache), `fused-ir` (--fused-ir, the options it carries), `optimum-ir` (the Optimum
+IR stateful in plain OpenVINO, logits of all positions, the plugin's defaults). --rows picks some.
 
+--quality ROW... scores route-ir variants as the route's prefill instead of timing: perplexity and
+agreement against the FP32 export through the handed-over cache, as aiopt quantize scores a candidate.
 --properties prints each compiled model's CPU plugin properties (what LLMPipeline's compile sets
 cannot be read back from the pipeline; the SDPA row's compile is the same IR with the plugin's
 defaults). --profile ROW prints the per-op time of one prefill of that row (PERF_COUNT), summed by
@@ -43,7 +46,7 @@ sys.path.insert(0, str(ROOT.parent))
 
 from aiopt.llm.causal_lm import Shape, read_config  # noqa: E402 -- after the path of the checkout this script belongs to
 from aiopt.llm.recipes_openvino import DYNAMIC_QUANTIZATION, open_ir  # noqa: E402
-from aiopt.llm.route import open_route  # noqa: E402
+from aiopt.llm.route import RoutedCausalLM, open_route  # noqa: E402
 from aiopt.llm.runners import OpenVINOCausalLM  # noqa: E402
 from aiopt.machine import settle  # noqa: E402
 from llm_peers import OptimumIRRunner  # noqa: E402
@@ -55,7 +58,7 @@ PROPERTIES = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "KEY_CACHE_PRECI
               "MODEL_DISTRIBUTION_POLICY", "ENABLE_MMAP")
 
 
-OPTION_ROW = re.compile(r"route-ir-(f32|bf16)(?:-dq(\d+))?")
+OPTION_ROW = re.compile(r"(route|route-ir)-(f32|bf16)(?:-dq(\d+))?")
 
 
 def genai_row(folder: Path, threads: int, backend: str, chunk: int | None):
@@ -121,6 +124,14 @@ def properties(compiled) -> dict:
     return found
 
 
+def variant_ir(args, shape: Shape, variant: re.Match) -> OpenVINOCausalLM:
+    """The route folder's IR with the options it carries, the precision hint and group of `variant` over them."""
+    route_ir = args.route / "openvino_model.xml"
+    carried = open_ir(route_ir, shape, args.threads, "f32").options
+    return OpenVINOCausalLM(route_ir, shape, args.threads, options={**carried, "INFERENCE_PRECISION_HINT": variant[2],
+                                                                   **({DYNAMIC_QUANTIZATION: variant[3]} if variant[3] else {})})
+
+
 def build(args, shape: Shape) -> dict:
     """name -> (once, runner or None) for the rows asked for."""
     rows, wanted = {}, set(args.rows)
@@ -141,9 +152,9 @@ def build(args, shape: Shape) -> dict:
     for name in sorted(wanted):
         variant = OPTION_ROW.fullmatch(name)
         if variant:  # the route's IR compiled with another precision hint / dynamic quantization group
-            carried = open_ir(route_ir, shape, args.threads, "f32").options
-            lm = OpenVINOCausalLM(route_ir, shape, args.threads, options={**carried, "INFERENCE_PRECISION_HINT": variant[1],
-                                                                         **({DYNAMIC_QUANTIZATION: variant[2]} if variant[2] else {})})
+            lm = variant_ir(args, shape, variant)
+            if variant[1] == "route":  # and its cache handed to the route folder's GGUF, as the route's TTFT is timed
+                lm = RoutedCausalLM(lm, open_route(args.route, args.threads)[0].decode_lm)
             rows[name] = runner_row(lm), lm
     if "route-ir-chunk256" in wanted:
         lm = open_ir(route_ir, shape, args.threads, "f32")
@@ -184,21 +195,17 @@ def quality(args, shape: Shape, variants: list[str]) -> None:
     aiopt quantize scores a candidate (held-out windows, half prefilled, half decoded through the cache)."""
     from aiopt.llm.lm_quality import heldout_windows, score
     from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM
-    from aiopt.llm.route import RoutedCausalLM
     from aiopt.llm.runners import OrtCausalLM
 
     windows = heldout_windows(args.folder, 128, args.eval_tokens)
     reference = score(OrtCausalLM(args.reference_onnx, shape, args.threads), windows)
     route_ir = args.route / "openvino_model.xml"
-    carried = open_ir(route_ir, shape, args.threads, "f32").options
     print(f"\nquality through the handed-over cache ({windows.size} tokens in windows of 128; FP32 reference {args.reference_onnx.name})")
     print("| prefill | perplexity vs FP32 | agreement | agreement on decode steps |\n|---|---:|---:|---:|")
     for name in variants:
         variant = OPTION_ROW.fullmatch(name)
-        options = {**carried, **({"INFERENCE_PRECISION_HINT": variant[1]} if variant else {}),
-                   **({DYNAMIC_QUANTIZATION: variant[2]} if variant and variant[2] else {})}
-        routed = RoutedCausalLM(OpenVINOCausalLM(route_ir, shape, args.threads, options=options),
-                                LlamaCppCausalLM(args.route / "model.gguf", shape, args.threads))
+        prefill = variant_ir(args, shape, variant) if variant else open_ir(route_ir, shape, args.threads, "f32")
+        routed = RoutedCausalLM(prefill, LlamaCppCausalLM(args.route / "model.gguf", shape, args.threads))
         result = score(routed, windows)
         print(f"| {name} | {result.perplexity / reference.perplexity - 1:+.2%} | {result.agreement(reference):.3f} | "
               f"{result.agreement(reference, decoded_only=True):.3f} |", flush=True)
@@ -210,8 +217,8 @@ def main() -> int:
     parser.add_argument("--optimum-ir", type=Path, default=WORK / "peers-qwen" / "ov-int8", help="Optimum-Intel INT8 export folder")
     parser.add_argument("--route", type=Path, default=WORK / "peers-qwen" / "aiopt", help="aiopt's route folder (aiopt quantize's output)")
     parser.add_argument("--fused-ir", type=Path, help="a fused IR aiopt quantize built (openvino_model.xml of an ov-*-fused* candidate)")
-    parser.add_argument("--rows", nargs="+", default=["genai-pa", "genai-sdpa", "route", "route-ir", "route-ir-bf16", "route-ir-bf16-dq128", "route-ir-chunk256",
-                                                     "fused-ir", "optimum-ir"])
+    parser.add_argument("--rows", nargs="+", default=["genai-pa", "genai-pa-whole", "genai-sdpa", "route", "route-bf16-dq128", "route-ir",
+                                                     "route-ir-bf16", "route-ir-f32-dq128", "route-ir-bf16-dq128", "fused-ir", "optimum-ir"])
     parser.add_argument("--prompt-len", type=int, default=512)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
