@@ -7,6 +7,7 @@ each row's ratio to the first row's time in the same round (the load drifts betw
 
     PYTHONPATH=. python benchmarks/llm_prefill.py --rounds 5
     PYTHONPATH=. python benchmarks/llm_prefill.py --rounds 1 --properties --profile route-ir
+    PYTHONPATH=. python benchmarks/llm_prefill.py --rounds 1 --rows route-ir-bf16-dq0 route-ir-bf16-dq32 route-ir-bf16-dq128 --profile
 
 Rows: `genai-pa` (LLMPipeline's default backend on CPU, PagedAttention, its SchedulerConfig defaults:
 dynamic split-fuse, 256 tokens per step), `genai-pa-whole` (the same, max_num_batched_tokens at
@@ -24,8 +25,8 @@ IR stateful in plain OpenVINO, logits of all positions, the plugin's defaults). 
 agreement against the FP32 export through the handed-over cache, as aiopt quantize scores a candidate.
 --properties prints each compiled model's CPU plugin properties (what LLMPipeline's compile sets
 cannot be read back from the pipeline; the SDPA row's compile is the same IR with the plugin's
-defaults). --profile ROW prints the per-op time of one prefill of that row (PERF_COUNT), summed by
-layer type and kernel.
+defaults). --profile ROW... prints the per-op time of one prefill of each row named (of every
+aiopt IR row when none is named; PERF_COUNT), summed by layer type and kernel.
 """
 from __future__ import annotations
 
@@ -168,7 +169,7 @@ def build(args, shape: Shape) -> dict:
     return rows
 
 
-def profile(lm, path: Path, prompt: np.ndarray, top: int) -> None:
+def profile(name: str, lm, path: Path, prompt: np.ndarray, top: int) -> None:
     """Per-op time of one prefill, summed by (layer type, kernel): the row's runner rebuilt on `path`
     with its own options plus PERF_COUNT."""
     profiled = type(lm)(path, lm.shape, int(lm.options["INFERENCE_NUM_THREADS"]), options={**lm.options, "PERF_COUNT": True})
@@ -183,7 +184,9 @@ def profile(lm, path: Path, prompt: np.ndarray, top: int) -> None:
         totals[key] += info.real_time.total_seconds()
         counts[key] += 1
     total = sum(totals.values())
-    print(f"\nprofile of one prefill ({len(prompt)} tokens, {wall * 1000:,.0f} ms wall, {total * 1000:,.0f} ms summed over ops); top {top}:")
+    weights = sum(seconds for (kind, _), seconds in totals.items() if kind.startswith("FullyConnected"))
+    print(f"\nprofile of {name}: one prefill of {len(prompt)} tokens, {wall * 1000:,.0f} ms wall, {total * 1000:,.0f} ms summed over ops, "
+          f"{weights * 1000:,.0f} ms of them in the weight layers (FullyConnected*), load {os.getloadavg()[0]:.1f}; top {top}:")
     print("| layer type | kernel | ops | ms | share |\n|---|---|---:|---:|---:|")
     for (kind, kernel), seconds in totals.most_common(top):
         print(f"| {kind} | {kernel} | {counts[(kind, kernel)]} | {seconds * 1000:,.1f} | {seconds / total:.0%} |")
@@ -223,7 +226,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--properties", action="store_true")
-    parser.add_argument("--profile", help="a row name: per-op profile of one prefill")
+    parser.add_argument("--profile", nargs="*", help="row names (none: every aiopt IR row): per-op profile of one prefill each")
     parser.add_argument("--quality", nargs="*", help="score these route-ir variants as the route's prefill (no timing rows then), e.g. "
                         "route-ir route-ir-bf16-dq128")
     parser.add_argument("--reference-onnx", type=Path, default=WORK / "qwen2.5-0.5b-config-seed0.torch.onnx" / "model.onnx",
@@ -258,9 +261,11 @@ def main() -> int:
         ratio = statistics.median(a / b for a, b in zip(times[name], times[first]))
         print(f"| {name} | {statistics.median(times[name]):,.0f} ms | {ratio:.2f}x | {', '.join(f'{t:,.0f}' for t in times[name])} |")
     print("load average (1, 5, 15 min) before and after each round:", ", ".join("/".join(f"{x:.1f}" for x in load) for load in loads))
-    if args.profile:
-        path = args.fused_ir if args.profile == "fused-ir" else args.route / "openvino_model.xml"
-        profile(rows[args.profile][1], path, rng.integers(0, shape.vocab_size, args.prompt_len), 30)
+    if args.profile is not None:
+        profiled = args.profile or [name for name in rows if name == "fused-ir" or name.startswith("route-ir")]
+        for name in profiled:  # the route's IR (its variants share its file) or the fused IR
+            path = args.fused_ir if name == "fused-ir" else args.route / "openvino_model.xml"
+            profile(name, rows[name][1], path, rng.integers(0, shape.vocab_size, args.prompt_len), 12 if len(profiled) > 1 else 30)
     return 0
 
 
