@@ -173,7 +173,7 @@ def profile(name: str, lm, path: Path, prompt: np.ndarray, top: int) -> None:
     """Per-op time of one prefill, summed by (layer type, kernel): the row's runner rebuilt on `path`
     with its own options plus PERF_COUNT."""
     profiled = type(lm)(path, lm.shape, int(lm.options["INFERENCE_NUM_THREADS"]), options={**lm.options, "PERF_COUNT": True})
-    profiled.prefill(prompt[None, :16], last_only=True)  # warm-up
+    profiled.prefill(prompt[None], last_only=True)  # warm-up at this length: the plugin prepares its kernels per input shape
     start = time.perf_counter()
     _, state = profiled.prefill(prompt[None], last_only=True)
     wall = time.perf_counter() - start
