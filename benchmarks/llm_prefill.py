@@ -52,7 +52,7 @@ from aiopt.llm.runners import OpenVINOCausalLM  # noqa: E402
 from aiopt.machine import settle  # noqa: E402
 from llm_peers import OptimumIRRunner  # noqa: E402
 
-WORK = Path("/work/main/benchmarks/.work")  # where llm_peers.py --model qwen0.5b --work benchmarks/.work/peers-qwen left its artifacts
+WORK = ROOT / ".work"  # where llm_peers.py --model qwen0.5b --work benchmarks/.work/peers-qwen left its artifacts
 PROPERTIES = ("INFERENCE_PRECISION_HINT", "KV_CACHE_PRECISION", "KEY_CACHE_PRECISION", "VALUE_CACHE_PRECISION", "KEY_CACHE_GROUP_SIZE",
               "VALUE_CACHE_GROUP_SIZE", "DYNAMIC_QUANTIZATION_GROUP_SIZE", "NUM_STREAMS", "INFERENCE_NUM_THREADS", "PERFORMANCE_HINT",
               "ENABLE_CPU_PINNING", "ENABLE_HYPER_THREADING", "SCHEDULING_CORE_TYPE", "EXECUTION_MODE_HINT", "CPU_DENORMALS_OPTIMIZATION",
