@@ -23,9 +23,8 @@ IR stateful in plain OpenVINO, logits of all positions, the plugin's defaults). 
 
 --quality ROW... scores route-ir variants as the route's prefill instead of timing: perplexity and
 agreement against the FP32 export through the handed-over cache, as aiopt quantize scores a candidate.
---properties prints each compiled model's CPU plugin properties (what LLMPipeline's compile sets
-cannot be read back from the pipeline; the SDPA row's compile is the same IR with the plugin's
-defaults). --profile ROW... prints the per-op time of one prefill of each row named (of every
+--properties prints each compiled model's CPU plugin properties (LLMPipeline's own compiled model
+cannot be read back from the pipeline; `optimum-ir` is its IR under the plugin's defaults). --profile ROW... prints the per-op time of one prefill of each row named (of every
 aiopt IR row when none is named; PERF_COUNT), summed by layer type and kernel.
 """
 from __future__ import annotations
