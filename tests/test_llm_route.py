@@ -168,7 +168,7 @@ def test_the_cache_onnx_runtime_hands_over_is_the_one_llamacpp_computes(architec
         assert np.abs(mine.astype(np.float32) - theirs.astype(np.float32)).max() < 1e-2 * scale  # F16 cells of FP32 computations
     # the keys in the other rotary layout (rotate-half halves vs interleaved pairs) would be far off
     present = routed.prefill_lm.kv_cache(routed.prefill_lm.prefill(prompts)[1])[0][0]
-    other = llamacpp_cache.hf_to_llamacpp_keys(present[1], rotary_permuted=architecture != "llama")
+    other = llamacpp_cache.hf_to_llamacpp_keys(present[1], rotary_permuted=architecture != "llama").reshape(20, -1)
     assert np.abs(other - computed.keys[0].astype(np.float32)).max() > 0.1 * np.abs(other).max()
 
     # decoding through the handed-over cache gives llama.cpp's own logits and tokens
