@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +15,13 @@ import pytest
 
 def pytest_addoption(parser):
     parser.addoption("--cpu-times", type=int, default=0, metavar="N",
-                     help="list the N tests that took the most CPU seconds (this process and its finished children; "
-                          "steadier than wall time on a shared machine)")
+                     help="list the N tests that took the most CPU seconds (the process running the test and its finished "
+                          "children, so in each xdist worker; steadier than wall time on a shared machine)")
 
 
 _cpu_seconds: dict[str, float] = {}
+_CPU_PROPERTY = "cpu_seconds"
+_cpu_start = pytest.StashKey[float]()
 
 
 def _cpu_now() -> float:
@@ -29,13 +32,26 @@ def _cpu_now() -> float:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_protocol(item, nextitem):
-    if not item.config.getoption("--cpu-times"):
-        yield
-        return
-    start = _cpu_now()
+def pytest_runtest_setup(item):
+    if item.config.getoption("--cpu-times"):
+        item.stash[_cpu_start] = _cpu_now()
     yield
-    _cpu_seconds[item.nodeid] = _cpu_now() - start  # setup (a fixture's first user pays for it), call and teardown
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    # setup (a fixture's first user pays for it), call and teardown, carried by the teardown report: xdist sends
+    # reports with their user_properties from the workers, so the count reaches the process that prints the summary
+    if call.when == "teardown" and _cpu_start in item.stash:
+        item.user_properties.append((_CPU_PROPERTY, _cpu_now() - item.stash[_cpu_start]))
+    yield
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "teardown":
+        for name, value in report.user_properties:
+            if name == _CPU_PROPERTY:
+                _cpu_seconds[report.nodeid] = value
 
 
 def pytest_terminal_summary(terminalreporter, config):
@@ -63,7 +79,30 @@ SLOW_LANGUAGE_MODEL_TESTS = {
 }
 
 
+# The longest files, longest first: seconds of test time per file in the whole suite in 2 workers with PostgreSQL
+# (2026-12-07, load 1 to 3): 265, 184, 115, 103, 47, 42, 42, 39, 34, 33, 31, 27 (of 1234 in all). Under xdist each
+# worker collects and sorts alike, and `--dist loadfile --no-loadscope-reorder` (scripts/test.sh) hands the files
+# out in this order, so no worker starts a long file when the other is nearly done; other files keep their places.
+LONGEST_FILES_FIRST = (
+    "tests/test_reference_accuracy.py",
+    "tests/test_llm_quantize.py",
+    "tests/test_optimize.py",
+    "tests/test_optimize_postgres.py",
+    "tests/test_llm_openvino_fused.py",
+    "tests/test_llm_llamacpp.py",
+    "tests/test_reliability.py",
+    "tests/test_hf.py",
+    "tests/test_llm_route.py",
+    "tests/test_coverage_models.py",
+    "tests/test_quantize.py",
+    "tests/test_benchmarks_suite.py",
+)
+
+
 def pytest_collection_modifyitems(config, items):
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        rank = {path: place for place, path in enumerate(LONGEST_FILES_FIRST)}
+        items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0], len(rank)))  # stable: the rest keep their order
     cuda = _cuda_available()
     tensorrt = importlib.util.find_spec("tensorrt") is not None
     for item in items:
@@ -183,14 +222,43 @@ def _torch_threads() -> int | None:
     return torch.get_num_threads() if torch is not None else None
 
 
-@pytest.fixture(scope="session")
-def tiny_cnn(tmp_path_factory) -> Path:
-    """A cnn:tiny trained for a few epochs on MNIST-1D, shared by the tests that only read it."""
+def shared_folder(tmp_path_factory) -> Path:
+    """A folder all the xdist workers of this run share (the parent of each worker's base temp, as
+    xdist's documentation does it); this run's base temp in one process."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared"
+    folder.mkdir(exist_ok=True)
+    return folder
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """`build(path)` run once for all the xdist workers of this run, path being NAME in a folder of its own: the
+    first worker to ask builds it under a file lock and marks it done; the others wait on the lock and read
+    what it built (a build that failed leaves no mark: the next one to ask builds again). Returns the path."""
+    from filelock import FileLock
+
+    shared = shared_folder(tmp_path_factory)
+    folder, done = shared / f"{name}.build", shared / f"{name}.done"
+    with FileLock(shared / f"{name}.lock"):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)  # what a failed build left
+            folder.mkdir()
+            build(folder / name)
+            done.touch()
+    return folder / name
+
+
+def _trained(tmp_path_factory, name: str, epochs: int) -> Path:
     from aiopt.reference_models.train import train_reference_model
 
-    path = tmp_path_factory.mktemp("models") / "cnn-tiny.pt"
-    train_reference_model("cnn:tiny", str(path), dataset="mnist1d", epochs=3, seed=0)
-    return path
+    return built_once(tmp_path_factory, f"{name.replace(':', '-')}.pt",
+                      lambda path: train_reference_model(name, str(path), dataset="mnist1d", epochs=epochs, seed=0))
+
+
+@pytest.fixture(scope="session")
+def tiny_cnn(tmp_path_factory) -> Path:
+    """A cnn:tiny trained for a few epochs on MNIST-1D, shared (read only) by the tests that only read it."""
+    return _trained(tmp_path_factory, "cnn:tiny", epochs=3)
 
 
 @pytest.fixture(scope="session")
@@ -198,17 +266,7 @@ def tiny_cnn_onnx(tiny_cnn, tmp_path_factory) -> Path:
     """`tiny_cnn` exported to ONNX with the defaults (cnn.onnx), shared (read only) by the OpenVINO and Triton tests."""
     from aiopt.export.onnx import export_onnx
 
-    path = tmp_path_factory.mktemp("onnx") / "cnn.onnx"
-    export_onnx(tiny_cnn, path)
-    return path
-
-
-def _trained(tmp_path_factory, name: str, epochs: int) -> Path:
-    from aiopt.reference_models.train import train_reference_model
-
-    path = tmp_path_factory.mktemp("models") / f"{name.replace(':', '-')}.pt"
-    train_reference_model(name, str(path), dataset="mnist1d", epochs=epochs, seed=0)
-    return path
+    return built_once(tmp_path_factory, "cnn.onnx", lambda path: export_onnx(tiny_cnn, path))
 
 
 @pytest.fixture(scope="session")
@@ -221,6 +279,16 @@ def tiny_lstm(tmp_path_factory) -> Path:
 def tiny_transformer(tmp_path_factory) -> Path:
     """A transformer:tiny trained for two epochs, shared (read only) by the quantize, prune, export and torch-cuda tests."""
     return _trained(tmp_path_factory, "transformer:tiny", epochs=2)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _tmp_path_factory_for_helpers(tmp_path_factory):
+    """tmp_path_factory for the helper modules that are not fixtures (`built_once` in tests/llm_tiny.py)."""
+    global TMP_PATH_FACTORY
+    TMP_PATH_FACTORY = tmp_path_factory
+
+
+TMP_PATH_FACTORY = None
 
 
 @pytest.fixture

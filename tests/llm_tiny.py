@@ -1,37 +1,39 @@
-"""gpt:tiny trained and exported once per test session, shared by the tests/test_llm_*.py files
-that only read them (each is seconds of work done once)."""
+"""gpt:tiny trained and exported once per test run (once for all xdist workers: `built_once` in
+tests/conftest.py), shared by the tests/test_llm_*.py files that only read them (each is seconds of
+work done once)."""
 from __future__ import annotations
 
-import atexit
 import functools
 import json
 import shutil
-import tempfile
 from pathlib import Path
 
-from conftest import run_cli
+import conftest
+from conftest import built_once, run_cli
 
-_ROOT = Path(tempfile.mkdtemp(prefix="aiopt-llm-tests-"))
-atexit.register(shutil.rmtree, _ROOT, ignore_errors=True)
+
+def _run_once(name: str, *args: str) -> tuple[Path, dict]:
+    """(NAME's path, the command's JSON): `aiopt ARGS -o PATH --json` run once for all workers; its JSON is kept beside."""
+    def build(path: Path) -> None:
+        result = run_cli(*args, "-o", str(path), "--json")
+        assert result.returncode == 0, result.stderr
+        path.with_suffix(".json").write_text(result.stdout)
+
+    path = built_once(conftest.TMP_PATH_FACTORY, name, build)
+    return path, json.loads(path.with_suffix(".json").read_text())
 
 
 @functools.cache
 def tiny_gpt() -> tuple[Path, dict]:
     """(folder, the train command's JSON): `aiopt train gpt:tiny -o DIR` run as a user would."""
-    folder = _ROOT / "gpt-tiny"
-    result = run_cli("train", "gpt:tiny", "-o", str(folder), "--json")
-    assert result.returncode == 0, result.stderr
-    return folder, json.loads(result.stdout)
+    return _run_once("gpt-tiny", "train", "gpt:tiny")
 
 
 @functools.cache
 def tiny_export() -> tuple[Path, dict]:
     """(export folder, the export command's JSON) of tiny_gpt's folder."""
     folder, _ = tiny_gpt()
-    out = _ROOT / "gpt-tiny.onnx"
-    result = run_cli("export", str(folder), "--format", "onnx", "-o", str(out), "--json")
-    assert result.returncode == 0, result.stderr
-    return out, json.loads(result.stdout)
+    return _run_once("gpt-tiny.onnx", "export", str(folder), "--format", "onnx")
 
 
 def generated_by_runtime(artifacts: dict[str, Path], prompt: str, tokens: int = 16) -> dict[str, dict]:

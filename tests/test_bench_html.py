@@ -16,6 +16,7 @@ import pytest
 
 from aiopt.bench.html import NO_ACCURACY, render_html, write_plots
 from aiopt.bench.plots import pareto_front
+from conftest import shared_folder
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SKIP_REASON = "TensorRT is not installed: pip install 'aiopt[tensorrt]'"
@@ -179,22 +180,26 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="session")
-def chromium() -> str:
-    """Debian's chromium; installed with apt-get when absent and running as root (CI), else skipped."""
-    found = shutil.which("chromium")
-    if found:
-        return found
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        pytest.skip("needs chromium (apt-get install -y chromium); not root or no apt-get here to install it")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    try:  # a clean machine has no package lists yet: update once when the plain install fails
-        for commands in ([["apt-get", "install", "-y", "-q", "chromium"]],
-                         [["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]]):
-            if all(subprocess.run(c, env=env, capture_output=True, timeout=900).returncode == 0 for c in commands):
-                break
-    except subprocess.TimeoutExpired:
-        pytest.skip("apt-get install -y chromium took more than 15 minutes")
-    return shutil.which("chromium") or pytest.skip("apt-get install -y chromium failed; install it to run the browser test")
+def chromium(tmp_path_factory) -> str:
+    """Debian's chromium; installed with apt-get when absent and running as root (CI), else skipped
+    (by one xdist worker at a time: apt-get takes dpkg's lock)."""
+    from filelock import FileLock
+
+    with FileLock(shared_folder(tmp_path_factory) / "apt-get.lock"):
+        found = shutil.which("chromium")
+        if found:
+            return found
+        if os.geteuid() != 0 or not shutil.which("apt-get"):
+            pytest.skip("needs chromium (apt-get install -y chromium); not root or no apt-get here to install it")
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        try:  # a clean machine has no package lists yet: update once when the plain install fails
+            for commands in ([["apt-get", "install", "-y", "-q", "chromium"]],
+                             [["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]]):
+                if all(subprocess.run(c, env=env, capture_output=True, timeout=900).returncode == 0 for c in commands):
+                    break
+        except subprocess.TimeoutExpired:
+            pytest.skip("apt-get install -y chromium took more than 15 minutes")
+        return shutil.which("chromium") or pytest.skip("apt-get install -y chromium failed; install it to run the browser test")
 
 
 class _DevTools:

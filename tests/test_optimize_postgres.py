@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli, run_cli_brief
+from tests.conftest import run_cli, run_cli_brief, shared_folder
 
 URL = os.environ.get("AIOPT_TEST_POSTGRES_URL")
 CTL = os.environ.get("AIOPT_TEST_POSTGRES_CTL")
@@ -115,6 +115,16 @@ def test_a_trial_whose_worker_stopped_beating_is_queued_again_and_not_taken_as_t
 needs_server = pytest.mark.skipif(URL is None, reason=NO_SERVER)
 
 
+@pytest.fixture
+def server(tmp_path_factory):
+    """The test server, held by one test at a time across xdist workers: two of these tests stop it
+    (each study has a name of its own as well)."""
+    from filelock import FileLock
+
+    with FileLock(shared_folder(tmp_path_factory) / "postgresql-server.lock"):
+        yield URL
+
+
 def _password() -> str:
     from aiopt.optimize.storage import password_of
 
@@ -173,7 +183,7 @@ def _files_holding(folder: Path, secret: str) -> list[str]:
 
 
 @needs_server
-def test_worker_killed_mid_trial_its_chain_is_measured_by_another_and_no_file_holds_the_password(tmp_path, tiny_cnn):
+def test_worker_killed_mid_trial_its_chain_is_measured_by_another_and_no_file_holds_the_password(tmp_path, tiny_cnn, server):
     """Worker A (URL on its command line) and worker B (URL with a raw "@" in the password, from
     AIOPT_STORAGE) share a study of three chains; B is killed (SIGKILL) during its trial and
     started again. Its trial goes stale, is queued again and measured once by a live worker;
@@ -216,7 +226,7 @@ def test_worker_killed_mid_trial_its_chain_is_measured_by_another_and_no_file_ho
 
 @needs_server
 @pytest.mark.skipif(CTL is None, reason="AIOPT_TEST_POSTGRES_CTL (pg_ctl for the test server) is not set: " + NO_SERVER)
-def test_server_stopped_mid_trial_then_started_is_survived_and_stopped_for_good_ends_in_one_line(tmp_path, tiny_cnn):
+def test_server_stopped_mid_trial_then_started_is_survived_and_stopped_for_good_ends_in_one_line(tmp_path, tiny_cnn, server):
     study = f"outage-{uuid.uuid4().hex[:8]}"
     ctl = shlex.split(CTL)
     worker = _worker(tiny_cnn, tmp_path / "w", study, "--trials", "2", "--heartbeat", "5", "--storage-timeout", "20s",
@@ -248,7 +258,7 @@ def test_server_stopped_mid_trial_then_started_is_survived_and_stopped_for_good_
 @needs_server
 @pytest.mark.skipif(CTL is None, reason="AIOPT_TEST_POSTGRES_CTL (pg_ctl for the test server) is not set: " + NO_SERVER)
 @pytest.mark.filterwarnings("ignore:Heartbeat of storage")
-def test_every_storage_call_of_a_study_lives_through_server_restarts():
+def test_every_storage_call_of_a_study_lives_through_server_restarts(server):
     """Threads ask, beat, set attributes, tell and read while the server is stopped and started
     twice: no call fails (every path Optuna's study takes to the storage is patient)."""
     import threading

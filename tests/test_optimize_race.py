@@ -123,9 +123,14 @@ def test_a_worker_at_trials_waits_for_the_retry_being_queued_and_then_asks_for_i
     search = _search(b, said)
     decided: list[bool] = []
     waiting = threading.Thread(target=lambda: decided.append(search._should_stop()))
+    started = time.monotonic()
     waiting.start()
-    time.sleep(1.5)
-    assert decided == [] and any(f"waiting for trial(s) {dead.number}" in line for line in said)  # waits
+    # it says it waits (within 60 s: on 2 cores shared with another test worker the thread may start late) ...
+    deadline = started + 60
+    while not any(f"waiting for trial(s) {dead.number}" in line for line in said) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(max(0.0, started + 1.5 - time.monotonic()))
+    assert decided == [] and any(f"waiting for trial(s) {dead.number}" in line for line in said)  # ... and still waits
     _queue_retry(a, dead)
     waiting.join(timeout=10)
     assert decided == [False]  # go on: the next ask takes the retry
