@@ -94,6 +94,23 @@ def test_a_route_replaces_a_faster_decoder_of_another_runtime_only_within_the_ma
         assert ("decodes slower than genai-fp32 (" in route.why) if route_decode < 97 else ("no sooner" in route.why), route.why
 
 
+@pytest.mark.parametrize("route_rounds, decoder_rounds, wins", [
+    ([40.8, 40.1, 47.5, 43.1, 48.1], [40.1, 47.6, 45.3, 37.7, 46.0], True),   # medians 5% apart, rounds' noise wider: a tie
+    ([42.9, 43.0, 43.1, 42.8, 43.0], [45.2, 45.3, 45.4, 45.1, 45.3], False),  # 5% slower in every round: slower
+])
+def test_a_route_within_the_noise_of_its_decoders_rounds_counts_as_decoding_as_fast(route_rounds, decoder_rounds, wins):
+    import statistics
+
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 12.0)
+    decoder = _row("llamacpp-q8_0", "llamacpp", 2600.0, statistics.median(decoder_rounds))
+    route = _row("route", "route", 870.0, statistics.median(route_rounds), parts=(reference, decoder))
+    decoder.decode[0]["rounds_tokens_per_s"], route.decode[0]["rounds_tokens_per_s"] = decoder_rounds, route_rounds
+    assert route.tokens_per_s() < decoder.tokens_per_s() * (1 - ROUTE_DECODE_MARGIN)  # the medians alone would say slower
+    assert select_winner([reference, decoder, route], _Floor()) is (route if wins else decoder)
+    if not wins:
+        assert "round by round" in route.why, route.why
+
+
 def test_a_route_not_faster_than_fp32_never_ships():
     reference = _row("ort-fp32", "onnxruntime", 2000.0, 47.5)
     decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)  # not faster than FP32: FP32 is the choice

@@ -327,6 +327,7 @@ class Measurement:
             first = entry["tokens_per_s"]
             entry.update(_decode_rate(batch, self.config.new_tokens, statistics.median(seconds[row.name])))
             entry["first_timing_tokens_per_s"], entry["confirm_rounds"] = first, self.config.confirm_rounds
+            entry["rounds_tokens_per_s"] = [_decode_rate(batch, self.config.new_tokens, s)["tokens_per_s"] for s in seconds[row.name]]
             if "fraction_of_limit" in entry:
                 entry["fraction_of_limit"] *= entry["tokens_per_s"] / first
 
