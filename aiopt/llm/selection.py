@@ -9,8 +9,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 # a route wins when its TTFT is lower than the fastest decoder's and its decode, re-timed in the same interleaved
-# rounds, is within this share of that decoder's, widened by the rounds' own noise (_paired_decode_ratio): its own decoder's (one model, so a difference is noise or the prefill
-# runtime's threads still spinning, which the timing includes), or another runtime's that decodes as fast within noise
+# rounds, is within this share of that decoder's, widened by the rounds' own noise (_paired_decode_ratio). That
+# decoder is usually the route's own llama.cpp model (a difference is then noise or the prefill runtime's threads
+# still spinning, which the timing includes); it can be another runtime's that decodes as fast within noise
 # (gpt:base: ONNX Runtime GenAI and llama.cpp Q8_0 decode within 1-2% of each other, OpenVINO prefills sooner)
 ROUTE_DECODE_MARGIN = 0.03
 
@@ -97,9 +98,6 @@ def select_winner(rows: list[Row], config) -> Row | None:
         if row is not winner and row is not displaced and row not in winner.parts:
             row.why = ("not faster than FP32 here" if row not in faster
                        else f"slower than {winner.name} ({row.tokens_per_s():.1f} vs {winner.tokens_per_s():.1f} tok/s)")
-    for row in rows:
-        if row.parts and row is not winner and not row.why:
-            row.why = f"its decoder {row.parts[1].name} is not the winner"
     if winner is reference:
         reference.why = "chosen: no candidate within the floor decoded faster than FP32"
         return winner
