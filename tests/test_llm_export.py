@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from conftest import invoke_cli
 from llm_tiny import tiny_export, tiny_gpt
@@ -107,3 +108,23 @@ def test_genai_builder_route_is_validated_and_runs_on_both_onnx_runtimes(tmp_pat
     record = bench_artifact(tmp_path / "genai", config, None, lambda message: None, runtime="onnxruntime-genai")
     assert record["runtime"] == "onnxruntime-genai" and record["params"] == result["params"]
     assert [d["batch_size"] for d in record["decode"]] == [1, 2] and not record["skipped"]
+
+
+    # prune_lm_head (aiopt quantize's GenAI candidates): a prefill gives the last position's logits,
+    # the same as the whole graph's; scoring decodes the positions before it, so both score alike
+    from aiopt.llm.causal_lm import Shape
+    from aiopt.llm.lm_quality import heldout_windows, score
+    from aiopt.llm.runners import GenAICausalLM
+
+    pruned = export_causal_lm_onnx(folder, tmp_path / "pruned", KVExportConfig(exporter="genai", genai_last_logits=True))
+    assert pruned["validation"]["last_position_logits_only"] and pruned["validation"]["max_abs_diff"] <= 1e-3
+    assert "prune_lm_head" in pruned["exporter"] and not result["validation"]["last_position_logits_only"]
+    shape = Shape.from_kv_cache(result["kv_cache"], "test")
+    whole, last = GenAICausalLM(tmp_path / "genai", shape, 1), GenAICausalLM(tmp_path / "pruned", shape, 1)
+    ids = np.arange(1, 13)[None]
+    assert last.last_logits_only and last.prefill(ids)[0].shape == (1, 1, shape.vocab_size)
+    np.testing.assert_allclose(last.prefill(ids)[0][:, -1], whole.prefill(ids)[0][:, -1], atol=1e-4)
+    windows = heldout_windows(folder, 32, 256)
+    expected, got = score(whole, windows), score(last, windows)
+    assert got.perplexity == pytest.approx(expected.perplexity, rel=1e-4) and got.agreement(expected) == 1.0
+    assert got.decode_perplexity == pytest.approx(expected.decode_perplexity, rel=1e-4) and got.cache_drift < 1e-3

@@ -47,6 +47,9 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 class KVExportConfig:
     exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
     genai_precision: str = "fp32"  # the builder's -p: fp32, or int4 (its weight-only MatMulNBits, an aiopt quantize candidate)
+    # the builder's prune_lm_head: a prefill computes the last position's logits only, what generation
+    # reads (aiopt quantize's GenAI candidates: a quarter of gpt:base's prefill is the output layer over the prompt)
+    genai_last_logits: bool = False
     opset: int = 18
     # max abs logit difference accepted against transformers; None records it without refusing (a
     # weight-quantized build, whose quality aiopt quantize measures on held-out text)
@@ -91,12 +94,13 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
     with atomic_folder(out) as tmp:
         onnx_path = tmp / ONNX_FILE
         if config.exporter == "genai":
-            exporter = _export_genai(folder, tmp, say, config.genai_precision)
+            exporter = _export_genai(folder, tmp, say, config.genai_precision, config.genai_last_logits)
         else:
             program = _export_torch(model, shape, config, folder, say)
             program.save(str(onnx_path), external_data=external)
             exporter = f"torch.onnx dynamo (torch {torch.__version__})"
-        add_logits_start(onnx_path)
+        if not config.genai_last_logits:  # a pruned head computes the last position already
+            add_logits_start(onnx_path)
         export_seconds = time.perf_counter() - start
         say("validating against transformers: a prefill and decode steps")
         validation = validate_kv_onnx(model, onnx_path, shape, config)
@@ -175,22 +179,24 @@ def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
         raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({first_line(exc)})") from exc
 
 
-def _export_genai(folder, target: Path, say, precision: str = "fp32") -> str:
+def _export_genai(folder, target: Path, say, precision: str = "fp32", last_logits: bool = False) -> str:
     """ONNX Runtime GenAI's model builder (CPU, FP32 or INT4): fused GroupQueryAttention, rotary inside the
     graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
-    and holds the whole model in memory while it writes."""
+    and holds the whole model in memory while it writes. `last_logits`: its prune_lm_head option."""
     onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")
     if precision not in GENAI_PRECISIONS:
         raise InputError(f"the GenAI model builder's precision {precision!r} is not one aiopt offers; choose {' or '.join(GENAI_PRECISIONS)}")
     say(f"exporting {folder} with ONNX Runtime GenAI {onnxruntime_genai.__version__}'s model builder ({precision}, cpu)")
     with tempfile.TemporaryDirectory(dir=target.parent) as cache:
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", precision,
-                   "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"]
+                   "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false",
+                   *(["prune_lm_head=true"] if last_logits else [])]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (target / ONNX_FILE).is_file():
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
         raise UnsupportedModelError(f"ONNX Runtime GenAI's model builder could not export {folder} ({lines[-1] if lines else 'no output'})")
-    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} ({precision}, cpu)"
+    pruned = ", prune_lm_head: the last position's logits on prefill" if last_logits else ""
+    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} ({precision}, cpu{pruned})"
 
 
 def _source_metrics(folder) -> dict | None:
@@ -263,9 +269,10 @@ def validate_kv_onnx(model, onnx_path, shape: Shape, config: KVExportConfig) -> 
     rng = np.random.default_rng(0)
     diffs = []
     prompt = rng.integers(0, shape.vocab_size, size=(1, config.prompt_tokens))
+    kept = slice(-1, None) if ort_lm.last_logits_only else slice(None)  # a pruned output layer: the last position's logits
     logits_t, state_t = torch_lm.prefill(prompt)
     logits_o, state_o = ort_lm.prefill(prompt)
-    diffs.append(float(np.abs(logits_t - logits_o).max()))
+    diffs.append(float(np.abs(logits_t[:, kept] - _same_shape(logits_o, logits_t[:, kept])).max()))
     last_only = float(np.abs(logits_t[:, -1:] - ort_lm.prefill(prompt, last_only=True)[0]).max())  # the generation prefill (logits_start)
     diffs.append(last_only)
     agree = 0
@@ -276,7 +283,15 @@ def validate_kv_onnx(model, onnx_path, shape: Shape, config: KVExportConfig) -> 
         logits_o, state_o = ort_lm.step(token, state_o)
         diffs.append(float(np.abs(logits_t - logits_o).max()))
     pair = rng.integers(0, shape.vocab_size, size=(2, max(2, config.prompt_tokens // 2)))
-    batch_diff = float(np.abs(torch_lm.prefill(pair)[0] - ort_lm.prefill(pair)[0]).max())
+    expected = torch_lm.prefill(pair)[0][:, kept]
+    batch_diff = float(np.abs(expected - _same_shape(ort_lm.prefill(pair)[0], expected)).max())
     return {"max_abs_diff": max(diffs + [batch_diff]), "prefill_tokens": config.prompt_tokens, "decode_steps": config.decode_steps,
             "per_step_max_abs_diff": diffs, "batch2_prefill_max_abs_diff": batch_diff, "last_position_prefill_max_abs_diff": last_only,
-            "greedy_agreement": agree / config.decode_steps, "tolerance": config.atol}
+            "greedy_agreement": agree / config.decode_steps, "tolerance": config.atol, "last_position_logits_only": ort_lm.last_logits_only}
+
+
+def _same_shape(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """`got`, refused unless shaped like `expected` (numpy would broadcast a single position against all)."""
+    if got.shape != expected.shape:
+        raise UnsupportedModelError(f"the exported graph's logits are shaped {got.shape}, not {expected.shape} as transformers' are")
+    return got

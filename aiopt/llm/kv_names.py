@@ -17,6 +17,13 @@ def present_names(layers: int) -> list[str]:
     return [f"present.{i}.{kv}" for i in range(layers) for kv in ("key", "value")]
 
 
+def last_position_logits_only(dims) -> bool:
+    """Whether a graph's `logits` output, of these dimensions (ints or names), has its sequence
+    dimension fixed at 1: a prefill computes the last position's logits only (the GenAI model
+    builder's prune_lm_head), so the positions before it are scored by decoding."""
+    return len(dims) == 3 and dims[1] == 1
+
+
 def token_feed(ids: np.ndarray, past: int, takes_mask: bool, takes_positions: bool) -> dict:
     """input_ids, and the attention mask and positions when the graph takes them, for `ids`
     (batch, length) following `past` cached tokens."""

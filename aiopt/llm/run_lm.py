@@ -66,5 +66,6 @@ def run_causal_lm(artifact, data, output, runtime: str | None = None, force: boo
         with open(tmp, "wb") as fh:
             np.savez(fh, **outputs)
     return {"path": str(out), "backend": lm.runtime, "device": "cpu", "samples": sum(len(r) for r in rows),
-            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()}, "notes": []}
+            "outputs": {k: {"shape": list(v.shape), "dtype": v.dtype.name} for k, v in outputs.items()},
+            "notes": ["its graph computes the last position's logits only (the GenAI builder's prune_lm_head)"] if getattr(lm, "last_logits_only", False) else []}
 

@@ -17,11 +17,12 @@ import torch
 from aiopt.errors import UnsupportedModelError, first_line
 from aiopt.lazy import optional_import
 from aiopt.llm.causal_lm import Shape
-from aiopt.llm.kv_names import LOGITS_START, token_feed
+from aiopt.llm.kv_names import LOGITS_START, ONNX_FILE, last_position_logits_only, token_feed
 
 
 class TorchCausalLM:
     runtime = "torch"
+    last_logits_only = False  # a prefill gives every position's logits unless asked for the last only
 
     def __init__(self, model, shape: Shape):
         self.model, self.shape = model.eval(), shape
@@ -53,6 +54,7 @@ class OrtCausalLM:
     position's logits are computed."""
 
     runtime = "onnxruntime"
+    last_logits_only = False
 
     def __init__(self, onnx_path, shape: Shape, threads: int | None = None, keep_cache_in_ort: bool = True):
         import onnxruntime as ort
@@ -67,6 +69,7 @@ class OrtCausalLM:
         # an input with a default is listed among the overridable initializers, not the inputs
         names = [i.name for i in self.session.get_inputs()] + [i.name for i in self.session.get_overridable_initializers()]
         self._read_signature(onnx_path, names, [o.name for o in self.session.get_outputs()])
+        self.last_logits_only = last_position_logits_only(next(o.shape for o in self.session.get_outputs() if o.name == "logits"))
 
     def _read_signature(self, onnx_path, names: list[str], output_names: list[str]) -> None:
         self.past_inputs = [n for n in names if n.startswith("past_key_values.")]
@@ -167,7 +170,8 @@ class GenAICausalLM:
     prompts go in with one append_tokens; each step hands the generator the tokens this loop
     chose by setting its logits to pick exactly them (set_logits; skipped when they are its own
     greedy choice, most steps of a greedy run), lets it append them (generate_next_token), and
-    reads the next logits (get_logits, which runs the model)."""
+    reads the next logits (get_logits, which runs the model). A graph built with prune_lm_head
+    gives a prefill's last position only (last_logits_only)."""
 
     runtime = "onnxruntime-genai"
 
@@ -180,6 +184,7 @@ class GenAICausalLM:
         if threads:
             config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
         self.og, self.model, self.shape = og, og.Model(config), shape
+        self.last_logits_only = last_position_logits_only(_graph_logits_dims(Path(folder)))
         self.max_length: int | None = None  # tokens the generator reserves its cache for; generate_ids sets it
 
     def prefill(self, ids: np.ndarray, last_only: bool = False):
@@ -200,6 +205,19 @@ class GenAICausalLM:
         logits = state.generator.get_logits().reshape(len(chosen), 1, -1)
         state.greedy = logits[:, -1].argmax(-1)
         return logits, state
+
+
+def _graph_logits_dims(folder: Path) -> list:
+    """The dimensions of the logits output of the decoder graph a GenAI folder names (ints, or names where dynamic)."""
+    import json
+
+    import onnx
+
+    decoder = json.loads((folder / "genai_config.json").read_text(encoding="utf-8")).get("model", {}).get("decoder", {})
+    name = Path(str(decoder.get("filename") or ONNX_FILE)).name  # a file inside the folder, never a path out of it
+    graph = onnx.load_model(str(folder / name), load_external_data=False).graph
+    logits = next((o for o in graph.output if o.name == "logits"), None)
+    return [d.dim_value if d.HasField("dim_value") else d.dim_param for d in logits.type.tensor_type.shape.dim] if logits else []
 
 
 class _GenAIState:
