@@ -88,6 +88,7 @@ class Peer:
         if self.runs and "not_run" not in self.row:
             self.row["ttft_ms"] = 1000 * statistics.median(r[0] for r in self.runs)
             self.row["tokens_per_s"] = statistics.median(r[1] for r in self.runs)
+            self.row["rounds"] = [[round(1000 * ttft, 3), round(rate, 2)] for ttft, rate in self.runs]  # round by round, for paired ratios
         return self.row
 
 
@@ -197,7 +198,7 @@ def run(model: Path, work: Path, args) -> dict:
     return {"model": str(model), "shape": shape.__dict__, "prompt_len": prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
             "eval_tokens": int(windows.size - len(windows)) if windows is not None else 0, "rows": rows, "threads": threads,
             "load_average_before": load_before, "load_average": list(os.getloadavg()), "machine": platform.node(),
-            "command": " ".join(["python", "benchmarks/llm_peers.py", *sys.argv[1:]])}
+            "equal_quality_peers": args.equal_quality_peer or [], "command": " ".join(["python", "benchmarks/llm_peers.py", *sys.argv[1:]])}
 
 
 def _ort_genai_int4(model: Path, out: Path, threads: int, new_tokens: int):
@@ -312,7 +313,11 @@ def markdown(document: dict) -> str:
     best = max((r["tokens_per_s"] for r in measured if not r["peer"].startswith("aiopt")), default=None)
     reference = next((r for r in document["rows"] if r["peer"] == "transformers eager FP32" and r.get("perplexity")), None)
 
+    assumed = [name.lower() for name in document.get("equal_quality_peers") or ()]
+
     def equal_quality(r: dict) -> bool | None:  # aiopt quantize's default floor, against transformers FP32
+        if r.get("perplexity") is None and any(name in r["peer"].lower() for name in assumed):
+            return True  # unscored (random weights): of equal quality by precision, as --equal-quality-peer says
         if reference is None or r.get("perplexity") is None:
             return None
         return (r["perplexity"] <= reference["perplexity"] * (1 + FLOOR_PERPLEXITY) and r["agreement"] >= FLOOR_AGREEMENT
@@ -339,11 +344,24 @@ def markdown(document: dict) -> str:
     ours = next((r for r in measured if r["peer"].startswith("aiopt")), None)
     peers = [r for r in measured if not r["peer"].startswith("aiopt") and equal_quality(r)]
     if ours and peers:
-        top = max(peers, key=lambda r: r["tokens_per_s"])
-        lines += ["", f"aiopt's default against the fastest peer of equal quality (perplexity within {FLOOR_PERPLEXITY:.0%} of transformers "
-                  f"FP32, agreement at least {FLOOR_AGREEMENT}), {top['peer']}: decode **{ours['tokens_per_s'] / top['tokens_per_s']:.2f}x**, "
-                  f"TTFT {ours['ttft_ms']:.1f} ms against {top['ttft_ms']:.1f} ms."]
+        top, first = max(peers, key=lambda r: r["tokens_per_s"]), min(peers, key=lambda r: r["ttft_ms"])
+        basis = (f"perplexity within {FLOOR_PERPLEXITY:.0%} of transformers FP32, agreement at least {FLOOR_AGREEMENT}" if not assumed
+                 else f"by precision: {', '.join(document['equal_quality_peers'])}")
+        lines += ["", f"aiopt's default against the peers of equal quality ({basis}), as the median of its round-by-round ratios "
+                  f"(each round times every peer once, so a drift of the machine between rounds cancels): decode "
+                  f"**{paired_ratio(ours, top, 1):.2f}x** the fastest decoder, {top['peer']} ({ours['tokens_per_s']:.1f} against "
+                  f"{top['tokens_per_s']:.1f} tok/s as medians); time to first token **{paired_ratio(ours, first, 0):.2f}x** the quickest, "
+                  f"{first['peer']} ({ours['ttft_ms']:.1f} against {first['ttft_ms']:.1f} ms; below 1 is sooner)."]
     return "\n".join(lines) + "\n"
+
+
+def paired_ratio(ours: dict, peer: dict, column: int) -> float:
+    """The median over rounds of ours / peer in one column of `rounds` (0: TTFT, 1: decode tokens/s)."""
+    pairs = list(zip(ours.get("rounds") or (), peer.get("rounds") or ()))
+    if not pairs:  # a document written before rounds were kept
+        key = ("ttft_ms", "tokens_per_s")[column]
+        return ours[key] / peer[key]
+    return statistics.median(a[column] / b[column] for a, b in pairs)
 
 
 def _trained(name: str, folder: Path) -> Path:
@@ -372,6 +390,8 @@ def main() -> int:
                         "uses the precision aiopt chose for gpt:base")
     parser.add_argument("--peer", action="append", help="run only the peers whose name contains this (repeatable, case-insensitive): "
                         "aiopt, transformers, GenAI, OpenVINO, llama.cpp, Q8_0...")
+    parser.add_argument("--equal-quality-peer", action="append", help="with --no-quality: the peers (name contains this, repeatable) "
+                        "taken as of aiopt's quality by precision, e.g. Q8_0 and INT8 beside 8-bit aiopt candidates")
     parser.add_argument("--optimum-cli", help="optimum-cli of a venv holding optimum-intel (see the docstring)")
     parser.add_argument("--work", type=Path, help="keep the built artifacts here (default: a temporary folder)")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-peers-<model>-<machine>.{json,md}")

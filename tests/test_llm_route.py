@@ -223,6 +223,64 @@ def test_a_stateful_openvino_prefill_hands_its_variables_to_llamacpp(kv_precisio
     _decodes_as_its_own(routed, own, np.random.default_rng(1).integers(0, shape.vocab_size, (2, 20)), tolerance, same_tokens=False)
 
 
+def test_an_onnx_graph_decodes_from_the_cache_openvino_prefilled():
+    """A route's decoder may be an ONNX graph on ONNX Runtime: the cache OpenVINO computes for the
+    prompts goes in as its past, and it decodes as from its own prefill."""
+    pytest.importorskip("openvino")
+    from llm_tiny import tiny_export, tiny_gpt
+
+    from aiopt.llm.causal_lm import Shape, load_causal_lm
+    from aiopt.llm.route import RoutedCausalLM
+    from aiopt.llm.runners import OpenVINOCausalLM, OrtCausalLM, TorchCausalLM
+
+    export, _ = tiny_export()
+    shape = Shape.from_kv_cache(json.loads((export / "aiopt.json").read_text())["kv_cache"], "test")
+    onnx_path = export / "model.onnx"
+    routed = RoutedCausalLM(OpenVINOCausalLM(onnx_path, shape, threads=1), OrtCausalLM(onnx_path, shape, threads=1))
+    _decodes_as_its_own(routed, OrtCausalLM(onnx_path, shape, threads=1), np.random.default_rng(1).integers(0, shape.vocab_size, (2, 20)),
+                        1e-3, same_tokens=True)
+    with pytest.raises(UnsupportedModelError, match="takes no KV cache in"):
+        RoutedCausalLM(OpenVINOCausalLM(onnx_path, shape, threads=1), TorchCausalLM(load_causal_lm(tiny_gpt()[0])[0], shape))
+
+
+@pytest.mark.slow  # the GenAI builder's INT8 graph and an OpenVINO IR built, each measured, then the route; generate in a fresh process
+def test_a_genai_int8_graph_decodes_a_route_on_onnx_runtime(tmp_path):
+    """GenAI's generator takes no cache from outside, so a route decoding on its builder's graph runs
+    that graph on aiopt's ONNX Runtime loop: the folder names onnxruntime for decode, holds the
+    graph and the IR, and generates what the graph alone generates."""
+    pytest.importorskip("onnxruntime_genai")
+    pytest.importorskip("openvino")
+    from llm_tiny import tiny_export, tiny_gpt
+
+    from aiopt.llm.quantize import LMQuantizeConfig, Measurement, write_winner
+    from aiopt.llm.recipes_openvino import openvino_recipes
+    from aiopt.llm.recipes_ort import genai_recipes
+
+    folder, _ = tiny_gpt()
+    export, _ = tiny_export()
+    config = LMQuantizeConfig(prompt_len=16, new_tokens=4, eval_tokens=512, bandwidth=False, repeats=1, confirm_rounds=0)
+    (tmp_path / "work").mkdir()
+    measurement = Measurement(export, tmp_path / "work", config)
+    measurement.start()
+    decoder = measurement.measure(next(r for r in genai_recipes() if r.name == "genai-int8"))
+    prefill = measurement.measure(next(r for r in openvino_recipes(False, False) if r.name == "ov-fp32"))
+    assert decoder.status == prefill.status == "measured", (decoder.why, prefill.why)
+    route = Row("route-ov-fp32+genai-int8", "route", "prefill on OpenVINO, decode on ONNX Runtime", path=decoder.path, parts=(prefill, decoder))
+    measurement._measure(route)
+    # judged through the handed-over cache: as close to FP32 as the INT8 graph itself
+    assert route.decode_agreement >= decoder.decode_agreement - 0.05 and route.ttft_ms > 0 and route.tokens_per_s() > 0
+
+    out = tmp_path / "route"
+    metadata = write_winner(route, measurement.export, out, {"candidates": []}, folder)
+    assert metadata["route"]["decode"] == {**metadata["route"]["decode"], "runtime": "onnxruntime", "file": "model.onnx", "recipe": "genai-int8"}
+    assert {"model.onnx", "openvino_model.xml", "openvino_model.bin", "aiopt.json"} <= {p.name for p in out.iterdir()}
+    both = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
+    alone = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--runtime", "onnxruntime", "--json")
+    assert both.returncode == 0 and alone.returncode == 0, (both.stderr[-2000:], alone.stderr[-2000:])
+    assert json.loads(both.stdout)["runtime"] == "route" and json.loads(alone.stdout)["runtime"] == "onnxruntime"
+    assert json.loads(both.stdout)["tokens"][:4] == json.loads(alone.stdout)["tokens"][:4]
+
+
 @pytest.mark.slow  # llama.cpp's quantizer, then the route scored and timed, then generate in a fresh process
 def test_a_route_is_measured_like_a_candidate_and_its_folder_generates(onnx_and_gguf, tmp_path):
     from aiopt.llm.quantize import LMQuantizeConfig, Measurement, write_winner

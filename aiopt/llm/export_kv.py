@@ -46,7 +46,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 @dataclass(frozen=True)
 class KVExportConfig:
     exporter: str = "torch"  # torch (torch.onnx dynamo) or genai (ONNX Runtime GenAI's model builder)
-    genai_precision: str = "fp32"  # the builder's -p: fp32, or int4 (its weight-only MatMulNBits, an aiopt quantize candidate)
+    genai_precision: str = "fp32"  # the builder's -p: fp32, or int8/int4 (its weight-only MatMulNBits, aiopt quantize candidates)
     # the builder's prune_lm_head: a prefill computes the last position's logits only, what generation
     # reads (aiopt quantize's GenAI candidates: a quarter of gpt:base's prefill is the output layer over the prompt)
     genai_last_logits: bool = False
@@ -152,7 +152,7 @@ def _source(folder) -> LoadedModel:
 
 
 EXPORTERS = ("torch", "genai")
-GENAI_PRECISIONS = ("fp32", "int4")
+GENAI_PRECISIONS = ("fp32", "int8", "int4")
 
 
 def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
@@ -180,7 +180,7 @@ def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
 
 
 def _export_genai(folder, target: Path, say, precision: str = "fp32", last_logits: bool = False) -> str:
-    """ONNX Runtime GenAI's model builder (CPU, FP32 or INT4): fused GroupQueryAttention, rotary inside the
+    """ONNX Runtime GenAI's model builder (CPU, FP32, INT8 or INT4): fused GroupQueryAttention, rotary inside the
     graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
     and holds the whole model in memory while it writes. `last_logits`: its prune_lm_head option."""
     onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")

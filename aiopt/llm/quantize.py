@@ -40,7 +40,7 @@ from aiopt.llm.lm_quality import calibration_windows, heldout_windows, score
 from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacpp_missing, llamacpp_recipes, require_llamacpp
 from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
 from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
-from aiopt.llm.route import PREFILL_RUNTIMES, RoutedCausalLM
+from aiopt.llm.route import DECODE_RUNTIMES, PREFILL_RUNTIMES, RoutedCausalLM, phase_runtime
 from aiopt.llm.selection import Row, distance_to_floor, floor_failures, select_winner
 from aiopt.measure.bandwidth import measure_read_bandwidth
 from aiopt.options import option
@@ -69,8 +69,9 @@ class LMQuantizeConfig:
     confirm_rounds: int = 5  # finalists' decode re-timed in this many interleaved rounds before the choice
     threads: int | None = None
     bandwidth: bool = True  # measure the read bandwidth for the fraction-of-limit column
-    route: bool = option(True, "--route/--no-route", "Causal LMs: also measure the llama.cpp winner's decode fed by the KV cache of the "
-                         "candidate that prefills fastest (aiopt.llm.route); shipped, both models, when it cuts the time to first token.")
+    route: bool = option(True, "--route/--no-route", "Causal LMs: also measure the fastest decoder that takes a KV cache (llama.cpp, an ONNX "
+                         "graph) fed by the cache of the candidate that prefills fastest (aiopt.llm.route); shipped, both models, when it "
+                         "cuts the time to first token.")
 
     def check(self) -> None:
         if self.backend not in BACKENDS:
@@ -154,7 +155,10 @@ def _open(row: Row, shape, threads: int | None):
     from aiopt.llm.runners import GenAICausalLM, OrtCausalLM  # torch
 
     if row.parts:
-        return RoutedCausalLM(*(_open(part, shape, threads) for part in row.parts))
+        prefill, decode = row.parts
+        # GenAI's generator takes no cache from outside: a route runs its builder graph on aiopt's ONNX Runtime loop
+        decoder = OrtCausalLM(decode.path, shape, threads) if phase_runtime(decode.runtime) == "onnxruntime" else _open(decode, shape, threads)
+        return RoutedCausalLM(_open(prefill, shape, threads), decoder)
     if row.runtime == "openvino":
         return open_ir(row.path, shape, threads, row.precision)
     if row.runtime == "llamacpp":
@@ -166,6 +170,25 @@ def _open(row: Row, shape, threads: int | None):
 
 def _weight_file_bytes(path: Path) -> int:
     return sum(f.stat().st_size for f in model_files(path))
+
+
+def _bytes_read_per_step(path: Path) -> int:
+    """The weight bytes a decode step reads, for the fraction of the bandwidth limit: the model's
+    files, less an ONNX graph's tables that only Gather reads (an embedding lookup reads one row a
+    token; GenAI's INT8 graph keeps its 0.5B table in FP32, half its file). GGUF and IR: the files."""
+    total = _weight_file_bytes(path)
+    if path.suffix != ".onnx":
+        return total
+    import onnx
+
+    graph = onnx.load_model(str(path), load_external_data=False).graph
+    uses: dict[str, set] = {}
+    for node in graph.node:
+        for slot, name in enumerate(node.input):
+            uses.setdefault(name, set()).add((node.op_type, slot))
+    looked_up = sum(int(np.prod(table.dims)) * onnx.helper.tensor_dtype_to_np_dtype(table.data_type).itemsize
+                    for table in graph.initializer if uses.get(table.name) and uses[table.name] <= {("Gather", 0)})
+    return total - looked_up
 
 
 class Measurement:
@@ -266,25 +289,28 @@ class Measurement:
         settle()  # the build's and the scoring's threads idle before the timing
         self.say(f"{row.name}: TTFT at prompt {self.prompt_len}, decode {self.config.new_tokens} tokens at batch "
                  f"{'/'.join(map(str, self.config.batch_sizes))}")
-        row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, row.size_bytes)
+        row.ttft_ms, row.decode = _time(lm, self.shape, self.config, self.prompt_len, self.bandwidth, _bytes_read_per_step(row.path))
         if row.parts:
             row.size_bytes = sum(part.size_bytes for part in row.parts)
 
     def route(self, rows: list[Row]) -> Row | None:
-        """The fastest llama.cpp decode within the floor, fed the KV cache of the candidate within the
-        floor that prefills fastest (aiopt.llm.route), measured like any candidate; None where no
-        candidate's TTFT is under ROUTE_TTFT_SHARE of llama.cpp's own."""
+        """The fastest decode within the floor among the candidates that take a cache in (llama.cpp, an
+        ONNX graph), fed the KV cache of the candidate within the floor that prefills fastest
+        (aiopt.llm.route), measured like any candidate; None where no candidate's TTFT is under
+        ROUTE_TTFT_SHARE of the decoder's own. Both models go into one folder, so a prefill whose
+        file names are the decoder's (two ONNX graphs) is passed over."""
         within = self._timed_within_floor(rows)
-        decoders = [r for r in within if r.runtime == "llamacpp"]
+        decoders = [r for r in within if r.runtime in DECODE_RUNTIMES and r is not self.reference]
         if not self.config.route or not decoders:
             return None
         decode = max(decoders, key=Row.tokens_per_s)
-        prefills = sorted((r for r in within if r.runtime in PREFILL_RUNTIMES and r.ttft_ms < decode.ttft_ms * ROUTE_TTFT_SHARE),
-                          key=lambda r: r.ttft_ms)
+        taken = {file.name for file in model_files(decode.path)}
+        prefills = sorted((r for r in within if r.runtime in PREFILL_RUNTIMES and r.ttft_ms < decode.ttft_ms * ROUTE_TTFT_SHARE
+                           and not taken & {file.name for file in model_files(r.path)}), key=lambda r: r.ttft_ms)
         for prefill in prefills:
             row = Row(f"route-{prefill.name}+{decode.name}", "route", f"prefill: {prefill.recipe}; decode: {decode.recipe}; "
                       "the KV cache handed over", path=decode.path, precision=decode.precision, parts=(prefill, decode))
-            self.say(f"{row.name}: the prompt on {prefill.runtime}, its KV cache handed to llama.cpp for decode")
+            self.say(f"{row.name}: the prompt on {prefill.runtime}, its KV cache handed to {phase_runtime(decode.runtime)} for decode")
             try:
                 self._measure(row)
                 return row
@@ -339,7 +365,7 @@ class Measurement:
 
 
 CONFIRM_MARGIN = 0.25  # candidates within 25% of the fastest decode are re-timed together
-ROUTE_TTFT_SHARE = 0.8  # a route is measured when a candidate's TTFT is under this share of the llama.cpp decoder's own
+ROUTE_TTFT_SHARE = 0.8  # a route is measured when a candidate's TTFT is under this share of the decoder's own
 # FP32 on ONNX Runtime recomputes the same logits whether a token comes through the cache or the
 # prefill (1e-5 here); more than this means the export's present outputs are not what it reads back.
 REFERENCE_CACHE_DRIFT = 1e-2

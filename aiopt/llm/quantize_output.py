@@ -10,6 +10,7 @@ import aiopt
 from aiopt.artifacts import command_line, now_iso
 from aiopt.folder_io import METADATA_FILE, atomic_folder
 from aiopt.llm.recipes_openvino import runtime_options_of
+from aiopt.llm.route import phase_runtime
 
 FORMATS = {"openvino": "openvino-ir", "llamacpp": "gguf", "onnxruntime": "onnx", "onnxruntime-genai": "onnx", "route": "route"}
 
@@ -34,7 +35,8 @@ def write_winner(winner, export: dict, out: Path, report: dict, folder) -> dict:
                 "quantize_report": report, "command": command_line(), "created_at": now_iso()}
     models = winner.parts or (winner,)  # a route (aiopt.llm.route): the prefill model and the decode model
     if winner.parts:
-        metadata["route"] = {phase: {"runtime": part.runtime, "file": part.path.name, "recipe": part.name, "inference_precision": part.precision}
+        metadata["route"] = {phase: {"runtime": phase_runtime(part.runtime), "file": part.path.name, "recipe": part.name,
+                                     "inference_precision": part.precision}
                              for phase, part in zip(("prefill", "decode"), winner.parts)}
     for part in models:
         if part.runtime == "openvino":  # the CPU plugin's options it was measured with (also in the IR's rt_info, which open_ir reads)

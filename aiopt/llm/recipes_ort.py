@@ -9,7 +9,7 @@ FP32 graph on the calibration windows to collect each MatMul's inputs. Only MatM
 constant weight are rewritten; the embedding Gather and attention stay FP32.
 
 And ONNX Runtime GenAI's own route (GenAIRecipe): its model builder writes the Hugging Face folder
-as a fused graph (GroupQueryAttention, rotary inside), FP32 or with its INT4 MatMulNBits, run by
+as a fused graph (GroupQueryAttention, rotary inside), FP32 or with its INT8 or INT4 MatMulNBits, run by
 GenAI's runtime (og.Generator, its KV cache in place) instead of aiopt's ONNX Runtime loop.
 Built with the builder's prune_lm_head: a prefill runs the output layer on the last position
 only, what generation reads (gpt:base's time to first token at prompt 128: 7.2 -> 4.4 ms, the
@@ -46,7 +46,7 @@ class OrtRecipe:
 @dataclass(frozen=True)
 class GenAIRecipe:
     name: str
-    precision: str  # the builder's -p: fp32 or int4
+    precision: str  # the builder's -p: fp32, int8 or int4
 
     runtime = "onnxruntime-genai"
 
@@ -55,7 +55,7 @@ class GenAIRecipe:
 
 
 def genai_recipes() -> list[GenAIRecipe]:
-    return [GenAIRecipe("genai-fp32", "fp32"), GenAIRecipe("genai-int4", "int4")]
+    return [GenAIRecipe(f"genai-{precision}", precision) for precision in ("fp32", "int8", "int4")]
 
 
 def genai_missing(hf_folder) -> str | None:

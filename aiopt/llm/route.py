@@ -1,6 +1,8 @@
 """Prefill on one runtime, decode on another: the prompt goes through the runtime that processes
 it fastest (OpenVINO or ONNX Runtime, whose matrix kernels batch a prompt's tokens), and its KV
-cache is handed to llama.cpp, whose decode step reads low-bit weights fastest. The by-batch routes
+cache is handed to the runtime whose decode step reads low-bit weights fastest: llama.cpp, or an
+ONNX graph on ONNX Runtime (ONNX Runtime GenAI's builder graph included: GenAI's own generator
+takes no cache from outside, so aiopt's ONNX Runtime loop runs that graph). The by-batch routes
 of aiopt quantize pair models by batch size; this pairs them by phase.
 
 A route folder (aiopt quantize writes one when it wins) holds both models, the tokenizer and
@@ -23,18 +25,26 @@ from aiopt.llm.recipes_openvino import open_ir
 
 RUNTIME = "route"
 PREFILL_RUNTIMES = ("onnxruntime", "openvino")  # runners that hand out their KV cache (kv_cache; a stateful IR through query_state)
+DECODE_RUNTIMES = ("llamacpp", "onnxruntime", "onnxruntime-genai")  # candidates whose model takes a cache in (load_cache)
+
+
+def phase_runtime(runtime: str) -> str:
+    """The runtime that runs a candidate's model as a route phase: a GenAI builder graph runs on ONNX Runtime."""
+    return "onnxruntime" if runtime == "onnxruntime-genai" else runtime
 
 
 class RoutedCausalLM:
-    """prefill() on `prefill_lm`, its present.* KV cache loaded into `decode_lm` (llama.cpp);
-    step() on `decode_lm` alone."""
+    """prefill() on `prefill_lm`, its present.* KV cache loaded into `decode_lm` (llama.cpp or ONNX
+    Runtime); step() on `decode_lm` alone."""
 
     runtime = RUNTIME
 
-    def __init__(self, prefill_lm, decode_lm: LlamaCppCausalLM):
+    def __init__(self, prefill_lm, decode_lm):
         if not hasattr(prefill_lm, "kv_cache"):
             raise UnsupportedModelError(f"a {prefill_lm.runtime} runner does not hand out its KV cache; a route prefills on "
                                         f"{' or '.join(PREFILL_RUNTIMES)}")
+        if not hasattr(decode_lm, "load_cache"):
+            raise UnsupportedModelError(f"a {decode_lm.runtime} runner takes no KV cache in; a route decodes on llama.cpp or ONNX Runtime")
         self.prefill_lm, self.decode_lm, self.shape = prefill_lm, decode_lm, decode_lm.shape
         self.last_logits_only = getattr(prefill_lm, "last_logits_only", False)
 

@@ -122,6 +122,16 @@ class OrtCausalLM:
         present, past = state
         return self._run(tokens, present, past, True)
 
+    def load_cache(self, keys: list[np.ndarray], values: list[np.ndarray]):
+        """Another runtime's KV cache (aiopt.llm.route) in place of a prefill: per layer, keys and values
+        (batch, KV heads, cells, head size), this graph's past layout. Returns the state `step` continues from."""
+        given = {f"past_key_values.{layer}.{kind}": np.ascontiguousarray(array, dtype=np.float32)
+                 for layer, pair in enumerate(zip(keys, values)) for kind, array in zip(("key", "value"), pair)}
+        missing = [name for name in self.past_inputs if name not in given]
+        if missing:
+            raise UnsupportedModelError(f"the handed-over cache has {len(keys)} layers; this graph also takes {', '.join(missing[:2])}")
+        return [given[name] for name in self.past_inputs], keys[0].shape[2]
+
     def kv_cache(self, state) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """The cache a prefill or step left, per layer: keys and values (batch, KV heads, cells, head size),
         for another runtime to decode from (aiopt.llm.route)."""
