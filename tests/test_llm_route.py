@@ -111,6 +111,25 @@ def test_a_route_within_the_noise_of_its_decoders_rounds_counts_as_decoding_as_f
         assert "round by round" in route.why, route.why
 
 
+@pytest.mark.parametrize("llama_route, onnx_route, chosen", [
+    (44.0, 48.5, "onnx"),   # the 0.5B's case: the route on GenAI's INT8 graph within the margin of it, the llama.cpp one not
+    (49.5, 48.5, "llama"),  # both within the margin: the faster decoder
+    (44.0, 45.0, None),     # neither: the decoder itself, each route saying why
+])
+def test_of_several_routes_the_fastest_within_the_margin_ships(llama_route, onnx_route, chosen):
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 12.0)
+    prefill = _row("ov-int8", "openvino", 800.0, 17.0)
+    genai = _row("genai-int8", "onnxruntime-genai", 1600.0, 49.0)
+    llama = _row("llamacpp-q8_0", "llamacpp", 2100.0, 44.0)
+    routes = {"llama": _row("route-ov-int8+llamacpp-q8_0", "route", 780.0, llama_route, parts=(prefill, llama)),
+              "onnx": _row("route-ov-int8+genai-int8", "route", 790.0, onnx_route, parts=(prefill, genai))}
+    winner = select_winner([reference, prefill, genai, llama, *routes.values()], _Floor())
+    assert winner is (routes[chosen] if chosen else genai)
+    for name, route in routes.items():
+        if name != chosen:
+            assert route.why and not route.why.startswith("chosen"), route.why
+
+
 def test_a_route_not_faster_than_fp32_never_ships():
     reference = _row("ort-fp32", "onnxruntime", 2000.0, 47.5)
     decoder = _row("llamacpp-q8_0", "llamacpp", 2000.0, 47.0)  # not faster than FP32: FP32 is the choice

@@ -293,17 +293,27 @@ class Measurement:
         if row.parts:
             row.size_bytes = sum(part.size_bytes for part in row.parts)
 
-    def route(self, rows: list[Row]) -> Row | None:
-        """The fastest decode within the floor among the candidates that take a cache in (llama.cpp, an
-        ONNX graph), fed the KV cache of the candidate within the floor that prefills fastest
-        (aiopt.llm.route), measured like any candidate; None where no candidate's TTFT is under
-        ROUTE_TTFT_SHARE of the decoder's own. Both models go into one folder, so a prefill whose
-        file names are the decoder's (two ONNX graphs) is passed over."""
+    def routes(self, rows: list[Row]) -> list[Row]:
+        """For each kind of decoder that takes a cache in (llama.cpp; an ONNX graph on ONNX Runtime)
+        whose fastest within the floor decodes within CONFIRM_MARGIN of the fastest candidate, a route:
+        that decoder fed the KV cache of the candidate within the floor that prefills fastest
+        (aiopt.llm.route), measured like any candidate. One per kind, so that whichever decoder the
+        interleaved confirmation puts first, a route on it was measured. A prefill must reach the
+        first token in under ROUTE_TTFT_SHARE of the decoder's own time, and its files must not be
+        named like the decoder's (both go into one folder: two ONNX graphs cannot)."""
         within = self._timed_within_floor(rows)
-        decoders = [r for r in within if r.runtime in DECODE_RUNTIMES and r is not self.reference]
-        if not self.config.route or not decoders:
-            return None
-        decode = max(decoders, key=Row.tokens_per_s)
+        if not self.config.route or not within:
+            return []
+        fastest = max(r.tokens_per_s() for r in within)
+        kinds: dict[str, Row] = {}
+        for row in within:
+            if row.runtime in DECODE_RUNTIMES and row is not self.reference and row.tokens_per_s() >= fastest * (1 - CONFIRM_MARGIN):
+                kind = phase_runtime(row.runtime)
+                if kind not in kinds or row.tokens_per_s() > kinds[kind].tokens_per_s():
+                    kinds[kind] = row
+        return [route for decode in kinds.values() if (route := self._route(within, decode))]
+
+    def _route(self, within: list[Row], decode: Row) -> Row | None:
         taken = {file.name for file in model_files(decode.path)}
         prefills = sorted((r for r in within if r.runtime in PREFILL_RUNTIMES and r.ttft_ms < decode.ttft_ms * ROUTE_TTFT_SHARE
                            and not taken & {file.name for file in model_files(r.path)}), key=lambda r: r.ttft_ms)
@@ -393,8 +403,7 @@ def quantize_causal_lm(folder, output, config: LMQuantizeConfig = LMQuantizeConf
         measurement = Measurement(folder, work, config, say)
         recipes, rows = measurement.recipes()
         measured = [measurement.start(), *(measurement.measure(recipe) for recipe in recipes)]
-        route = measurement.route(measured)
-        measured += [route] if route else []
+        measured += measurement.routes(measured)
         measurement.confirm(measured)
         winner = select_winner(measured, config)
         report = build_report(measured + rows, winner, config, measurement)

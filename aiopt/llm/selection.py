@@ -68,7 +68,7 @@ def select_winner(rows: list[Row], config) -> Row | None:
     """Fastest decode (batch of the first -b) within the floor and faster than FP32; FP32 when
     some candidate is within the floor but none is faster; None when none is within it. The
     measured route replaces that choice when it reaches the first token sooner and decodes as fast
-    within ROUTE_DECODE_MARGIN (_route_loses)."""
+    within ROUTE_DECODE_MARGIN (_route_loses); of several that do, the fastest decoder."""
     reference = rows[0]
     for row in rows:
         if row.status != "measured":
@@ -82,18 +82,21 @@ def select_winner(rows: list[Row], config) -> Row | None:
         return reference if len(rows) == 1 else None
     faster = [r for r in within if (r.tokens_per_s() or 0) > reference.tokens_per_s()]
     winner = max(faster, key=lambda r: r.tokens_per_s() or 0) if faster else reference
-    route = next((r for r in rows if r.parts and r.status == "measured"), None)
-    displaced = None
-    if route:
-        route_why = _route_loses(route, winner, reference)
+    displaced, route = None, None
+    for candidate in sorted((r for r in rows if r.parts and r.status == "measured"), key=lambda r: -(r.tokens_per_s() or 0)):
+        route_why = _route_loses(candidate, winner, reference)
         if route_why:
-            route.why = route_why
+            candidate.why = route_why
+        elif route is None:
+            route = candidate
         else:
-            displaced, winner = winner, route
-            sooner = f"which reaches the first token sooner ({route.ttft_ms:.0f} vs {displaced.ttft_ms:.0f} ms)"
-            displaced.why = (f"decodes for {route.name}, {sooner}" if displaced is route.parts[1] else
-                             f"decodes within {ROUTE_DECODE_MARGIN:.0%} of {route.name} ({displaced.tokens_per_s():.1f} vs "
-                             f"{route.tokens_per_s():.1f} tok/s), {sooner}")
+            candidate.why = f"decodes slower than {route.name} ({candidate.tokens_per_s():.1f} vs {route.tokens_per_s():.1f} tok/s)"
+    if route:
+        displaced, winner = winner, route
+        sooner = f"which reaches the first token sooner ({route.ttft_ms:.0f} vs {displaced.ttft_ms:.0f} ms)"
+        displaced.why = (f"decodes for {route.name}, {sooner}" if displaced is route.parts[1] else
+                         f"decodes within {ROUTE_DECODE_MARGIN:.0%} of {route.name} ({displaced.tokens_per_s():.1f} vs "
+                         f"{route.tokens_per_s():.1f} tok/s), {sooner}")
     for row in within:
         if row is not winner and row is not displaced and row not in winner.parts:
             row.why = ("not faster than FP32 here" if row not in faster
