@@ -281,17 +281,22 @@ def test_a_genai_int8_graph_decodes_a_route_on_onnx_runtime(tmp_path):
     (tmp_path / "work").mkdir()
     measurement = Measurement(export, tmp_path / "work", config)
     measurement.start()
-    decoder = measurement.measure(next(r for r in genai_recipes() if r.name == "genai-int8"))
+    decoder = measurement.measure(next(r for r in genai_recipes() if r.name == "genai-int8-b128"))
     prefill = measurement.measure(next(r for r in openvino_recipes(False, False) if r.name == "ov-fp32"))
     assert decoder.status == prefill.status == "measured", (decoder.why, prefill.why)
-    route = Row("route-ov-fp32+genai-int8", "route", "prefill on OpenVINO, decode on ONNX Runtime", path=decoder.path, parts=(prefill, decoder))
+    import onnx
+
+    blocks = {attribute.i for node in onnx.load_model(str(decoder.path), load_external_data=False).graph.node if node.op_type == "MatMulNBits"
+              for attribute in node.attribute if attribute.name == "block_size"}
+    assert blocks == {128}  # the builder's block_size option reached its quantizer
+    route = Row("route-ov-fp32+genai-int8-b128", "route", "prefill on OpenVINO, decode on ONNX Runtime", path=decoder.path, parts=(prefill, decoder))
     measurement._measure(route)
     # judged through the handed-over cache: as close to FP32 as the INT8 graph itself
     assert route.decode_agreement >= decoder.decode_agreement - 0.05 and route.ttft_ms > 0 and route.tokens_per_s() > 0
 
     out = tmp_path / "route"
     metadata = write_winner(route, measurement.export, out, {"candidates": []}, folder)
-    assert metadata["route"]["decode"] == {**metadata["route"]["decode"], "runtime": "onnxruntime", "file": "model.onnx", "recipe": "genai-int8"}
+    assert metadata["route"]["decode"] == {**metadata["route"]["decode"], "runtime": "onnxruntime", "file": "model.onnx", "recipe": "genai-int8-b128"}
     assert {"model.onnx", "openvino_model.xml", "openvino_model.bin", "aiopt.json"} <= {p.name for p in out.iterdir()}
     both = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--json")
     alone = run_cli("generate", str(out), "--prompt", PROMPT, "-n", "8", "--runtime", "onnxruntime", "--json")

@@ -50,6 +50,7 @@ class KVExportConfig:
     # the builder's prune_lm_head: a prefill computes the last position's logits only, what generation
     # reads (aiopt quantize's GenAI candidates: a quarter of gpt:base's prefill is the output layer over the prompt)
     genai_last_logits: bool = False
+    genai_block_size: int | None = None  # the builder's MatMulNBits block for int8/int4 (its default: 32)
     opset: int = 18
     # max abs logit difference accepted against transformers; None records it without refusing (a
     # weight-quantized build, whose quality aiopt quantize measures on held-out text)
@@ -94,7 +95,7 @@ def export_causal_lm_onnx(folder, output, config: KVExportConfig = KVExportConfi
     with atomic_folder(out) as tmp:
         onnx_path = tmp / ONNX_FILE
         if config.exporter == "genai":
-            exporter = _export_genai(folder, tmp, say, config.genai_precision, config.genai_last_logits)
+            exporter = _export_genai(folder, tmp, say, config.genai_precision, config.genai_last_logits, config.genai_block_size)
         else:
             program = _export_torch(model, shape, config, folder, say)
             program.save(str(onnx_path), external_data=external)
@@ -179,10 +180,11 @@ def _export_torch(model, shape: Shape, config: KVExportConfig, folder, say):
         raise UnsupportedModelError(f"torch.onnx could not export {folder} with a KV cache ({first_line(exc)})") from exc
 
 
-def _export_genai(folder, target: Path, say, precision: str = "fp32", last_logits: bool = False) -> str:
+def _export_genai(folder, target: Path, say, precision: str = "fp32", last_logits: bool = False, block_size: int | None = None) -> str:
     """ONNX Runtime GenAI's model builder (CPU, FP32, INT8 or INT4): fused GroupQueryAttention, rotary inside the
     graph; writes model.onnx(.data) and genai_config.json. Run as its own process: it is a CLI
-    and holds the whole model in memory while it writes. `last_logits`: its prune_lm_head option."""
+    and holds the whole model in memory while it writes. `last_logits`: its prune_lm_head option;
+    `block_size`: its MatMulNBits block (int8/int4)."""
     onnxruntime_genai = optional_import("onnxruntime_genai", "--exporter genai", "ONNX Runtime GenAI")
     if precision not in GENAI_PRECISIONS:
         raise InputError(f"the GenAI model builder's precision {precision!r} is not one aiopt offers; choose {' or '.join(GENAI_PRECISIONS)}")
@@ -190,13 +192,14 @@ def _export_genai(folder, target: Path, say, precision: str = "fp32", last_logit
     with tempfile.TemporaryDirectory(dir=target.parent) as cache:
         command = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(folder), "-o", str(target), "-p", precision,
                    "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false",
-                   *(["prune_lm_head=true"] if last_logits else [])]
+                   *(["prune_lm_head=true"] if last_logits else []), *([f"block_size={block_size}"] if block_size else [])]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
     if result.returncode != 0 or not (target / ONNX_FILE).is_file():
         lines = [line for line in (result.stderr or result.stdout).strip().splitlines() if line.strip()]
         raise UnsupportedModelError(f"ONNX Runtime GenAI's model builder could not export {folder} ({lines[-1] if lines else 'no output'})")
     pruned = ", prune_lm_head: the last position's logits on prefill" if last_logits else ""
-    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} ({precision}, cpu{pruned})"
+    block = f", block {block_size}" if block_size else ""
+    return f"onnxruntime-genai model builder {onnxruntime_genai.__version__} ({precision}{block}, cpu{pruned})"
 
 
 def _source_metrics(folder) -> dict | None:

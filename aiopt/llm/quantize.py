@@ -258,7 +258,7 @@ class Measurement:
         if recipe.runtime == "onnxruntime-genai":
             from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx  # torch
 
-            settings = KVExportConfig(exporter="genai", genai_precision=recipe.precision, genai_last_logits=True)
+            settings = KVExportConfig(exporter="genai", genai_precision=recipe.precision, genai_last_logits=True, genai_block_size=recipe.block_size)
             if recipe.precision != "fp32":  # not held to FP32's logit tolerance: its difference is recorded, its quality measured here
                 settings = replace(settings, atol=None)
             return Path(export_causal_lm_onnx(self.hf_folder, target, settings, say=self.say)["onnx"])
