@@ -80,11 +80,7 @@ def score(lm, windows: np.ndarray, prefill_share: float = 0.5) -> Score:
     for row in windows:
         steps = _decoded_logits(lm, row[:prefilled - 1]) if last_only else []
         logits, state = lm.prefill(row[None, :prefilled])
-        steps.append(logits[0])
-        for position in range(prefilled, scored):
-            logits, state = lm.step(row[None, position:position + 1], state)
-            steps.append(logits[0, -1:])
-        logits = np.concatenate(steps)
+        logits = np.concatenate([*steps, logits[0], *_steps(lm, row, range(prefilled, scored), state)])
         if logits.shape[0] != scored:
             raise UnsupportedModelError(f"{lm.runtime} gave {logits.shape[0]} positions' logits for a window of {scored}: its prefill "
                                         "returns neither every position nor only the last")
@@ -110,8 +106,13 @@ def _decoded_logits(lm, ids: np.ndarray) -> list[np.ndarray]:
     if not len(ids):
         return []
     logits, state = lm.prefill(ids[None, :1])
-    out = [logits[0, -1:]]
-    for position in range(1, len(ids)):
+    return [logits[0, -1:], *_steps(lm, ids, range(1, len(ids)), state)]
+
+
+def _steps(lm, ids: np.ndarray, positions, state) -> list[np.ndarray]:
+    """The logits of one decode step per position, each fed that position's token, the cache carried from `state`."""
+    out = []
+    for position in positions:
         logits, state = lm.step(ids[None, position:position + 1], state)
         out.append(logits[0, -1:])
     return out
