@@ -1,7 +1,8 @@
 """aiopt quantize's default for a causal LM beside one call of each peer with its own defaults.
 
-Every peer is built first; then the timed runs are interleaved (round r times every peer once, in
-turn), all on the same threads, each run on a fresh random prompt (no runtime's prefix cache can
+Every peer is built (and scored) first, then opened in a process of its own (`--same-process`: all
+in this one, the protocol before 2026-12-07); then the timed runs are interleaved (round r times
+every peer once, in turn), all on the same threads, each run on a fresh random prompt (no runtime's prefix cache can
 serve it): time to first token at --prompt-len and decode tokens/s at batch 1 over --new-tokens
 (greedy, end-of-text ignored), medians over --repeats rounds. Where a peer gives logits through
 aiopt's runner interface it is also scored on the same held-out windows (perplexity, greedy
@@ -57,7 +58,8 @@ OPTIMUM_VENV_CLI = Path("/work/cache/optimum-venv/bin/optimum-cli")
 
 
 class Peer:
-    """One row: `build()` returns static fields and a `once(prompt)` -> (ttft_s, decode tokens/s)."""
+    """One row: `build()` returns static fields and a timer, (function, *args) whose call opens the
+    peer's artifact and returns its `once(prompt)` -> (ttft_s, decode tokens/s)."""
 
     def __init__(self, name: str, how: str, build):
         self.name, self.how, self.build = name, how, build
@@ -65,13 +67,14 @@ class Peer:
         self.once = None
         self.runs: list[tuple[float, float]] = []
 
-    def prepare(self) -> None:
+    def prepare(self, isolate: bool) -> None:
         start = time.perf_counter()
         try:
-            fields, self.once = self.build()
+            fields, timer = self.build()
             self.row.update(fields)
+            self.once = ProcessTimer(*timer) if isolate else timer[0](*timer[1:])
         except Exception as exc:  # noqa: BLE001 -- a peer that cannot run is a row saying why
-            self.row["not_run"] = f"{exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:400]
+            self.row["not_run"] = _why(exc)
         self.row["build_s"] = round(time.perf_counter() - start, 1)
         print(json.dumps(self.row, default=str), file=sys.stderr, flush=True)
 
@@ -81,15 +84,80 @@ class Peer:
         try:
             self.runs.append(self.once(prompt))
         except Exception as exc:  # noqa: BLE001
-            self.row["not_run"] = f"timing failed: {exc.__class__.__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"[:400]
-            self.once = None
+            self.row["not_run"] = f"timing failed: {_why(exc)}"[:400]
+            self.close()
+
+    def close(self) -> None:
+        if isinstance(self.once, ProcessTimer):
+            self.once.close()
+        self.once = None
 
     def finish(self) -> dict:
+        self.close()
         if self.runs and "not_run" not in self.row:
             self.row["ttft_ms"] = 1000 * statistics.median(r[0] for r in self.runs)
             self.row["tokens_per_s"] = statistics.median(r[1] for r in self.runs)
             self.row["rounds"] = [[round(1000 * ttft, 3), round(rate, 2)] for ttft, rate in self.runs]  # round by round, for paired ratios
         return self.row
+
+
+def _why(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{exc.__class__.__name__}: {text.splitlines()[-1] if text else ''}"[:400]
+
+
+class ProcessTimer:
+    """A peer opened and timed in a process of its own (spawned, so nothing of this one's runtimes
+    is inherited): no other runtime's thread pools, allocator arenas or loaded weights share its
+    process, as in a deployment. The main process only sends prompts and waits on the pipe."""
+
+    def __init__(self, function, *args):
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self.connection, child = context.Pipe()
+        self.process = context.Process(target=_serve, args=(child, function, args), daemon=True)
+        self.process.start()
+        child.close()
+        self._answer()  # opened and warmed up, or the reason it could not be
+
+    def _answer(self):
+        try:
+            status, value = self.connection.recv()
+        except EOFError:
+            self.process.join(10)  # the pipe closes a moment before the exit code is set
+            raise RuntimeError(f"the peer's process ended (exit code {self.process.exitcode})") from None
+        if status == "error":
+            raise RuntimeError(value)
+        return value
+
+    def __call__(self, prompt: np.ndarray) -> tuple[float, float]:
+        self.connection.send(prompt)
+        return self._answer()
+
+    def close(self) -> None:
+        if self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.connection.send(None)
+            self.process.join(60)
+        if self.process.is_alive():
+            self.process.kill()
+
+
+def _serve(connection, function, args) -> None:
+    """The peer's process: open it (the timer function), then time each prompt received until None."""
+    warnings.simplefilter("ignore")
+    try:
+        once = function(*args)
+    except Exception as exc:  # noqa: BLE001 -- the reason goes back as the row's note
+        connection.send(("error", _why(exc)))
+        return
+    connection.send(("ready", None))
+    while (prompt := connection.recv()) is not None:
+        try:
+            connection.send(("ok", once(prompt)))
+        except Exception as exc:  # noqa: BLE001
+            connection.send(("error", _why(exc)))
 
 
 def _runner_once(lm, new_tokens: int):
@@ -101,6 +169,28 @@ def _runner_once(lm, new_tokens: int):
 
     generate_ids(lm, np.arange(8)[None], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
     return once
+
+
+# Timers: module-level functions (a spawned process finds them by name) that open one peer's
+# artifact on `threads` threads and return its once(prompt), warmed up.
+def transformers_timer(model: Path, dtype: str, threads: int, new_tokens: int):
+    import torch
+
+    from aiopt.llm.runners import TorchCausalLM
+
+    torch.set_num_threads(threads)
+    loaded, config = load_causal_lm(model)
+    return _runner_once(TorchCausalLM(loaded.to(getattr(torch, dtype)), Shape.from_config(config)), new_tokens)
+
+
+def aiopt_timer(folder: Path, threads: int, new_tokens: int):
+    from aiopt.llm.open_artifact import open_causal_lm
+
+    return _runner_once(open_causal_lm(folder, threads=threads)[0], new_tokens)
+
+
+def llamacpp_timer(path: Path, shape: Shape, threads: int, new_tokens: int):
+    return _runner_once(LlamaCppCausalLM(path, shape, threads), new_tokens)
 
 
 def run(model: Path, work: Path, args) -> dict:
@@ -129,33 +219,40 @@ def run(model: Path, work: Path, args) -> dict:
             from aiopt.llm.runners import TorchCausalLM
 
             copy = model_torch if dtype is torch.float32 else load_causal_lm(model)[0].to(dtype)
-            lm = TorchCausalLM(copy, shape)
-            return {**quality(lm), "size_bytes": sum(p.numel() * p.element_size() for p in copy.parameters())}, _runner_once(lm, args.new_tokens)
+            fields = {**quality(TorchCausalLM(copy, shape)), "size_bytes": sum(p.numel() * p.element_size() for p in copy.parameters())}
+            return fields, (transformers_timer, model, str(dtype).removeprefix("torch."), threads, args.new_tokens)
         return build
 
     def aiopt_build():
+        from aiopt.folder_io import read_metadata
         from aiopt.llm.open_artifact import open_causal_lm
 
-        out = work / "aiopt"
-        settings = LMQuantizeConfig(prompt_len=prompt_len, new_tokens=args.new_tokens, eval_tokens=args.eval_tokens, threads=threads,
-                                    candidates=tuple(args.aiopt_candidate or ()), min_agreement=args.min_agreement)
-        with contextlib.redirect_stdout(sys.stderr):
-            metadata = quantize_causal_lm(model, out, settings, force=True, say=lambda message: print(message, file=sys.stderr, flush=True))
+        out = args.aiopt_folder or work / "aiopt"
+        if args.aiopt_folder:  # written by an earlier aiopt quantize: timed and scored here, not chosen here
+            metadata = read_metadata(out)
+        else:
+            settings = LMQuantizeConfig(prompt_len=prompt_len, new_tokens=args.new_tokens, eval_tokens=args.eval_tokens, threads=threads,
+                                        candidates=tuple(args.aiopt_candidate or ()), min_agreement=args.min_agreement)
+            with contextlib.redirect_stdout(sys.stderr):
+                metadata = quantize_causal_lm(model, out, settings, force=True, say=lambda message: print(message, file=sys.stderr, flush=True))
         lm, _, _ = open_causal_lm(out, threads=threads)
         return ({"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality(lm), "size_bytes": artifact_size(out)},
-                _runner_once(lm, args.new_tokens))
+                (aiopt_timer, out, threads, args.new_tokens))
 
     def genai_build():
         from aiopt.llm.runners import GenAICausalLM
 
-        fields, once = _ort_genai_int4(model, work / "genai-int4", threads, args.new_tokens)
+        out = _ort_genai_int4(model, work / "genai-int4")
         # its quality through GenAI's own runtime (a prefill's logits), as aiopt quantize scores its candidates
-        return {**quality(GenAICausalLM(work / "genai-int4", shape, threads)), **fields}, once
+        return ({**quality(GenAICausalLM(out, shape, threads)), "size_bytes": artifact_size(out), "note": "timed in its own generator loop"},
+                (genai_timer, out, threads, args.new_tokens))
 
     def openvino_build(precision):
         def build():
-            fields, once = _openvino_genai(model, work / f"ov-{precision}", precision, threads, args.new_tokens, args.optimum_cli)
-            return {**quality(OptimumIRRunner(work / f"ov-{precision}" / "openvino_model.xml", threads)), **fields}, once
+            out = _optimum_export(model, work / f"ov-{precision}", precision, args.optimum_cli)
+            return ({**quality(OptimumIRRunner(out / "openvino_model.xml", threads)), "size_bytes": artifact_size(out),
+                     "note": "timed in its own loop (LLMPipeline); scored by prefill and decode steps on the same IR in OpenVINO with its defaults"},
+                    (openvino_genai_timer, out, threads, args.new_tokens))
         return build
 
     def llamacpp_build(gguf_type):
@@ -168,8 +265,7 @@ def run(model: Path, work: Path, args) -> dict:
                 f32.parent.mkdir(parents=True, exist_ok=True)
                 write_f32_gguf(model, f32)
             path = quantize_gguf(f32, work / "gguf" / f"model-{gguf_type}.gguf", gguf_type, threads)
-            lm = LlamaCppCausalLM(path, shape, threads)
-            return {**quality(lm), "size_bytes": path.stat().st_size}, _runner_once(lm, args.new_tokens)
+            return {**quality(LlamaCppCausalLM(path, shape, threads)), "size_bytes": path.stat().st_size}, (llamacpp_timer, path, shape, threads, args.new_tokens)
         return build
 
     peers = [Peer("transformers eager FP32", "AutoModelForCausalLM, torch float32, DynamicCache", transformers_peer(torch.float32)),
@@ -185,7 +281,7 @@ def run(model: Path, work: Path, args) -> dict:
         peers = [peer for peer in peers if any(part.lower() in peer.name.lower() for part in args.peer)]
     load_before = list(os.getloadavg())
     for peer in peers:
-        peer.prepare()
+        peer.prepare(isolate=not args.same_process)
     rng = np.random.default_rng(0)
     for round_ in range(args.repeats):
         prompt = rng.integers(0, shape.vocab_size, prompt_len)
@@ -197,18 +293,22 @@ def run(model: Path, work: Path, args) -> dict:
     rows = [peer.finish() for peer in peers]
     return {"model": str(model), "shape": shape.__dict__, "prompt_len": prompt_len, "new_tokens": args.new_tokens, "repeats": args.repeats,
             "eval_tokens": int(windows.size - len(windows)) if windows is not None else 0, "rows": rows, "threads": threads,
-            "load_average_before": load_before, "load_average": list(os.getloadavg()), "machine": platform.node(),
+            "load_average_before": load_before, "own_processes": not args.same_process, "load_average": list(os.getloadavg()), "machine": platform.node(),
             "equal_quality_peers": args.equal_quality_peer or [], "command": " ".join(["python", "benchmarks/llm_peers.py", *sys.argv[1:]])}
 
 
-def _ort_genai_int4(model: Path, out: Path, threads: int, new_tokens: int):
-    import onnxruntime_genai as og
-
+def _ort_genai_int4(model: Path, out: Path) -> Path:
     with tempfile.TemporaryDirectory() as cache:
         done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "int4",
                                "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"], capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError((done.stderr or done.stdout).strip().splitlines()[-1])
+    return out
+
+
+def genai_timer(out: Path, threads: int, new_tokens: int):
+    import onnxruntime_genai as og
+
     config = og.Config(str(out))
     config.overlay(json.dumps({"model": {"decoder": {"session_options": {"intra_op_num_threads": threads}}}}))
     lm = og.Model(config)
@@ -230,7 +330,7 @@ def _ort_genai_int4(model: Path, out: Path, threads: int, new_tokens: int):
         return first - start, (new_tokens - 1) / (end - first)
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "timed in its own generator loop"}, once
+    return once
 
 
 def _optimum_cli(given: str | None) -> str:
@@ -244,16 +344,20 @@ def _optimum_cli(given: str | None) -> str:
                        "accepts) and pass --optimum-cli V/bin/optimum-cli")
 
 
-def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_tokens: int, optimum_cli: str | None):
-    import openvino as ov
-    import openvino_genai
-
+def _optimum_export(model: Path, out: Path, precision: str, optimum_cli: str | None) -> Path:
     if not (out / "openvino_model.xml").is_file():  # an export kept in --work from an earlier run is reused
         done = subprocess.run([_optimum_cli(optimum_cli), "export", "openvino", "--model", str(model), "--task", "text-generation-with-past",
                                "--weight-format", precision, str(out)], capture_output=True, text=True, check=False)
         if done.returncode != 0:  # the exception's own line (a traceback's last line may be one of a list it prints)
             lines = (done.stderr or done.stdout).strip().splitlines()
             raise RuntimeError(next((line for line in reversed(lines) if "Error:" in line), lines[-1] if lines else "no output").strip())
+    return out
+
+
+def openvino_genai_timer(out: Path, threads: int, new_tokens: int):
+    import openvino as ov
+    import openvino_genai
+
     scheduler = openvino_genai.SchedulerConfig()
     scheduler.enable_prefix_caching = False  # else a repeated prompt's prefill comes from its cache (TTFT 25 ms, issue 27)
     pipe = openvino_genai.LLMPipeline(str(out), "CPU", scheduler_config=scheduler, INFERENCE_NUM_THREADS=threads)
@@ -272,8 +376,7 @@ def _openvino_genai(model: Path, out: Path, precision: str, threads: int, new_to
         return metrics.get_ttft().mean / 1000, 1000 / metrics.get_tpot().mean  # ms -> s; time per output token -> tokens/s
 
     once(np.arange(8))  # warm-up
-    return {"size_bytes": artifact_size(out), "note": "timed in its own loop (LLMPipeline); scored by prefill and decode steps on the same IR in OpenVINO "
-            "with its defaults"}, once
+    return once
 
 
 class OptimumIRRunner:
@@ -324,7 +427,8 @@ def markdown(document: dict) -> str:
                 and r.get("decode_perplexity_increase", 0) <= FLOOR_PERPLEXITY and r.get("decode_agreement", 1) >= FLOOR_AGREEMENT)
     lines = [f"# aiopt quantize beside its peers: {document['model']}", "",
              f"`{document['command']}` on {document['machine']}: prompt {document['prompt_len']} random tokens (a fresh prompt each round), "
-             f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved, median of {document['repeats']} rounds; "
+             f"{document['new_tokens']} new tokens greedy at batch 1, peers interleaved"
+             f"{', each timed in a process of its own' if document.get('own_processes') else ', all timed in one process'}, median of {document['repeats']} rounds; "
              f"{document['threads']} threads for every peer; perplexity/agreement on {document['eval_tokens']} held-out sotu test tokens "
              f"(agreement with transformers FP32; each window half prefilled, half decoded through the peer's KV cache, "
              f"and the floor holds on both). Load average before {before[0]:.2f}, after {load[0]:.2f}, {load[1]:.2f}, {load[2]:.2f}"
@@ -394,6 +498,10 @@ def main() -> int:
                         "taken as of aiopt's quality by precision, e.g. Q8_0 and INT8 beside 8-bit aiopt candidates")
     parser.add_argument("--optimum-cli", help="optimum-cli of a venv holding optimum-intel (see the docstring)")
     parser.add_argument("--work", type=Path, help="keep the built artifacts here (default: a temporary folder)")
+    parser.add_argument("--aiopt-folder", type=Path, help="time and score this folder, written by an earlier aiopt quantize, instead of "
+                        "running aiopt quantize here (a probe; the results' command line says so)")
+    parser.add_argument("--same-process", action="store_true", help="time every peer in this process (the old protocol) instead of each "
+                        "in a process of its own")
     parser.add_argument("--write", action="store_true", help="write benchmarks/results/llm-peers-<model>-<machine>.{json,md}")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
