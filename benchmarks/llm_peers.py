@@ -298,6 +298,8 @@ def run(model: Path, work: Path, args) -> dict:
 
 
 def _ort_genai_int4(model: Path, out: Path) -> Path:
+    if (out / "genai_config.json").is_file():  # a build kept in --work from an earlier run is reused
+        return out
     with tempfile.TemporaryDirectory() as cache:
         done = subprocess.run([sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(model), "-o", str(out), "-p", "int4",
                                "-e", "cpu", "-c", cache, "--extra_options", "hf_remote=false", "hf_token=false"], capture_output=True, text=True, check=False)
@@ -453,19 +455,28 @@ def markdown(document: dict) -> str:
                  else f"by precision: {', '.join(document['equal_quality_peers'])}")
         lines += ["", f"aiopt's default against the peers of equal quality ({basis}), as the median of its round-by-round ratios "
                   f"(each round times every peer once, so a drift of the machine between rounds cancels): decode "
-                  f"**{paired_ratio(ours, top, 1):.2f}x** the fastest decoder, {top['peer']} ({ours['tokens_per_s']:.1f} against "
-                  f"{top['tokens_per_s']:.1f} tok/s as medians); time to first token **{paired_ratio(ours, first, 0):.2f}x** the quickest, "
+                  f"{paired_ratio(ours, top, 1)} the fastest decoder, {top['peer']} ({ours['tokens_per_s']:.1f} against "
+                  f"{top['tokens_per_s']:.1f} tok/s as medians); time to first token {paired_ratio(ours, first, 0)} the quickest, "
                   f"{first['peer']} ({ours['ttft_ms']:.1f} against {first['ttft_ms']:.1f} ms; below 1 is sooner)."]
     return "\n".join(lines) + "\n"
 
 
-def paired_ratio(ours: dict, peer: dict, column: int) -> float:
-    """The median over rounds of ours / peer in one column of `rounds` (0: TTFT, 1: decode tokens/s)."""
+def paired_ratios(ours: dict, peer: dict, column: int) -> list[float]:
+    """ours / peer round by round in one column of `rounds` (0: TTFT, 1: decode tokens/s)."""
     pairs = list(zip(ours.get("rounds") or (), peer.get("rounds") or ()))
     if not pairs:  # a document written before rounds were kept
         key = ("ttft_ms", "tokens_per_s")[column]
-        return ours[key] / peer[key]
-    return statistics.median(a[column] / b[column] for a, b in pairs)
+        return [ours[key] / peer[key]]
+    return [a[column] / b[column] for a, b in pairs]
+
+
+def paired_ratio(ours: dict, peer: dict, column: int) -> str:
+    """The median of the round-by-round ratios in bold, with their range and the rounds where aiopt
+    was ahead (decode: faster; TTFT: sooner), so one lucky round cannot carry the claim unseen."""
+    ratios = paired_ratios(ours, peer, column)
+    ahead = sum(r > 1 if column == 1 else r < 1 for r in ratios)
+    spread = f" (rounds {min(ratios):.2f}-{max(ratios):.2f}x, ahead in {ahead} of {len(ratios)})" if len(ratios) > 1 else ""
+    return f"**{statistics.median(ratios):.2f}x**{spread}"
 
 
 def _trained(name: str, folder: Path) -> Path:
