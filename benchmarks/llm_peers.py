@@ -204,10 +204,12 @@ def run(model: Path, work: Path, args) -> dict:
     windows = None if args.no_quality else heldout_windows(model, min(128, (shape.context_length or 129) - 1), args.eval_tokens)
     state: dict = {"reference": None}
 
-    def quality(lm) -> dict:
+    def quality(open_lm) -> dict:
+        """Scored on the held-out windows; `open_lm()` opens the peer's runner only when there are windows
+        (with --no-quality the peer is opened once, in its timing process, and nowhere else)."""
         if windows is None:
             return {}
-        result = score(lm, windows)
+        result = score(open_lm(), windows)
         state["reference"] = state["reference"] or result
         reference = state["reference"]
         return {"perplexity": result.perplexity, "agreement": result.agreement(reference),
@@ -219,7 +221,7 @@ def run(model: Path, work: Path, args) -> dict:
             from aiopt.llm.runners import TorchCausalLM
 
             copy = model_torch if dtype is torch.float32 else load_causal_lm(model)[0].to(dtype)
-            fields = {**quality(TorchCausalLM(copy, shape)), "size_bytes": sum(p.numel() * p.element_size() for p in copy.parameters())}
+            fields = {**quality(lambda: TorchCausalLM(copy, shape)), "size_bytes": sum(p.numel() * p.element_size() for p in copy.parameters())}
             return fields, (transformers_timer, model, str(dtype).removeprefix("torch."), threads, args.new_tokens)
         return build
 
@@ -235,8 +237,7 @@ def run(model: Path, work: Path, args) -> dict:
                                         candidates=tuple(args.aiopt_candidate or ()), min_agreement=args.min_agreement)
             with contextlib.redirect_stdout(sys.stderr):
                 metadata = quantize_causal_lm(model, out, settings, force=True, say=lambda message: print(message, file=sys.stderr, flush=True))
-        lm, _, _ = open_causal_lm(out, threads=threads)
-        return ({"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality(lm), "size_bytes": artifact_size(out)},
+        return ({"choice": f"{metadata['recipe']} on {metadata['runtime']}", **quality(lambda: open_causal_lm(out, threads=threads)[0]), "size_bytes": artifact_size(out)},
                 (aiopt_timer, out, threads, args.new_tokens))
 
     def genai_build():
@@ -244,13 +245,13 @@ def run(model: Path, work: Path, args) -> dict:
 
         out = _ort_genai_int4(model, work / "genai-int4")
         # its quality through GenAI's own runtime (a prefill's logits), as aiopt quantize scores its candidates
-        return ({**quality(GenAICausalLM(out, shape, threads)), "size_bytes": artifact_size(out), "note": "timed in its own generator loop"},
+        return ({**quality(lambda: GenAICausalLM(out, shape, threads)), "size_bytes": artifact_size(out), "note": "timed in its own generator loop"},
                 (genai_timer, out, threads, args.new_tokens))
 
     def openvino_build(precision):
         def build():
             out = _optimum_export(model, work / f"ov-{precision}", precision, args.optimum_cli)
-            return ({**quality(OptimumIRRunner(out / "openvino_model.xml", threads)), "size_bytes": artifact_size(out),
+            return ({**quality(lambda: OptimumIRRunner(out / "openvino_model.xml", threads)), "size_bytes": artifact_size(out),
                      "note": "timed in its own loop (LLMPipeline); scored by prefill and decode steps on the same IR in OpenVINO with its defaults"},
                     (openvino_genai_timer, out, threads, args.new_tokens))
         return build
@@ -265,7 +266,7 @@ def run(model: Path, work: Path, args) -> dict:
                 f32.parent.mkdir(parents=True, exist_ok=True)
                 write_f32_gguf(model, f32)
             path = quantize_gguf(f32, work / "gguf" / f"model-{gguf_type}.gguf", gguf_type, threads)
-            return {**quality(LlamaCppCausalLM(path, shape, threads)), "size_bytes": path.stat().st_size}, (llamacpp_timer, path, shape, threads, args.new_tokens)
+            return {**quality(lambda: LlamaCppCausalLM(path, shape, threads)), "size_bytes": path.stat().st_size}, (llamacpp_timer, path, shape, threads, args.new_tokens)
         return build
 
     peers = [Peer("transformers eager FP32", "AutoModelForCausalLM, torch float32, DynamicCache", transformers_peer(torch.float32)),
