@@ -81,17 +81,25 @@ def _greedy_rows(lm, prompt: np.ndarray, steps: int) -> np.ndarray:
     return np.stack(chosen, axis=1)
 
 
-@pytest.mark.slow  # a GenAI-builder export of its own (~15 s quiet, two minutes on a loaded machine)
-def test_genai_runtime_decodes_a_batch_with_onnx_runtimes_tokens(tmp_path):
+@pytest.fixture(scope="module")
+def genai_export(tmp_path_factory):
+    """A GenAI-builder export of the tiny gpt (~15 s quiet, two minutes on a loaded machine)."""
     pytest.importorskip("onnxruntime_genai")
     from aiopt.llm.export_kv import KVExportConfig, export_causal_lm_onnx
-    from aiopt.llm.open_artifact import open_causal_lm
     from llm_tiny import tiny_gpt
 
     folder, _ = tiny_gpt()
-    export_causal_lm_onnx(folder, tmp_path / "genai", KVExportConfig(exporter="genai"))
-    genai, _, _ = open_causal_lm(tmp_path / "genai", runtime="onnxruntime-genai")
-    ort_lm, _, _ = open_causal_lm(tmp_path / "genai", runtime="onnxruntime")
+    out = tmp_path_factory.mktemp("genai") / "genai"
+    export_causal_lm_onnx(folder, out, KVExportConfig(exporter="genai"))
+    return out
+
+
+@pytest.mark.slow
+def test_genai_runtime_decodes_a_batch_with_onnx_runtimes_tokens(genai_export):
+    from aiopt.llm.open_artifact import open_causal_lm
+
+    genai, _, _ = open_causal_lm(genai_export, runtime="onnxruntime-genai")
+    ort_lm, _, _ = open_causal_lm(genai_export, runtime="onnxruntime")
     prompt = np.random.default_rng(2).integers(0, genai.shape.vocab_size, (3, 9))
     assert np.array_equal(_greedy_rows(genai, prompt, 16), _greedy_rows(ort_lm, prompt, 16))
     # tokens chosen by the caller, different in every row: the same logits as ONNX Runtime, row by row
@@ -103,3 +111,34 @@ def test_genai_runtime_decodes_a_batch_with_onnx_runtimes_tokens(tmp_path):
         logits_o, state_o = ort_lm.step(column[:, None], state_o)
         np.testing.assert_allclose(logits_g, logits_o, atol=1e-4)
     assert np.abs(logits_o[0] - logits_o[1]).max() > 1e-3  # the rows are different sequences, not one broadcast
+
+
+@pytest.mark.slow
+def test_a_genai_graph_decodes_in_one_shared_buffer_as_with_a_new_present_each_step(genai_export, monkeypatch):
+    """GroupQueryAttention writes each step's keys and values into the buffer bound as both past and
+    present: the same logits and cache as a new present per step, through the buffer's growth
+    (4 cells at a time here) and from a cache handed over from elsewhere (a route's load_cache)."""
+    from aiopt.llm import runners
+    from aiopt.llm.open_artifact import open_causal_lm
+
+    monkeypatch.setattr(runners, "CACHE_CHUNK", 4)
+    shape = open_causal_lm(genai_export, runtime="onnxruntime")[0].shape
+    shared = runners.OrtCausalLM(genai_export / "model.onnx", shape, threads=1)
+    plain = runners.OrtCausalLM(genai_export / "model.onnx", shape, threads=1, share_cache=False)
+    assert shared.shares_cache and not plain.shares_cache
+    rng = np.random.default_rng(4)
+    prompt, forced = rng.integers(0, shape.vocab_size, (2, 7)), rng.integers(0, shape.vocab_size, (2, 11))
+    (_, state_s), (_, state_p) = shared.prefill(prompt, last_only=True), plain.prefill(prompt, last_only=True)
+    handed = shared.load_cache(*plain.kv_cache(state_p))
+    for column in forced.T:
+        logits_s, state_s = shared.step(column[:, None], state_s)
+        logits_h, handed = shared.step(column[:, None], handed)
+        logits_p, state_p = plain.step(column[:, None], state_p)
+        np.testing.assert_allclose(logits_s, logits_p, atol=1e-5)
+        np.testing.assert_allclose(logits_h, logits_p, atol=1e-5)
+    assert state_s.capacity > prompt.shape[1] + 4  # grown on the way
+    for ours, theirs in zip(shared.kv_cache(state_s), plain.kv_cache(state_p)):
+        assert len(ours) == shape.layers
+        for a, b in zip(ours, theirs):
+            assert a.shape == b.shape == (2, shape.kv_heads, prompt.shape[1] + forced.shape[1], shape.head_dim)
+            np.testing.assert_allclose(a, b, atol=1e-5)

@@ -48,6 +48,15 @@ class RoutedCausalLM:
         self.prefill_lm, self.decode_lm, self.shape = prefill_lm, decode_lm, decode_lm.shape
         self.last_logits_only = getattr(prefill_lm, "last_logits_only", False)
 
+    @property
+    def max_length(self) -> int | None:
+        return getattr(self.decode_lm, "max_length", None)
+
+    @max_length.setter
+    def max_length(self, tokens: int | None) -> None:  # generate_ids: the decoder sizes its cache buffer by it
+        if hasattr(self.decode_lm, "max_length"):
+            self.decode_lm.max_length = tokens
+
     def prefill(self, ids: np.ndarray, last_only: bool = False):
         logits, state = self.prefill_lm.prefill(ids, last_only)
         return logits, self.decode_lm.load_cache(*self.prefill_lm.kv_cache(state))
