@@ -10,10 +10,16 @@ With --compare openvino-stateful, the same A/B on OpenVINO instead: before, the 
 it is (the KV cache fed in and read out every step); after, the export made stateful
 (aiopt.llm.openvino_stateful: the cache in OpenVINO's variables).
 
+With --compare shared-cache, on a GroupQueryAttention graph (ONNX Runtime GenAI's model builder,
+e.g. the folder aiopt quantize writes for a `genai-*` winner): before, each step's present cache a
+new buffer (past copied in); after, past and present bound to one buffer written in place, as
+GenAI's generator does (aiopt.llm.runners._SharedCache).
+
     python benchmarks/llm_speed_paths.py                         # a wide-vocabulary model (see WIDE), random weights
     python benchmarks/llm_speed_paths.py --model benchmarks/.work/base/gpt --prompt-len 192
     python benchmarks/llm_speed_paths.py --model EXPORT_FOLDER --rounds 7 --json out.json
     python benchmarks/llm_speed_paths.py --model EXPORT_FOLDER --compare openvino-stateful --prompt-len 64 --rounds 11
+    python benchmarks/llm_speed_paths.py --model benchmarks/.work/peers-qwen/aiopt --compare shared-cache --new-tokens 128 --rounds 9
 
 Reports TTFT and decode tokens/s medians of each side, the after/before ratios, and the load
 average at the start and the end; greedy tokens must be identical on both sides (exit 1 if not).
@@ -77,8 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", help="write the result here too")
-    parser.add_argument("--compare", choices=("ort-paths", "openvino-stateful"), default="ort-paths",
-                        help="ort-paths: ONNX Runtime's plain vs fast paths; openvino-stateful: OpenVINO stateless vs stateful")
+    parser.add_argument("--compare", choices=("ort-paths", "openvino-stateful", "shared-cache"), default="ort-paths",
+                        help="ort-paths: ONNX Runtime's plain vs fast paths; openvino-stateful: OpenVINO stateless vs stateful; "
+                             "shared-cache: a GroupQueryAttention graph's cache copied each step vs written in place")
     args = parser.parse_args(argv)
 
     import numpy as np
@@ -98,6 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare == "openvino-stateful":
         runners = {"before": OpenVINOCausalLM(export / "model.onnx", shape, threads=args.threads),
                    "after": OpenVINOStatefulCausalLM(export / "model.onnx", shape, threads=args.threads)}
+
+        def side_runner(side: str):
+            return runners[side]
+    elif args.compare == "shared-cache":
+        runners = {"before": OrtCausalLM(export / "model.onnx", shape, threads=args.threads, share_cache=False),
+                   "after": OrtCausalLM(export / "model.onnx", shape, threads=args.threads)}
+        if not runners["after"].shares_cache:
+            raise SystemExit(f"{export}/model.onnx has no GroupQueryAttention: nothing to share; pass a GenAI builder's folder")
 
         def side_runner(side: str):
             return runners[side]
