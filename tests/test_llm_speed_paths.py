@@ -142,3 +142,26 @@ def test_a_genai_graph_decodes_in_one_shared_buffer_as_with_a_new_present_each_s
         for a, b in zip(ours, theirs):
             assert a.shape == b.shape == (2, shape.kv_heads, prompt.shape[1] + forced.shape[1], shape.head_dim)
             np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_a_genai_runner_rewinds_its_generator_for_the_next_prompt_and_retires_the_old_state(genai_export):
+    """One generator serves prompt after prompt (rewind_to): the second prompt's logits and tokens are
+    a fresh runner's, and the first prompt's state, whose generator now holds the second, refuses to step."""
+    from aiopt.llm.generate import GenerateConfig, generate_ids
+    from aiopt.llm.open_artifact import open_causal_lm
+
+    kept, _, _ = open_causal_lm(genai_export, runtime="onnxruntime-genai")
+    rng = np.random.default_rng(5)
+    first, second = rng.integers(0, kept.shape.vocab_size, (2, 1, 9))
+    config = GenerateConfig(max_new_tokens=6, stop_at_eos=False)
+    generate_ids(kept, first, config)
+    _, old_state = kept.prefill(first)
+    generator = kept._kept[1]
+    again = generate_ids(kept, second, config)
+    assert kept._kept[1] is generator  # rewound, not made anew
+    fresh, _, _ = open_causal_lm(genai_export, runtime="onnxruntime-genai")
+    assert again.tokens == generate_ids(fresh, second, config).tokens
+    np.testing.assert_allclose(kept.prefill(second)[0], fresh.prefill(second)[0], atol=1e-5)
+    with pytest.raises(RuntimeError, match="rewound for another prompt"):
+        kept.step(first[:, :1], old_state)
