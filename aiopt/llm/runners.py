@@ -78,7 +78,9 @@ class OrtCausalLM:
         # an input with a default is listed among the overridable initializers, not the inputs
         names = [i.name for i in self.session.get_inputs()] + [i.name for i in self.session.get_overridable_initializers()]
         self._read_signature(onnx_path, names, [o.name for o in self.session.get_outputs()])
-        self.last_logits_only = last_position_logits_only(next(o.shape for o in self.session.get_outputs() if o.name == "logits"))
+        logits_dims = next(o.shape for o in self.session.get_outputs() if o.name == "logits")
+        self.last_logits_only = last_position_logits_only(logits_dims)
+        self.logits_width = logits_dims[-1] if isinstance(logits_dims[-1], int) else shape.vocab_size  # a padded vocabulary has its own
         self.shares_cache = share_cache and keep_cache_in_ort and _attention_ops(onnx_path) == {"GroupQueryAttention"}
 
     def _read_signature(self, onnx_path, names: list[str], output_names: list[str]) -> None:
@@ -147,7 +149,7 @@ class OrtCausalLM:
         for name, value in feed.items():
             cache.binding.bind_cpu_input(name, value)
         # the logits go straight into a new array: no OrtValue per output to wrap and read back
-        logits = np.empty((batch, length, self.shape.vocab_size), dtype=np.float32)
+        logits = np.empty((batch, length, self.logits_width), dtype=np.float32)
         cache.binding.bind_output("logits", "cpu", 0, np.float32, logits.shape, logits.ctypes.data)
         self.session._sess.run_with_iobinding(cache.binding._iobinding, None)
         cache.used += length
