@@ -14,7 +14,7 @@ from conftest import invoke_cli, run_cli
 
 from aiopt.errors import UnsupportedModelError
 from aiopt.llm import llamacpp_cache
-from aiopt.llm.selection import ROUTE_DECODE_MARGIN, Row, select_winner
+from aiopt.llm.selection import ROUTE_DECODE_MARGIN, Row, confirm_finalists, select_winner
 
 PROMPT = "My fellow Americans, the state of the Union"
 
@@ -109,6 +109,24 @@ def test_a_route_within_the_noise_of_its_decoders_rounds_counts_as_decoding_as_f
     assert select_winner([reference, decoder, route], _Floor()) is (route if wins else decoder)
     if not wins:
         assert "round by round" in route.why, route.why
+
+
+@pytest.mark.parametrize("graph_alone, route_decode", [
+    (48.9, 68.4),  # 2026-12-07's 0.5B run: the graph alone timed in the host's slow state, its route in the fast one
+    (68.4, 48.9),  # the other way round: the route would otherwise be judged on one unlucky timing
+])
+def test_a_route_and_its_decoder_are_retimed_together_whichever_timed_slower(graph_alone, route_decode):
+    reference = _row("ort-fp32", "onnxruntime", 2000.0, 11.0)
+    prefill = _row("ov-int8", "openvino", 700.0, 19.9)
+    decoder = _row("genai-int8", "onnxruntime-genai", 1120.0, graph_alone)
+    llama = _row("llamacpp-q8_0", "llamacpp", 2100.0, 44.1)
+    route = _row("route-ov-int8+genai-int8", "route", 840.0, route_decode, parts=(prefill, decoder))
+    within = [reference, prefill, decoder, llama, route]
+    finalists = confirm_finalists(within, reference, 0.25)
+    assert {r.name for r in finalists} == {"ort-fp32", "genai-int8", "route-ov-int8+genai-int8"}
+    # and nothing is added that was not re-timed for a reason: a route outside the margin with a decoder outside it stays out
+    slow = _row("route-ov-int8+llamacpp-q8_0", "route", 830.0, 43.9, parts=(prefill, llama))
+    assert slow not in confirm_finalists([*within, slow], reference, 0.25)
 
 
 @pytest.mark.parametrize("llama_route, onnx_route, chosen", [

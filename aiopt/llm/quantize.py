@@ -41,7 +41,7 @@ from aiopt.llm.recipes_llamacpp import LlamaCppCausalLM, build_llamacpp, llamacp
 from aiopt.llm.recipes_openvino import build_openvino, has_bf16_units, open_ir, openvino_recipes
 from aiopt.llm.recipes_ort import build_ort, genai_missing, genai_recipes, ort_recipes
 from aiopt.llm.route import DECODE_RUNTIMES, PREFILL_RUNTIMES, RoutedCausalLM, phase_runtime
-from aiopt.llm.selection import Row, distance_to_floor, floor_failures, select_winner
+from aiopt.llm.selection import Row, confirm_finalists, distance_to_floor, floor_failures, select_winner
 from aiopt.measure.bandwidth import measure_read_bandwidth
 from aiopt.options import option
 
@@ -336,14 +336,12 @@ class Measurement:
         """Re-time the finalists' decode in interleaved rounds and keep the median: each candidate was
         timed once, right after its build, and a machine whose load drifts during the builds would
         otherwise decide between near-ties (inside 1 - CONFIRM_MARGIN of the fastest within the floor).
-        FP32 is always among them: a candidate must beat it in the same rounds."""
+        FP32 is always among them: a candidate must beat it in the same rounds; a route and its
+        decoder come together (selection.confirm_finalists)."""
         within = self._timed_within_floor(rows)
         if not within or self.config.confirm_rounds < 1:
             return
-        fastest = max(r.tokens_per_s() for r in within)
-        finalists = [r for r in within if r is self.reference or r.tokens_per_s() >= fastest * (1 - CONFIRM_MARGIN)]
-        if self.reference not in finalists:
-            finalists.append(self.reference)
+        finalists = confirm_finalists(within, self.reference, CONFIRM_MARGIN)
         if len(finalists) < 2:
             return
         batch = self.config.batch_sizes[0]

@@ -64,6 +64,23 @@ def floor_failures(row: Row, config) -> list[str]:
     return failures
 
 
+def confirm_finalists(within: list[Row], reference: Row, margin: float) -> list[Row]:
+    """The candidates within the floor that quantize re-times together: those within `margin` of the
+    fastest decode, FP32, and, for every route where it or its decoder is among them, both. The
+    route rule compares a route with its decoder round by round (_paired_decode_ratio); timed once
+    each, on a host whose bandwidth swings 2x, one of the two can fall outside the margin by luck
+    (2026-12-07: the 0.5B's INT8 graph timed at 48.9 tok/s alone after its build, its route at 68.4)."""
+    fastest = max(r.tokens_per_s() for r in within)
+    finalists = [r for r in within if r is reference or r.tokens_per_s() >= fastest * (1 - margin)]
+    if reference not in finalists:
+        finalists.append(reference)
+    for route in (r for r in within if r.parts):
+        pair = (route, route.parts[1])
+        if any(r in finalists for r in pair):
+            finalists += [r for r in pair if r in within and r not in finalists]
+    return finalists
+
+
 def select_winner(rows: list[Row], config) -> Row | None:
     """Fastest decode (batch of the first -b) within the floor and faster than FP32; FP32 when
     some candidate is within the floor but none is faster; None when none is within it. The
