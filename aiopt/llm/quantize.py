@@ -215,6 +215,7 @@ class Measurement:
         self.windows = heldout_windows(folder, min(config.eval_window, context - 1), config.eval_tokens)
         self.bf16 = has_bf16_units()
         self.bandwidth = None
+        self.round_bandwidths: list[float] = []  # sampled in each confirmation round (confirm)
         self.export: dict | None = None
         self.reference: Row | None = None
         self._ref_score = None
@@ -352,11 +353,14 @@ class Measurement:
         for lm in runners.values():
             generate_ids(lm, prompts[:, :8], GenerateConfig(max_new_tokens=2, stop_at_eos=False))  # warm-up
         seconds: dict[str, list[float]] = {r.name: [] for r in finalists}
+        bandwidths: list[float] = []  # the read bandwidth sampled in each round: this host's swings 2x within minutes
         for round_index in range(self.config.confirm_rounds):
             order = finalists[round_index % len(finalists):] + finalists[:round_index % len(finalists)]  # each goes first in turn
             for row in order:
                 settle()  # not in the wake of the previous runtime's spinning threads
                 seconds[row.name].append(generate_ids(runners[row.name], prompts, settings).decode_s)
+            if self.bandwidth:
+                bandwidths.append(measure_read_bandwidth(self.threads)["bytes_per_s"] or self.bandwidth)
         for row in finalists:
             entry = row.decode[0]
             first = entry["tokens_per_s"]
@@ -364,7 +368,11 @@ class Measurement:
             entry["first_timing_tokens_per_s"], entry["confirm_rounds"] = first, self.config.confirm_rounds
             entry["rounds_tokens_per_s"] = [_decode_rate(batch, self.config.new_tokens, s)["tokens_per_s"] for s in seconds[row.name]]
             if "fraction_of_limit" in entry:
-                entry["fraction_of_limit"] *= entry["tokens_per_s"] / first
+                # each round's decode against the bandwidth of its own round, not the one sample taken before the builds
+                bytes_per_token = entry["fraction_of_limit"] * self.bandwidth / first
+                entry["rounds_fraction_of_limit"] = [rate * bytes_per_token / bw for rate, bw in zip(entry["rounds_tokens_per_s"], bandwidths)]
+                entry["fraction_of_limit"] = statistics.median(entry["rounds_fraction_of_limit"])
+        self.round_bandwidths = bandwidths
 
     def _timed_within_floor(self, rows: list[Row]) -> list[Row]:
         return [r for r in rows if r.status == "measured" and r.tokens_per_s() and not floor_failures(r, self.config)]
@@ -441,6 +449,7 @@ def build_report(rows: list[Row], winner: Row | None, config: LMQuantizeConfig, 
                       "eval": f"sotu test split, {measurement.eval_tokens()} tokens in windows of {config.eval_window}: "
                               "the first half of each prefilled, the rest decoded token by token through the KV cache"},
             "timing": {"prompt_len": measurement.prompt_len, "new_tokens": config.new_tokens, "batch_sizes": list(config.batch_sizes),
-                       "repeats": config.repeats, "threads": measurement.threads, "bandwidth_bytes_per_s": measurement.bandwidth},
+                       "repeats": config.repeats, "threads": measurement.threads, "bandwidth_bytes_per_s": measurement.bandwidth,
+                       "confirm_rounds_bandwidth_bytes_per_s": measurement.round_bandwidths},
             "cpu_bf16_units": measurement.bf16, "machine": describe_machine(), "load_average": list(os.getloadavg()),
             "calibration": config.calibration}
