@@ -102,17 +102,15 @@ def main(argv: list[str] | None = None) -> int:
     shape = Shape(**{k: metadata["kv_cache"][k] for k in Shape.__dataclass_fields__})
     prompt_len = min(args.prompt_len, (shape.context_length or 1 << 30) - args.new_tokens - 1)
     load_start = os.getloadavg()
-    if args.compare == "openvino-stateful":
-        runners = {"before": OpenVINOCausalLM(export / "model.onnx", shape, threads=args.threads),
-                   "after": OpenVINOStatefulCausalLM(export / "model.onnx", shape, threads=args.threads)}
-
-        def side_runner(side: str):
-            return runners[side]
-    elif args.compare == "shared-cache":
-        runners = {"before": OrtCausalLM(export / "model.onnx", shape, threads=args.threads, share_cache=False),
-                   "after": OrtCausalLM(export / "model.onnx", shape, threads=args.threads)}
-        if not runners["after"].shares_cache:
-            raise SystemExit(f"{export}/model.onnx has no GroupQueryAttention: nothing to share; pass a GenAI builder's folder")
+    if args.compare in ("openvino-stateful", "shared-cache"):  # two runners, one per side
+        if args.compare == "openvino-stateful":
+            runners = {"before": OpenVINOCausalLM(export / "model.onnx", shape, threads=args.threads),
+                       "after": OpenVINOStatefulCausalLM(export / "model.onnx", shape, threads=args.threads)}
+        else:
+            runners = {"before": OrtCausalLM(export / "model.onnx", shape, threads=args.threads, share_cache=False),
+                       "after": OrtCausalLM(export / "model.onnx", shape, threads=args.threads)}
+            if not runners["after"].shares_cache:
+                raise SystemExit(f"{export}/model.onnx has no GroupQueryAttention: nothing to share; pass a GenAI builder's folder")
 
         def side_runner(side: str):
             return runners[side]
